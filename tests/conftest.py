@@ -1,0 +1,38 @@
+"""Test set-up: 8 fake CPU devices, no TensorFlow inside transformers, and the shared data samples."""
+
+import os
+
+# Must happen before jax is imported anywhere in the test session.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("USE_TF", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """``../shared/data`` next to the repository root, or ``$XSTILTS_SHARED_DATA``."""
+    return Path(os.environ.get("XSTILTS_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def require_sample(relative: str) -> Path:
+    """Path of a real data sample; in CI (XSTILTS_CI=1) a missing one fails, elsewhere it skips."""
+    path = shared_data_dir() / relative
+    if not path.exists():
+        message = f"real data sample {path} is missing (set XSTILTS_SHARED_DATA to ../shared/data)"
+        if os.environ.get("XSTILTS_CI") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture
+def shared_data():
+    """Callable fixture: ``shared_data("tatoeba/v1")`` -> Path, failing in CI when absent."""
+    return require_sample
