@@ -1,0 +1,744 @@
+"""Readers for every native release format the project uses; pure Python, no TensorFlow.
+
+Each reader yields plain dict examples of one of five shapes:
+
+* pair classification: ``{"id", "text_a", "text_b", "label"}`` (label: canonical string or None);
+* tagging: ``{"id", "tokens": [str], "tags": [str] | None}``;
+* span QA (SQuAD layout): ``{"id", "title", "context", "question", "answers":
+  [{"text", "answer_start"}], "is_impossible"}``;
+* multiple choice: ``{"id", "context", "question", "choices": [str], "label": int | None}``;
+* retrieval: ``{"id", "text"}`` (BUCC), ``{"id", "source", "target"}`` (Tatoeba) and gold pairs.
+
+Bad input raises :class:`DataFormatError` naming the file, the line (or JSON key) and what was
+expected; a missing file raises :class:`FileNotFoundError` naming the path.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+NLI_LABELS = (
+    "contradiction",
+    "entailment",
+    "neutral",
+)  # XTREME / jiant order, shared by MNLI->XNLI
+BINARY_LABELS = ("0", "1")
+UPOS_TAGS = (
+    "ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM",
+    "PART", "PRON", "PROPN", "PUNCT", "SCONJ", "SYM", "VERB", "X",
+)  # fmt: skip
+PANX_TAGS = ("B-LOC", "B-ORG", "B-PER", "I-LOC", "I-ORG", "I-PER", "O")
+
+_NLI_ALIASES = {"e": "entailment", "n": "neutral", "c": "contradiction"}
+_BINARY_ALIASES = {"0": "0", "1": "1", "False": "0", "True": "1", "false": "0", "true": "1"}
+
+Example = dict[str, Any]
+
+
+class DataFormatError(ValueError):
+    """A data file does not have the expected layout; the message starts with ``path:line:``."""
+
+    def __init__(self, path: str | Path, line: int | str | None, message: str):
+        self.path, self.line = str(path), line
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: {message}")
+
+
+# --------------------------------------------------------------------------------------------
+# low-level helpers
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    return path
+
+
+def _lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line without its line ending); a UTF-8 BOM is dropped."""
+    path = _existing(path)
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        for number, line in enumerate(handle, start=1):
+            yield number, line.rstrip("\r\n")
+
+
+def _split_tsv(path: Path | str, number: int, line: str, min_fields: int, what: str) -> list[str]:
+    fields = line.split("\t")
+    if len(fields) < min_fields:
+        raise DataFormatError(
+            path, number, f"expected {min_fields} tab-separated fields ({what}), got {len(fields)}"
+        )
+    return fields
+
+
+def _canonical_label(
+    path: Path | str, where: int | str, raw: str, labels: Sequence[str], aliases: dict[str, str]
+) -> str:
+    label = aliases.get(raw.strip(), raw.strip())
+    if label not in labels:
+        raise DataFormatError(path, where, f"unknown label {raw!r}; expected one of {list(labels)}")
+    return label
+
+
+def _jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataFormatError(path, number, f"invalid JSON line ({error.msg})") from None
+        if not isinstance(record, dict):
+            raise DataFormatError(path, number, "expected a JSON object per line")
+        yield number, record
+
+
+def _field(path: Path | str, where: int | str, record: dict, key: str) -> Any:
+    if key not in record:
+        raise DataFormatError(path, where, f"missing key {key!r}; keys present: {sorted(record)}")
+    return record[key]
+
+
+def _csv_rows(path: str | Path) -> Iterator[tuple[int, dict[str, str]]]:
+    """Rows of a CSV with a header; the number is the physical line the row starts on."""
+    path = _existing(path)
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None:
+            raise DataFormatError(path, 1, "empty CSV file; expected a header line")
+        start = reader.line_num + 1
+        for row in reader:
+            if None in row:
+                raise DataFormatError(
+                    path, start, f"more fields than the header {reader.fieldnames}"
+                )
+            yield start, row
+            start = reader.line_num + 1
+
+
+# --------------------------------------------------------------------------------------------
+# pair classification
+
+
+def read_xtreme_pair_tsv(
+    path: str | Path, labels: Sequence[str] = NLI_LABELS, *, id_prefix: str = ""
+) -> Iterator[Example]:
+    """XTREME's XNLI / PAWS-X files: ``text_a<TAB>text_b[<TAB>label]`` (test: no label)."""
+    aliases = _NLI_ALIASES if tuple(labels) == NLI_LABELS else _BINARY_ALIASES
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        fields = _split_tsv(path, number, line, 2, "text_a, text_b[, label]")
+        if len(fields) > 3:
+            raise DataFormatError(path, number, f"expected at most 3 fields, got {len(fields)}")
+        label = (
+            _canonical_label(path, number, fields[2], labels, aliases) if len(fields) == 3 else None
+        )
+        yield {
+            "id": f"{id_prefix}{number}",
+            "text_a": fields[0],
+            "text_b": fields[1],
+            "label": label,
+        }
+
+
+def _read_headed_tsv(
+    path: str | Path, required: Sequence[str]
+) -> Iterator[tuple[int, dict[str, str]]]:
+    header: list[str] | None = None
+    for number, line in _lines(path):
+        if header is None:
+            header = line.split("\t")
+            missing = [name for name in required if name not in header]
+            if missing:
+                raise DataFormatError(path, 1, f"header lacks columns {missing}; got {header}")
+            continue
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != len(header):
+            raise DataFormatError(
+                path, number, f"expected {len(header)} tab-separated fields, got {len(fields)}"
+            )
+        yield number, dict(zip(header, fields, strict=True))
+    if header is None:
+        raise DataFormatError(path, 1, "empty file; expected a header line")
+
+
+def read_pawsx_original_tsv(path: str | Path) -> Iterator[Example]:
+    """PAWS-X release (``x-final/<lang>/*.tsv``): header ``id sentence1 sentence2 label``."""
+    for number, row in _read_headed_tsv(path, ("id", "sentence1", "sentence2")):
+        label = row.get("label")
+        yield {
+            "id": row["id"],
+            "text_a": row["sentence1"],
+            "text_b": row["sentence2"],
+            "label": None
+            if label is None
+            else _canonical_label(path, number, label, BINARY_LABELS, _BINARY_ALIASES),
+        }
+
+
+def read_glue_mnli_tsv(path: str | Path) -> Iterator[Example]:
+    """GLUE MNLI tsv (train/dev_*/test_*); the last column is ``gold_label``."""
+    for number, row in _read_headed_tsv(path, ("index", "sentence1", "sentence2")):
+        gold = row.get("gold_label")
+        yield {
+            "id": row.get("pairID", row["index"]),
+            "text_a": row["sentence1"],
+            "text_b": row["sentence2"],
+            "genre": row.get("genre"),
+            "label": None
+            if gold is None
+            else _canonical_label(path, number, gold, NLI_LABELS, _NLI_ALIASES),
+        }
+
+
+def read_glue_qqp_tsv(path: str | Path) -> Iterator[Example]:
+    """GLUE QQP tsv: ``id qid1 qid2 question1 question2 is_duplicate`` (test: ``id q1 q2``)."""
+    for number, row in _read_headed_tsv(path, ("id", "question1", "question2")):
+        label = row.get("is_duplicate")
+        yield {
+            "id": row["id"],
+            "text_a": row["question1"],
+            "text_b": row["question2"],
+            "label": None
+            if label is None
+            else _canonical_label(path, number, label, BINARY_LABELS, _BINARY_ALIASES),
+        }
+
+
+def read_quora_paraphrase_tsv(path: str | Path) -> Iterator[Example]:
+    """Quora paraphrase rows without header: ``label<TAB>q1<TAB>q2<TAB>id`` (AllenNLP layout)."""
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        fields = _split_tsv(path, number, line, 4, "label, question1, question2, id")
+        yield {
+            "id": fields[3],
+            "text_a": fields[1],
+            "text_b": fields[2],
+            "label": _canonical_label(path, number, fields[0], BINARY_LABELS, _BINARY_ALIASES),
+        }
+
+
+def read_glue_mrpc_tsv(path: str | Path) -> Iterator[Example]:
+    """GLUE MRPC tsv: ``Quality #1 ID #2 ID #1 String #2 String``."""
+    for number, row in _read_headed_tsv(path, ("Quality", "#1 String", "#2 String")):
+        yield {
+            "id": f"{row.get('#1 ID', number)}-{row.get('#2 ID', number)}",
+            "text_a": row["#1 String"],
+            "text_b": row["#2 String"],
+            "label": _canonical_label(path, number, row["Quality"], BINARY_LABELS, _BINARY_ALIASES),
+        }
+
+
+def read_nli_jsonl(
+    path: str | Path, *, language: str | None = None, skip_unlabeled: bool = True
+) -> Iterator[Example]:
+    """NLI JSON lines in any of the release layouts.
+
+    * MultiNLI 1.0 / SNLI 1.0 / XNLI 1.0: ``sentence1``, ``sentence2``, ``gold_label`` (``"-"``
+      = no annotator majority; skipped when ``skip_unlabeled``), XNLI adds ``language``
+      (filtered by ``language`` when given);
+    * ANLI: ``uid``, ``context``, ``hypothesis``, ``label`` in ``e/n/c``;
+    * jiant's MNLI: ``premise``, ``hypothesis``, ``label``.
+    """
+    for number, record in _jsonl(path):
+        if language is not None and record.get("language", language) != language:
+            continue
+        if "sentence1" in record:
+            text_a, text_b = record["sentence1"], _field(path, number, record, "sentence2")
+            raw = record.get("gold_label")
+        elif "context" in record:
+            text_a, text_b = record["context"], _field(path, number, record, "hypothesis")
+            raw = record.get("label")
+        elif "premise" in record:
+            text_a, text_b = record["premise"], _field(path, number, record, "hypothesis")
+            raw = record.get("label")
+        else:
+            raise DataFormatError(
+                path,
+                number,
+                "expected sentence1/sentence2, context/hypothesis or premise/hypothesis",
+            )
+        if raw == "-":
+            if skip_unlabeled:
+                continue
+            raw = None
+        example = {
+            "id": str(record.get("pairID", record.get("uid", number))),
+            "text_a": text_a,
+            "text_b": text_b,
+            "label": None
+            if raw is None
+            else _canonical_label(path, number, raw, NLI_LABELS, _NLI_ALIASES),
+        }
+        if "language" in record:
+            example["language"] = record["language"]
+        yield example
+
+
+def read_xnli_original_tsv(path: str | Path, *, language: str | None = None) -> Iterator[Example]:
+    """XNLI 1.0 release tsv (``xnli.dev.tsv``/``xnli.test.tsv``), optionally one language."""
+    for number, row in _read_headed_tsv(path, ("language", "gold_label", "sentence1", "sentence2")):
+        if language is not None and row["language"] != language:
+            continue
+        yield {
+            "id": row.get("pairID", str(number)),
+            "language": row["language"],
+            "text_a": row["sentence1"],
+            "text_b": row["sentence2"],
+            "label": _canonical_label(path, number, row["gold_label"], NLI_LABELS, _NLI_ALIASES),
+        }
+
+
+def read_anli_analysis_csv(path: str | Path) -> Iterator[Example]:
+    """ANLI's annotated analysis CSV: ``context``, ``statement``, ``gold_label`` (e/n/c)."""
+    for number, row in _csv_rows(path):
+        for key in ("context", "statement", "gold_label"):
+            _field(path, number, row, key)
+        yield {
+            "id": row.get("uid") or str(number),
+            "text_a": row["context"],
+            "text_b": row["statement"],
+            "label": _canonical_label(path, number, row["gold_label"], NLI_LABELS, _NLI_ALIASES),
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# tagging
+
+_LANG_PREFIX = re.compile(r"^([a-z]{2,3}):(?=.)")
+
+
+def read_token_tag_file(
+    path: str | Path,
+    tags: Sequence[str] | None = None,
+    *,
+    strip_language_prefix: bool = True,
+    id_prefix: str = "",
+) -> Iterator[Example]:
+    """XTREME token files (UDPOS ``dev-xx.tsv``, PAN-X ``xx:token<TAB>B-PER``), blank-separated.
+
+    Test files may carry tokens only (``tags`` is then None). PAN-X tokens keep a ``lang:`` prefix
+    in the release; it is stripped when every token of the file carries the same one.
+    """
+    tokens: list[str] = []
+    labels: list[str] = []
+    start = 1
+    prefix: str | None = None
+    with_tags: bool | None = None
+    count = 0
+
+    def emit() -> Example:
+        return {
+            "id": f"{id_prefix}{count}",
+            "tokens": list(tokens),
+            "tags": list(labels) if with_tags else None,
+            "line": start,
+        }
+
+    for number, line in _lines(path):
+        if not line.strip():
+            if tokens:
+                yield emit()
+                count += 1
+                tokens.clear()
+                labels.clear()
+            continue
+        if not tokens:
+            start = number
+        fields = line.split("\t")
+        if len(fields) > 2 or not fields[0]:
+            raise DataFormatError(
+                path, number, f"expected 'token[<TAB>tag]', got {len(fields)} fields"
+            )
+        has_tag = len(fields) == 2
+        if with_tags is None:
+            with_tags = has_tag
+        elif has_tag != with_tags:
+            raise DataFormatError(path, number, "some lines have a tag and others do not")
+        token = fields[0]
+        if strip_language_prefix:
+            if prefix is None:
+                match = _LANG_PREFIX.match(token)
+                prefix = match.group(0) if match else ""
+            if prefix:
+                if not token.startswith(prefix):
+                    raise DataFormatError(
+                        path, number, f"token {token!r} lacks the {prefix!r} prefix"
+                    )
+                token = token[len(prefix) :]
+        tokens.append(token)
+        if has_tag:
+            tag = fields[1].strip()
+            if tags is not None and tag not in tags:
+                raise DataFormatError(
+                    path, number, f"unknown tag {tag!r}; expected one of {list(tags)}"
+                )
+            labels.append(tag)
+    if tokens:
+        yield emit()
+
+
+def read_conllu(path: str | Path, *, column: str = "upos") -> Iterator[Example]:
+    """CoNLL-U (UD): syntactic words with their UPOS (or ``xpos``); multiword ranges and empty
+    nodes are skipped, as XTREME's UD conversion does."""
+    index = {"upos": 3, "xpos": 4}[column]
+    tokens: list[str] = []
+    labels: list[str] = []
+    sent_id: str | None = None
+    start = 1
+    count = 0
+    for number, line in _lines(path):
+        if not line.strip():
+            if tokens:
+                yield {
+                    "id": sent_id or str(count),
+                    "tokens": list(tokens),
+                    "tags": list(labels),
+                    "line": start,
+                }
+                count += 1
+                tokens.clear()
+                labels.clear()
+                sent_id = None
+            continue
+        if line.startswith("#"):
+            if line.startswith("# sent_id"):
+                sent_id = line.split("=", 1)[1].strip()
+            continue
+        fields = line.split("\t")
+        if len(fields) != 10:
+            raise DataFormatError(
+                path, number, f"expected 10 tab-separated CoNLL-U fields, got {len(fields)}"
+            )
+        if "-" in fields[0] or "." in fields[0]:
+            continue
+        if not fields[0].isdigit():
+            raise DataFormatError(path, number, f"expected an integer word id, got {fields[0]!r}")
+        if not tokens:
+            start = number
+        if column == "upos" and fields[index] not in UPOS_TAGS:
+            raise DataFormatError(
+                path, number, f"unknown UPOS {fields[index]!r}; expected one of {list(UPOS_TAGS)}"
+            )
+        tokens.append(fields[1])
+        labels.append(fields[index])
+    if tokens:
+        yield {"id": sent_id or str(count), "tokens": tokens, "tags": labels, "line": start}
+
+
+def read_panx_rahimi_csv(path: str | Path) -> Iterator[Example]:
+    """WikiANN (Rahimi et al. split) CSV: ``sent_idx,word_idx,word,word_id,truth``; ``word`` keeps
+    its ``lang:`` prefix, which is stripped."""
+    current: str | None = None
+    tokens: list[str] = []
+    labels: list[str] = []
+    start = 2
+    for number, row in _csv_rows(path):
+        for key in ("sent_idx", "word_idx", "word", "truth"):
+            _field(path, number, row, key)
+        if row["sent_idx"] != current:
+            if tokens:
+                yield {"id": current, "tokens": list(tokens), "tags": list(labels), "line": start}
+            current, start = row["sent_idx"], number
+            tokens.clear()
+            labels.clear()
+        if int(row["word_idx"]) != len(tokens):
+            raise DataFormatError(
+                path, number, f"word_idx {row['word_idx']} out of order; expected {len(tokens)}"
+            )
+        match = _LANG_PREFIX.match(row["word"])
+        tokens.append(row["word"][match.end() :] if match else row["word"])
+        if row["truth"] not in PANX_TAGS:
+            raise DataFormatError(
+                path, number, f"unknown tag {row['truth']!r}; expected one of {list(PANX_TAGS)}"
+            )
+        labels.append(row["truth"])
+    if tokens:
+        yield {"id": current, "tokens": tokens, "tags": labels, "line": start}
+
+
+def read_ccg_supertags(path: str | Path) -> Iterator[Example]:
+    """CCG supertags (CCGbank is licensed: a local file only), one sentence per line, either
+
+    * jiant's layout: ``space-tokenized text<TAB>space-separated supertags``, or
+    * C&C / CCGbank ``.stagged``: ``word|POS|supertag word|POS|supertag ...``.
+    """
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        if "\t" in line:
+            fields = line.split("\t")
+            if len(fields) != 2:
+                raise DataFormatError(
+                    path, number, f"expected 'text<TAB>tags', got {len(fields)} fields"
+                )
+            tokens, tags = fields[0].split(" "), fields[1].split()
+        else:
+            tokens, tags = [], []
+            for item in line.split():
+                parts = item.split("|")
+                if len(parts) != 3:
+                    raise DataFormatError(
+                        path, number, f"expected 'word|POS|supertag', got {item!r}"
+                    )
+                tokens.append(parts[0])
+                tags.append(parts[2])
+        if len(tokens) != len(tags):
+            raise DataFormatError(path, number, f"{len(tokens)} tokens but {len(tags)} supertags")
+        yield {"id": str(number), "tokens": tokens, "tags": tags, "line": number}
+
+
+# --------------------------------------------------------------------------------------------
+# span QA
+
+
+def read_squad_json(path: str | Path, *, drop_withheld_answers: bool = True) -> Iterator[Example]:
+    """SQuAD v1.1 / v2.0 JSON (SQuAD, XQuAD, MLQA, TyDiQA-GoldP) and the flat Hugging Face layout.
+
+    Answers whose ``text`` is empty are withheld labels (XTREME strips TyDiQA's test answers that
+    way) and are dropped. Every kept answer must match the context at ``answer_start``.
+    """
+    path = _existing(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = json.load(handle)
+    except json.JSONDecodeError as error:
+        raise DataFormatError(path, error.lineno, f"invalid JSON ({error.msg})") from None
+    data = _field(path, "$", document, "data") if isinstance(document, dict) else None
+    if not isinstance(data, list):
+        raise DataFormatError(path, "$.data", "expected a list of articles")
+    for a, article in enumerate(data):
+        if "paragraphs" not in article and "context" in article:  # flat HF layout
+            answers = article.get("answers", {"text": [], "answer_start": []})
+            yield _qa_example(
+                path,
+                f"$.data[{a}]",
+                article.get("title", ""),
+                article["context"],
+                article,
+                [
+                    {"text": t, "answer_start": s}
+                    for t, s in zip(answers["text"], answers["answer_start"], strict=True)
+                ],
+                drop_withheld_answers,
+            )
+            continue
+        paragraphs = _field(path, f"$.data[{a}]", article, "paragraphs")
+        for p, paragraph in enumerate(paragraphs):
+            where = f"$.data[{a}].paragraphs[{p}]"
+            context = _field(path, where, paragraph, "context")
+            for q, qa in enumerate(_field(path, where, paragraph, "qas")):
+                yield _qa_example(
+                    path,
+                    f"{where}.qas[{q}]",
+                    article.get("title", ""),
+                    context,
+                    qa,
+                    _field(path, f"{where}.qas[{q}]", qa, "answers"),
+                    drop_withheld_answers,
+                )
+
+
+def _qa_example(
+    path: Path, where: str, title: str, context: str, qa: dict, answers: list, drop_withheld: bool
+) -> Example:
+    kept = []
+    for n, answer in enumerate(answers):
+        text, start = answer.get("text"), answer.get("answer_start")
+        if not isinstance(text, str) or not isinstance(start, int):
+            raise DataFormatError(
+                path, f"{where}.answers[{n}]", "expected {'text': str, 'answer_start': int}"
+            )
+        if text == "" and drop_withheld:
+            continue
+        if context[start : start + len(text)] != text:
+            raise DataFormatError(
+                path,
+                f"{where}.answers[{n}]",
+                f"answer {text!r} is not at answer_start {start} of the context",
+            )
+        kept.append({"text": text, "answer_start": start})
+    impossible = bool(qa.get("is_impossible", False))
+    if impossible and kept:
+        raise DataFormatError(path, where, "is_impossible is true but answers are given")
+    return {
+        "id": str(_field(path, where, qa, "id")),
+        "title": title,
+        "context": context,
+        "question": _field(path, where, qa, "question"),
+        "answers": kept,
+        "is_impossible": impossible,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# multiple choice
+
+
+def read_hellaswag_jsonl(path: str | Path) -> Iterator[Example]:
+    """HellaSwag release jsonl: context ``ctx_a``, each choice ``ctx_b + ' ' + ending`` (jiant)."""
+    for number, record in _jsonl(path):
+        endings = _field(path, number, record, "endings")
+        ctx_b = record.get("ctx_b", "")
+        label = record.get("label")
+        yield {
+            "id": str(record.get("ind", number)),
+            "context": _field(path, number, record, "ctx_a"),
+            "question": "",
+            "choices": [f"{ctx_b} {ending}".strip() for ending in endings],
+            "label": _choice_label(path, number, label, len(endings)),
+        }
+
+
+def _choice_label(path: Path | str, where: int | str, label: Any, num_choices: int) -> int | None:
+    if label is None or label == "":
+        return None
+    try:
+        value = int(label)
+    except (TypeError, ValueError):
+        raise DataFormatError(path, where, f"label {label!r} is not an integer") from None
+    if not 0 <= value < num_choices:
+        raise DataFormatError(path, where, f"label {value} outside 0..{num_choices - 1}")
+    return value
+
+
+def read_swag_csv(path: str | Path) -> Iterator[Example]:
+    """SWAG csv: context ``sent1``, choices ``sent2 + ' ' + ending0..3``."""
+    for number, row in _csv_rows(path):
+        endings = [row[f"ending{i}"] for i in range(4) if f"ending{i}" in row]
+        if len(endings) != 4:
+            raise DataFormatError(path, number, "expected columns ending0..ending3")
+        sent2 = _field(path, number, row, "sent2")
+        yield {
+            "id": row.get("fold-ind") or str(number),
+            "context": _field(path, number, row, "sent1"),
+            "question": "",
+            "choices": [f"{sent2} {ending}".strip() for ending in endings],
+            "label": _choice_label(path, number, row.get("label"), 4),
+        }
+
+
+def read_cosmosqa_csv(path: str | Path) -> Iterator[Example]:
+    """Cosmos QA csv: ``id,context,question,answer0..answer3,label``."""
+    for number, row in _csv_rows(path):
+        answers = [row[f"answer{i}"] for i in range(4) if f"answer{i}" in row]
+        if len(answers) != 4:
+            raise DataFormatError(path, number, "expected columns answer0..answer3")
+        yield {
+            "id": _field(path, number, row, "id"),
+            "context": _field(path, number, row, "context"),
+            "question": _field(path, number, row, "question"),
+            "choices": answers,
+            "label": _choice_label(path, number, row.get("label"), 4),
+        }
+
+
+def read_cosmosqa_jsonl(path: str | Path) -> Iterator[Example]:
+    """Cosmos QA release jsonl (same keys as the csv)."""
+    for number, record in _jsonl(path):
+        answers = [_field(path, number, record, f"answer{i}") for i in range(4)]
+        yield {
+            "id": str(record.get("id", number)),
+            "context": _field(path, number, record, "context"),
+            "question": _field(path, number, record, "question"),
+            "choices": answers,
+            "label": _choice_label(path, number, record.get("label"), 4),
+        }
+
+
+def read_commonsenseqa_jsonl(path: str | Path) -> Iterator[Example]:
+    """CommonsenseQA in the release layout (``question.stem``, ``question.choices[{label,text}]``)
+    or the flat Hugging Face re-export (``question`` str, ``choices{label:[], text:[]}``)."""
+    for number, record in _jsonl(path):
+        question = _field(path, number, record, "question")
+        if isinstance(question, dict):
+            stem = _field(path, number, question, "stem")
+            choices = _field(path, number, question, "choices")
+            keys = [choice["label"] for choice in choices]
+            texts = [choice["text"] for choice in choices]
+        else:
+            stem = question
+            choices = _field(path, number, record, "choices")
+            keys, texts = list(choices["label"]), list(choices["text"])
+        answer = record.get("answerKey")
+        if answer in (None, ""):
+            label = None
+        elif answer in keys:
+            label = keys.index(answer)
+        else:
+            raise DataFormatError(
+                path, number, f"answerKey {answer!r} not among choice labels {keys}"
+            )
+        yield {
+            "id": str(record.get("id", number)),
+            "context": "",
+            "question": stem,
+            "choices": texts,
+            "label": label,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# retrieval and raw text
+
+
+def read_bucc_sentences(path: str | Path) -> Iterator[Example]:
+    """BUCC 2018 corpus file: ``lang-000000001<TAB>sentence``."""
+    for number, line in _lines(path):
+        if not line:
+            continue
+        fields = line.split("\t")
+        if len(fields) != 2 or not fields[0]:
+            raise DataFormatError(
+                path, number, f"expected 'id<TAB>sentence', got {len(fields)} fields"
+            )
+        yield {"id": fields[0], "text": fields[1]}
+
+
+def read_bucc_gold(path: str | Path) -> list[tuple[str, str]]:
+    """BUCC 2018 gold file: ``xx-id<TAB>en-id`` pairs."""
+    pairs = []
+    for number, line in _lines(path):
+        if not line:
+            continue
+        fields = line.split("\t")
+        if len(fields) != 2:
+            raise DataFormatError(
+                path, number, f"expected 'source_id<TAB>english_id', got {len(fields)} fields"
+            )
+        pairs.append((fields[0], fields[1]))
+    return pairs
+
+
+def read_tatoeba(source_path: str | Path, english_path: str | Path) -> Iterator[Example]:
+    """Tatoeba (LASER v1): two line-aligned files; the example's ``id`` is the line index."""
+    source = [line for _, line in _lines(source_path)]
+    english = [line for _, line in _lines(english_path)]
+    if len(source) != len(english):
+        raise DataFormatError(
+            english_path, len(english), f"{len(english)} lines but {source_path} has {len(source)}"
+        )
+    for index, (src, eng) in enumerate(zip(source, english, strict=True)):
+        yield {"id": index, "source": src, "target": eng}
+
+
+def read_text_lines(path: str | Path) -> Iterator[Example]:
+    """One text per non-empty line (MLM corpora)."""
+    for number, line in _lines(path):
+        if line.strip():
+            yield {"id": str(number), "text": line}
+
+
+def read_label_lines(path: str | Path) -> list[str]:
+    """XTREME's label / prediction files: one label per line (blank lines separate sentences)."""
+    return [line for _, line in _lines(path)]
