@@ -1,0 +1,281 @@
+"""Fixed-shape numpy batches from featurized examples: padding, deterministic shuffling, host
+sharding and exact resume. Pure numpy; no TensorFlow.
+
+Why not seqio's feature converters: they are built for T5-style ``inputs``/``targets`` token
+features (``EncoderFeatureConverter`` is BERT-MLM shaped and needs a ``mask_id``); an encoder
+classifier needs scalar labels, ``[B, L]`` tag labels with a mask, QA start/end positions and
+``[B, C, L]`` multiple choice (anchors.md §4.1, lessons 6-7).
+
+Batch keys (DESIGN.md): ``input_ids``/``attention_mask`` ``[B, L]`` (``[B, C, L]`` for multiple
+choice) int32; ``labels`` ``[B]`` or ``[B, L]`` with ``label_mask``; ``start_positions``,
+``end_positions`` ``[B]``; ``example_mask`` ``[B]`` (0 on padding examples filling the last batch);
+``feature_index`` ``[B]`` (the row's index into the feature list, -1 on padding) so the host can
+look up offsets and word ids for answer extraction and scoring.
+
+Order: epoch ``e`` visits the features in ``permutation(seed, e)`` order (or in file order when
+``shuffle=False``); global step ``k`` of an epoch covers positions ``[k*G, (k+1)*G)`` with
+``G = batch_size * num_shards``, of which host ``i`` takes the ``i``-th block of ``batch_size``
+(the layout ``jax.make_array_from_process_local_data`` expects). ``batch(step)`` is a pure
+function of ``step``, so resuming at any step is exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from xstilts.data.preprocessors import IGNORE_LABEL, mask_tokens
+
+PAD_ID = 1
+KINDS = ("classification", "tagging", "qa", "multiple_choice", "mlm")
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardInfo:
+    """Same fields as ``seqio.ShardInfo`` (either may be passed)."""
+
+    index: int = 0
+    num_shards: int = 1
+
+    def __post_init__(self):
+        if not 0 <= self.index < self.num_shards:
+            raise ValueError(f"shard index {self.index} outside 0..{self.num_shards - 1}")
+
+
+def pad_batch(
+    features: Sequence[Mapping[str, Any] | None],
+    kind: str,
+    length: int,
+    *,
+    num_choices: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Stack features into fixed-shape arrays; ``None`` entries are padding examples."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown feature kind {kind!r}; expected one of {KINDS}")
+    size = len(features)
+    if kind == "multiple_choice":
+        if num_choices is None:
+            num_choices = max((len(f["input_ids"]) for f in features if f is not None), default=1)
+        shape: tuple[int, ...] = (size, num_choices, length)
+    else:
+        shape = (size, length)
+    input_ids = np.full(shape, PAD_ID, np.int32)
+    attention_mask = np.zeros(shape, np.int32)
+    example_mask = np.zeros(size, np.int32)
+    batch: dict[str, np.ndarray] = {}
+    if kind in ("classification", "multiple_choice"):
+        batch["labels"] = np.full(size, IGNORE_LABEL, np.int32)
+    elif kind == "tagging":
+        batch["labels"] = np.full(shape, IGNORE_LABEL, np.int32)
+        batch["label_mask"] = np.zeros(shape, np.int32)
+    elif kind == "qa":
+        batch["start_positions"] = np.zeros(size, np.int32)
+        batch["end_positions"] = np.zeros(size, np.int32)
+    for row, feature in enumerate(features):
+        if feature is None:
+            continue
+        example_mask[row] = 1
+        rows = feature["input_ids"] if kind == "multiple_choice" else [feature["input_ids"]]
+        if kind == "multiple_choice" and len(rows) != num_choices:
+            raise ValueError(
+                f"example {feature.get('example_id')!r} has {len(rows)} choices, "
+                f"the batch expects {num_choices}"
+            )
+        for choice, ids in enumerate(rows):
+            if len(ids) > length:
+                raise ValueError(
+                    f"example {feature.get('example_id')!r} has {len(ids)} tokens, longer than "
+                    f"the batch length {length}; featurize with max_length <= {length}"
+                )
+            target = (row, choice) if kind == "multiple_choice" else (row,)
+            input_ids[target][: len(ids)] = ids
+            attention_mask[target][: len(ids)] = 1
+        if kind in ("classification", "multiple_choice"):
+            batch["labels"][row] = feature["labels"]
+        elif kind == "tagging":
+            n = len(feature["input_ids"])
+            batch["labels"][row, :n] = feature["labels"]
+            batch["label_mask"][row, :n] = feature["label_mask"]
+        elif kind == "qa":
+            batch["start_positions"][row] = feature["start_positions"]
+            batch["end_positions"][row] = feature["end_positions"]
+    batch.update(input_ids=input_ids, attention_mask=attention_mask, example_mask=example_mask)
+    return batch
+
+
+class FeatureBatcher:
+    """Deterministic, shardable, resumable batches over a list of features of one kind."""
+
+    def __init__(
+        self,
+        features: Sequence[Mapping[str, Any]],
+        kind: str,
+        *,
+        batch_size: int,
+        length: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        shard_info: Any = None,
+        num_choices: int | None = None,
+        mlm: Mapping[str, Any] | None = None,
+    ):
+        if not features:
+            raise ValueError(f"no {kind} features to batch (empty split?)")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.features = features
+        self.kind = kind
+        self.batch_size = batch_size
+        self.length = length
+        self.seed = seed
+        self.shuffle = shuffle
+        info = shard_info or ShardInfo()
+        self.shard = ShardInfo(int(info.index), int(info.num_shards))
+        self.num_choices = num_choices
+        self.mlm = dict(mlm or {})
+        if kind == "mlm" and "mask_id" not in self.mlm:
+            raise ValueError("mlm batches need mlm={'mask_id': ...}")
+        self._order_cache: tuple[int, np.ndarray] | None = None
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.shard.num_shards
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.features) / self.global_batch_size)
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if self._order_cache is None or self._order_cache[0] != epoch:
+            if self.shuffle:
+                order = np.random.default_rng([self.seed, epoch]).permutation(len(self.features))
+            else:
+                order = np.arange(len(self.features))
+            self._order_cache = (epoch, order)
+        return self._order_cache[1]
+
+    def indices(self, step: int) -> np.ndarray:
+        """Feature indices of this host's rows at global ``step`` (-1 = padding example)."""
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        epoch, within = divmod(step, self.steps_per_epoch)
+        order = self._order(epoch)
+        begin = within * self.global_batch_size + self.shard.index * self.batch_size
+        positions = np.arange(begin, begin + self.batch_size)
+        return np.where(positions < len(order), order[np.minimum(positions, len(order) - 1)], -1)
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        index = self.indices(step)
+        rows = [self.features[i] if i >= 0 else None for i in index]
+        kind = "classification" if self.kind == "mlm" else self.kind
+        batch = pad_batch(rows, kind, self.length, num_choices=self.num_choices)
+        if self.kind == "mlm":
+            del batch["labels"]
+            rng = np.random.default_rng([self.seed, step, self.shard.index, 7])
+            masked = mask_tokens(batch["input_ids"], rng, **self.mlm)
+            masked["label_mask"] *= batch["example_mask"][:, None]
+            batch.update(masked)
+        batch["feature_index"] = index.astype(np.int32)
+        return batch
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self.iterate()
+
+    def iterate(self, start_step: int = 0, num_steps: int | None = None) -> Iterator[dict]:
+        """Batches from ``start_step`` on (forever, or ``num_steps`` of them)."""
+        step = start_step
+        while num_steps is None or step < start_step + num_steps:
+            yield self.batch(step)
+            step += 1
+
+    def epoch(self, epoch: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        """One pass: every feature exactly once over all hosts (evaluation)."""
+        first = epoch * self.steps_per_epoch
+        return self.iterate(first, self.steps_per_epoch)
+
+
+# -------------------------------------------------------------------------------- mixtures
+
+
+def proportional_rates(sizes: Mapping[str, int], cap: int | None = None) -> dict[str, float]:
+    """Rate of each task proportional to its number of examples, capped at ``cap`` (jiant's
+    ``train_examples_cap``; seqio's ``mixing_rate_num_examples(maximum=cap)``)."""
+    capped = {name: float(min(n, cap) if cap else n) for name, n in sizes.items()}
+    total = sum(capped.values())
+    if total <= 0:
+        raise ValueError(f"all tasks are empty: {dict(sizes)}")
+    return {name: n / total for name, n in capped.items()}
+
+
+def temperature_rates(
+    sizes: Mapping[str, int], temperature: float, cap: int | None = None
+) -> dict[str, float]:
+    """``p_i ∝ n_i^(1/T)`` (XLM-R / mT5 language sampling): T=1 is proportional, larger T
+    flattens towards uniform so low-resource languages are not drowned."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    base = proportional_rates(sizes, cap)
+    scaled = {name: p ** (1.0 / temperature) for name, p in base.items()}
+    total = sum(scaled.values())
+    return {name: p / total for name, p in scaled.items()}
+
+
+class MixtureBatcher:
+    """One task per step, drawn with probability ``rates[task]`` from a seeded stream; each task
+    keeps its own batch counter, so ``batch(step)`` is a pure function of ``step``."""
+
+    BLOCK = 4096
+
+    def __init__(
+        self, batchers: Mapping[str, FeatureBatcher], rates: Mapping[str, float], seed: int = 0
+    ):
+        missing = sorted(set(rates) - set(batchers))
+        if missing:
+            raise KeyError(f"rates name tasks without batches: {missing}")
+        self.names = [name for name in batchers if rates.get(name, 0) > 0]
+        if not self.names:
+            raise ValueError("every task has rate 0")
+        self.batchers = dict(batchers)
+        total = sum(rates[name] for name in self.names)
+        self.rates = {name: rates[name] / total for name in self.names}
+        self.seed = seed
+        self._blocks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _block(self, number: int) -> tuple[np.ndarray, np.ndarray]:
+        """Task choices of block ``number`` and the per-task counts before it."""
+        probabilities = np.array([self.rates[name] for name in self.names])
+        start = max((b for b in self._blocks if b <= number), default=-1)
+        for block in range(start + 1, number + 1):
+            if block == 0:
+                before = np.zeros(len(self.names), np.int64)
+            else:
+                previous, previous_before = self._blocks[block - 1]
+                before = previous_before + np.bincount(previous, minlength=len(self.names))
+            choices = np.random.default_rng([self.seed, block]).choice(
+                len(self.names), size=self.BLOCK, p=probabilities
+            )
+            self._blocks[block] = (choices, before)
+        return self._blocks[number]
+
+    def task_and_step(self, step: int) -> tuple[str, int]:
+        block, within = divmod(step, self.BLOCK)
+        choices, before = self._block(block)
+        task = int(choices[within])
+        local = int(before[task] + np.count_nonzero(choices[:within] == task))
+        return self.names[task], local
+
+    def batch(self, step: int) -> tuple[str, dict[str, np.ndarray]]:
+        name, local = self.task_and_step(step)
+        return name, self.batchers[name].batch(local)
+
+    def iterate(
+        self, start_step: int = 0, num_steps: int | None = None
+    ) -> Iterator[tuple[str, dict]]:
+        step = start_step
+        while num_steps is None or step < start_step + num_steps:
+            yield self.batch(step)
+            step += 1

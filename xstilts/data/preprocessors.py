@@ -1,0 +1,314 @@
+"""Deterministic featurization of reader examples into variable-length token features (pure
+Python/numpy, no TensorFlow). Feature converters (``feature_converters.py``) pad them to
+fixed-shape batches.
+
+Every function takes an example dict from ``readers.py`` (or the synthetic source) and an
+``XLMRTokenizer`` and returns one feature dict, or a list of them when an example becomes
+several windows (QA, long tagging sentences). Feature keys follow DESIGN.md: ``input_ids``,
+``labels``, ``label_mask``, ``start_positions``/``end_positions``; bookkeeping keys
+(``example_id``, ``offsets``, ``word_ids``, ...) stay on the host for answer extraction and
+scoring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from xstilts.data.readers import DataFormatError
+
+Feature = dict[str, Any]
+
+# QA protocol defaults (DESIGN.md; jiant / BERT run_squad)
+QA_MAX_LENGTH = 384
+QA_DOC_STRIDE = 128
+QA_MAX_QUERY_LENGTH = 64
+IGNORE_LABEL = -1  # label of tokens that carry no tag (continuation pieces, specials, padding)
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from xstilts.tokenization import XLMRTokenizer as Tokenizer
+
+
+def label_index(labels: Sequence[str], label: Any, where: str) -> int:
+    """Position of ``label`` in the task's label list; a clear error otherwise."""
+    try:
+        return list(labels).index(label)
+    except ValueError:
+        raise DataFormatError(
+            where, None, f"unknown label {label!r}; expected one of {list(labels)}"
+        ) from None
+
+
+# ------------------------------------------------------------------------------ classification
+
+
+def classification_features(
+    example: Mapping[str, Any],
+    tokenizer: Tokenizer,
+    max_length: int,
+    labels: Sequence[str],
+) -> Feature:
+    """``<s> A </s></s> B </s>`` (or ``<s> A </s>`` without ``text_b``), truncated longest-first."""
+    if example.get("text_b") is None:
+        input_ids = tokenizer.encode(example["text_a"], max_length=max_length)
+    else:
+        input_ids = tokenizer.encode_pair(
+            example["text_a"], example["text_b"], max_length=max_length
+        )
+    label = example.get("label")
+    return {
+        "input_ids": np.asarray(input_ids, np.int32),
+        "labels": IGNORE_LABEL
+        if label is None
+        else label_index(labels, label, f"example {example.get('id')}"),
+        "example_id": example.get("id"),
+    }
+
+
+def multiple_choice_features(
+    example: Mapping[str, Any], tokenizer: Tokenizer, max_length: int
+) -> Feature:
+    """One ``<s> context question </s></s> choice </s>`` row per choice (``input_ids`` [C, *])."""
+    prompt = " ".join(
+        part for part in (example.get("context", ""), example.get("question", "")) if part
+    )
+    rows = [
+        tokenizer.encode_pair(prompt, choice, max_length=max_length)
+        for choice in example["choices"]
+    ]
+    label = example.get("label")
+    return {
+        "input_ids": [np.asarray(row, np.int32) for row in rows],
+        "labels": IGNORE_LABEL if label is None else int(label),
+        "example_id": example.get("id"),
+    }
+
+
+# ------------------------------------------------------------------------------------- tagging
+
+
+def tagging_features(
+    example: Mapping[str, Any],
+    tokenizer: Tokenizer,
+    max_length: int,
+    tags: Sequence[str] | None,
+) -> list[Feature]:
+    """Word-by-word tokenization, the tag on each word's first sub-token (``label_mask`` 1 there).
+
+    A sentence longer than ``max_length`` is split into consecutive windows of whole words, not
+    truncated, so every word is labelled exactly once; ``word_ids`` maps every token back to its
+    word in the original sentence (-1 for specials). A word that tokenizes to nothing becomes
+    ``<unk>``; a single word longer than a window keeps only its first pieces.
+    """
+    words = list(example["tokens"])
+    gold = example.get("tags")
+    where = f"example {example.get('id')}"
+    if gold is not None and len(gold) != len(words):
+        raise DataFormatError(where, None, f"{len(words)} tokens but {len(gold)} tags")
+    budget = max_length - 2
+    if budget < 1:
+        raise ValueError(f"max_length {max_length} leaves no room between <s> and </s>")
+    pieces = [tokenizer.encode_text(word) or [tokenizer.unk_id] for word in words]
+    windows: list[tuple[int, int]] = []  # [first word, last word) per window
+    start, used = 0, 0
+    for index, word_pieces in enumerate(pieces):
+        size = min(len(word_pieces), budget)
+        if used + size > budget and index > start:
+            windows.append((start, index))
+            start, used = index, 0
+        used += size
+    windows.append((start, len(words)))
+    features = []
+    for number, (first, last) in enumerate(windows):
+        ids, word_ids, label_ids, mask = [tokenizer.bos_id], [-1], [IGNORE_LABEL], [0]
+        for index in range(first, last):
+            word_pieces = pieces[index][:budget]
+            for position, piece in enumerate(word_pieces):
+                ids.append(piece)
+                word_ids.append(index)
+                is_first = position == 0
+                mask.append(int(is_first))
+                if is_first and gold is not None:
+                    label_ids.append(
+                        label_index(tags, gold[index], where) if tags else IGNORE_LABEL
+                    )
+                else:
+                    label_ids.append(IGNORE_LABEL)
+        ids.append(tokenizer.eos_id)
+        word_ids.append(-1)
+        label_ids.append(IGNORE_LABEL)
+        mask.append(0)
+        features.append(
+            {
+                "input_ids": np.asarray(ids, np.int32),
+                "labels": np.asarray(label_ids, np.int32),
+                "label_mask": np.asarray(mask, np.int32),
+                "word_ids": np.asarray(word_ids, np.int32),
+                "example_id": example.get("id"),
+                "window": number,
+                "num_words": len(words),
+            }
+        )
+    return features
+
+
+# ------------------------------------------------------------------------------------ span QA
+
+
+def char_span_to_tokens(
+    offsets: Sequence[tuple[int, int]], start_char: int, end_char: int
+) -> tuple[int, int] | None:
+    """First and last token (inclusive) whose character spans overlap ``[start_char, end_char)``."""
+    first = last = None
+    for index, (begin, end) in enumerate(offsets):
+        if end <= begin:  # empty span (a lone "▁")
+            continue
+        if first is None and end > start_char:
+            first = index
+        if begin < end_char:
+            last = index
+    if first is None or last is None or last < first:
+        return None
+    return first, last
+
+
+def recover_answer(context: str, offsets: Sequence[tuple[int, int]], start: int, end: int) -> str:
+    """Text of tokens ``start..end`` (inclusive) of the context, via character offsets."""
+    return context[offsets[start][0] : offsets[end][1]].strip()
+
+
+def qa_features(
+    example: Mapping[str, Any],
+    tokenizer: Tokenizer,
+    max_length: int = QA_MAX_LENGTH,
+    doc_stride: int = QA_DOC_STRIDE,
+    max_query_length: int = QA_MAX_QUERY_LENGTH,
+    *,
+    context_encoding: tuple[list[int], list[tuple[int, int]]] | None = None,
+) -> list[Feature]:
+    """SQuAD-style windows ``<s> question </s></s> context window </s>`` (BERT/jiant protocol).
+
+    The question keeps at most ``max_query_length`` tokens; windows advance by ``doc_stride``
+    context tokens. Each window's ``offsets`` give the character span in the context of every
+    token (``(-1, -1)`` outside the context) for answer extraction. The first answer is the
+    training target: ``start_positions``/``end_positions`` point at its tokens when they lie
+    inside the window, else at index 0 (``<s>``), which is also the target for SQuAD v2
+    unanswerable questions. ``context_encoding`` reuses a tokenized context shared by several
+    questions.
+    """
+    if doc_stride < 1:
+        raise ValueError(f"doc_stride must be positive, got {doc_stride}")
+    question_ids = tokenizer.encode_text(example["question"].strip())[:max_query_length]
+    context = example["context"]
+    context_ids, context_offsets = context_encoding or tokenizer.encode_with_offsets(
+        context, add_special_tokens=False
+    )
+    window_size = max_length - len(question_ids) - 4
+    if window_size < 1:
+        raise ValueError(
+            f"max_length {max_length} leaves no room for context after "
+            f"a {len(question_ids)}-token question"
+        )
+    answers = example.get("answers") or []
+    answer_tokens = None
+    if answers and not example.get("is_impossible"):
+        answer = answers[0]
+        begin = answer["answer_start"]
+        answer_tokens = char_span_to_tokens(context_offsets, begin, begin + len(answer["text"]))
+    features = []
+    window_start = 0
+    prefix = [tokenizer.bos_id, *question_ids, tokenizer.eos_id, tokenizer.eos_id]
+    while True:
+        length = min(window_size, len(context_ids) - window_start)
+        window_ids = context_ids[window_start : window_start + length]
+        input_ids = [*prefix, *window_ids, tokenizer.eos_id]
+        offsets = (
+            [(-1, -1)] * len(prefix)
+            + list(context_offsets[window_start : window_start + length])
+            + [(-1, -1)]
+        )
+        start_position = end_position = 0
+        if answer_tokens is not None:
+            first, last = answer_tokens
+            if first >= window_start and last < window_start + length:
+                start_position = first - window_start + len(prefix)
+                end_position = last - window_start + len(prefix)
+        features.append(
+            {
+                "input_ids": np.asarray(input_ids, np.int32),
+                "start_positions": start_position,
+                "end_positions": end_position,
+                "offsets": np.asarray(offsets, np.int32).reshape(-1, 2),
+                "context_start": len(prefix),
+                "example_id": example.get("id"),
+                "window": len(features),
+            }
+        )
+        if window_start + length >= len(context_ids):
+            break
+        window_start += min(length, doc_stride)
+    return features
+
+
+def qa_features_for_examples(
+    examples: Sequence[Mapping[str, Any]], tokenizer: Tokenizer, **kwargs: Any
+) -> list[Feature]:
+    """``qa_features`` over many examples, tokenizing each distinct context once."""
+    cache: dict[str, tuple[list[int], list[tuple[int, int]]]] = {}
+    out: list[Feature] = []
+    for example in examples:
+        context = example["context"]
+        if context not in cache:
+            cache[context] = tokenizer.encode_with_offsets(context, add_special_tokens=False)
+        out.extend(qa_features(example, tokenizer, context_encoding=cache[context], **kwargs))
+    return out
+
+
+# ---------------------------------------------------------------------------------------- MLM
+
+
+def mlm_sequences(texts: Sequence[str], tokenizer: Tokenizer, max_length: int) -> list[Feature]:
+    """Concatenate the token stream of ``texts`` and cut it into ``<s> ... </s>`` rows of at most
+    ``max_length`` tokens (the usual MLM packing; deterministic)."""
+    body = max_length - 2
+    if body < 1:
+        raise ValueError(f"max_length {max_length} leaves no room between <s> and </s>")
+    stream: list[int] = []
+    for text in texts:
+        stream.extend(tokenizer.encode_text(text))
+    rows = []
+    for start in range(0, len(stream), body):
+        ids = [tokenizer.bos_id, *stream[start : start + body], tokenizer.eos_id]
+        rows.append({"input_ids": np.asarray(ids, np.int32), "example_id": len(rows)})
+    return rows
+
+
+def mask_tokens(
+    input_ids: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    mask_id: int,
+    special_ids: Sequence[int] = (0, 1, 2, 3),
+    mask_probability: float = 0.15,
+) -> dict[str, np.ndarray]:
+    """BERT masking on a ``[..., L]`` int array: each ordinary token is selected with probability
+    ``mask_probability``; a selected token becomes ``<mask>`` (80%), a random ordinary token (10%)
+    or stays (10%). Specials and padding are never selected. Returns ``input_ids``, ``labels``
+    (the original ids) and ``label_mask`` (1 where selected)."""
+    input_ids = np.asarray(input_ids)
+    special = np.isin(input_ids, np.asarray(list(special_ids) + [mask_id]))
+    selected = (rng.random(input_ids.shape) < mask_probability) & ~special
+    action = rng.random(input_ids.shape)
+    masked = input_ids.copy()
+    masked[selected & (action < 0.8)] = mask_id
+    randomize = selected & (action >= 0.8) & (action < 0.9)
+    low = max(special_ids) + 1  # ordinary pieces: after the specials, before <mask>
+    masked[randomize] = rng.integers(low, mask_id, size=int(randomize.sum()))
+    return {
+        "input_ids": masked.astype(np.int32),
+        "labels": input_ids.astype(np.int32),
+        "label_mask": selected.astype(np.int32),
+    }
