@@ -1,4 +1,4 @@
-"""Test set-up: 8 fake CPU devices, no TensorFlow inside transformers, and the shared data samples."""
+"""Test set-up: 8 fake CPU devices, no TensorFlow in transformers, the shared data samples."""
 
 import os
 

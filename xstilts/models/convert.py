@@ -1,11 +1,12 @@
 """Hugging Face XLM-R checkpoints <-> xstilts Flax parameters, without torch.
 
-``load_hf_checkpoint(path_or_hub_id)`` reads ``config.json`` and ``model.safetensors`` (also sharded,
-with its index) or ``pytorch_model.bin`` and returns ``(XLMRConfig, params)``: the encoder's
-parameters at the top level (``embeddings``, ``encoder``, ``pooler``; what ``XLMRModel`` applies)
+``load_hf_checkpoint(path_or_hub_id)`` reads ``config.json`` and ``model.safetensors`` (also
+sharded, with its index) or ``pytorch_model.bin`` and returns ``(XLMRConfig, params)``: the
+encoder's parameters at the top level (``embeddings``, ``encoder``, ``pooler``; what ``XLMRModel`` applies)
 plus any head found in the file under Hugging Face's name (``lm_head``, ``classifier``,
 ``qa_outputs``). ``task_params`` nests them the way the models in ``heads.py`` expect.
-``save_hf_checkpoint`` writes the way back: safetensors and a ``config.json`` that transformers loads.
+``save_hf_checkpoint`` writes the way back: safetensors and a ``config.json`` that transformers
+loads.
 
 The conversion is a rename table: Linear weights are transposed (PyTorch keeps ``[out, in]``), the
 attention projections are reshaped to ``[embed, heads, kv]`` / ``[heads, kv, embed]``, LayerNorm
@@ -49,7 +50,7 @@ class LoadReport:
     heads: list[str]
 
 
-# --- per-kind transforms: (to ours, to Hugging Face) -----------------------------------------------
+# --- per-kind transforms: (to ours, to Hugging Face) ----------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +120,7 @@ _HEAD_RULES = {
 _IGNORED = re.compile(r"^(lm_head\.decoder\.(weight|bias)|embeddings\.position_ids)$")
 
 
-# --- reading -----------------------------------------------------------------------------------------
+# --- reading -------------------------------------------------------------------------------------
 
 
 def _looks_like_hub_id(name: str) -> bool:
@@ -132,7 +133,8 @@ def resolve_checkpoint_dir(path_or_hub_id: str | os.PathLike) -> str:
     if os.path.isdir(path):
         return path
     if os.path.exists(path):
-        raise ValueError(f"{path}: expected a folder with config.json and model weights, got a file")
+        raise ValueError(
+            f"{path}: expected a folder with config.json and model weights, got a file")
     if not _looks_like_hub_id(path):
         raise FileNotFoundError(f"{path}: no such folder (and not a Hugging Face hub id)")
     try:
@@ -313,7 +315,7 @@ def load_hf_checkpoint(path_or_hub_id: str | os.PathLike, *, return_report: bool
     return (config, params, report) if return_report else (config, params)
 
 
-# --- layout helpers ------------------------------------------------------------------------------------
+# --- layout helpers ------------------------------------------------------------------------------
 
 
 def split_encoder(params: Mapping[str, Any]) -> tuple[Params, Params]:
@@ -368,7 +370,7 @@ def unscan_layer_params(params: Params) -> Params:
     return out
 
 
-# --- writing -----------------------------------------------------------------------------------------
+# --- writing -------------------------------------------------------------------------------------
 
 
 def _architecture(heads: Mapping[str, Any]) -> str:

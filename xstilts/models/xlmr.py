@@ -57,7 +57,8 @@ class XLMRConfig:
                 f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
                 f"{self.num_attention_heads}")
         if self.hidden_act not in _ACTIVATIONS:
-            raise ValueError(f"hidden_act {self.hidden_act!r}: expected one of {sorted(_ACTIVATIONS)}")
+            raise ValueError(
+                f"hidden_act {self.hidden_act!r}: expected one of {sorted(_ACTIVATIONS)}")
         if self.remat not in ("none", "full", "dots", "dots_no_batch"):
             raise ValueError(f"remat {self.remat!r}: expected none, full, dots or dots_no_batch")
         jnp.dtype(self.dtype)  # raises on an unknown dtype name
@@ -373,7 +374,7 @@ class Encoder(nn.Module):
 
 
 class Pooler(nn.Module):
-    """RoBERTa pooler: dense + tanh on the ``<s>`` token. Part of the encoder (transfers in STILTs)."""
+    """RoBERTa pooler: dense + tanh on ``<s>``. Part of the encoder (transfers in STILTs)."""
 
     config: XLMRConfig
 
