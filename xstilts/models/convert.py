@@ -2,8 +2,8 @@
 
 ``load_hf_checkpoint(path_or_hub_id)`` reads ``config.json`` and ``model.safetensors`` (also
 sharded, with its index) or ``pytorch_model.bin`` and returns ``(XLMRConfig, params)``: the
-encoder's parameters at the top level (``embeddings``, ``encoder``, ``pooler``; what ``XLMRModel`` applies)
-plus any head found in the file under Hugging Face's name (``lm_head``, ``classifier``,
+encoder's parameters at the top level (``embeddings``, ``encoder``, ``pooler``: what ``XLMRModel``
+applies) plus any head found in the file under Hugging Face's name (``lm_head``, ``classifier``,
 ``qa_outputs``). ``task_params`` nests them the way the models in ``heads.py`` expect.
 ``save_hf_checkpoint`` writes the way back: safetensors and a ``config.json`` that transformers
 loads.
