@@ -34,7 +34,12 @@ UPOS_TAGS = (
 )  # fmt: skip
 PANX_TAGS = ("B-LOC", "B-ORG", "B-PER", "I-LOC", "I-ORG", "I-PER", "O")
 
-_NLI_ALIASES = {"e": "entailment", "n": "neutral", "c": "contradiction"}
+_NLI_ALIASES = {
+    "e": "entailment",
+    "n": "neutral",
+    "c": "contradiction",
+    "contradictory": "contradiction",
+}
 _BINARY_ALIASES = {"0": "0", "1": "1", "False": "0", "True": "1", "false": "0", "true": "1"}
 
 Example = dict[str, Any]
@@ -502,12 +507,18 @@ def read_ccg_supertags(path: str | Path) -> Iterator[Example]:
 # span QA
 
 
-def read_squad_json(path: str | Path, *, drop_withheld_answers: bool = True) -> Iterator[Example]:
+def read_squad_json(
+    path: str | Path, *, drop_withheld_answers: bool = True, on_misaligned: str = "error"
+) -> Iterator[Example]:
     """SQuAD v1.1 / v2.0 JSON (SQuAD, XQuAD, MLQA, TyDiQA-GoldP) and the flat Hugging Face layout.
 
     Answers whose ``text`` is empty are withheld labels (XTREME strips TyDiQA's test answers that
-    way) and are dropped. Every kept answer must match the context at ``answer_start``.
+    way) and are dropped. Every kept answer must match the context at ``answer_start``; with
+    ``on_misaligned="drop"`` (machine-translated training sets) a misaligned answer is dropped
+    instead, and a question left without answers is skipped.
     """
+    if on_misaligned not in ("error", "drop"):
+        raise ValueError(f"on_misaligned must be 'error' or 'drop', got {on_misaligned!r}")
     path = _existing(path)
     try:
         with open(path, encoding="utf-8") as handle:
@@ -520,7 +531,7 @@ def read_squad_json(path: str | Path, *, drop_withheld_answers: bool = True) -> 
     for a, article in enumerate(data):
         if "paragraphs" not in article and "context" in article:  # flat HF layout
             answers = article.get("answers", {"text": [], "answer_start": []})
-            yield _qa_example(
+            example = _qa_example(
                 path,
                 f"$.data[{a}]",
                 article.get("title", ""),
@@ -531,14 +542,17 @@ def read_squad_json(path: str | Path, *, drop_withheld_answers: bool = True) -> 
                     for t, s in zip(answers["text"], answers["answer_start"], strict=True)
                 ],
                 drop_withheld_answers,
+                on_misaligned,
             )
+            if example is not None:
+                yield example
             continue
         paragraphs = _field(path, f"$.data[{a}]", article, "paragraphs")
         for p, paragraph in enumerate(paragraphs):
             where = f"$.data[{a}].paragraphs[{p}]"
             context = _field(path, where, paragraph, "context")
             for q, qa in enumerate(_field(path, where, paragraph, "qas")):
-                yield _qa_example(
+                example = _qa_example(
                     path,
                     f"{where}.qas[{q}]",
                     article.get("title", ""),
@@ -546,13 +560,24 @@ def read_squad_json(path: str | Path, *, drop_withheld_answers: bool = True) -> 
                     qa,
                     _field(path, f"{where}.qas[{q}]", qa, "answers"),
                     drop_withheld_answers,
+                    on_misaligned,
                 )
+                if example is not None:
+                    yield example
 
 
 def _qa_example(
-    path: Path, where: str, title: str, context: str, qa: dict, answers: list, drop_withheld: bool
-) -> Example:
+    path: Path,
+    where: str,
+    title: str,
+    context: str,
+    qa: dict,
+    answers: list,
+    drop_withheld: bool,
+    on_misaligned: str = "error",
+) -> Example | None:
     kept = []
+    misaligned = 0
     for n, answer in enumerate(answers):
         text, start = answer.get("text"), answer.get("answer_start")
         if not isinstance(text, str) or not isinstance(start, int):
@@ -562,12 +587,17 @@ def _qa_example(
         if text == "" and drop_withheld:
             continue
         if context[start : start + len(text)] != text:
+            if on_misaligned == "drop":
+                misaligned += 1
+                continue
             raise DataFormatError(
                 path,
                 f"{where}.answers[{n}]",
                 f"answer {text!r} is not at answer_start {start} of the context",
             )
         kept.append({"text": text, "answer_start": start})
+    if misaligned and not kept:
+        return None
     impossible = bool(qa.get("is_impossible", False))
     if impossible and kept:
         raise DataFormatError(path, where, "is_impossible is true but answers are given")

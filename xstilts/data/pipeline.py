@@ -1,0 +1,163 @@
+"""From a registered task or mixture name to fixed-shape batches: read, featurize (cached on
+disk, written atomically), batch. Pure Python/numpy.
+
+Example::
+
+    tok = XLMRTokenizer.from_pretrained(checkpoint_dir)
+    batcher = mixture_batcher("intermediate.mnli.multilingual", tok, data_dir="data",
+                              batch_size=32, seed=0, shard_info=ShardInfo(jax.process_index(),
+                                                                          jax.process_count()))
+    task_name, batch = batcher.batch(step)       # a pure function of step: exact resume
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pickle
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from xstilts.data import preprocessors as P
+from xstilts.data.feature_converters import FeatureBatcher, MixtureBatcher
+from xstilts.data.tasks import TaskSpec, get_task, mixture_rates, mixture_tasks
+
+log = logging.getLogger(__name__)
+CACHE_VERSION = 1
+
+
+def featurize(
+    spec: TaskSpec,
+    examples: Sequence[Mapping[str, Any]],
+    tokenizer: Any,
+    max_length: int | None = None,
+) -> list[dict[str, Any]]:
+    """Features of ``examples`` for the task's kind (see ``preprocessors.py``)."""
+    length = max_length or spec.max_length
+    if spec.kind == "classification":
+        return [P.classification_features(e, tokenizer, length, spec.labels) for e in examples]
+    if spec.kind == "tagging":
+        out: list[dict[str, Any]] = []
+        for e in examples:
+            out.extend(P.tagging_features(e, tokenizer, length, spec.labels))
+        return out
+    if spec.kind == "qa":
+        return P.qa_features_for_examples(examples, tokenizer, max_length=length)
+    if spec.kind == "multiple_choice":
+        return [P.multiple_choice_features(e, tokenizer, length) for e in examples]
+    if spec.kind == "mlm":
+        return P.mlm_sequences([e["text"] for e in examples], tokenizer, length)
+    raise ValueError(f"task {spec.name}: kind {spec.kind!r} has no training features")
+
+
+def _cache_key(spec: TaskSpec, split: str, data_dir: Any, tokenizer: Any, length: int) -> str:
+    digest = hashlib.sha256()
+    digest.update(f"{CACHE_VERSION}|{spec.name}|{split}|{length}".encode())
+    for path in spec.path(split, data_dir):
+        stat = path.stat()
+        digest.update(f"|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    model_file = getattr(tokenizer, "model_file", None)
+    if model_file is not None:
+        digest.update(hashlib.sha256(Path(model_file).read_bytes()).digest())
+    return digest.hexdigest()[:20]
+
+
+def task_features(
+    name: str,
+    split: str,
+    tokenizer: Any,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    max_length: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> list[dict[str, Any]]:
+    """Featurized ``split`` of task ``name``; with ``cache_dir``, read from / written to a pickle
+    keyed by the data files, tokenizer and length (written to a temporary file, then renamed)."""
+    spec = get_task(name)
+    length = max_length or spec.max_length
+    cache_path = None
+    if cache_dir is not None:
+        key = _cache_key(spec, split, data_dir, tokenizer, length)
+        cache_path = Path(cache_dir) / f"{name}.{split}.{length}.{key}.pkl"
+        if cache_path.is_file():
+            with open(cache_path, "rb") as handle:
+                return pickle.load(handle)
+    examples = list(spec.examples(split, data_dir))
+    if not examples:
+        raise ValueError(f"task {name} split {split!r} is empty ({spec.path(split, data_dir)})")
+    features = featurize(spec, examples, tokenizer, length)
+    if cache_path is not None:
+        _atomic_pickle(cache_path, features)
+    log.info("%s/%s: %d examples -> %d features", name, split, len(examples), len(features))
+    return features
+
+
+def _atomic_pickle(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            pickle.dump(value, out, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def task_batcher(
+    name: str,
+    split: str,
+    tokenizer: Any,
+    *,
+    batch_size: int,
+    data_dir: str | os.PathLike | None = None,
+    max_length: int | None = None,
+    seed: int = 0,
+    shuffle: bool = True,
+    shard_info: Any = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> FeatureBatcher:
+    spec = get_task(name)
+    length = max_length or spec.max_length
+    features = task_features(
+        name, split, tokenizer, data_dir=data_dir, max_length=length, cache_dir=cache_dir
+    )
+    mlm = {"mask_id": tokenizer.mask_id} if spec.kind == "mlm" else None
+    return FeatureBatcher(
+        features, spec.kind, batch_size=batch_size, length=length, seed=seed, shuffle=shuffle,
+        shard_info=shard_info, num_choices=spec.num_choices, mlm=mlm,
+    )  # fmt: skip
+
+
+def mixture_batcher(
+    mixture: str,
+    tokenizer: Any,
+    *,
+    batch_size: int,
+    data_dir: str | os.PathLike | None = None,
+    split: str = "train",
+    seed: int = 0,
+    shard_info: Any = None,
+    max_length: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> MixtureBatcher:
+    """Per-step task choice by the mixture's rates (sizes = featurized training examples)."""
+    batchers = {
+        task: task_batcher(
+            task,
+            split,
+            tokenizer,
+            batch_size=batch_size,
+            data_dir=data_dir,
+            max_length=max_length,
+            seed=seed,
+            shard_info=shard_info,
+            cache_dir=cache_dir,
+        )  # fmt: skip
+        for task in mixture_tasks(mixture)
+    }
+    rates = mixture_rates(mixture, {task: len(b.features) for task, b in batchers.items()})
+    return MixtureBatcher(batchers, rates, seed=seed)
