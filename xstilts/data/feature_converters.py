@@ -95,7 +95,7 @@ def pad_batch(
             input_ids[target][: len(ids)] = ids
             attention_mask[target][: len(ids)] = 1
         if kind in ("classification", "multiple_choice"):
-            batch["labels"][row] = feature["labels"]
+            batch["labels"][row] = feature.get("labels", IGNORE_LABEL)
         elif kind == "tagging":
             n = len(feature["input_ids"])
             batch["labels"][row, :n] = feature["labels"]
