@@ -1,0 +1,515 @@
+"""Fetch the official releases into a data directory, verify checksums, and lay the files out as
+``tasks.py`` expects. Run it on a machine with internet; nothing else in xstilts downloads.
+
+    python -m xstilts.data.prepare --data_dir data --dry-run          # what would be fetched
+    python -m xstilts.data.prepare --data_dir data --only xnli,xquad  # some datasets
+    python -m xstilts.data.prepare --data_dir data                    # everything
+
+Checksums: files whose exact bytes the project has seen (XQuAD, Tatoeba; ``checksums.py``) are
+verified against pinned SHA-256s. Every other download is recorded on first use in
+``<data_dir>/checksums.lock.json`` and verified on every later run (trust on first use), so a
+changed upstream file is an error, not a silent change. Downloads and extracted files appear
+atomically (temporary name, then rename); a failed run leaves no partial file behind and can be
+rerun. Datasets with a manual step (PAN-X's AmazonPhotos.zip, licensed CCGbank) print what to do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import urllib.request
+import zipfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from xstilts.data import readers as r
+from xstilts.data.checksums import LASER_COMMIT, SHA256, XQUAD_COMMIT
+from xstilts.data.tasks import (
+    LANGUAGES,
+    SQUAD_TRANSLATE_TRAIN,
+    TATOEBA_ISO3,
+    XNLI_TRANSLATE_TRAIN,
+)
+
+LOCK_FILE = "checksums.lock.json"
+XTREME_TRANSLATIONS = "https://storage.googleapis.com/xtreme_translations"
+
+
+@dataclasses.dataclass(frozen=True)
+class Resource:
+    """One file to fetch: ``url`` -> ``<data_dir>/<target>`` (archives go to ``downloads/``
+    and ``post`` turns them into the task layout)."""
+
+    dataset: str
+    url: str
+    target: str
+    sha256: str | None = None
+    post: Callable[[Path, Path], None] | None = None  # (downloaded file, data_dir)
+    manual: str | None = None  # a step the user must do (printed; see ``manual_only``)
+    manual_only: bool = False  # the file cannot be downloaded: the user places it
+
+
+# ------------------------------------------------------------------------ post-processing
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _write_pairs(path: Path, examples: Iterable[dict]) -> None:
+    rows = [f"{e['text_a']}\t{e['text_b']}\t{e['label']}\n" for e in examples]
+    _atomic_bytes(path, "".join(rows).encode())
+
+
+def _members(mapping: dict[str, str]) -> Callable[[Path, Path], None]:
+    """Copy archive members (zip or tar) to paths under the data dir."""
+
+    def post(archive: Path, root: Path) -> None:
+        for member, target in mapping.items():
+            _atomic_bytes(root / target, _read_member(archive, member))
+
+    return post
+
+
+def _read_member(archive: Path, member: str) -> bytes:
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as z:
+            return z.read(member)
+    with tarfile.open(archive) as t:
+        handle = t.extractfile(member)
+        if handle is None:
+            raise KeyError(f"{archive}: {member} is not a file")
+        return handle.read()
+
+
+def _xnli(archive: Path, root: Path) -> None:
+    """XNLI-1.0.zip: xnli.{dev,test}.tsv (all languages) -> xnli/{dev,test}-<lang>.tsv."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for split in ("dev", "test"):
+            source = Path(tmp) / f"xnli.{split}.tsv"
+            source.write_bytes(_read_member(archive, f"XNLI-1.0/xnli.{split}.tsv"))
+            for lang in LANGUAGES["xnli"]:
+                _write_pairs(
+                    root / f"xnli/{split}-{lang}.tsv",
+                    r.read_xnli_original_tsv(source, language=lang),
+                )
+
+
+def _pawsx(archive: Path, root: Path) -> None:
+    """x-final.tar.gz -> pawsx/{train-en,dev-<lang>,test-<lang>}.tsv (XTREME's layout)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for lang in LANGUAGES["pawsx"]:
+            for split, name in (
+                ("dev", "dev_2k.tsv"),
+                ("test", "test_2k.tsv"),
+                ("train", "train.tsv"),
+            ):
+                if split == "train" and lang != "en":
+                    continue
+                source = Path(tmp) / f"{lang}-{name}"
+                source.write_bytes(_read_member(archive, f"x-final/{lang}/{name}"))
+                _write_pairs(root / f"pawsx/{split}-{lang}.tsv", r.read_pawsx_original_tsv(source))
+
+
+_TYDIQA_NAMES = {
+    "arabic": "ar",
+    "bengali": "bn",
+    "english": "en",
+    "finnish": "fi",
+    "indonesian": "id",
+    "korean": "ko",
+    "russian": "ru",
+    "swahili": "sw",
+    "telugu": "te",
+}
+
+
+def _tydiqa_split(kind: str) -> Callable[[Path, Path], None]:
+    """TyDiQA-GoldP release json -> one SQuAD file per language (id prefix = language name)."""
+
+    def post(source: Path, root: Path) -> None:
+        document = json.loads(source.read_text(encoding="utf-8"))
+        per_language: dict[str, list] = {lang: [] for lang in _TYDIQA_NAMES.values()}
+        for article in document["data"]:
+            for paragraph in article["paragraphs"]:
+                for qa in paragraph["qas"]:
+                    lang = _TYDIQA_NAMES[qa["id"].split("-", 1)[0]]
+                    per_language[lang].append(
+                        {
+                            "title": article.get("title", ""),
+                            "paragraphs": [{"context": paragraph["context"], "qas": [qa]}],
+                        }
+                    )
+        folder = "tydiqa-goldp-v1.1-train" if kind == "train" else "tydiqa-goldp-v1.1-dev"
+        for lang, articles in per_language.items():
+            data = json.dumps({"version": "TyDiQA-GoldP-1.1", "data": articles}, ensure_ascii=False)
+            _atomic_bytes(root / f"tydiqa/{folder}/tydiqa.goldp.{lang}.{kind}.json", data.encode())
+
+    return post
+
+
+def _bucc(lang: str) -> Callable[[Path, Path], None]:
+    def post(archive: Path, root: Path) -> None:
+        for release, split in (("sample", "dev"), ("training", "test")):
+            for suffix in (lang, "en", "gold"):
+                member = f"bucc2018/{lang}-en/{lang}-en.{release}.{suffix}"
+                try:
+                    data = _read_member(archive, member)
+                except KeyError:
+                    continue  # the test (training) gold is withheld by XTREME's protocol anyway
+                _atomic_bytes(root / f"bucc2018/{lang}-en.{split}.{suffix}", data)
+
+    return post
+
+
+def _panx(archive: Path, root: Path) -> None:
+    """AmazonPhotos.zip (panx_dataset/<lang>.tar.gz: train/dev/test) -> panx/<split>-<lang>.tsv."""
+    with zipfile.ZipFile(archive) as z:
+        for lang in LANGUAGES["panx"]:
+            inner = tarfile.open(fileobj=io.BytesIO(z.read(f"panx_dataset/{lang}.tar.gz")))
+            for split in ("train", "dev", "test"):
+                handle = inner.extractfile(split)
+                if handle is None:
+                    raise KeyError(f"{archive}: panx_dataset/{lang}.tar.gz has no {split}")
+                _atomic_bytes(root / f"panx/{split}-{lang}.tsv", handle.read())
+
+
+# -------------------------------------------------------------------------------- manifest
+
+
+def resources() -> list[Resource]:
+    out: list[Resource] = []
+    add = out.append
+    add(
+        Resource(
+            "xnli",
+            "https://dl.fbaipublicfiles.com/XNLI/XNLI-1.0.zip",
+            "downloads/XNLI-1.0.zip",
+            post=_xnli,
+        )
+    )
+    for lang in XNLI_TRANSLATE_TRAIN:
+        add(
+            Resource(
+                "mnli_translate_train",
+                f"{XTREME_TRANSLATIONS}/XNLI/translate-train/en-{lang}-translated.tsv",
+                f"xnli/translate-train/en-{lang}-translated.tsv",
+            )
+        )
+    add(
+        Resource(
+            "pawsx",
+            "https://storage.googleapis.com/paws/pawsx/x-final.tar.gz",
+            "downloads/x-final.tar.gz",
+            post=_pawsx,
+        )
+    )
+    add(
+        Resource(
+            "udpos",
+            "https://lindat.mff.cuni.cz/repository/xmlui/bitstream/handle/11234/1-3105/ud-treebanks-v2.5.tgz",
+            "downloads/ud-treebanks-v2.5.tgz",
+            manual="convert with XTREME's utils_preprocess.py udpos (it merges treebanks) "
+            "into udpos/{train,dev,test}-<lang>.tsv; xstilts reads that token<TAB>UPOS layout",
+        )
+    )
+    add(
+        Resource(
+            "panx",
+            "https://www.amazon.com/clouddrive/share/d3KGCRCIYwhKJF0H3eWA26hjg2ZCRhjpEQtDL70FSBN",
+            "downloads/AmazonPhotos.zip",
+            post=_panx,
+            manual_only=True,
+            manual="the link is dead (google-research/xtreme#101): put AmazonPhotos.zip (rehosted "
+            "e.g. by huggingface/datasets PR #2710) in <data_dir>/downloads/ and rerun",
+        )
+    )
+    for lang in LANGUAGES["xquad"]:
+        add(
+            Resource(
+                "xquad",
+                f"https://raw.githubusercontent.com/google-deepmind/xquad/{XQUAD_COMMIT}/xquad.{lang}.json",
+                f"xquad/xquad.{lang}.json",
+                SHA256[f"xquad.{lang}.json"],
+            )
+        )
+    add(
+        Resource(
+            "mlqa",
+            "https://dl.fbaipublicfiles.com/MLQA/MLQA_V1.zip",
+            "downloads/MLQA_V1.zip",
+            post=_members(
+                {
+                    f"MLQA_V1/{s}/{s}-context-{g}-question-{g}.json": (
+                        f"mlqa/MLQA_V1/{s}/{s}-context-{g}-question-{g}.json"
+                    )
+                    for s in ("dev", "test")
+                    for g in LANGUAGES["mlqa"]
+                }
+            ),
+        )
+    )  # noqa: E741
+    add(
+        Resource(
+            "tydiqa",
+            "https://storage.googleapis.com/tydiqa/v1.1/tydiqa-goldp-v1.1-train.json",
+            "downloads/tydiqa-goldp-v1.1-train.json",
+            post=_tydiqa_split("train"),
+        )
+    )
+    add(
+        Resource(
+            "tydiqa",
+            "https://storage.googleapis.com/tydiqa/v1.1/tydiqa-goldp-v1.1-dev.json",
+            "downloads/tydiqa-goldp-v1.1-dev.json",
+            post=_tydiqa_split("dev"),
+        )
+    )
+    for lang in LANGUAGES["bucc2018"]:
+        for release in ("sample", "training"):
+            add(
+                Resource(
+                    "bucc2018",
+                    f"https://comparable.limsi.fr/bucc2018/bucc2018-{lang}-en.{release}-gold.tar.bz2",
+                    f"downloads/bucc2018-{lang}-en.{release}-gold.tar.bz2",
+                    post=_bucc(lang),
+                )
+            )
+    for lang in LANGUAGES["tatoeba"]:
+        iso = TATOEBA_ISO3[lang]
+        for side in (iso, "eng"):
+            name = f"tatoeba.{iso}-eng.{side}"
+            add(
+                Resource(
+                    "tatoeba",
+                    f"https://raw.githubusercontent.com/facebookresearch/LASER/{LASER_COMMIT}/data/tatoeba/v1/{name}",
+                    f"tatoeba/v1/{name}",
+                    SHA256[name],
+                )
+            )
+    add(
+        Resource(
+            "mnli",
+            "https://dl.fbaipublicfiles.com/glue/data/MNLI.zip",
+            "downloads/MNLI.zip",
+            post=_members(
+                {"MNLI/train.tsv": "mnli/train.tsv", "MNLI/dev_matched.tsv": "mnli/dev_matched.tsv"}
+            ),
+        )
+    )
+    add(
+        Resource(
+            "qqp",
+            "https://dl.fbaipublicfiles.com/glue/data/QQP-clean.zip",
+            "downloads/QQP-clean.zip",
+            post=_members({"QQP/train.tsv": "qqp/train.tsv", "QQP/dev.tsv": "qqp/dev.tsv"}),
+        )
+    )
+    add(
+        Resource(
+            "snli",
+            "https://nlp.stanford.edu/projects/snli/snli_1.0.zip",
+            "downloads/snli_1.0.zip",
+            post=_members(
+                {
+                    f"snli_1.0/snli_1.0_{s}.jsonl": f"snli/snli_1.0_{s}.jsonl"
+                    for s in ("train", "dev")
+                }
+            ),
+        )
+    )
+    add(
+        Resource(
+            "anli",
+            "https://dl.fbaipublicfiles.com/anli/anli_v1.0.zip",
+            "downloads/anli_v1.0.zip",
+            post=_members(
+                {
+                    f"anli_v1.0/R{k}/{s}.jsonl": f"anli/R{k}/{s}.jsonl"
+                    for k in (1, 2, 3)
+                    for s in ("train", "dev", "test")
+                }
+            ),
+        )
+    )
+    for name in ("train-v1.1.json", "dev-v1.1.json", "train-v2.0.json", "dev-v2.0.json"):
+        add(
+            Resource(
+                "squad",
+                f"https://rajpurkar.github.io/SQuAD-explorer/dataset/{name}",
+                f"squad/{name}",
+            )
+        )
+    for lang in SQUAD_TRANSLATE_TRAIN:
+        name = f"squad.translate.train.en-{lang}.json"
+        add(
+            Resource(
+                "squad_translate_train",
+                f"{XTREME_TRANSLATIONS}/SQuAD/translate-train/{name}",
+                f"squad/translate-train/{name}",
+            )
+        )
+    for split in ("train", "val", "test"):
+        add(
+            Resource(
+                "hellaswag",
+                f"https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_{split}.jsonl",
+                f"hellaswag/hellaswag_{split}.jsonl",
+            )
+        )
+    for split in ("train", "valid"):
+        add(
+            Resource(
+                "cosmosqa",
+                f"https://raw.githubusercontent.com/wilburOne/cosmosqa/master/data/{split}.csv",
+                f"cosmosqa/{split}.csv",
+            )
+        )
+    for name in ("train_rand_split.jsonl", "dev_rand_split.jsonl"):
+        add(
+            Resource(
+                "commonsenseqa",
+                f"https://s3.amazonaws.com/commensenseqa/{name}",
+                f"commonsenseqa/{name}",
+            )
+        )
+    add(
+        Resource(
+            "ccg",
+            "",
+            "ccg/ccg.train",
+            manual_only=True,
+            manual="CCGbank is licensed (LDC2005T13): write ccg/ccg.{train,dev,test} yourself, one "
+            "sentence per line as 'tokens<TAB>supertags' (jiant) or 'word|POS|tag ...'",
+        )
+    )
+    return out
+
+
+# ---------------------------------------------------------------------------------- fetch
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _load_lock(root: Path) -> dict[str, str]:
+    path = root / LOCK_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def fetch(resource: Resource, root: Path, lock: dict[str, str]) -> Path:
+    """Download ``resource`` (if absent), verify its checksum, run its post-processing."""
+    target = root / resource.target
+    expected = resource.sha256 or lock.get(resource.url)
+    if not target.is_file():
+        if resource.manual_only:
+            raise FileNotFoundError(f"{resource.dataset}: {target} is missing; {resource.manual}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(
+            dir=target.parent, prefix=f".{target.name}.", suffix=".part"
+        )
+        try:
+            with (
+                os.fdopen(handle, "wb") as out,
+                urllib.request.urlopen(resource.url, timeout=60) as response,
+            ):
+                shutil.copyfileobj(response, out, 1 << 20)
+            actual = sha256_of(Path(temporary))
+            if expected and actual != expected:
+                raise ValueError(
+                    f"checksum mismatch for {resource.url}: expected sha256 {expected}, "
+                    f"got {actual}; "
+                    "the file was not kept"
+                )
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+    actual = sha256_of(target)
+    if expected and actual != expected:
+        raise ValueError(
+            f"checksum mismatch for {target}: expected sha256 {expected}, got {actual}"
+        )
+    lock[resource.url or resource.target] = actual
+    if resource.post is not None:
+        resource.post(target, root)
+    if resource.manual and not resource.manual_only:
+        print(f"{resource.dataset}: manual step: {resource.manual}", flush=True)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m xstilts.data.prepare", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--data_dir", default=os.environ.get("XSTILTS_DATA_DIR", "data"))
+    parser.add_argument("--only", default="", help="comma-separated datasets (default: all)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="list what would be fetched; fetch nothing"
+    )
+    args = parser.parse_args(argv)
+    root = Path(args.data_dir)
+    chosen = [x for x in args.only.split(",") if x]
+    items = resources()
+    known = sorted({res.dataset for res in items})
+    unknown = [x for x in chosen if x not in known]
+    if unknown:
+        parser.error(f"unknown dataset(s) {unknown}; known: {', '.join(known)}")
+    items = [res for res in items if not chosen or res.dataset in chosen]
+    lock = _load_lock(root)
+    if args.dry_run:
+        for res in items:
+            present = "present" if (root / res.target).is_file() else "missing"
+            pin = (
+                "sha256 pinned"
+                if res.sha256
+                else ("sha256 locked" if res.url in lock else "sha256 on first use")
+            )
+            note = f"  [manual: {res.manual}]" if res.manual else ""
+            source = res.url or "(local only)"
+            print(f"{res.dataset:22s} {present:7s} {pin:20s} {source} -> {root / res.target}{note}")
+        print(f"{len(items)} files for {len({res.dataset for res in items})} datasets under {root}")
+        return 0
+    failures = []
+    for number, res in enumerate(items, start=1):
+        try:
+            fetch(res, root, lock)
+            print(f"[{number}/{len(items)}] {res.dataset}: {res.target} ok", flush=True)
+        except Exception as error:  # report and go on: the run is resumable
+            failures.append(f"{res.dataset}: {error}")
+            print(
+                f"[{number}/{len(items)}] {res.dataset}: FAILED {error}",
+                file=sys.stderr,
+                flush=True,
+            )
+        finally:
+            _atomic_bytes(root / LOCK_FILE, json.dumps(lock, indent=1, sort_keys=True).encode())
+    if failures:
+        print(f"{len(failures)} of {len(items)} files failed; rerun to resume", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
