@@ -112,7 +112,6 @@ def register_task(spec: TaskSpec, data_dir: str | os.PathLike | None = None) -> 
         spec.name,
         source=_source(spec, data_dir),
         output_features=features,
-        shuffle_buffer_size=None,
     )
     task.metadata = spec.metadata  # languages, metric, max length, epochs, train task, ...
     return task
