@@ -73,31 +73,44 @@ def _check_matrix(name: str, a: np.ndarray) -> np.ndarray:
 # -- exact two-stage top-k ------------------------------------------------------------------
 
 
-def _topk_last(s: jax.Array, k: int, group: int) -> tuple[jax.Array, jax.Array]:
-    """Exact top-k along the last axis of ``s [R, C]``; groups ``{g + i*G}``, ``G = C/group``."""
+def _topk_last(s: jax.Array, k: int, group: int,
+               valid: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Exact top-k along the last axis of ``s [R, C]``; entries where ``valid [C]`` is False are
+    never chosen. Groups are the interleaved column sets ``{g + i*G}``, ``G = C / group``."""
     rows, cols = s.shape
+    if group <= 1:
+        return jax.lax.top_k(s if valid is None else jnp.where(valid, s, NEG_INF), k)
     n_groups = cols // group
-    if group <= 1 or n_groups < k or cols % group:
-        return jax.lax.top_k(s, k)
-    group_max = s.reshape(rows, group, n_groups).max(axis=1)  # [R, G], a vertical max
+    # The mask is applied inside the reduction (XLA fuses it), never as a pass of its own.
+    masked = s if valid is None else jnp.where(valid, s, NEG_INF)
+    group_max = masked.reshape(rows, group, n_groups).max(axis=1)  # [R, G], a vertical max
     _, best_groups = jax.lax.top_k(group_max, k)  # [R, k]
     members = best_groups[:, :, None] + (jnp.arange(group, dtype=jnp.int32) * n_groups)
     members = members.reshape(rows, k * group)
-    values, pos = jax.lax.top_k(jnp.take_along_axis(s, members, axis=1), k)
+    values = jnp.take_along_axis(s, members, axis=1)
+    if valid is not None:
+        values = jnp.where(valid[members], values, NEG_INF)
+    values, pos = jax.lax.top_k(values, k)
     return values, jnp.take_along_axis(members, pos, axis=1)
 
 
-def _topk_first(s: jax.Array, k: int, group: int) -> tuple[jax.Array, jax.Array]:
-    """Exact top-k along the first axis of ``s [R, C]``, returned as ``[C, k]``."""
+def _topk_first(s: jax.Array, k: int, group: int,
+                valid: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Exact top-k along the first axis of ``s [R, C]`` (rows where ``valid [R]`` is False are
+    never chosen), returned as ``[C, k]``."""
     rows, cols = s.shape
+    if group <= 1:
+        return jax.lax.top_k((s if valid is None else jnp.where(valid[:, None], s, NEG_INF)).T, k)
     n_groups = rows // group
-    if group <= 1 or n_groups < k or rows % group:
-        return jax.lax.top_k(s.T, k)
-    group_max = s.reshape(group, n_groups, cols).max(axis=0)  # [G, C]
+    masked = s if valid is None else jnp.where(valid[:, None], s, NEG_INF)
+    group_max = masked.reshape(group, n_groups, cols).max(axis=0)  # [G, C]
     _, best_groups = jax.lax.top_k(group_max.T, k)  # [C, k]
     members = best_groups[:, :, None] + (jnp.arange(group, dtype=jnp.int32) * n_groups)
     members = members.reshape(cols, k * group)
-    values, pos = jax.lax.top_k(s[members, jnp.arange(cols)[:, None]], k)
+    values = s[members, jnp.arange(cols)[:, None]]
+    if valid is not None:
+        values = jnp.where(valid[members], values, NEG_INF)
+    values, pos = jax.lax.top_k(values, k)
     return values, jnp.take_along_axis(members, pos, axis=1)
 
 
@@ -119,50 +132,62 @@ class _Plan:
     both: bool
     devices: int
     steps: int  # blocks per device
-    block: int
+    block: int  # rows per block, a multiple of 8
     m_padded: int
-    row_group: int
-    col_group: int
+    row_group: int  # two-stage group size along Y (1 = plain top_k)
+    col_group: int  # two-stage group size along a block's rows (1 = plain top_k)
+
+    @property
+    def rows_padded(self) -> bool:
+        return self.devices * self.steps * self.block != self.n
+
+
+def _row_group(m: int, k: int, preferred: int) -> tuple[int, int]:
+    """(group size, padded M): prefer a size near ``preferred`` that divides M (no padding)."""
+    if preferred <= 1 or m < 4 * preferred * k:
+        return 1, m
+    for size in range(preferred, preferred // 2, -1):  # e.g. 50,000 = 625 groups of 80
+        if m % size == 0:
+            return size, m
+    return preferred, preferred * math.ceil(m / preferred)
 
 
 def _plan(n: int, m: int, dim: int, k: int, both: bool, devices: int, block_size: int,
           row_group: int, col_group: int) -> _Plan:
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    if block_size < 1:
-        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    if block_size < 8:
+        raise ValueError(f"block_size must be >= 8, got {block_size}")
     kx, ky = min(k, m), min(k, n)
-    # Never use a block larger than one device's share of X (rounded up to a multiple of 8).
-    block = min(block_size, 8 * math.ceil(math.ceil(n / devices) / 8))
+    # Spread the rows evenly over devices x steps blocks (a multiple of 8 rows each), so that
+    # e.g. 50,000 rows become 25 blocks of 2,000 and no padding row needs masking.
+    steps = math.ceil(n / (devices * block_size))
+    block = 8 * math.ceil(n / (devices * steps * 8))
     block = max(block, 8 * math.ceil(ky / 8))  # a block must hold at least ky rows
-    if both and block % col_group == 0 and block // col_group >= ky:
-        cg = col_group
-    else:
-        cg = 1
-    rg = row_group if m >= 4 * row_group * kx else 1
-    m_padded = rg * math.ceil(m / rg) if rg > 1 else m
-    steps = math.ceil(n / (devices * block))
+    cg = col_group if both and col_group > 1 and block % col_group == 0 \
+        and block // col_group >= max(ky, 2) else 1
+    rg, m_padded = _row_group(m, kx, row_group)
     return _Plan(n, m, dim, kx, ky, both, devices, steps, block, m_padded, rg, cg)
 
 
 @functools.lru_cache(maxsize=32)
 def _compiled(plan: _Plan, mesh: Mesh, axis: str):
     p = plan
+    col_valid = None if p.m_padded == p.m else jnp.arange(p.m_padded) < p.m
 
-    def per_device(xs, y, col_bias):
-        dev = jax.lax.axis_index(axis)
-        first_block = dev * p.steps
+    def per_device(xs, y):
+        first_block = jax.lax.axis_index(axis) * p.steps
 
         def step(carry, inputs):
             xb, s_idx = inputs
-            sims = jnp.dot(xb, y.T, preferred_element_type=jnp.float32) + col_bias  # [B, Mp]
-            row_v, row_i = _topk_last(sims, p.kx, p.row_group)
+            sims = jnp.dot(xb, y.T, preferred_element_type=jnp.float32)  # [B, Mp]
+            row_v, row_i = _topk_last(sims, p.kx, p.row_group, col_valid)
             if not p.both:
                 return carry, (row_v, row_i)
             base = (first_block + s_idx) * p.block
             rows = base + jnp.arange(p.block, dtype=jnp.int32)
-            sims = jnp.where((rows < p.n)[:, None], sims, NEG_INF)
-            col_v, col_i = _topk_first(sims, p.ky, p.col_group)  # [Mp, ky]
+            col_v, col_i = _topk_first(sims, p.ky, p.col_group,
+                                       rows < p.n if p.rows_padded else None)  # [Mp, ky]
             carry = _merge_topk(*carry, col_v, col_i + base, p.ky)
             return carry, (row_v, row_i)
 
@@ -170,28 +195,37 @@ def _compiled(plan: _Plan, mesh: Mesh, axis: str):
                 jnp.full((p.m_padded, p.ky), -1, jnp.int32))
         (col_v, col_i), (row_v, row_i) = jax.lax.scan(
             step, init, (xs, jnp.arange(p.steps, dtype=jnp.int32)))
-        if p.both:
-            # Merge the per-device column buffers: [D, Mp, ky] -> [Mp, D*ky] -> top-k.
-            col_v = jnp.moveaxis(jax.lax.all_gather(col_v, axis), 0, 1)
-            col_i = jnp.moveaxis(jax.lax.all_gather(col_i, axis), 0, 1)
-            values, pos = jax.lax.top_k(col_v.reshape(p.m_padded, -1), p.ky)
-            col_v = values
-            col_i = jnp.take_along_axis(col_i.reshape(p.m_padded, -1), pos, axis=1)
-        return row_v, row_i, col_v, col_i
+        if not p.both:
+            return row_v, row_i
+        # Merge the per-device column buffers: [D, Mp, ky] -> [Mp, D*ky] -> top-k.
+        col_v = jnp.moveaxis(jax.lax.all_gather(col_v, axis), 0, 1).reshape(p.m_padded, -1)
+        col_i = jnp.moveaxis(jax.lax.all_gather(col_i, axis), 0, 1).reshape(p.m_padded, -1)
+        values, pos = jax.lax.top_k(col_v, p.ky)
+        return row_v, row_i, values, jnp.take_along_axis(col_i, pos, axis=1)
 
-    sharded = jax.shard_map(
-        per_device, mesh=mesh,
-        in_specs=(P(axis), P(), P()),
-        out_specs=(P(axis), P(axis), P(), P()),
-        check_vma=False)
+    out_specs = (P(axis), P(axis), P(), P()) if p.both else (P(axis), P(axis))
+    sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(axis), P()),
+                            out_specs=out_specs, check_vma=False)
+    return jax.jit(sharded), NamedSharding(mesh, P(axis)), NamedSharding(mesh, P())
 
-    replicated = NamedSharding(mesh, P())
-    return jax.jit(sharded), NamedSharding(mesh, P(axis)), replicated
+
+def precompile(n: int, m: int, dim: int, k: int = 4, *, both: bool = True,
+               block_size: int = 2048, mesh: Mesh | None = None, axis: str = DATA_AXIS,
+               row_group: int = 80, col_group: int = 8) -> None:
+    """Compile the scorer for ``[n, dim]`` x ``[m, dim]`` inputs without running it (a later
+    ``knn`` call with the same arguments reuses the executable)."""
+    mesh = mesh or default_mesh()
+    plan = _plan(n, m, dim, k, both, mesh.shape[axis], block_size, row_group, col_group)
+    fn, x_sharding, replicated = _compiled(plan, mesh, axis)
+    fn.lower(jax.ShapeDtypeStruct((plan.devices * plan.steps, plan.block, dim), jnp.float32,
+                                  sharding=x_sharding),
+             jax.ShapeDtypeStruct((plan.m_padded, dim), jnp.float32, sharding=replicated)
+             ).compile()
 
 
 def knn(x: np.ndarray, y: np.ndarray, k: int = 4, *, both: bool = True,
         block_size: int = 2048, mesh: Mesh | None = None, axis: str = DATA_AXIS,
-        row_group: int = 64, col_group: int = 32) -> Neighbours:
+        row_group: int = 80, col_group: int = 8) -> Neighbours:
     """Exact top-k inner products of the rows of ``x`` against ``y`` (and of ``y`` against ``x``).
 
     Args:
@@ -216,23 +250,19 @@ def knn(x: np.ndarray, y: np.ndarray, k: int = 4, *, both: bool = True,
     plan = _plan(n, m, dim, k, both, devices, block_size, row_group, col_group)
     fn, x_sharding, replicated = _compiled(plan, mesh, axis)
 
-    xs = np.zeros((devices * plan.steps * plan.block, dim), np.float32)
-    xs[:n] = x
+    rows = devices * plan.steps * plan.block
+    xs = x if rows == n else np.concatenate([x, np.zeros((rows - n, dim), np.float32)])
     xs = xs.reshape(devices * plan.steps, plan.block, dim)
-    yp = np.zeros((plan.m_padded, dim), np.float32)
-    yp[:m] = y
-    col_bias = np.zeros(plan.m_padded, np.float32)
-    col_bias[m:] = NEG_INF
-    row_v, row_i, col_v, col_i = fn(jax.device_put(xs, x_sharding),
-                                     jax.device_put(yp, replicated),
-                                     jax.device_put(col_bias, replicated))
+    yp = y if plan.m_padded == m else np.concatenate(
+        [y, np.zeros((plan.m_padded - m, dim), np.float32)])
+    out = fn(jax.device_put(xs, x_sharding), jax.device_put(yp, replicated))
     # Rows come back as [blocks, block, kx] in the order of x; padding rows are cut off.
-    row_v = np.asarray(row_v).reshape(-1, plan.kx)[:n]
-    row_i = np.asarray(row_i).reshape(-1, plan.kx)[:n].astype(np.int64)
+    row_v = np.asarray(out[0]).reshape(-1, plan.kx)[:n]
+    row_i = np.asarray(out[1]).reshape(-1, plan.kx)[:n].astype(np.int64)
     if not both:
         return Neighbours(sim_xy=row_v, idx_xy=row_i)
-    return Neighbours(sim_xy=row_v, idx_xy=row_i, sim_yx=np.asarray(col_v)[:m],
-                      idx_yx=np.asarray(col_i)[:m].astype(np.int64))
+    return Neighbours(sim_xy=row_v, idx_xy=row_i, sim_yx=np.asarray(out[2])[:m],
+                      idx_yx=np.asarray(out[3])[:m].astype(np.int64))
 
 
 def ratio_margins(nb: Neighbours) -> tuple[np.ndarray, np.ndarray]:
