@@ -21,12 +21,6 @@ def tok():
     return XLMRTokenizer(require_sample("spm/test_model.model"))
 
 
-def _token_boundaries(offsets):
-    starts = {b for b, e in offsets if e > b}
-    ends = {e for b, e in offsets if e > b}
-    return starts, ends
-
-
 def _check_qa(examples, features, tok, *, max_length=384, stride=128, max_query=64):
     """Returns (exact, straddling) answer counts; asserts everything checkable."""
     groups = []  # features come in example order, windows numbered from 0 per example
@@ -56,13 +50,13 @@ def _check_qa(examples, features, tok, *, max_length=384, stride=128, max_query=
                 context, window["offsets"], window["start_positions"], window["end_positions"]
             )
             assert answer["text"].strip() in recovered
-        ctx_offsets = [tuple(o) for o in hits[0]["offsets"] if o[0] >= 0]
         all_offsets = tok.encode_with_offsets(context, add_special_tokens=False)[1]
-        starts, ends = _token_boundaries(all_offsets)
-        aligned = (begin in starts or context[begin - 1 : begin].isspace() or begin == 0) and (
-            end in ends
+        first, last = P.char_span_to_tokens(all_offsets, begin, end)
+        # a token span can give exactly the answer iff its first token starts at the answer
+        # (or only whitespace lies between) and its last token ends where the answer ends
+        aligned = (
+            context[all_offsets[first][0] : begin].strip() == "" and all_offsets[last][1] == end
         )
-        assert ctx_offsets  # the window has context tokens
         if aligned:
             assert recovered == answer["text"].strip(), example["id"]
             exact += 1
