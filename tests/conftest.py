@@ -17,8 +17,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def shared_data_dir() -> Path:
-    """``../shared/data`` next to the repository root, or ``$XSTILTS_SHARED_DATA``."""
-    return Path(os.environ.get("XSTILTS_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+    """``$XSTILTS_SHARED_DATA``, else ``../shared/data`` next to the repository root.
+
+    A clone made elsewhere (CI may clone into a scratch folder) falls back to ``/work/shared/data``.
+    """
+    if "XSTILTS_SHARED_DATA" in os.environ:
+        return Path(os.environ["XSTILTS_SHARED_DATA"])
+    for candidate in (REPO_ROOT.parent / "shared" / "data", Path("/work/shared/data")):
+        if candidate.exists():
+            return candidate
+    return REPO_ROOT.parent / "shared" / "data"
 
 
 def require_sample(relative: str) -> Path:

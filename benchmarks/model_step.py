@@ -1,0 +1,177 @@
+"""Forward+backward+AdamW train-step throughput: xstilts (JAX) vs Hugging Face PyTorch XLM-R.
+
+Same config (12 layers, width 768, 12 heads, FFN 3072, vocab 32k by default), same batch and
+length, sequence classification with 3 labels, fp32, dropout 0.1 active, AdamW. Each system runs
+in its own process (``reference/perf.md``: a JAX step slows down 15-40% when torch models live in
+the same process), the processes alternate round by round, and we report the median of every
+system's timed steps. The last line reads
+``model_step: ours <x> tok/s, pytorch <y> tok/s, ratio <x/y>`` (pytorch = the faster of eager and
+``torch.compile``, when the latter works here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+SYSTEMS = ("ours", "torch_eager", "torch_compile")
+
+
+def _config_kwargs(args: argparse.Namespace) -> dict:
+    return dict(vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
+                num_attention_heads=args.hidden // 64, intermediate_size=4 * args.hidden,
+                max_position_embeddings=514, type_vocab_size=1, pad_token_id=1, bos_token_id=0,
+                eos_token_id=2)
+
+
+def _data(args: argparse.Namespace):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(4, args.vocab - 1, (args.batch, args.length)).astype(np.int32)
+    ids[:, 0], ids[:, -1] = 0, 2
+    labels = rng.integers(0, 3, args.batch).astype(np.int32)
+    return ids, np.ones_like(ids), labels
+
+
+def run_ours(args: argparse.Namespace) -> list[float]:
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from xstilts.models.heads import XLMRForSequenceClassification
+    from xstilts.models.xlmr import XLMRConfig
+
+    config = XLMRConfig(**_config_kwargs(args), dtype=args.dtype)
+    model = XLMRForSequenceClassification(config, num_labels=3, use_pooler=False)
+    ids, mask, labels = (jnp.asarray(x) for x in _data(args))
+    params = jax.jit(lambda k: model.init(k, ids, mask))(jax.random.key(0))["params"]
+    params = jax.tree.map(lambda x: x.unbox() if hasattr(x, "unbox") else x, params,
+                          is_leaf=lambda x: hasattr(x, "unbox"))
+    tx = optax.adamw(2e-5, weight_decay=0.01)
+    opt_state = tx.init(params)
+
+    def loss_fn(p, rng):
+        logits = model.apply({"params": p}, ids, mask, deterministic=False,
+                             rngs={"dropout": rng})
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    @jax.jit
+    def step(p, s, rng):
+        rng, sub = jax.random.split(rng)
+        loss, grads = jax.value_and_grad(loss_fn)(p, sub)
+        updates, s = tx.update(grads, s, p)
+        return optax.apply_updates(p, updates), s, rng, loss
+
+    step = jax.jit(step.__wrapped__ if hasattr(step, "__wrapped__") else step,
+                   donate_argnums=(0, 1))
+    rng = jax.random.key(1)
+    times = []
+    for i in range(args.warmup + args.steps):
+        t0 = time.perf_counter()
+        params, opt_state, rng, loss = step(params, opt_state, rng)
+        float(loss)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def run_torch(args: argparse.Namespace, compiled: bool) -> list[float]:
+    import torch
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+    torch.manual_seed(0)
+    torch.set_num_threads(os.cpu_count() or 2)
+    config = XLMRobertaConfig(**_config_kwargs(args), num_labels=3)
+    model = XLMRobertaForSequenceClassification(config).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-5, weight_decay=0.01)
+    fwd = torch.compile(model) if compiled else model
+    ids, mask, labels = (torch.tensor(x, dtype=torch.long) for x in _data(args))
+    times = []
+    for i in range(args.warmup + args.steps):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = fwd(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        opt.step()
+        loss.item()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def _child(args: argparse.Namespace) -> None:
+    if args.system == "ours":
+        times = run_ours(args)
+    else:
+        times = run_torch(args, compiled=args.system == "torch_compile")
+    print("RESULT " + json.dumps({"system": args.system, "times": times}))
+
+
+def _spawn(system: str, argv: list[str], timeout: float) -> list[float] | None:
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", system, *argv]
+    env = {**os.environ, "USE_TF": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        print(f"  {system}: timed out after {timeout:.0f} s")
+        return None
+    for line in out.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])["times"]
+    print(f"  {system}: failed (rc {out.returncode}): {out.stderr.strip().splitlines()[-1:]}")
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child", dest="system", choices=SYSTEMS)
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--hidden", type=int, default=768)
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--dtype", default="float32", help="our compute dtype")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per process")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="alternating process rounds")
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    parser.add_argument("--timeout", type=float, default=900)
+    args = parser.parse_args()
+    if args.system:
+        _child(args)
+        return
+
+    argv = [f"--{k}={getattr(args, k)}" for k in
+            ("layers", "hidden", "vocab", "batch", "length", "dtype", "steps", "warmup")]
+    systems = [s for s in SYSTEMS if not (args.no_compile and s == "torch_compile")]
+    tokens = args.batch * args.length
+    print(f"model_step: {args.layers} layers x {args.hidden}, vocab {args.vocab}, batch "
+          f"{args.batch} x {args.length}, ours in {args.dtype}, torch fp32; {args.rounds} rounds "
+          f"x {args.steps} timed steps, separate processes, alternating")
+    times: dict[str, list[float]] = {s: [] for s in systems}
+    for r in range(args.rounds):
+        order = systems if r % 2 == 0 else systems[::-1]
+        for system in order:
+            got = _spawn(system, argv, args.timeout)
+            if got:
+                times[system].extend(got)
+                print(f"  round {r} {system}: median {statistics.median(got):.3f} s/step")
+    rates = {}
+    for system, ts in times.items():
+        if ts:
+            rates[system] = tokens / statistics.median(ts)
+            print(f"{system:>14}: {rates[system]:8.1f} tok/s (min {tokens / max(ts):.1f}, "
+                  f"max {tokens / min(ts):.1f}, {len(ts)} steps)")
+    torch_best = max(v for k, v in rates.items() if k.startswith("torch"))
+    print(f"model_step: ours {rates['ours']:.1f} tok/s, pytorch {torch_best:.1f} tok/s, "
+          f"ratio {rates['ours'] / torch_best:.2f}")
+
+
+if __name__ == "__main__":
+    main()
