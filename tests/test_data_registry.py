@@ -157,3 +157,20 @@ def test_seqio_registration_matches_our_rates(shared_data):
                                 "classification", batch_size=1, length=4,
                                 shard_info=seqio.ShardInfo(1, 2))  # fmt: skip
     assert batcher.shard == ShardInfo(1, 2)
+
+
+def test_ccg_open_tag_set_from_train_split(tmp_path, shared_data):
+    from xstilts.tokenization import XLMRTokenizer
+
+    (tmp_path / "ccg").mkdir()
+    (tmp_path / "ccg/ccg.train").write_text(
+        "Pierre Vinken will join .\tN/N N (S[dcl]\\NP)/(S[b]\\NP) S[b]\\NP .\n"
+    )
+    (tmp_path / "ccg/ccg.dev").write_text("Vinken joins\tN S[dcl]\\NP\n")  # S[dcl]\NP unseen
+    spec = T.get_task("ccg.en")
+    labels = PL.task_labels(spec, tmp_path)
+    assert labels == ("(S[dcl]\\NP)/(S[b]\\NP)", ".", "N", "N/N", "S[b]\\NP", PL.UNKNOWN_TAG)
+    tok = XLMRTokenizer(shared_data("spm/test_model.model"))
+    (dev,) = PL.task_features("ccg.en", "dev", tok, data_dir=tmp_path, max_length=32)
+    tags = [labels[i] for i in dev["labels"][dev["label_mask"] == 1]]
+    assert tags == ["N", PL.UNKNOWN_TAG]

@@ -29,20 +29,38 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 
 
+UNKNOWN_TAG = "<other>"
+
+
+def task_labels(spec: TaskSpec, data_dir: str | os.PathLike | None = None) -> tuple[str, ...]:
+    """The task's label list; for an open tag set (``labels=None``, e.g. CCG supertags) the
+    sorted tags of the train split plus ``UNKNOWN_TAG`` for tags never seen in training."""
+    if spec.labels is not None:
+        return tuple(spec.labels)
+    if spec.kind != "tagging":
+        raise ValueError(f"task {spec.name} has no label list")
+    seen = {tag for e in spec.examples("train", data_dir) for tag in e.get("tags") or ()}
+    return (*sorted(seen), UNKNOWN_TAG)
+
+
 def featurize(
     spec: TaskSpec,
     examples: Sequence[Mapping[str, Any]],
     tokenizer: Any,
     max_length: int | None = None,
+    labels: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Features of ``examples`` for the task's kind (see ``preprocessors.py``)."""
+    """Features of ``examples`` for the task's kind (see ``preprocessors.py``); ``labels``
+    overrides the task's label list (see ``task_labels``)."""
     length = max_length or spec.max_length
+    labels = labels or spec.labels
     if spec.kind == "classification":
-        return [P.classification_features(e, tokenizer, length, spec.labels) for e in examples]
+        return [P.classification_features(e, tokenizer, length, labels) for e in examples]
     if spec.kind == "tagging":
+        unknown = UNKNOWN_TAG if labels and labels[-1] == UNKNOWN_TAG else None
         out: list[dict[str, Any]] = []
         for e in examples:
-            out.extend(P.tagging_features(e, tokenizer, length, spec.labels))
+            out.extend(P.tagging_features(e, tokenizer, length, labels, unknown_tag=unknown))
         return out
     if spec.kind == "qa":
         return P.qa_features_for_examples(examples, tokenizer, max_length=length)
@@ -53,9 +71,11 @@ def featurize(
     raise ValueError(f"task {spec.name}: kind {spec.kind!r} has no training features")
 
 
-def _cache_key(spec: TaskSpec, split: str, data_dir: Any, tokenizer: Any, length: int) -> str:
+def _cache_key(
+    spec: TaskSpec, split: str, data_dir: Any, tokenizer: Any, length: int, labels: Any
+) -> str:
     digest = hashlib.sha256()
-    digest.update(f"{CACHE_VERSION}|{spec.name}|{split}|{length}".encode())
+    digest.update(f"{CACHE_VERSION}|{spec.name}|{split}|{length}|{labels}".encode())
     for path in spec.path(split, data_dir):
         stat = path.stat()
         digest.update(f"|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
@@ -78,9 +98,10 @@ def task_features(
     keyed by the data files, tokenizer and length (written to a temporary file, then renamed)."""
     spec = get_task(name)
     length = max_length or spec.max_length
+    labels = task_labels(spec, data_dir) if spec.kind in ("classification", "tagging") else None
     cache_path = None
     if cache_dir is not None:
-        key = _cache_key(spec, split, data_dir, tokenizer, length)
+        key = _cache_key(spec, split, data_dir, tokenizer, length, labels)
         cache_path = Path(cache_dir) / f"{name}.{split}.{length}.{key}.pkl"
         if cache_path.is_file():
             with open(cache_path, "rb") as handle:
@@ -88,7 +109,7 @@ def task_features(
     examples = list(spec.examples(split, data_dir))
     if not examples:
         raise ValueError(f"task {name} split {split!r} is empty ({spec.path(split, data_dir)})")
-    features = featurize(spec, examples, tokenizer, length)
+    features = featurize(spec, examples, tokenizer, length, labels)
     if cache_path is not None:
         _atomic_pickle(cache_path, features)
     log.info("%s/%s: %d examples -> %d features", name, split, len(examples), len(features))

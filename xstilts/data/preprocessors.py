@@ -95,8 +95,13 @@ def tagging_features(
     tokenizer: Tokenizer,
     max_length: int,
     tags: Sequence[str] | None,
+    *,
+    unknown_tag: str | None = None,
 ) -> list[Feature]:
     """Word-by-word tokenization, the tag on each word's first sub-token (``label_mask`` 1 there).
+
+    A gold tag outside ``tags`` is an error, unless ``unknown_tag`` (a member of ``tags``) is
+    given: open tag sets such as CCG supertags map rare unseen tags to it.
 
     A sentence longer than ``max_length`` is split into consecutive windows of whole words, not
     truncated, so every word is labelled exactly once; ``word_ids`` maps every token back to its
@@ -133,7 +138,7 @@ def tagging_features(
                 mask.append(int(is_first))
                 if is_first and gold is not None:
                     label_ids.append(
-                        label_index(tags, gold[index], where) if tags else IGNORE_LABEL
+                        _tag_index(tags, gold[index], where, unknown_tag) if tags else IGNORE_LABEL
                     )
                 else:
                     label_ids.append(IGNORE_LABEL)
@@ -153,6 +158,12 @@ def tagging_features(
             }
         )
     return features
+
+
+def _tag_index(tags: Sequence[str], tag: str, where: str, unknown_tag: str | None) -> int:
+    if unknown_tag is not None and tag not in tags:
+        tag = unknown_tag
+    return label_index(tags, tag, where)
 
 
 # ------------------------------------------------------------------------------------ span QA
