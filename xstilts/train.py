@@ -1,0 +1,554 @@
+"""Gin-configurable training loop and its command line (t5x's ``train.py``).
+
+    python -m xstilts.train \\
+        --gin_file=xstilts/gin/models/xlmr_base.gin --gin_file=xstilts/gin/runs/finetune.gin \\
+        --gin.MODEL_DIR="'/tmp/run'" --gin.TRAIN_STEPS=1000 \\
+        --gin_bindings="trainer.make_optimizer.learning_rate = 2e-5"
+
+``train(...)`` is keyword-only. Batches come from a factory called as ``factory(shard_index=...,
+num_shards=..., batch_size=<per host>, start_batch=<batches already consumed>)`` that yields
+host-local dicts with DESIGN.md's keys (the data package supplies real ones;
+:func:`synthetic_batches` generates them for tests and smoke runs). The run directory gets
+``checkpoints/``, TensorBoard event files (tensorboardX: clu's writers need TensorFlow and
+TensorBoard at import time, which the core install does not carry), ``train_metrics.jsonl``
+(one line per step), ``config.gin`` and ``operative_config.gin``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import gin
+import jax
+import numpy as np
+
+from xstilts import checkpoints as ckpt_lib
+from xstilts import partitioning
+from xstilts import trainer as trainer_lib
+from xstilts.models import heads
+from xstilts.models.xlmr import XLMRConfig
+
+log = logging.getLogger("xstilts.train")
+
+BatchFactory = Callable[..., Iterator[Mapping[str, np.ndarray]]]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss (or gradient norm) went NaN/Inf; the last good checkpoint is left intact."""
+
+
+# Models -----------------------------------------------------------------------------------------
+def build_model(task_type: str, config: XLMRConfig, *, num_labels: int = 2,
+                use_pooler: bool = True) -> Any:
+    """The ``xstilts.models.heads`` task model for ``task_type``."""
+    if task_type not in heads.TASK_MODELS:
+        raise ValueError(f"unknown task_type {task_type!r}: expected one of "
+                         f"{sorted(heads.TASK_MODELS)}")
+    cls = heads.TASK_MODELS[task_type]
+    if task_type == "classification":
+        return cls(config, num_labels, use_pooler=use_pooler)
+    if task_type == "tagging":
+        return cls(config, num_labels)
+    return cls(config)
+
+
+def load_pretrained_encoder(params: Any, path_or_hub_id: str) -> Any:
+    """``params`` with the encoder of a Hugging Face XLM-R checkpoint, sharded like ``params``."""
+    from xstilts.models import convert
+
+    _, loaded = convert.load_hf_checkpoint(path_or_hub_id)
+    encoder, _ = convert.split_encoder(loaded)
+    fresh = params[heads.ENCODER_KEY]
+    if "pooler" not in encoder and "pooler" in fresh:
+        encoder = {**encoder, "pooler": fresh["pooler"]}  # HF task models drop the pooler
+    ckpt_lib.check_same_shapes(ckpt_lib.param_shapes(encoder), ckpt_lib.param_shapes(fresh),
+                               where=f"Hugging Face checkpoint {path_or_hub_id}")
+    placed = jax.tree.map(lambda new, old: jax.device_put(np.asarray(new, old.dtype),
+                                                          old.sharding), encoder, fresh)
+    return {**params, heads.ENCODER_KEY: placed}
+
+
+# Synthetic batches ------------------------------------------------------------------------------
+def synthetic_batches(*, shard_index: int, num_shards: int, batch_size: int, start_batch: int,
+                      task_type: str = "classification", length: int = 16,
+                      vocab_size: int = 1002, num_labels: int = 3, num_choices: int = 2,
+                      seed: int = 0, num_batches: int | None = None,
+                      ) -> Iterator[dict[str, np.ndarray]]:
+    """Deterministic generated batches: batch ``i`` depends only on ``(seed, i)``.
+
+    Each host gets rows ``[shard_index * batch_size, (shard_index + 1) * batch_size)`` of the
+    global batch, so any number of hosts sees the same global data. Sequences have random
+    lengths (padding id 1 after them), ``<s>`` first and ``</s>`` last; the last example of
+    every other batch is a padding example (``example_mask = 0``). Labels are a function of
+    the tokens, so the loss can go down.
+    """
+    global_size = batch_size * num_shards
+    rows = slice(shard_index * batch_size, (shard_index + 1) * batch_size)
+    index = start_batch
+    while num_batches is None or index < num_batches:
+        rng = np.random.default_rng([seed, index])
+        lead = (global_size, num_choices) if task_type == "multiple_choice" else (global_size,)
+        ids = rng.integers(5, vocab_size - 1, (*lead, length)).astype(np.int32)
+        lengths = rng.integers(max(3, length // 2), length + 1, lead)
+        positions = np.arange(length)
+        mask = (positions < lengths[..., None]).astype(np.int32)
+        ids[..., 0] = 0
+        np.put_along_axis(ids, (lengths - 1)[..., None], 2, axis=-1)
+        ids = np.where(mask == 1, ids, 1).astype(np.int32)
+        batch: dict[str, np.ndarray] = {"input_ids": ids, "attention_mask": mask}
+        example_mask = np.ones((global_size,), np.int32)
+        if index % 2 == 1:
+            example_mask[-1] = 0
+        batch["example_mask"] = example_mask
+        if task_type in ("classification", "multiple_choice"):
+            n = num_choices if task_type == "multiple_choice" else num_labels
+            first = ids[:, 0, 1] if task_type == "multiple_choice" else ids[:, 1]
+            batch["labels"] = (first % n).astype(np.int32)
+        elif task_type in ("tagging", "mlm"):
+            n = vocab_size if task_type == "mlm" else num_labels
+            label_mask = mask.copy()
+            label_mask[:, 0] = 0
+            np.put_along_axis(label_mask, (lengths - 1)[:, None], 0, axis=1)
+            if task_type == "mlm":
+                chosen = (rng.random(ids.shape) < 0.15) & (label_mask == 1)
+                chosen[:, 1] = label_mask[:, 1] == 1  # at least one target per row
+                batch["labels"] = ids.copy()
+                batch["input_ids"] = np.where(chosen, vocab_size - 1, ids).astype(np.int32)
+                label_mask = chosen.astype(np.int32)
+            else:
+                batch["labels"] = (ids % n).astype(np.int32)
+            batch["label_mask"] = label_mask.astype(np.int32)
+        elif task_type == "qa":
+            start = rng.integers(1, np.maximum(lengths - 2, 2))
+            batch["start_positions"] = start.astype(np.int32)
+            batch["end_positions"] = np.minimum(start + 1, lengths - 2).astype(np.int32)
+        else:
+            raise ValueError(f"synthetic_batches: unknown task_type {task_type!r}")
+        yield {k: v[rows] for k, v in batch.items()}
+        index += 1
+
+
+# Summaries --------------------------------------------------------------------------------------
+class SummaryWriter:
+    """TensorBoard scalars (tensorboardX) plus ``train_metrics.jsonl``; no-ops off the chief."""
+
+    def __init__(self, model_dir: str, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self._tb = None
+        self._jsonl = None
+        if enabled:
+            import tensorboardX
+
+            self._tb = tensorboardX.SummaryWriter(os.path.join(model_dir, "tensorboard"))
+            self._jsonl = open(os.path.join(model_dir, "train_metrics.jsonl"), "a",  # noqa: SIM115
+                               encoding="utf-8")
+
+    def step_record(self, record: Mapping[str, Any]) -> None:
+        if self._jsonl is not None:
+            self._jsonl.write(json.dumps(dict(record)) + "\n")
+            self._jsonl.flush()
+
+    def scalars(self, step: int, values: Mapping[str, float]) -> None:
+        if self._tb is not None:
+            for name, value in values.items():
+                self._tb.add_scalar(name, float(value), step)
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_gin_configs(model_dir: str) -> None:
+    """``config.gin`` (everything parsed) and ``operative_config.gin`` (what was used)."""
+    if jax.process_index() != 0:
+        return
+    _write_atomic(os.path.join(model_dir, "config.gin"), gin.config_str())
+    _write_atomic(os.path.join(model_dir, "operative_config.gin"), gin.operative_config_str())
+
+
+# Preemption -------------------------------------------------------------------------------------
+class _StopRequest:
+    """Set by SIGTERM (TPU preemption); the loop checkpoints and returns cleanly."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        log.warning("SIGTERM: saving a checkpoint and stopping")
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def agreed(self) -> bool:
+        """Whether any host was asked to stop (all hosts must stop at the same step)."""
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(np.array([self.requested], np.int32))
+        return bool(np.any(flags))
+
+
+# The loop ---------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class TrainResult:
+    step: int
+    state: trainer_lib.TrainState
+    history: list[dict[str, float]]
+    preempted: bool = False
+
+
+def _host_batch(batch: Mapping[str, Any], where: str) -> dict[str, np.ndarray]:
+    out = {}
+    for key, value in batch.items():
+        array = np.asarray(value)
+        if array.dtype.kind in "iub" and array.dtype != np.int32:
+            array = array.astype(np.int32)
+        out[key] = array
+    if "input_ids" not in out:
+        raise ValueError(f"{where}: batch has no 'input_ids' (keys {sorted(out)})")
+    return out
+
+
+def evaluate(trainer: trainer_lib.Trainer, params: Any, batches: Iterator[Mapping[str, Any]],
+             layout: partitioning.DataLayout) -> dict[str, float]:
+    """Loss and accuracy over a finite iterator of host-local batches (honours example_mask)."""
+    totals: dict[str, float] = {}
+    for batch in batches:
+        global_batch = trainer.partitioner.host_local_to_global(
+            _host_batch(batch, "eval batch"), layout.global_batch_size)
+        sums = jax.device_get(trainer.eval_step(params, global_batch))
+        for k, v in sums.items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    if not totals:
+        raise ValueError("evaluation got no batches")
+    return trainer_lib.summarize_eval(totals)
+
+
+def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_size: int,
+          train_batches: BatchFactory, task_type: str = "classification", num_labels: int = 2,
+          use_pooler: bool = True, partitioner: partitioning.Partitioner | None = None,
+          optimizer: Callable[..., Any] = trainer_lib.make_optimizer,
+          num_microbatches: int = 1,
+          checkpoint: ckpt_lib.CheckpointConfig | None = None,
+          init_encoder_from: str | None = None,
+          init_pretrained_from: str | None = None,
+          eval_batches: BatchFactory | None = None, eval_every_steps: int = 0,
+          seed: int = 0, log_every_steps: int = 10,
+          peak_tflops_per_device: float | None = None,
+          stop_at_step: int | None = None,
+          step_hook: Callable[[int, Mapping[str, float]], None] | None = None,
+          progress: bool = True) -> TrainResult:
+    """Train (or resume) a task model; returns the last step, the state and per-step metrics.
+
+    Resumes from the latest finished checkpoint in ``model_dir/checkpoints`` (params, optimizer,
+    step, RNG and data position); otherwise initialises from ``seed`` and, with
+    ``init_encoder_from``, restores the encoder of that checkpoint directory (STILTs), or with
+    ``init_pretrained_from``, the encoder of a Hugging Face checkpoint (directory or hub id). The
+    optimizer schedule always spans ``total_steps``; ``stop_at_step`` ends this invocation early
+    (with a checkpoint), as a preemption would.
+    """
+    os.makedirs(model_dir, exist_ok=True)
+    partitioner = partitioner or partitioning.Partitioner()
+    checkpoint = checkpoint or ckpt_lib.CheckpointConfig()
+    chief = jax.process_index() == 0
+    partitioner.check_batch_size(batch_size)
+    layout = partitioner.data_layout(batch_size)
+
+    model = build_model(task_type, model_config, num_labels=num_labels, use_pooler=use_pooler)
+    tx, schedule = optimizer(total_steps=total_steps)
+    trainer = trainer_lib.Trainer(model, trainer_lib.task_loss(task_type), tx, schedule,
+                                  partitioner, num_microbatches=num_microbatches)
+    checkpointer = ckpt_lib.Checkpointer(os.path.join(model_dir, "checkpoints"), checkpoint)
+
+    def batches_from(start: int) -> Iterator[Mapping[str, Any]]:
+        return iter(train_batches(shard_index=layout.shard_index, num_shards=layout.num_shards,
+                                  batch_size=layout.per_host_batch_size, start_batch=start))
+
+    # Peek at the first batch for shapes (the iterator restarts at the right position below).
+    probe = _host_batch(next(batches_from(0)), "train batch 0")
+    input_shape = (batch_size, *probe["input_ids"].shape[1:])
+    trainer.check_batch({**probe, "input_ids": np.zeros(input_shape, np.int32)})
+
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        state, meta = checkpointer.restore(trainer.abstract_state(input_shape), latest)
+        start_batch = int(meta["data_position"].get("batches_consumed", latest))
+        log.info("resumed from step %d of %s", latest, checkpointer.directory)
+    else:
+        state = trainer.init_state(jax.random.PRNGKey(seed), input_shape)
+        if init_encoder_from:
+            params = ckpt_lib.restore_encoder_into(state.params, init_encoder_from)
+            state = state.replace(params=params)
+        elif init_pretrained_from:
+            state = state.replace(params=load_pretrained_encoder(state.params,
+                                                                 init_pretrained_from))
+        start_batch = 0
+    start_step = int(jax.device_get(state.step))
+    end_step = min(total_steps, stop_at_step or total_steps)
+
+    flops_per_example = trainer_lib.train_flops_per_example(
+        model_config, int(input_shape[-1]),
+        num_choices=int(input_shape[1]) if len(input_shape) == 3 else 1,
+        mlm=task_type == "mlm")
+    writer = SummaryWriter(model_dir, enabled=chief)
+    history: list[dict[str, float]] = []
+    preempted = False
+    batches = batches_from(start_batch)
+    consumed = start_batch
+    from tqdm import tqdm
+
+    bar = tqdm(total=end_step, initial=start_step, disable=not (chief and progress),
+               desc="train", unit="step", dynamic_ncols=True)
+    window_start, window_steps = time.perf_counter(), 0
+
+    def save(step_state: trainer_lib.TrainState, metrics: Mapping[str, float] | None = None):
+        checkpointer.save(step_state, data_position={"batches_consumed": consumed},
+                          metrics=metrics, extra_meta={"task_type": task_type,
+                                                       "total_steps": total_steps})
+
+    try:
+        with _StopRequest() as stop:
+            step = start_step
+            while step < end_step:
+                try:
+                    host = _host_batch(next(batches), f"train batch {consumed}")
+                except StopIteration:
+                    raise ValueError(f"train_batches ran out after {consumed} batches; "
+                                     f"{end_step} steps need one batch each") from None
+                global_batch = partitioner.host_local_to_global(host, batch_size)
+                state, metrics = trainer.train_step(state, global_batch)
+                consumed += 1
+                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                step += 1
+                if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
+                    checkpointer.wait()
+                    raise NonFiniteLossError(
+                        f"loss {metrics['loss']} / grad norm {metrics['grad_norm']} at step "
+                        f"{step}: stopping. Nothing was saved after the last good checkpoint "
+                        f"(step {checkpointer.latest_step()} in {checkpointer.directory}); "
+                        f"lower the learning rate or check the data")
+                record = {"step": step, **{k: metrics[k] for k in (
+                    "loss", "accuracy", "grad_norm", "learning_rate", "weight", "tokens")}}
+                history.append(record)
+                writer.step_record(record)
+                if step_hook is not None:
+                    step_hook(step, metrics)
+                window_steps += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+
+                eval_metrics = None
+                if eval_batches is not None and eval_every_steps and (
+                        step % eval_every_steps == 0 or step == end_step):
+                    eval_it = eval_batches(shard_index=layout.shard_index,
+                                           num_shards=layout.num_shards,
+                                           batch_size=layout.per_host_batch_size, start_batch=0)
+                    result = evaluate(trainer, state.params, iter(eval_it), layout)
+                    eval_metrics = {f"eval/{k}": v for k, v in result.items()}
+                    writer.scalars(step, eval_metrics)
+                if step % log_every_steps == 0 or step == end_step:
+                    elapsed = time.perf_counter() - window_start
+                    n_dev = jax.device_count()
+                    tokens_per_s = metrics["tokens"] * window_steps / max(elapsed, 1e-9)
+                    tflops = flops_per_example * batch_size * window_steps / max(elapsed, 1e-9)
+                    perf = {"perf/tokens_per_s": tokens_per_s,
+                            "perf/tflops_per_s_per_device": tflops / n_dev / 1e12}
+                    if peak_tflops_per_device:
+                        perf["perf/mfu"] = perf["perf/tflops_per_s_per_device"] / \
+                            peak_tflops_per_device
+                    writer.scalars(step, {f"train/{k}": metrics[k] for k in (
+                        "loss", "accuracy", "grad_norm", "learning_rate")} | perf)
+                    window_start, window_steps = time.perf_counter(), 0
+                    if step == start_step + 1 or step == end_step:
+                        write_gin_configs(model_dir)
+                stop_now = stop.requested if jax.process_count() == 1 else (
+                    step % log_every_steps == 0 and stop.agreed())
+                if (step % checkpoint.save_every_steps == 0 or step == end_step or stop_now
+                        or eval_metrics is not None):
+                    save(state, eval_metrics)
+                if stop_now:
+                    preempted = True
+                    log.warning("stopped at step %d after SIGTERM (checkpoint saved)", step)
+                    break
+        checkpointer.wait()
+    finally:
+        bar.close()
+        writer.close()
+        checkpointer.close()
+    return TrainResult(step=int(jax.device_get(state.step)), state=state, history=history,
+                       preempted=preempted)
+
+
+def evaluate_checkpoint(*, model_dir: str, model_config: XLMRConfig, batch_size: int,
+                        eval_batches: BatchFactory, task_type: str = "classification",
+                        num_labels: int = 2, use_pooler: bool = True,
+                        partitioner: partitioning.Partitioner | None = None,
+                        step: int | None = None) -> dict[str, float]:
+    """Loss and accuracy of a saved checkpoint (latest, or ``step``) on ``eval_batches``.
+
+    Writes ``eval_results.json`` (step and metrics) into ``model_dir`` on the chief host.
+    """
+    partitioner = partitioner or partitioning.Partitioner()
+    layout = partitioner.data_layout(batch_size)
+    model = build_model(task_type, model_config, num_labels=num_labels, use_pooler=use_pooler)
+    tx, schedule = trainer_lib.make_optimizer(total_steps=1)
+    trainer = trainer_lib.Trainer(model, trainer_lib.task_loss(task_type), tx, schedule,
+                                  partitioner)
+
+    def batches() -> Iterator[Mapping[str, Any]]:
+        return iter(eval_batches(shard_index=layout.shard_index, num_shards=layout.num_shards,
+                                 batch_size=layout.per_host_batch_size, start_batch=0))
+
+    probe = _host_batch(next(batches()), "eval batch 0")
+    input_shape = (batch_size, *probe["input_ids"].shape[1:])
+    checkpointer = ckpt_lib.Checkpointer(os.path.join(model_dir, "checkpoints"), read_only=True)
+    try:
+        step = checkpointer._step_or_latest(step)  # noqa: SLF001
+        params = checkpointer.restore_params(trainer.abstract_state(input_shape).params, step)
+    finally:
+        checkpointer.manager.close()
+    result = evaluate(trainer, params, batches(), layout)
+    if jax.process_index() == 0:
+        _write_atomic(os.path.join(model_dir, "eval_results.json"),
+                      json.dumps({"step": step, **result}, indent=1) + "\n")
+        write_gin_configs(model_dir)
+    log.info("eval of step %d: %s", step, result)
+    return result
+
+
+def entry_point(*, action: str = "train") -> Any:
+    """What ``python -m xstilts.train`` runs: ``'train'`` or ``'evaluate'`` (eval.gin)."""
+    actions = {"train": train, "evaluate": evaluate_checkpoint}
+    if action not in actions:
+        raise ValueError(f"entry_point.action {action!r}: expected one of {sorted(actions)}")
+    return _configured(actions[action])()
+
+
+def _configured(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` with its gin bindings, or plain ``fn`` when no gin file mentions it."""
+    try:
+        return gin.get_configurable(fn)
+    except ValueError:
+        return fn
+
+
+# Command line -----------------------------------------------------------------------------------
+_GIN_SHORTHAND = re.compile(r"^--gin\.([A-Za-z_][\w./]*)=(.*)$", re.S)
+
+
+def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
+    """t5x's ``--gin.NAME=VALUE`` shorthand -> ``--gin_bindings=NAME = VALUE``."""
+    out = []
+    for arg in argv:
+        m = _GIN_SHORTHAND.match(arg)
+        out.append(f"--gin_bindings={m.group(1)} = {m.group(2)}" if m else arg)
+    return out
+
+
+def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m xstilts.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gin_file", action="append", default=[],
+                        help="gin file (repeatable; later files override earlier ones)")
+    parser.add_argument("--gin_bindings", action="append", default=[],
+                        help="one gin binding, e.g. 'MODEL_DIR = \"/tmp/x\"' (repeatable)")
+    parser.add_argument("--gin_search_paths", action="append", default=[],
+                        help="directories searched for relative --gin_file paths and includes")
+    parser.add_argument("--coordinator_address", default=None,
+                        help="multi-process: host:port of process 0 (jax.distributed)")
+    parser.add_argument("--num_processes", type=int, default=None)
+    parser.add_argument("--process_id", type=int, default=None)
+    return parser.parse_args(rewrite_gin_args(argv))
+
+
+BINDING_IMPORTS = (
+    "from __gin__ import dynamic_registration",
+    "from xstilts import checkpoints",
+    "from xstilts import partitioning",
+    "from xstilts import train as train_script",
+    "from xstilts import trainer",
+    "from xstilts.models import xlmr",
+)
+
+
+def gin_dir() -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "gin")
+
+
+def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
+              search_paths: Sequence[str] = ()) -> None:
+    """Parse files then bindings; the package's ``gin/`` and the cwd are on the search path."""
+    for path in (*search_paths, gin_dir(), os.path.dirname(gin_dir()), os.getcwd()):
+        gin.add_config_file_search_path(path)
+    for path in gin_files:
+        found = path if os.path.exists(path) else None
+        if found is None:
+            for base in (*search_paths, gin_dir(), os.path.dirname(gin_dir())):
+                if os.path.exists(os.path.join(base, path)):
+                    found = os.path.join(base, path)
+                    break
+        if found is None:
+            raise FileNotFoundError(f"--gin_file {path}: no such file (searched the current "
+                                    f"directory, {list(search_paths)} and {gin_dir()})")
+        gin.parse_config_file(found)
+    if bindings:
+        # The aliases the package's gin files use also work in command-line bindings.
+        gin.parse_config([*BINDING_IMPORTS, *bindings])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_flags(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    partitioning.initialize_distributed(coordinator_address=args.coordinator_address,
+                                        num_processes=args.num_processes,
+                                        process_id=args.process_id)
+    if not args.gin_file:
+        raise SystemExit("python -m xstilts.train: at least one --gin_file is required")
+    parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths)
+    result = _configured(entry_point)()
+    if isinstance(result, TrainResult):
+        log.info("finished at step %d%s", result.step, " (preempted)" if result.preempted else "")
+    return 0
+
+
+def console_entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    # Run the function of the imported module ``xstilts.train``: gin files register that one
+    # (``from xstilts import train as train_script``), not this ``__main__`` copy.
+    from xstilts import train as _train_module
+
+    _train_module.console_entry()
