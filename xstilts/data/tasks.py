@@ -126,6 +126,9 @@ class TaskSpec:
     num_choices: int | None = None
     source: str = "native"  # native | translate-train | synthetic | local-only
     reader_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # the TFDS catalog builder holding the same data, and our split -> its split (``tfds_sources``)
+    tfds_name: str | None = None
+    tfds_splits: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -168,12 +171,25 @@ class TaskSpec:
             f"fetch it with `python -m xstilts.data.prepare --data_dir {root}`"
         )
 
-    def examples(self, split: str, data_dir: str | os.PathLike | None = None) -> Iterator[dict]:
-        """Reader examples of ``split`` (plain dicts, see ``readers.py``)."""
-        yield from self.reader(*self.path(split, data_dir), **self.reader_kwargs)
+    def examples(
+        self, split: str, data_dir: str | os.PathLike | None = None, source: str = "files"
+    ) -> Iterator[dict]:
+        """Examples of ``split`` as plain dicts (see ``readers.py``), read from the native files
+        under ``data_dir`` or (``source="tfds"``, needs tensorflow-datasets) from the prepared
+        TFDS builder ``tfds_name`` in the TFDS data dir ``data_dir``."""
+        if source == "tfds":
+            from xstilts.data.tfds_sources import tfds_examples
 
-    def num_examples(self, split: str, data_dir: str | os.PathLike | None = None) -> int:
-        return sum(1 for _ in self.examples(split, data_dir))
+            yield from tfds_examples(self, split, data_dir)
+        elif source == "files":
+            yield from self.reader(*self.path(split, data_dir), **self.reader_kwargs)
+        else:
+            raise ValueError(f"source must be 'files' or 'tfds', got {source!r}")
+
+    def num_examples(
+        self, split: str, data_dir: str | os.PathLike | None = None, source: str = "files"
+    ) -> int:
+        return sum(1 for _ in self.examples(split, data_dir, source))
 
 
 def data_directory(data_dir: str | os.PathLike | None = None) -> Path:
@@ -853,6 +869,61 @@ _register_xtreme()
 _register_intermediate()
 _register_synthetic()
 _register_mixtures()
+
+
+def _attach_tfds() -> None:
+    """TFDS 4.9 catalog builders for the tasks they cover (reference/deps.md §5). All of them
+    are auto-download builders: prepare them with ``tfds build`` on a machine with internet;
+    xstilts only reads them (``download=False``)."""
+    table: dict[str, tuple[str, dict[str, str]]] = {
+        "mnli.en": ("multi_nli", {"train": "train", "dev": "validation_matched"}),
+        "snli.en": ("snli", {"train": "train", "dev": "validation"}),
+        "qqp.en": ("glue/qqp", {"train": "train", "dev": "validation"}),
+        "squad_v1.en": ("squad/v1.1", {"train": "train", "dev": "validation"}),
+        "squad_v2.en": ("squad/v2.0", {"train": "train", "dev": "validation"}),
+        "hellaswag.en": ("hellaswag", {"train": "train", "val": "validation", "test": "test"}),
+        "cosmosqa.en": ("cosmos_qa", {"train": "train", "dev": "validation"}),
+    }
+    for k in (1, 2, 3):
+        table[f"anli_r{k}.en"] = (
+            f"anli/r{k}",
+            {"train": "train", "dev": "validation", "test": "test"},
+        )
+    for lang in LANGUAGES["xnli"]:
+        table[f"xnli.{lang}"] = ("xnli", {"dev": "validation", "test": "test"})
+    for lang in LANGUAGES["pawsx"]:
+        table[f"pawsx.{lang}"] = (
+            f"paws_x_wiki/{lang}",
+            {"train": "train", "dev": "validation", "test": "test"},
+        )
+    for lang in LANGUAGES["xquad"]:
+        table[f"xquad.{lang}"] = (f"xquad/{lang}", {"test": "test"})
+    for lang in SQUAD_TRANSLATE_TRAIN:
+        table[f"squad_v1.{lang}"] = (f"xquad/{lang}", {"train": "translate-train"})
+    for lang in LANGUAGES["mlqa"]:
+        table[f"mlqa.{lang}"] = (f"mlqa/{lang}", {"dev": "validation", "test": "test"})
+    for lang in LANGUAGES["tydiqa"]:  # the train split mixes languages: filtered by id prefix
+        table[f"tydiqa.{lang}"] = (
+            "tydi_qa/goldp",
+            {"train": "train", "test": f"validation-{lang}"},
+        )
+    for lang in LANGUAGES["panx"]:
+        table[f"panx.{lang}"] = (
+            f"wikiann/{lang}",
+            {"train": "train", "dev": "validation", "test": "test"},
+        )
+    for lang in LANGUAGES["udpos"]:
+        # TFDS 4.9.10's xtreme_pos maps "ta" to Tagalog and "tl" to Tamil (swapped): undo it
+        config = {"ta": "tl", "tl": "ta"}.get(lang, lang)
+        splits = {"test": "test"} if lang in UDPOS_TEST_ONLY else {"dev": "dev", "test": "test"}
+        if lang == "en":
+            splits["train"] = "train"
+        table[f"udpos.{lang}"] = (f"xtreme_pos/xtreme_pos_{config}", splits)
+    for name, (builder, splits) in table.items():
+        TASKS[name] = dataclasses.replace(TASKS[name], tfds_name=builder, tfds_splits=splits)
+
+
+_attach_tfds()
 
 
 def tasks_for(dataset: str) -> list[TaskSpec]:
