@@ -193,3 +193,22 @@ def test_mlm_packing(tok):
     assert body == stream
     assert all(row["input_ids"][0] == 0 and row["input_ids"][-1] == 2 for row in rows)
     assert all(len(row["input_ids"]) <= 8 for row in rows)
+
+
+def test_ja_pairs_and_offsets(tok, shared_data):
+    (example,) = list(
+        r.read_xtreme_pair_tsv(shared_data("pawsx/xtreme_format/dev-ja.tsv"), r.BINARY_LABELS)
+    )[:1]
+    feature = P.classification_features(example, tok, 256, r.BINARY_LABELS)
+    a, b = tok.encode_text(example["text_a"]), tok.encode_text(example["text_b"])
+    assert feature["input_ids"].tolist() == [0, *a, 2, 2, *b, 2]
+    assert feature["labels"] == r.BINARY_LABELS.index(example["label"])
+    lines = shared_data("tatoeba/v1/tatoeba.jpn-eng.jpn").read_text(encoding="utf-8").splitlines()
+    for text in lines[:50]:  # every character is covered by some token's span, in order
+        _, offsets = tok.encode_with_offsets(text, add_special_tokens=False)
+        covered = np.zeros(len(text), bool)
+        for begin, end in offsets:
+            assert 0 <= begin <= end <= len(text)
+            covered[begin:end] = True
+        assert all(covered[i] or text[i].isspace() for i in range(len(text)))
+        assert [b for b, _ in offsets] == sorted(b for b, _ in offsets)

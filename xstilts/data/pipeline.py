@@ -17,9 +17,12 @@ import logging
 import os
 import pickle
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import tqdm
 
 from xstilts.data import preprocessors as P
 from xstilts.data.feature_converters import FeatureBatcher, MixtureBatcher
@@ -109,10 +112,23 @@ def task_features(
     examples = list(spec.examples(split, data_dir))
     if not examples:
         raise ValueError(f"task {name} split {split!r} is empty ({spec.path(split, data_dir)})")
-    features = featurize(spec, examples, tokenizer, length, labels)
+    start = time.perf_counter()
+    features: list[dict[str, Any]] = []
+    # chunks only drive the progress bar; MLM packing needs the whole stream at once
+    chunk = len(examples) if spec.kind == "mlm" else 2000
+    chunks = range(0, len(examples), chunk)
+    progress = tqdm.tqdm(chunks, desc=f"featurize {name}/{split}", unit="chunk", leave=False,
+                         disable=len(chunks) <= 4)  # fmt: skip
+    for offset in progress:
+        part = examples[offset : offset + chunk]
+        features.extend(featurize(spec, part, tokenizer, length, labels))
+    elapsed = time.perf_counter() - start
     if cache_path is not None:
         _atomic_pickle(cache_path, features)
-    log.info("%s/%s: %d examples -> %d features", name, split, len(examples), len(features))
+    log.info(
+        "%s/%s: %d examples -> %d features in %.1f s (%.0f examples/s)",
+        name, split, len(examples), len(features), elapsed, len(examples) / max(elapsed, 1e-9),
+    )  # fmt: skip
     return features
 
 

@@ -422,7 +422,7 @@ def _find_words(sentence: str, words: list[str], answer: str) -> int:
     """Character offset of ``answer`` (a run of whole words) in ``sentence``."""
     position = f" {sentence} ".find(f" {answer} ")
     if position < 0:
-        raise AssertionError(f"answer {answer!r} not in {sentence!r}")
+        raise ValueError(f"internal error: answer {answer!r} is not a word run of {sentence!r}")
     return position
 
 
