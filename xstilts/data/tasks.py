@@ -314,7 +314,7 @@ def _register_xtreme() -> None:
                 kind="tagging",
                 splits=splits,
                 reader=r.read_token_tag_file,
-                reader_kwargs={"tags": tags},
+                reader_kwargs={"tags": tags, "strip_language_prefix": dataset == "panx"},
                 labels=tags,
                 metric="f1_seqeval",
                 epochs=10,
@@ -606,6 +606,7 @@ def _register_synthetic() -> None:
     ``<data_dir>/synthetic``."""
     from xstilts.data.synthetic import DEFAULT_LANGUAGES, SPLITS
 
+    plain = {"strip_language_prefix": False}  # synthetic tokens carry no "xx:" prefix
     for spec in DEFAULT_LANGUAGES:
         lang = spec.code
         files = {
@@ -621,8 +622,18 @@ def _register_synthetic() -> None:
                 {"labels": r.BINARY_LABELS},
                 "paraphrase/{s}-{l}.tsv",
             ),
-            "pos": ("tagging", r.read_token_tag_file, {"tags": r.UPOS_TAGS}, "pos/{s}-{l}.tsv"),
-            "ner": ("tagging", r.read_token_tag_file, {"tags": r.PANX_TAGS}, "ner/{s}-{l}.tsv"),
+            "pos": (
+                "tagging",
+                r.read_token_tag_file,
+                {"tags": r.UPOS_TAGS, **plain},
+                "pos/{s}-{l}.tsv",
+            ),
+            "ner": (
+                "tagging",
+                r.read_token_tag_file,
+                {"tags": r.PANX_TAGS, **plain},
+                "ner/{s}-{l}.tsv",
+            ),
             "qa": ("qa", r.read_squad_json, {}, "qa/{s}-{l}.json"),
         }
         for task, (kind, reader, kwargs, pattern) in files.items():
