@@ -31,6 +31,7 @@ test: $(VENV)/.installed-all
 bench: $(VENV)/.installed-all
 	$(PY) benchmarks/model_step.py
 	$(PY) benchmarks/retrieval.py
+	$(PY) benchmarks/data_pipeline.py
 
 lint: $(VENV)/.installed-all
 	$(VENV)/bin/ruff check xstilts tests benchmarks

@@ -1,7 +1,8 @@
 """Forward+backward+AdamW train-step throughput: xstilts (JAX) vs Hugging Face PyTorch XLM-R.
 
 Same config (12 layers, width 768, 12 heads, FFN 3072, vocab 32k by default), same batch and
-length, sequence classification with 3 labels, fp32, dropout 0.1 active, AdamW. Each system runs
+length, sequence classification with 3 labels, fp32, dropout 0.1 active, AdamW + grad-norm
+clipping at 1.0 on both sides; ours is the real ``Trainer`` step (jit, shardings, donation). Each system runs
 in its own process (``reference/perf.md``: a JAX step slows down 15-40% when torch models live in
 the same process), the processes alternate round by round, and we report the median of every
 system's timed steps. The last line reads
@@ -40,42 +41,29 @@ def _data(args: argparse.Namespace):
 
 
 def run_ours(args: argparse.Namespace) -> list[float]:
+    """The real ``xstilts.trainer.Trainer`` step: AdamW with decay mask, clipping, dropout."""
     import jax
-    import jax.numpy as jnp
-    import optax
 
+    from xstilts import partitioning, trainer
     from xstilts.models.heads import XLMRForSequenceClassification
     from xstilts.models.xlmr import XLMRConfig
 
     config = XLMRConfig(**_config_kwargs(args), dtype=args.dtype)
-    model = XLMRForSequenceClassification(config, num_labels=3, use_pooler=False)
-    ids, mask, labels = (jnp.asarray(x) for x in _data(args))
-    params = jax.jit(lambda k: model.init(k, ids, mask))(jax.random.key(0))["params"]
-    params = jax.tree.map(lambda x: x.unbox() if hasattr(x, "unbox") else x, params,
-                          is_leaf=lambda x: hasattr(x, "unbox"))
-    tx = optax.adamw(2e-5, weight_decay=0.01)
-    opt_state = tx.init(params)
-
-    def loss_fn(p, rng):
-        logits = model.apply({"params": p}, ids, mask, deterministic=False,
-                             rngs={"dropout": rng})
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-    @jax.jit
-    def step(p, s, rng):
-        rng, sub = jax.random.split(rng)
-        loss, grads = jax.value_and_grad(loss_fn)(p, sub)
-        updates, s = tx.update(grads, s, p)
-        return optax.apply_updates(p, updates), s, rng, loss
-
-    step = jax.jit(step.__wrapped__ if hasattr(step, "__wrapped__") else step,
-                   donate_argnums=(0, 1))
-    rng = jax.random.key(1)
+    optimizer, schedule = trainer.make_optimizer(learning_rate=2e-5, total_steps=1000,
+                                                 weight_decay=0.01)
+    tr = trainer.Trainer(
+        model=XLMRForSequenceClassification(config, 3, use_pooler=False),
+        loss_fn=trainer.task_loss("classification"), optimizer=optimizer, schedule=schedule,
+        partitioner=partitioning.Partitioner(partitioning.create_mesh(
+            devices=jax.devices()[:1])))
+    ids, mask, labels = _data(args)
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    state = tr.init_state(jax.random.key(0), ids.shape)
     times = []
     for i in range(args.warmup + args.steps):
         t0 = time.perf_counter()
-        params, opt_state, rng, loss = step(params, opt_state, rng)
-        float(loss)
+        state, metrics = tr.train_step(state, batch)
+        float(metrics["loss"])
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
     return times
@@ -89,7 +77,7 @@ def run_torch(args: argparse.Namespace, compiled: bool) -> list[float]:
     torch.set_num_threads(os.cpu_count() or 2)
     config = XLMRobertaConfig(**_config_kwargs(args), num_labels=3)
     model = XLMRobertaForSequenceClassification(config).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-5, weight_decay=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-5, weight_decay=0.01, eps=1e-8)
     fwd = torch.compile(model) if compiled else model
     ids, mask, labels = (torch.tensor(x, dtype=torch.long) for x in _data(args))
     times = []
@@ -98,6 +86,7 @@ def run_torch(args: argparse.Namespace, compiled: bool) -> list[float]:
         opt.zero_grad(set_to_none=True)
         loss = fwd(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         loss.item()
         if i >= args.warmup:
