@@ -90,12 +90,20 @@ class Checkpointer:
         self.config = config or CheckpointConfig()
         c = self.config
         policies: list[Any] = [ocp.checkpoint_managers.LatestN(c.keep)]
+        best_fn = None
         if c.best_metric:
             metric = c.best_metric
+
+            def best_fn(m: Mapping[str, Any]) -> float:
+                return float(m[metric])
+
             policies.append(ocp.checkpoint_managers.BestN(
-                get_metric_fn=lambda m: float(m[metric]), reverse=c.best_mode == "min", n=1,
+                get_metric_fn=best_fn, reverse=c.best_mode == "min", n=1,
                 keep_checkpoints_without_metrics=False))
         options = ocp.CheckpointManagerOptions(
+            # best_fn makes Orbax write the metrics next to the step (read back by best_step);
+            # which steps survive is the preservation policy's call: last N OR the best.
+            best_fn=best_fn, best_mode=c.best_mode,
             preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
             enable_async_checkpointing=c.async_save, cleanup_tmp_directories=not read_only,
             create=not read_only, read_only=read_only)

@@ -255,6 +255,18 @@ def evaluate(trainer: trainer_lib.Trainer, params: Any, batches: Iterator[Mappin
     return trainer_lib.summarize_eval(totals)
 
 
+_MACRO_NAMES = {"total_steps": "TRAIN_STEPS", "model_config": "MODEL_CONFIG (a models/*.gin)"}
+
+
+def _check_required(fn_name: str, **values: Any) -> None:
+    """A ``%gin.REQUIRED`` macro that reached us unset is an error naming the macro."""
+    missing = [name for name, value in values.items() if value is gin.REQUIRED]
+    if missing:
+        macros = ", ".join(_MACRO_NAMES.get(n, n.upper()) for n in missing)
+        raise ValueError(f"{fn_name}(): required settings {missing} were not given: set the "
+                         f"gin macros {macros} (e.g. --gin.{missing[0].upper()}=...)")
+
+
 def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_size: int,
           train_batches: BatchFactory, task_type: str = "classification", num_labels: int = 2,
           use_pooler: bool = True, partitioner: partitioning.Partitioner | None = None,
@@ -278,6 +290,11 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
     optimizer schedule always spans ``total_steps``; ``stop_at_step`` ends this invocation early
     (with a checkpoint), as a preemption would.
     """
+    _check_required("train", model_dir=model_dir, model_config=model_config,
+                    total_steps=total_steps, batch_size=batch_size, train_batches=train_batches,
+                    task_type=task_type, num_labels=num_labels,
+                    init_encoder_from=init_encoder_from,
+                    init_pretrained_from=init_pretrained_from)
     os.makedirs(model_dir, exist_ok=True)
     partitioner = partitioner or partitioning.Partitioner()
     checkpoint = checkpoint or ckpt_lib.CheckpointConfig()
@@ -390,8 +407,8 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
                     writer.scalars(step, {f"train/{k}": metrics[k] for k in (
                         "loss", "accuracy", "grad_norm", "learning_rate")} | perf)
                     window_start, window_steps = time.perf_counter(), 0
-                    if step == start_step + 1 or step == end_step:
-                        write_gin_configs(model_dir)
+                if step == start_step + 1:
+                    write_gin_configs(model_dir)  # every configurable has been called by now
                 stop_now = stop.requested if jax.process_count() == 1 else (
                     step % log_every_steps == 0 and stop.agreed())
                 if (step % checkpoint.save_every_steps == 0 or step == end_step or stop_now
@@ -402,6 +419,7 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
                     log.warning("stopped at step %d after SIGTERM (checkpoint saved)", step)
                     break
         checkpointer.wait()
+        write_gin_configs(model_dir)
     finally:
         bar.close()
         writer.close()
@@ -419,6 +437,9 @@ def evaluate_checkpoint(*, model_dir: str, model_config: XLMRConfig, batch_size:
 
     Writes ``eval_results.json`` (step and metrics) into ``model_dir`` on the chief host.
     """
+    _check_required("evaluate_checkpoint", model_dir=model_dir, model_config=model_config,
+                    batch_size=batch_size, eval_batches=eval_batches, task_type=task_type,
+                    num_labels=num_labels)
     partitioner = partitioner or partitioning.Partitioner()
     layout = partitioner.data_layout(batch_size)
     model = build_model(task_type, model_config, num_labels=num_labels, use_pooler=use_pooler)
@@ -527,9 +548,21 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
         gin.parse_config([*BINDING_IMPORTS, *bindings])
 
 
+def _log_to_stderr() -> None:
+    """``xstilts.*`` INFO logs on stderr (absl, imported by Orbax, owns the root logger)."""
+    package = logging.getLogger("xstilts")
+    if not any(getattr(h, "_xstilts", False) for h in package.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+        handler._xstilts = True  # type: ignore[attr-defined]
+        package.addHandler(handler)
+    package.setLevel(logging.INFO)
+    package.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_flags(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    _log_to_stderr()
     partitioning.initialize_distributed(coordinator_address=args.coordinator_address,
                                         num_processes=args.num_processes,
                                         process_id=args.process_id)

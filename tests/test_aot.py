@@ -1,0 +1,58 @@
+"""Ahead-of-time compile of the partitioned train step with abstract (eval_shape) parameters.
+
+XLM-R Large at 32 x 256 on fsdp=8 takes minutes to compile on the 2-core CI machine, so pytest
+compiles the tiny model through the same code path; `python -m xstilts.aot --model large ...`
+is run by hand (its figure is in the issue note).
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import numpy as np
+import pytest
+
+from xstilts import aot, partitioning, trainer
+from xstilts.models.xlmr import XLMRConfig
+from xstilts.train import build_model
+
+
+def _shard_bytes(x: jax.ShapeDtypeStruct) -> int:
+    shape = x.sharding.shard_shape(x.shape)
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(x.dtype).itemsize
+
+
+def test_tiny_fsdp8_compiles_and_reports_per_device_memory(capsys):
+    compiled, report = aot.compile_train_step(model="tiny", mesh_shape={"fsdp": 8}, batch=16,
+                                              length=32)
+    # Independent count of what one device holds as arguments: its shard of every state leaf
+    # (params, AdamW mu/nu, counters, RNG) and of every batch array.
+    state_shardings, _ = compiled.input_shardings[0]
+    assert state_shardings.params["roberta"]["encoder"]["layer_0"]["intermediate"]["dense"][
+        "kernel"].spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+    mesh = state_shardings.params["roberta"]["embeddings"]["LayerNorm"]["scale"].mesh
+    assert dict(mesh.shape) == {"data": 1, "fsdp": 8, "tensor": 1}
+    tx, sched = trainer.make_optimizer(total_steps=1000)
+    tr = trainer.Trainer(build_model("classification", XLMRConfig.tiny(), num_labels=3),
+                         trainer.classification_loss, tx, sched, partitioning.Partitioner(mesh))
+    abstract = tr.abstract_state((16, 32))
+    state_bytes = sum(_shard_bytes(x) for x in jax.tree.leaves(abstract))
+    batch_bytes = sum(int(np.prod(s)) * 4 // 8 for s, _ in
+                      aot.abstract_batch("classification", 16, 32).values())
+    assert report.argument_bytes == state_bytes + batch_bytes
+    assert report.alias_bytes == state_bytes  # the state is donated
+    assert report.temp_bytes > 0
+    print("\n".join(report.lines()))
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    m = re.fullmatch(r"aot: tiny fsdp=8 batch 16x32: (\d+\.\d\d) GiB per device", last)
+    assert m and float(m.group(1)) == pytest.approx(report.total_bytes / 2**30, abs=0.005)
+
+
+def test_aot_rejects_bad_shapes():
+    with pytest.raises(ValueError, match=r"global batch size 12 is not divisible by the 8 data"):
+        aot.compile_train_step(model="tiny", mesh_shape={"fsdp": 8}, batch=12, length=16)
+    with pytest.raises(ValueError, match=r"length 600 exceeds the model's maximum 256"):
+        aot.compile_train_step(model="tiny", mesh_shape={"fsdp": 8}, batch=8, length=600)
+    with pytest.raises(ValueError, match=r"needs 6 devices but 8 are available"):
+        aot.compile_train_step(model="tiny", mesh_shape={"fsdp": 6}, batch=12, length=16)
