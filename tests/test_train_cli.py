@@ -91,7 +91,12 @@ def test_cli_run_sigterm_checkpoints_and_exits_cleanly_then_eval_gin(tmp_path):
     model_dir = tmp_path / "run"
     bindings = [*SYNTHETIC, f"MODEL_DIR = '{model_dir}'", "TRAIN_STEPS = 1000",
                 "INIT_ENCODER_FROM = None", "DROPOUT_RATE = 0.0",
-                "train_script.train.log_every_steps = 2"]
+                "train_script.train.log_every_steps = 2",
+                # evaluation every 2 steps on 2 batches; its accuracy picks the best checkpoint
+                "train_script.train.eval_every_steps = 2",
+                "train_script.train.eval_batches = @eval/train_script.synthetic_batches",
+                "eval/train_script.synthetic_batches.num_batches = 2",
+                "eval/train_script.synthetic_batches.seed = 7"]
     cmd = [sys.executable, "-m", "xstilts.train",
            *[f"--gin_file={f}" for f in TINY_FINETUNE],
            "--gin.LEARNING_RATE=1e-4", *[f"--gin_bindings={b}" for b in bindings]]
@@ -112,9 +117,19 @@ def test_cli_run_sigterm_checkpoints_and_exits_cleanly_then_eval_gin(tmp_path):
     steps = [json.loads(line)["step"] for line in metrics_file.read_text().splitlines()]
     last = steps[-1]
     assert steps == list(range(1, last + 1)) and 3 <= last < 1000
-    ckpt = checkpoints.Checkpointer(model_dir / "checkpoints", read_only=True)
+    ckpt = checkpoints.Checkpointer(model_dir / "checkpoints", read_only=True, config=
+                                    checkpoints.CheckpointConfig(best_metric="eval/accuracy"))
     assert ckpt.latest_step() == last
     assert ckpt.metadata()["data_position"] == {"batches_consumed": last}
+    scalars = _tensorboard_scalars(str(model_dir / "tensorboard"))
+    eval_acc = dict(scalars["eval/accuracy"])
+    assert sorted(eval_acc) == list(range(2, last + 1, 2))
+    # finetune.gin keeps the last 2 plus the best by eval/accuracy
+    best = max(eval_acc.values())
+    saved = ckpt.all_steps()
+    assert last in saved and len(saved) <= 3
+    assert any(eval_acc.get(step) == best for step in saved)
+    assert eval_acc[ckpt.best_step()] == best
     operative = (model_dir / "operative_config.gin").read_text()
     for line in ("TRAIN_STEPS = 1000", "LEARNING_RATE = 0.0001",
                  "train_script.train.total_steps = %TRAIN_STEPS",
@@ -122,7 +137,6 @@ def test_cli_run_sigterm_checkpoints_and_exits_cleanly_then_eval_gin(tmp_path):
                  "MODEL_CONFIG/xlmr.XLMRConfig.preset.name = 'tiny'",
                  "trainer.make_optimizer.eps = 1e-08"):
         assert line in operative.splitlines(), line
-    scalars = _tensorboard_scalars(str(model_dir / "tensorboard"))
     logged = dict(scalars["train/loss"])
     jsonl = {s["step"]: s["loss"] for s in map(json.loads, metrics_file.read_text().splitlines())}
     assert logged and all(np.isclose(v, jsonl[k]) for k, v in logged.items())

@@ -347,7 +347,7 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
 
     bar = tqdm(total=end_step, initial=start_step, disable=not (chief and progress),
                desc="train", unit="step", dynamic_ncols=True)
-    window_start, window_steps = time.perf_counter(), 0
+    window_start, window_steps, window_tokens = time.perf_counter(), 0, 0.0
 
     def save(step_state: trainer_lib.TrainState, metrics: Mapping[str, float] | None = None):
         checkpointer.save(step_state, data_position={"batches_consumed": consumed},
@@ -382,6 +382,7 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
                 if step_hook is not None:
                     step_hook(step, metrics)
                 window_steps += 1
+                window_tokens += metrics["tokens"]
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}")
 
@@ -397,7 +398,7 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
                 if step % log_every_steps == 0 or step == end_step:
                     elapsed = time.perf_counter() - window_start
                     n_dev = jax.device_count()
-                    tokens_per_s = metrics["tokens"] * window_steps / max(elapsed, 1e-9)
+                    tokens_per_s = window_tokens / max(elapsed, 1e-9)  # real (unpadded) tokens
                     tflops = flops_per_example * batch_size * window_steps / max(elapsed, 1e-9)
                     perf = {"perf/tokens_per_s": tokens_per_s,
                             "perf/tflops_per_s_per_device": tflops / n_dev / 1e12}
@@ -406,7 +407,7 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
                             peak_tflops_per_device
                     writer.scalars(step, {f"train/{k}": metrics[k] for k in (
                         "loss", "accuracy", "grad_norm", "learning_rate")} | perf)
-                    window_start, window_steps = time.perf_counter(), 0
+                    window_start, window_steps, window_tokens = time.perf_counter(), 0, 0.0
                 if step == start_step + 1:
                     write_gin_configs(model_dir)  # every configurable has been called by now
                 stop_now = stop.requested if jax.process_count() == 1 else (
