@@ -140,3 +140,28 @@ def test_encoder_only_restore_keeps_the_fresh_head(tmp_path, mesh_222):
         checkpoints.restore_encoder_into(bigger, str(tmp_path / "intermediate"))
     with pytest.raises(ValueError, match=r"no 'roberta' subtree"):
         checkpoints.restore_encoder_into({"encoder": {}}, str(tmp_path / "intermediate"))
+
+
+def test_pretrained_hugging_face_encoder_goes_into_a_fresh_task_model(tmp_path, mesh_222):
+    """``train(init_pretrained_from=...)``'s loader: HF files -> the ``roberta`` subtree."""
+    from xstilts.models import convert
+    from xstilts.train import load_pretrained_encoder
+
+    config = XLMRConfig.tiny()
+    pretrained = _random_params(heads.XLMRForMaskedLM(config), mesh_222, seed=4)
+    convert.save_hf_checkpoint(config, pretrained, tmp_path / "hf")
+    fresh = _random_params(heads.XLMRForQuestionAnswering(config), mesh_222, seed=5)
+    loaded = load_pretrained_encoder(fresh, str(tmp_path / "hf"))
+    for (path, want), got, old in zip(jax.tree_util.tree_flatten_with_path(
+            pretrained["roberta"])[0], jax.tree.leaves(loaded["roberta"]),
+            jax.tree.leaves(fresh["roberta"]), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-7,
+                                   err_msg=str(path))
+        assert got.sharding == old.sharding
+    np.testing.assert_array_equal(np.asarray(loaded["qa_outputs"]["kernel"]),
+                                  np.asarray(fresh["qa_outputs"]["kernel"]))
+    other = _random_params(heads.XLMRForQuestionAnswering(XLMRConfig.tiny(hidden_size=32,
+                                                                          intermediate_size=64)),
+                           mesh_222, seed=6)
+    with pytest.raises(ValueError, match=r"Hugging Face checkpoint .* another model"):
+        load_pretrained_encoder(other, str(tmp_path / "hf"))
