@@ -1,15 +1,23 @@
-"""Interim demo (until the experiment driver lands): a real checkpoint round trip on the CPU.
+"""The embedded demo (``make demo``): the X-STILTs experiment end to end on a CPU in minutes.
 
-Initialises a tiny XLM-R with a masked-LM head, exports it as a Hugging Face checkpoint
-(``config.json`` + ``model.safetensors``), loads it back through the torch-free importer, runs a
-padded batch, and prints per-layer hidden-state statistics and MLM logits. ``--preset base`` or
-``large`` works too (random weights; large needs ~10 GB of RAM), as does ``--checkpoint DIR`` for
-a real Hugging Face folder (e.g. a downloaded ``FacebookAI/xlm-roberta-base``).
+Writes the seeded synthetic multilingual world (five languages, two of them low-resource),
+trains a SentencePiece model and a tiny XLM-R with MLM on it, runs the grid of
+``gin/experiments/demo.gin`` (baseline, English-only and multilingual intermediate NLI) x
+(PAWS-X-, UDPOS- and PAN-X-like targets) x seeds with zero-shot evaluation in every language
+and Tatoeba/BUCC-style retrieval, then writes the report. Re-running resumes: finished cells are
+skipped, an interrupted one continues from its checkpoint.
+
+    python -m xstilts.demo [--run_dir demo_out] [--fresh] [--gin.NAME=VALUE ...]
+    python -m xstilts.demo --roundtrip [--preset base]   # the Hugging Face checkpoint round trip
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import shutil
+import sys
 import tempfile
 import time
 
@@ -19,6 +27,8 @@ import numpy as np
 from xstilts.models.convert import load_hf_checkpoint, save_hf_checkpoint, task_params
 from xstilts.models.heads import XLMRForMaskedLM
 from xstilts.models.xlmr import XLMRConfig, XLMRModel, count_params
+
+DEMO_GIN = "experiments/demo.gin"
 
 
 def _batch(config: XLMRConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -31,8 +41,10 @@ def _batch(config: XLMRConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return ids, (ids != config.pad_token_id).astype(np.int32)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def roundtrip(argv: list[str] | None = None) -> None:
+    """A real checkpoint round trip (``python -m xstilts.demo --roundtrip``)."""
+    parser = argparse.ArgumentParser(prog="python -m xstilts.demo --roundtrip",
+                                     description="tiny XLM-R Hugging Face export/import round trip")
     parser.add_argument("--preset", default="tiny", choices=["tiny", "base", "large"])
     parser.add_argument("--checkpoint", help="a Hugging Face XLM-R folder to load instead")
     parser.add_argument("--seed", type=int, default=0)
@@ -66,8 +78,59 @@ def main(argv: list[str] | None = None) -> None:
             logits = np.asarray(model.apply({"params": task_params(params)}, ids, mask))
             top = logits[0, 1:6].argmax(-1)
             print(f"MLM logits {logits.shape}, top ids at positions 1-5 of row 0: {top.tolist()}")
-    print(f"demo finished in {time.perf_counter() - start:.1f} s")
+    print(f"round trip finished in {time.perf_counter() - start:.1f} s")
+
+
+
+def write_world(data_dir: str) -> None:
+    """The synthetic world in native formats under ``data_dir/synthetic`` (once)."""
+    from xstilts.data.synthetic import SyntheticWorld
+
+    marker = os.path.join(data_dir, "synthetic", "WORLD_DONE")
+    if os.path.isfile(marker):
+        return
+    SyntheticWorld(seed=0).write_files(os.path.join(data_dir, "synthetic"))
+    with open(marker, "w", encoding="utf-8") as f:
+        f.write("seed 0\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--roundtrip" in argv:
+        argv.remove("--roundtrip")
+        roundtrip(argv)
+        return 0
+    from xstilts import experiment, report
+    from xstilts import train as train_lib
+
+    parser = argparse.ArgumentParser(prog="python -m xstilts.demo", description=__doc__)
+    parser.add_argument("--run_dir", default="demo_out", help="where everything is written")
+    parser.add_argument("--fresh", action="store_true", help="delete run_dir first")
+    parser.add_argument("--gin_file", action="append", default=[],
+                        help="extra gin files after demo.gin")
+    parser.add_argument("--gin_bindings", action="append", default=[])
+    args = parser.parse_args(train_lib.rewrite_gin_args(argv))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        force=True)
+    for noisy in ("absl", "jax", "orbax", "xstilts.train", "xstilts.data"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    start = time.perf_counter()
+    if args.fresh and os.path.isdir(args.run_dir):
+        shutil.rmtree(args.run_dir)
+    run_dir = os.path.abspath(args.run_dir)
+    data_dir = os.path.join(run_dir, "data")
+    write_world(data_dir)
+    train_lib.parse_gin([DEMO_GIN, *args.gin_file], [
+        "from xstilts import experiment", f"RUN_DIR = '{run_dir}'", f"DATA_DIR = '{data_dir}'",
+        *args.gin_bindings])
+    train_lib._configured(experiment.run_experiment)()  # noqa: SLF001
+    text = report.write_report(run_dir)
+    print(text)
+    print(f"demo finished in {time.perf_counter() - start:.0f} s; report, CSV and plots in "
+          f"{run_dir}/report")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
