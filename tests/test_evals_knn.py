@@ -41,10 +41,10 @@ def mesh_of(devices):
     return jax.make_mesh((devices,), ("data",), devices=jax.devices()[:devices])
 
 
-CASES = [  # n, m, d, k, block_size, devices, row_group, col_group
-    (1001, 1500, 32, 4, 128, 1, 80, 8),  # two-stage both ways (groups of 75), padding rows
-    (500, 1303, 16, 1, 100, 1, 80, 8),   # k=1, M prime: padded, masked columns
-    (1001, 2003, 32, 4, 96, 8, 80, 8),   # 8 devices, padding rows and columns
+CASES = [  # n, m, d, k, block_size, devices, row_group, col_group (tiles of <= 1024 columns)
+    (1001, 1500, 32, 4, 128, 1, 16, 8),  # two-stage both ways, 2 tiles of 750, padding rows
+    (500, 1303, 16, 1, 100, 1, 16, 8),   # k=1, M prime: padded, masked columns
+    (1001, 2003, 32, 4, 96, 8, 16, 8),   # 8 devices, padding rows and columns
     (333, 5003, 16, 1, 64, 8, 64, 8),    # 8 devices, k=1, N < one block per device
     (777, 640, 8, 4, 200, 8, 1, 1),      # plain lax.top_k path
     (5, 3, 4, 4, 2048, 8, 80, 8),        # k larger than M: capped at M (and at N)
@@ -57,8 +57,8 @@ def test_knn_equals_brute_force(n, m, d, k, block, devices, row_group, col_group
     x = knn.l2_normalize(rng.standard_normal((n, d)))
     y = knn.l2_normalize(rng.standard_normal((m, d)))
     nb = knn.knn(x, y, k, block_size=block, mesh=mesh_of(devices), row_group=row_group,
-                 col_group=col_group)
-    plan = knn._plan(n, m, d, k, True, devices, block, row_group, col_group)
+                 col_group=col_group, tile_size=1024)
+    plan = knn._plan(n, m, d, k, True, devices, block, row_group, col_group, 1024)
     two_stage = (plan.row_group > 1, plan.col_group > 1)
     assert two_stage == ((True, True) if row_group > 1 and n > 5 else (False, False))
     full, s_xy, i_xy, s_yx, i_yx = brute_force(x, y, k)
@@ -78,10 +78,10 @@ def test_knn_one_direction_and_block_plan():
     assert nb.sim_yx is None and nb.idx_yx is None
     assert_same_topk(full, nb.sim_xy, nb.idx_xy, s_xy, i_xy)
     # 50,000 rows and a 2,048 block: 25 blocks of exactly 2,000 rows, no padding to mask;
-    # 50,000 columns split into 625 groups of 80.
-    plan = knn._plan(50_000, 50_000, 1024, 4, True, 1, 2048, 80, 8)
+    # 50,000 columns: 20 tiles of 2,500, each 50 groups of 50, no padding either.
+    plan = knn._plan(50_000, 50_000, 1024, 4, True, 1, 2048, 80, 8, 4096)
     assert (plan.steps, plan.block, plan.rows_padded) == (25, 2000, False)
-    assert (plan.row_group, plan.m_padded) == (80, 50_000)
+    assert (plan.tile, plan.row_group, plan.m_padded) == (2500, 50, 50_000)
 
 
 def test_knn_ties_are_broken_consistently():

@@ -136,24 +136,40 @@ class _Plan:
     m_padded: int
     row_group: int  # two-stage group size along Y (1 = plain top_k)
     col_group: int  # two-stage group size along a block's rows (1 = plain top_k)
+    tile: int  # columns of Y per product (m_padded = tiles * tile)
 
     @property
     def rows_padded(self) -> bool:
         return self.devices * self.steps * self.block != self.n
 
 
-def _row_group(m: int, k: int, preferred: int) -> tuple[int, int]:
-    """(group size, padded M): prefer a size near ``preferred`` that divides M (no padding)."""
-    if preferred <= 1 or m < 4 * preferred * k:
-        return 1, m
-    for size in range(preferred, preferred // 2, -1):  # e.g. 50,000 = 625 groups of 80
-        if m % size == 0:
-            return size, m
-    return preferred, preferred * math.ceil(m / preferred)
+def _divisor_near(total: int, preferred: int) -> int | None:
+    """A divisor of ``total`` in ``(preferred / 2, preferred]``, the largest one, if any."""
+    for size in range(preferred, preferred // 2, -1):
+        if total % size == 0:
+            return size
+    return None
+
+
+def _tiling(m: int, kx: int, tile_size: int, row_group: int) -> tuple[int, int]:
+    """(tile, row group) for M columns: exact divisors when possible, else padding."""
+    tiles = max(1, math.ceil(m / tile_size))
+    for tile in range(math.ceil(m / tiles), math.ceil(m / tiles) // 2, -1):
+        if m % tile:
+            continue
+        if row_group <= 1 or tile < 4 * row_group * kx:
+            return tile, 1
+        rg = _divisor_near(tile, row_group)
+        if rg:
+            return tile, rg
+    tile = math.ceil(m / tiles)
+    if row_group <= 1 or tile < 4 * row_group * kx:
+        return tile, 1
+    return row_group * math.ceil(tile / row_group), row_group
 
 
 def _plan(n: int, m: int, dim: int, k: int, both: bool, devices: int, block_size: int,
-          row_group: int, col_group: int) -> _Plan:
+          row_group: int, col_group: int, tile_size: int = 4096) -> _Plan:
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if block_size < 8:
@@ -166,35 +182,58 @@ def _plan(n: int, m: int, dim: int, k: int, both: bool, devices: int, block_size
     block = max(block, 8 * math.ceil(ky / 8))  # a block must hold at least ky rows
     cg = col_group if both and col_group > 1 and block % col_group == 0 \
         and block // col_group >= max(ky, 2) else 1
-    rg, m_padded = _row_group(m, kx, row_group)
-    return _Plan(n, m, dim, kx, ky, both, devices, steps, block, m_padded, rg, cg)
+    # Y is consumed in tiles of at most tile_size columns, so that a [block, tile] slice of
+    # similarities stays in cache while both top-ks read it; each tile is cut into interleaved
+    # groups of ~row_group columns. A tile that divides M (50,000 = 20 x 2,500) with a group
+    # size that divides the tile (2,500 = 50 x 50) needs no padding and no mask.
+    tile, rg = _tiling(m, kx, tile_size, row_group)
+    m_padded = tile * math.ceil(m / tile)
+    return _Plan(n, m, dim, kx, ky, both, devices, steps, block, m_padded, rg, cg, tile)
 
 
 @functools.lru_cache(maxsize=32)
 def _compiled(plan: _Plan, mesh: Mesh, axis: str):
     p = plan
-    col_valid = None if p.m_padded == p.m else jnp.arange(p.m_padded) < p.m
+    n_tiles = p.m_padded // p.tile
 
     def per_device(xs, y):
         first_block = jax.lax.axis_index(axis) * p.steps
+        y_tiles = y.reshape(n_tiles, p.tile, p.dim)
 
-        def step(carry, inputs):
+        def block_step(col_buf, inputs):
             xb, s_idx = inputs
-            sims = jnp.dot(xb, y.T, preferred_element_type=jnp.float32)  # [B, Mp]
-            row_v, row_i = _topk_last(sims, p.kx, p.row_group, col_valid)
-            if not p.both:
-                return carry, (row_v, row_i)
             base = (first_block + s_idx) * p.block
-            rows = base + jnp.arange(p.block, dtype=jnp.int32)
-            col_v, col_i = _topk_first(sims, p.ky, p.col_group,
-                                       rows < p.n if p.rows_padded else None)  # [Mp, ky]
-            carry = _merge_topk(*carry, col_v, col_i + base, p.ky)
-            return carry, (row_v, row_i)
+            row_valid = base + jnp.arange(p.block, dtype=jnp.int32) < p.n \
+                if p.rows_padded and p.both else None
+
+            def tile_step(carry, tile_inputs):
+                (row_v, row_i), col_buf = carry
+                yt, t = tile_inputs
+                first_col = t * p.tile
+                sims = jnp.dot(xb, yt.T, preferred_element_type=jnp.float32)  # [B, tile]
+                col_valid = first_col + jnp.arange(p.tile, dtype=jnp.int32) < p.m \
+                    if p.m_padded != p.m else None
+                tv, ti = _topk_last(sims, p.kx, p.row_group, col_valid)
+                row = _merge_topk(row_v, row_i, tv, ti + first_col, p.kx)
+                if p.both:
+                    cv, ci = _topk_first(sims, p.ky, p.col_group, row_valid)  # [tile, ky]
+                    old_v = jax.lax.dynamic_slice_in_dim(col_buf[0], first_col, p.tile)
+                    old_i = jax.lax.dynamic_slice_in_dim(col_buf[1], first_col, p.tile)
+                    new_v, new_i = _merge_topk(old_v, old_i, cv, ci + base, p.ky)
+                    col_buf = (jax.lax.dynamic_update_slice_in_dim(col_buf[0], new_v, first_col, 0),
+                               jax.lax.dynamic_update_slice_in_dim(col_buf[1], new_i, first_col, 0))
+                return (row, col_buf), None
+
+            row0 = (jnp.full((p.block, p.kx), NEG_INF, jnp.float32),
+                    jnp.full((p.block, p.kx), -1, jnp.int32))
+            (row, col_buf), _ = jax.lax.scan(
+                tile_step, (row0, col_buf), (y_tiles, jnp.arange(n_tiles, dtype=jnp.int32)))
+            return col_buf, row
 
         init = (jnp.full((p.m_padded, p.ky), NEG_INF, jnp.float32),
                 jnp.full((p.m_padded, p.ky), -1, jnp.int32))
         (col_v, col_i), (row_v, row_i) = jax.lax.scan(
-            step, init, (xs, jnp.arange(p.steps, dtype=jnp.int32)))
+            block_step, init, (xs, jnp.arange(p.steps, dtype=jnp.int32)))
         if not p.both:
             return row_v, row_i
         # Merge the per-device column buffers: [D, Mp, ky] -> [Mp, D*ky] -> top-k.
@@ -211,11 +250,12 @@ def _compiled(plan: _Plan, mesh: Mesh, axis: str):
 
 def precompile(n: int, m: int, dim: int, k: int = 4, *, both: bool = True,
                block_size: int = 2048, mesh: Mesh | None = None, axis: str = DATA_AXIS,
-               row_group: int = 80, col_group: int = 8) -> None:
+               row_group: int = 80, col_group: int = 8, tile_size: int = 4096) -> None:
     """Compile the scorer for ``[n, dim]`` x ``[m, dim]`` inputs without running it (a later
     ``knn`` call with the same arguments reuses the executable)."""
     mesh = mesh or default_mesh()
-    plan = _plan(n, m, dim, k, both, mesh.shape[axis], block_size, row_group, col_group)
+    plan = _plan(n, m, dim, k, both, mesh.shape[axis], block_size, row_group, col_group,
+                 tile_size)
     fn, x_sharding, replicated = _compiled(plan, mesh, axis)
     fn.lower(jax.ShapeDtypeStruct((plan.devices * plan.steps, plan.block, dim), jnp.float32,
                                   sharding=x_sharding),
@@ -225,7 +265,7 @@ def precompile(n: int, m: int, dim: int, k: int = 4, *, both: bool = True,
 
 def knn(x: np.ndarray, y: np.ndarray, k: int = 4, *, both: bool = True,
         block_size: int = 2048, mesh: Mesh | None = None, axis: str = DATA_AXIS,
-        row_group: int = 80, col_group: int = 8) -> Neighbours:
+        row_group: int = 80, col_group: int = 8, tile_size: int = 4096) -> Neighbours:
     """Exact top-k inner products of the rows of ``x`` against ``y`` (and of ``y`` against ``x``).
 
     Args:
@@ -247,7 +287,7 @@ def knn(x: np.ndarray, y: np.ndarray, k: int = 4, *, both: bool = True,
         raise ValueError(f"mesh {dict(mesh.shape)} has no {axis!r} axis")
     devices = mesh.shape[axis]
     (n, dim), m = x.shape, y.shape[0]
-    plan = _plan(n, m, dim, k, both, devices, block_size, row_group, col_group)
+    plan = _plan(n, m, dim, k, both, devices, block_size, row_group, col_group, tile_size)
     fn, x_sharding, replicated = _compiled(plan, mesh, axis)
 
     rows = devices * plan.steps * plan.block
