@@ -167,13 +167,16 @@ def test_microbatches_give_the_full_batch_update():
 # Sharding invariance -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def reference_runs(tmp_path_factory):
-    """20 steps on one device and on a 2x2x2 (data, fsdp, tensor) mesh of 8 fake devices."""
+    """20 straight steps: one device and a 2x2x2 (data, fsdp, tensor) mesh of 8 fake devices
+    without dropout (the sharding comparison), and one device with dropout 0.1 (the resume
+    reference: dropout makes the per-step RNG part of what must resume exactly)."""
     runs = {}
-    for name, mesh, every in (("one", {"data": 1}, STEPS),
-                              ("mesh", {"data": 2, "fsdp": 2, "tensor": 2}, 4)):
+    for name, mesh, every, dropout in (("one", {"data": 1}, STEPS, 0.0),
+                                       ("mesh", {"data": 2, "fsdp": 2, "tensor": 2}, 4, 0.0),
+                                       ("dropout", {"data": 1}, STEPS, 0.1)):
         model_dir = str(tmp_path_factory.mktemp(f"ref_{name}"))
         spec = {"model_dir": model_dir, "mesh": mesh, "total_steps": STEPS,
-                "save_every": every, "keep": 10}
+                "save_every": every, "keep": 10, "dropout": dropout}
         result = run_train(spec)
         runs[name] = {"spec": spec, "history": result.history, "state": result.state}
     return runs
@@ -222,7 +225,9 @@ def _wait_for(path: str, proc: subprocess.Popen, timeout: float = 240) -> None:
 
 
 def test_kill_minus_9_mid_checkpoint_then_resume_is_exact(reference_runs, tmp_path):
-    ref = reference_runs["one"]
+    ref = reference_runs["dropout"]
+    no_dropout = [h["loss"] for h in reference_runs["one"]["history"]]
+    assert [h["loss"] for h in ref["history"]][1:] != no_dropout[1:]  # dropout is on
     model_dir = str(tmp_path / "run")
     marker = str(tmp_path / "blocked")
     spec = {**ref["spec"], "model_dir": model_dir, "stop_at": [None], "save_every": 5,
