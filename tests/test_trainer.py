@@ -320,3 +320,14 @@ def test_nan_loss_stops_with_last_good_checkpoint_intact(tmp_path):
     with open(tmp_path / "train_metrics.jsonl") as f:
         logged = [json.loads(line) for line in f]
     assert all(np.isfinite(h["loss"]) for h in logged) and len(logged) == max(steps)
+
+
+def test_train_flops_count_by_hand():
+    # tiny: hidden 64, intermediate 128, 2 layers; length 16.
+    # matmul params per layer 4*64*64 + 2*64*128 = 32768 -> 2 layers 65536; x6 x16 tokens;
+    # attention 12 * layers * hidden * L per token, x16 tokens.
+    expected = 6 * 65536 * 16 + 12 * 2 * 64 * 16 * 16
+    assert trainer.train_flops_per_example(XLMRConfig.tiny(), 16) == expected
+    assert trainer.train_flops_per_example(XLMRConfig.tiny(), 16, num_choices=4) == 4 * expected
+    mlm = trainer.train_flops_per_example(XLMRConfig.tiny(), 16, mlm=True)
+    assert mlm == expected + 6 * 64 * 1002 * 16

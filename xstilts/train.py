@@ -306,7 +306,6 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
     tx, schedule = optimizer(total_steps=total_steps)
     trainer = trainer_lib.Trainer(model, trainer_lib.task_loss(task_type), tx, schedule,
                                   partitioner, num_microbatches=num_microbatches)
-    checkpointer = ckpt_lib.Checkpointer(os.path.join(model_dir, "checkpoints"), checkpoint)
 
     def batches_from(start: int) -> Iterator[Mapping[str, Any]]:
         return iter(train_batches(shard_index=layout.shard_index, num_shards=layout.num_shards,
@@ -317,20 +316,25 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
     input_shape = (batch_size, *probe["input_ids"].shape[1:])
     trainer.check_batch({**probe, "input_ids": np.zeros(input_shape, np.int32)})
 
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        state, meta = checkpointer.restore(trainer.abstract_state(input_shape), latest)
-        start_batch = int(meta["data_position"].get("batches_consumed", latest))
-        log.info("resumed from step %d of %s", latest, checkpointer.directory)
-    else:
-        state = trainer.init_state(jax.random.PRNGKey(seed), input_shape)
-        if init_encoder_from:
-            params = ckpt_lib.restore_encoder_into(state.params, init_encoder_from)
-            state = state.replace(params=params)
-        elif init_pretrained_from:
-            state = state.replace(params=load_pretrained_encoder(state.params,
-                                                                 init_pretrained_from))
-        start_batch = 0
+    checkpointer = ckpt_lib.Checkpointer(os.path.join(model_dir, "checkpoints"), checkpoint)
+    try:
+        latest = checkpointer.latest_step()
+        if latest is not None:
+            state, meta = checkpointer.restore(trainer.abstract_state(input_shape), latest)
+            start_batch = int(meta["data_position"].get("batches_consumed", latest))
+            log.info("resumed from step %d of %s", latest, checkpointer.directory)
+        else:
+            state = trainer.init_state(jax.random.PRNGKey(seed), input_shape)
+            if init_encoder_from:
+                params = ckpt_lib.restore_encoder_into(state.params, init_encoder_from)
+                state = state.replace(params=params)
+            elif init_pretrained_from:
+                state = state.replace(params=load_pretrained_encoder(state.params,
+                                                                     init_pretrained_from))
+            start_batch = 0
+    except BaseException:
+        checkpointer.close()
+        raise
     start_step = int(jax.device_get(state.step))
     end_step = min(total_steps, stop_at_step or total_steps)
 
