@@ -26,11 +26,14 @@ if "devices" in spec:  # keep the parent's other XLA flags
 
 import jax  # noqa: E402
 
+from xstilts import partitioning  # noqa: E402
+
 if "distributed" in spec:
     d = spec["distributed"]
-    jax.distributed.initialize(coordinator_address=d["coordinator"],
-                               num_processes=d["num_processes"], process_id=d["process_id"],
-                               initialization_timeout=60)
+    assert partitioning.initialize_distributed(coordinator_address=d["coordinator"],
+                                               num_processes=d["num_processes"],
+                                               process_id=d["process_id"])
+    assert jax.process_count() == d["num_processes"]
 
 import numpy as np  # noqa: E402
 from train_setup import run_train  # noqa: E402  (this script's directory is on sys.path)
