@@ -6,8 +6,8 @@ Data: X then Y, ``default_rng(0)`` normal, L2-normalised, fp32, N = M = ``--n``.
 
 * **faiss** (XTREME ``knnCPU``): ``IndexFlatIP`` over Y searched with X (k=4), then over X
   searched with Y, and the ratio margins in numpy, exactly XTREME's formula.
-* **ours**: ``xstilts.evals.knn.knn`` (one jitted single-pass scan: one ``X_blk @ Y.T`` per block
-  feeds both directions) and ``knn.ratio_margins``.
+* **ours**: ``xstilts.evals.knn.knn`` (one jitted single pass: every ``X_blk @ Y_tile.T`` feeds
+  both directions, so half of faiss's FLOPs) and ``knn.ratio_margins``; compiled beforehand.
 * **numpy matmul**: ``X_blk @ Y.T`` over the same blocks, i.e. the N x M x d product once, as a
   yardstick for this machine's fp32 GEMM rate.
 
@@ -113,23 +113,23 @@ def run_ours(x, y, block_size: int):
 
 
 def compare(nb, fwd, bwd, ref) -> dict:
-    """Agreement with faiss; index differences must be ties (equal sims within 1e-5)."""
+    """Agreement with faiss, up to ties: sims must match within 1e-5 everywhere; an index may
+    differ only where its sim is tied with faiss's, and margins are compared on the candidates
+    both found (a tied alternative candidate has its own, different, margin)."""
     out = {}
-    for name, sims, idx, rsims, ridx in (("x->y", nb.sim_xy, nb.idx_xy, ref["sim_xy"],
-                                          ref["idx_xy"]),
-                                         ("y->x", nb.sim_yx, nb.idx_yx, ref["sim_yx"],
-                                          ref["idx_yx"])):
-        same_set = np.all(np.sort(idx, 1) == np.sort(ridx, 1), axis=1)
-        out[name] = {"top1": float(np.mean(idx[:, 0] == ridx[:, 0])),
-                     "top4_set": float(np.mean(same_set)),
+    margin_diff = []
+    for name, sims, idx, marg, rsims, ridx, rmarg in (
+            ("x->y", nb.sim_xy, nb.idx_xy, fwd, ref["sim_xy"], ref["idx_xy"], ref["fwd"]),
+            ("y->x", nb.sim_yx, nb.idx_yx, bwd, ref["sim_yx"], ref["idx_yx"], ref["bwd"])):
+        same = idx == ridx
+        out[name] = {"top1": float(np.mean(same[:, 0])),
+                     "top4_set": float(np.mean(np.all(np.sort(idx, 1) == np.sort(ridx, 1), 1))),
+                     "tied_candidates": int((~same).sum()),
                      "max_abs_dsim": float(np.abs(sims - rsims).max())}
-    margin_best = fwd[:, 0]
-    out["max_abs_dmargin"] = float(max(np.abs(fwd - ref["fwd"]).max(),
-                                       np.abs(bwd - ref["bwd"]).max()))
-    out["margin_best_mean"] = float(margin_best.mean())
-    ok = all(out[d]["max_abs_dsim"] < 1e-5 for d in ("x->y", "y->x")) \
-        and out["max_abs_dmargin"] < 1e-5
-    out["equal"] = bool(ok)
+        margin_diff.append(float(np.abs(marg - rmarg)[same].max()))
+    out["max_abs_dmargin"] = max(margin_diff)
+    out["equal"] = bool(all(out[d]["max_abs_dsim"] < 1e-5 for d in ("x->y", "y->x"))
+                        and out["max_abs_dmargin"] < 1e-5)
     return out
 
 

@@ -4,15 +4,17 @@ The scorer behind BUCC mining and Tatoeba retrieval. For query matrix ``X [N, d]
 ``Y [M, d]`` (L2-normalised rows for cosine) it returns the exact top-k inner products of every
 row of X against Y and, from the *same* matrix products, of every row of Y against X:
 
-* X is cut into blocks of ``block_size`` rows; one ``X_blk @ Y.T`` (``[block, M]``) is the only
-  slice of the ``N x M`` similarity matrix that ever exists.
-* The row top-k of a block is final (X -> Y). Its column top-k is merged into a running
-  ``[M, k]`` buffer (Y -> X). This "single pass" needs half the FLOPs of searching twice, which
-  is what faiss / XTREME's ``knnCPU`` do (``reference/perf.md`` section 3).
+* X is cut into blocks of ``block_size`` rows and Y into tiles of ``tile_size`` rows; one
+  ``X_blk @ Y_tile.T`` (``[block, tile]``, small enough to stay in cache while it is read) is the
+  only slice of the ``N x M`` similarity matrix that ever exists.
+* Each product feeds both directions: its row top-k is merged into the block's running
+  ``[block, k]`` buffer (X -> Y), its column top-k into a running ``[M, k]`` buffer (Y -> X).
+  This "single pass" needs half the FLOPs of searching twice, which is what faiss / XTREME's
+  ``knnCPU`` do (``reference/perf.md`` section 3).
 * Both top-ks are exact two-stage selections: maxima over interleaved groups of columns (rows),
   a top-k over those group maxima, then a top-k over the members of the k best groups. The top k
   elements always lie in the k groups with the largest maxima, so this is exact, and the heavy
-  pass is a vectorised max instead of a top-k over 50,000 entries.
+  pass is a vectorised max instead of a top-k over thousands of entries.
 * Query blocks are sharded over the mesh's ``data`` axis (``shard_map``); every device keeps its
   own column buffer, merged once at the end. Y is replicated.
 
@@ -272,8 +274,8 @@ def knn(x: np.ndarray, y: np.ndarray, k: int = 4, *, both: bool = True,
       x, y: ``[N, d]`` and ``[M, d]`` float embeddings (normalise them first for cosine).
       k: neighbours per row; capped at ``M`` for x->y and at ``N`` for y->x, as XTREME does.
       both: also return the y->x neighbours (from the same matrix products).
-      block_size: rows of ``x`` per matrix product; the largest slice of the similarity matrix
-        held at once is ``block_size x M`` per device.
+      block_size, tile_size: rows of ``x`` and of ``y`` per matrix product; the largest slice of
+        the similarity matrix held at once is about ``block_size x tile_size`` per device.
       mesh: a mesh with a ``data`` axis over which the query blocks are sharded (default: all
         devices). ``axis`` names that axis.
       row_group, col_group: group sizes of the exact two-stage top-k (1 = plain ``lax.top_k``).
