@@ -87,6 +87,7 @@ def _tensorboard_scalars(log_dir: str) -> dict[str, list[tuple[int, float]]]:
     return scalars
 
 
+@pytest.mark.slow
 def test_cli_run_sigterm_checkpoints_and_exits_cleanly_then_eval_gin(tmp_path):
     model_dir = tmp_path / "run"
     bindings = [*SYNTHETIC, f"MODEL_DIR = '{model_dir}'", "TRAIN_STEPS = 1000",

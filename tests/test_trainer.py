@@ -182,6 +182,7 @@ def reference_runs(tmp_path_factory):
     return runs
 
 
+@pytest.mark.slow
 def test_sharded_training_equals_one_device(reference_runs):
     one, mesh = reference_runs["one"], reference_runs["mesh"]
     losses_one = np.array([h["loss"] for h in one["history"]])
@@ -224,6 +225,7 @@ def _wait_for(path: str, proc: subprocess.Popen, timeout: float = 240) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_kill_minus_9_mid_checkpoint_then_resume_is_exact(reference_runs, tmp_path):
     ref = reference_runs["dropout"]
     no_dropout = [h["loss"] for h in reference_runs["one"]["history"]]
@@ -258,6 +260,7 @@ def test_kill_minus_9_mid_checkpoint_then_resume_is_exact(reference_runs, tmp_pa
 
 
 # Two processes (jax.distributed, gloo) -------------------------------------------------------
+@pytest.mark.slow
 def test_two_processes_train_checkpoint_resume_match_one_process(reference_runs, tmp_path):
     ref = reference_runs["mesh"]
     import socket
