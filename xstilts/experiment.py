@@ -64,6 +64,10 @@ BASELINE = "baseline"
 SPM_FILENAME = "sentencepiece.bpe.model"
 
 
+class Preempted(RuntimeError):
+    """A phase was stopped by SIGTERM after saving its checkpoint."""
+
+
 # ----------------------------------------------------------------------------------- settings
 @dataclasses.dataclass(frozen=True)
 class Phase:
@@ -356,7 +360,7 @@ class Experiment:
                train_batches: Any, total_steps: int, seed: int, init_encoder_from: str | None,
                eval_batches: Any = None) -> train_lib.TrainResult:
         best = "eval/accuracy" if eval_batches is not None and phase.eval_every_steps else None
-        return train_lib.train(
+        result = train_lib.train(
             model_dir=str(model_dir), model_config=self.model_config, total_steps=total_steps,
             batch_size=phase.batch_size, train_batches=train_batches, task_type=task_type,
             num_labels=num_labels, use_pooler=False, partitioner=self.partitioner,
@@ -370,6 +374,10 @@ class Experiment:
             init_pretrained_from=None if init_encoder_from else self.grid.pretrained,
             eval_batches=eval_batches, eval_every_steps=phase.eval_every_steps if best else 0,
             seed=seed, log_every_steps=max(1, min(50, total_steps)), progress=self.progress)
+        if result.preempted:  # SIGTERM: the checkpoint is saved; the next run resumes here
+            raise Preempted(f"stopped at step {result.step} of {model_dir} (SIGTERM); run "
+                            f"again to resume")
+        return result
 
     def phase0(self) -> str | None:
         """MLM pre-training; returns the checkpoint directory of its encoder."""
@@ -737,11 +745,14 @@ class Experiment:
 
 def enable_compilation_cache(directory: Path) -> None:
     """JAX's persistent compilation cache (every compile kept, however fast)."""
+    from jax.experimental.compilation_cache import compilation_cache
+
     if jax.config.jax_compilation_cache_dir:
         return  # the user chose one
     jax.config.update("jax_compilation_cache_dir", str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    compilation_cache.reset_cache()  # applies even if something was compiled before
 
 
 # ----------------------------------------------------------------------------------- scoring
@@ -840,14 +851,14 @@ def run_experiment(*, run_dir: str, model_config: XLMRConfig,
                    intermediate: Mapping[str, str | None], targets: Sequence[str],
                    dry_run: bool = False,
                    partitioner: partitioning.Partitioner | None = None, progress: bool = False,
-                   **settings: Any) -> Any:
+                   lowered: dict | None = None, **settings: Any) -> Any:
     """Run (or, with ``dry_run``, build and lower) the grid; gin binds the arguments."""
     grid = make_grid(run_dir=run_dir, model_config=model_config, intermediate=intermediate,
                      targets=targets, **settings)
     if dry_run:
         from xstilts import experiment_dry_run
 
-        return experiment_dry_run.dry_run(grid, partitioner=partitioner)
+        return experiment_dry_run.dry_run(grid, partitioner=partitioner, lowered=lowered)
     return Experiment(grid, partitioner=partitioner, progress=progress).run()
 
 

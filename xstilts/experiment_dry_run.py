@@ -116,8 +116,13 @@ def _phase_shapes(grid: Grid) -> tuple[list[tuple[str, StepShape]], list[str], l
     return used, list(dict.fromkeys(names)), notes
 
 
-def dry_run(grid: Grid, partitioner: partitioning.Partitioner | None = None) -> DryRunResult:
+def dry_run(grid: Grid, partitioner: partitioning.Partitioner | None = None,
+            lowered: dict[StepShape, dict[str, Any]] | None = None) -> DryRunResult:
+    """Build every Task and Mixture of ``grid`` and lower each distinct train step once;
+    ``lowered`` (shape -> info) carries steps already lowered for another grid on the same
+    model and mesh."""
     partitioner = partitioner or partitioning.Partitioner()
+    lowered_steps = {} if lowered is None else lowered
     used, names, notes = _phase_shapes(grid)
     for name in names:
         tasks.get_task(name)  # KeyError naming the task if it is not registered
@@ -132,6 +137,9 @@ def dry_run(grid: Grid, partitioner: partitioning.Partitioner | None = None) -> 
     for who, shape in used:
         if shape in steps:
             steps[shape]["used_by"].add(who)
+            continue
+        if shape in lowered_steps:
+            steps[shape] = {**lowered_steps[shape], "used_by": {who}}
             continue
         start = time.perf_counter()
         partitioner.check_batch_size(shape.batch_size)
@@ -152,4 +160,5 @@ def dry_run(grid: Grid, partitioner: partitioning.Partitioner | None = None) -> 
         steps[shape] = {"used_by": {who}, "params": params,
                         "loss_shape": tuple(step_metrics["loss"].shape),
                         "seconds": time.perf_counter() - start}
+        lowered_steps[shape] = steps[shape]
     return DryRunResult(names, mixtures, steps, list(dict.fromkeys(notes)))
