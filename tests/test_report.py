@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from statistics import fmean
 
 import numpy as np
 import pytest
@@ -122,6 +123,15 @@ def test_xtreme_table_and_qa_primary_metric():
     assert table["a"]["xq"] == pytest.approx((65.0, 5.0))
     assert table["a"]["cls"] == pytest.approx((85.0, 5.0))
     assert table["a"]["score"] == pytest.approx(((75 + 75) / 2, 0.0))
+    # A task with fewer seeds (retrieval from phase 1) enters each seed with its own mean.
+    scores[("a", "ret", "de", 0)] = 30.0
+    table = report.xtreme_table(scores, ["a"], ["xq", "cls", "ret"])
+    assert table["a"]["ret"] == (30.0, 0.0)
+    # seed 0: (60 + 90 + 30) / 3 = 60, seed 1: (70 + 80 + 30) / 3 = 60
+    assert table["a"]["score"] == pytest.approx((60.0, 0.0))
+    scores[("a", "cls", "en", 1)] = 86.0  # seed 1 -> (70 + 86 + 30) / 3 = 62
+    assert report.xtreme_table(scores, ["a"], ["xq", "cls", "ret"])["a"]["score"] == \
+        pytest.approx((fmean([60.0, 62.0]), 1.0))
 
 
 # -- the whole report ---------------------------------------------------------------------

@@ -98,7 +98,7 @@ def seeds_of(scores: Mapping[Key, float], config: str) -> list[int]:
 
 def xtreme_table(scores: Mapping[Key, float], configs: Sequence[str], tasks: Sequence[str]
                  ) -> dict[str, dict[str, tuple[float, float]]]:
-    """config -> {task | "score": (mean, std) over seeds}; a seed's score is its task mean."""
+    """config -> {task | "score": (mean, std) over seeds}; a seed's score: its task mean."""
     table = {}
     for config in configs:
         per_seed = {s: task_means(scores, config, s) for s in seeds_of(scores, config)}
@@ -107,8 +107,10 @@ def xtreme_table(scores: Mapping[Key, float], configs: Sequence[str], tasks: Seq
             values = [m[task] for m in per_seed.values() if task in m]
             if values:
                 row[task] = (fmean(values), float(np.std(values)))
-        seed_scores = [fmean(m[t] for t in tasks) for m in per_seed.values()
-                       if all(t in m for t in tasks)]
+        # A task scored on fewer seeds (retrieval comes from phase 1, trained once unless
+        # intermediate_per_seed) enters every seed's score with its mean over its seeds.
+        seed_scores = [fmean(m[t] if t in m else row[t][0] for t in tasks)
+                       for m in per_seed.values()] if all(t in row for t in tasks) else []
         if seed_scores:
             row["score"] = (fmean(seed_scores), float(np.std(seed_scores)))
         table[config] = row
