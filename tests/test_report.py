@@ -94,6 +94,10 @@ def test_tier_scores_by_hand():
     estimate, _, _ = report.paired_bootstrap(diffs)
     # = mean over seeds of (ml tier score - en tier score)
     assert estimate == pytest.approx(np.mean(ml["low"]) - np.mean(en["low"]))
+    # A task scored on seed 0 only (retrieval from phase 1) enters seed 1 with the same value.
+    scores[("en", "ret", "xc", 0)] = 9.0
+    assert report.tier_scores(scores, "en", TIERS)["low"] == pytest.approx(
+        [(35 + 20 + 9) / 3, (37 + 20 + 9) / 3])
 
 
 def test_tier_scores_match_xtreme_tier_averages_on_real_languages():

@@ -124,10 +124,17 @@ def tier_scores(scores: Mapping[Key, float], config: str, tiers: Mapping[str, st
     out: dict[str, list[float]] = {}
     for tier in sorted({tier_of(lang, tiers) for lang in languages}):
         members = {lang for lang in languages if tier_of(lang, tiers) == tier}
-        for seed in seeds_of(scores, config):
-            means = task_means(scores, config, seed, members)
-            if means:
-                out.setdefault(tier, []).append(fmean(means.values()))
+        per_seed = [task_means(scores, config, seed, members)
+                    for seed in seeds_of(scores, config)]
+        everywhere: dict[str, list[float]] = {}
+        for means in per_seed:
+            for task, value in means.items():
+                everywhere.setdefault(task, []).append(value)
+        # A task scored on fewer seeds enters every seed with its mean (as in xtreme_table).
+        filled = [{t: m.get(t, fmean(v)) for t, v in everywhere.items()} for m in per_seed]
+        values = [fmean(m.values()) for m in filled if m]
+        if values:
+            out[tier] = values
     return out
 
 
@@ -306,10 +313,9 @@ def build_report(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]
             if not diffs:
                 continue
             estimate, lo, hi = paired_bootstrap(diffs)
-            e = [fmean(task_means(scores, english, s, {lang}).values())
-                 for s in seeds_of(scores, english) if task_means(scores, english, s, {lang})]
-            m = [fmean(task_means(scores, multi, s, {lang}).values())
-                 for s in seeds_of(scores, multi) if task_means(scores, multi, s, {lang})]
+            only = {k: v for k, v in scores.items() if k[2] == lang}
+            e = tier_scores(only, english, {lang: lang})[lang]
+            m = tier_scores(only, multi, {lang: lang})[lang]
             low_rows.append([lang, _fmt((fmean(e), float(np.std(e)))),
                              _fmt((fmean(m), float(np.std(m)))), f"{estimate:+.2f}",
                              f"[{lo:+.2f}, {hi:+.2f}]"])
@@ -376,13 +382,15 @@ def heatmap_png(heat: Mapping[str, np.ndarray], tasks: Sequence[str],
     plt = _pyplot()
     finite = [np.abs(g[np.isfinite(g)]).max() for g in heat.values() if np.isfinite(g).any()]
     limit = max(max(finite, default=1.0), 1e-6)
-    fig, axes = plt.subplots(1, len(heat), figsize=(1.2 + 0.75 * len(languages) * len(heat),
-                                                    1.2 + 0.55 * len(tasks)), squeeze=False)
+    fig, axes = plt.subplots(1, len(heat), figsize=(2.5 + 0.8 * len(languages) * len(heat),
+                                                    1.2 + 0.55 * len(tasks)), squeeze=False,
+                             sharey=True)
     image = None
     for ax, (config, grid) in zip(axes[0], heat.items(), strict=True):
         image = ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
         ax.set_xticks(range(len(languages)), languages)
-        ax.set_yticks(range(len(tasks)), tasks)
+        if ax is axes[0][0]:
+            ax.set_yticks(range(len(tasks)), tasks)
         ax.set_title(f"{config} − {baseline}", fontsize=10)
         for i in range(grid.shape[0]):
             for j in range(grid.shape[1]):
