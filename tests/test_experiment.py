@@ -70,6 +70,7 @@ def _steps_logged(cell_dir):
     return [json.loads(line)["step"] for line in lines]
 
 
+@pytest.mark.slow
 def test_grid_table_resume_and_skip(tmp_path, data_dir, monkeypatch, one_device):
     run = tmp_path / "run"
     real_train = train_lib.train
