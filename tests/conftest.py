@@ -8,6 +8,9 @@ os.environ.setdefault("USE_TF", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# One persistent compilation cache for the session and its subprocess workers: the same tiny
+# steps are compiled by many tests, and XLA:CPU takes 10-30 s per compile on 2 cores.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", "/tmp/xstilts_test_jax_cache")
 
 from pathlib import Path  # noqa: E402
 
