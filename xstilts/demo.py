@@ -3,7 +3,7 @@
 Writes the seeded synthetic multilingual world (five languages, two of them low-resource),
 trains a SentencePiece model and a tiny XLM-R with MLM on it, runs the grid of
 ``gin/experiments/demo.gin`` (baseline, English-only and multilingual intermediate NLI) x
-(PAWS-X-, UDPOS- and PAN-X-like targets) x seeds with zero-shot evaluation in every language
+(UDPOS- and PAN-X-like targets) x seeds with zero-shot evaluation in every language
 and Tatoeba/BUCC-style retrieval, then writes the report. Re-running resumes: finished cells are
 skipped, an interrupted one continues from its checkpoint.
 
