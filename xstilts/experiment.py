@@ -17,6 +17,11 @@ Cells and their directories under ``run_dir``::
                                      seed, step (``config == "chance"``: constant predictors)
     experiment.json                  what the report needs: configs, baseline, tiers, chance rows
 
+Multi-process runs (``jax.distributed``, one process per host) run every cell in lockstep: all
+processes train and score together, only the chief (process 0) writes the tokenizer, the tidy
+tables, ``experiment.json``, retrieval results and ``DONE`` markers (Orbax checkpoints coordinate
+their own writes), and every skip/resume decision is the chief's, broadcast to all.
+
 A cell is finished when its ``results.jsonl`` exists (written atomically after evaluation); a
 finished cell is skipped, an unfinished one resumes from its last Orbax checkpoint (``train.train``
 restores params, optimizer, RNG and data position). Early stopping is keep-best: every
@@ -161,6 +166,28 @@ class Grid:
 
 
 # ----------------------------------------------------------------------------------- helpers
+def is_chief() -> bool:
+    """Whether this process writes the shared files (process 0 of a multi-process run)."""
+    return jax.process_index() == 0
+
+
+def agreed(flag: bool) -> bool:
+    """The chief's ``flag`` on every process (skip/resume decisions must not diverge)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag, np.int32)))
+
+
+def barrier(name: str) -> None:
+    """Wait until every process gets here (the chief's files are then visible to all)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"xstilts.experiment:{name}")
+
+
 def _atomic_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -169,11 +196,15 @@ def _atomic_text(path: Path, text: str) -> None:
 
 
 def write_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """The tidy table as JSONL (atomically)."""
+    """The tidy table as JSONL (atomically; the chief only)."""
+    if not is_chief():
+        return
     _atomic_text(path, "".join(json.dumps({k: r[k] for k in FIELDS}) + "\n" for r in rows))
 
 
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    if not is_chief():
+        return
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=FIELDS, lineterminator="\n")
     writer.writeheader()
@@ -326,7 +357,10 @@ class Experiment:
     # -- phases -----------------------------------------------------------------------------
     def prepare_tokenizer(self) -> None:
         path = self.tokenizer_dir / SPM_FILENAME
-        if path.is_file() or self.grid.spm_vocab_size is None:
+        if agreed(path.is_file()) or self.grid.spm_vocab_size is None:
+            return
+        if not is_chief():  # the chief trains it; the others read its file
+            barrier("tokenizer")
             return
         import sentencepiece as spm
 
@@ -346,6 +380,7 @@ class Experiment:
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_bytes(buffer.getvalue())
         os.replace(tmp, path)
+        barrier("tokenizer")
         log.info("trained SentencePiece (%d ids) on %d lines of %s", self.tokenizer.vocab_size,
                  len(lines), self.grid.pretrain_mixture)
 
@@ -387,7 +422,7 @@ class Experiment:
         model_dir = self.run_dir / "phase0"
         done = model_dir / "DONE"
         ckpts = str(model_dir / "checkpoints")
-        if done.is_file():
+        if agreed(done.is_file()):
             return ckpts
         phase = g.pretrain
         length = phase.max_length or 128
@@ -395,7 +430,7 @@ class Experiment:
         self._train(model_dir, phase=phase, task_type="mlm", num_labels=2,
                     train_batches=factory(self._mixture_batcher(g.pretrain_mixture, length, 0)),
                     total_steps=int(phase.steps or 1), seed=0, init_encoder_from=None)
-        _atomic_text(done, "done\n")
+        self._mark_done(done)
         log.info("phase 0 (MLM on %s, %d steps) took %.0f s", g.pretrain_mixture, phase.steps,
                  time.perf_counter() - start)
         return ckpts
@@ -410,7 +445,7 @@ class Experiment:
             return start_from
         model_dir = self.run_dir / "phase1" / config / f"seed{seed}"
         ckpts = str(model_dir / "checkpoints")
-        if (model_dir / "DONE").is_file():
+        if agreed((model_dir / "DONE").is_file()):
             return ckpts
         kind, num_labels, task_length = mixture_kind(mixture)
         phase = self.grid.intermediate_phase
@@ -422,7 +457,7 @@ class Experiment:
         self._train(model_dir, phase=phase, task_type=kind, num_labels=num_labels,
                     train_batches=factory(self._mixture_batcher(mixture, length, seed)),
                     total_steps=steps, seed=seed, init_encoder_from=start_from)
-        _atomic_text(model_dir / "DONE", "done\n")
+        self._mark_done(model_dir / "DONE")
         log.info("phase 1 %s seed %d (%s, %d steps) took %.0f s", config, seed, mixture, steps,
                  time.perf_counter() - start)
         return ckpts
@@ -442,7 +477,7 @@ class Experiment:
         """Fine-tune on ``train_task`` from ``encoder_from`` and score every target language."""
         cell = self.run_dir / "phase2" / config / train_task / f"seed{seed}"
         results = cell / "results.jsonl"
-        if results.is_file():
+        if agreed(results.is_file()):
             return read_rows(results)
         spec = tasks.get_task(train_task)
         kind, num_labels = task_kind(spec)
@@ -471,9 +506,16 @@ class Experiment:
                 rows += [_row(config, target, task_spec.language, "test", m, v, seed, step)
                          for m, v in scores.items()]
         write_rows(results, rows)
+        barrier(f"phase2 {cell}")
         log.info("phase 2 %s/%s seed %d: %d steps (best %d), scored in %.0f s", config,
                  train_task, seed, steps, step, time.perf_counter() - start)
         return rows
+
+    @staticmethod
+    def _mark_done(path: Path) -> None:
+        if is_chief():
+            _atomic_text(path, "done\n")
+        barrier(f"done {path}")
 
     def _best_params(self, cell: Path, kind: str, num_labels: int, length: int,
                      result: train_lib.TrainResult) -> tuple[Any, int]:
@@ -506,8 +548,10 @@ class Experiment:
         if key not in self._jitted:
             model = train_lib.build_model(kind, self.model_config, num_labels=num_labels,
                                           use_pooler=False)
+            # Replicated outputs: every process can read them (multi-process runs score on all).
             self._jitted[key] = jax.jit(lambda p, ids, mask: model.apply(
-                {"params": p}, ids, mask, deterministic=True))
+                {"params": p}, ids, mask, deterministic=True),
+                out_shardings=self.partitioner.replicated)
         return self._jitted[key]
 
     def _predict(self, params: Any, features: list[dict], kind: str, num_labels: int,
@@ -621,6 +665,10 @@ class Experiment:
                                                    mask[start:start + batch_size])))
             return np.concatenate(out)[:len(ids)].astype(np.float32)
 
+        # The nearest-neighbour search runs on this process's devices: every process mines
+        # the same (replicated) embeddings, so a global mesh would only add cross-host traffic.
+        knn_mesh = {} if jax.process_count() == 1 else {"mesh": jax.sharding.Mesh(
+            np.array(jax.local_devices()), ("data",))}
         rows = []
         for name in self.grid.retrieval:
             for lang, sets in self._retrieval_sets(name):
@@ -628,7 +676,7 @@ class Experiment:
                     test = sets["test"]
                     other = embed([t for _, t in test["source"]])
                     english = embed([t for _, t in test["target"]])
-                    predicted = retrieval.tatoeba_predict(english, other)
+                    predicted = retrieval.tatoeba_predict(english, other, **knn_mesh)
                     value = retrieval.tatoeba_accuracy(predicted, np.arange(len(predicted)))
                     rows.append(_row(config, name, lang, "test", "accuracy", value, seed, step))
                     continue
@@ -639,7 +687,7 @@ class Experiment:
                     trg_ids, trg = zip(*data["target"], strict=True)
                     candidates[split] = retrieval.bucc_candidates(
                         list(map(str, src_ids)), list(src), embed(src),
-                        list(map(str, trg_ids)), list(trg), embed(trg))
+                        list(map(str, trg_ids)), list(trg), embed(trg), **knn_mesh)
                 gold = {split: {(str(a), str(b)) for a, b in sets[split]["gold"]}
                         for split in ("dev", "test")}
                 out = retrieval.bucc_evaluate(candidates["dev"], gold["dev"], candidates["test"],
@@ -663,7 +711,7 @@ class Experiment:
                                         output_hidden_states=True)
                 return retrieval.mean_pool(hidden[layer].astype(np.float32), mask)
 
-            self._jitted["embed"] = jax.jit(embed)
+            self._jitted["embed"] = jax.jit(embed, out_shardings=self.partitioner.replicated)
         return self._jitted["embed"]
 
     def _encoder_params(self, encoder_from: str | None) -> tuple[Any, int]:
@@ -674,9 +722,10 @@ class Experiment:
         if encoder_from is None:
             if self.grid.pretrained is None:
                 raise ValueError("retrieval needs an encoder: phase 0, phase 1 or pretrained")
-            _, loaded = __import__("xstilts.models.convert", fromlist=["x"]).load_hf_checkpoint(
-                self.grid.pretrained)
-            return loaded[heads.ENCODER_KEY], 0
+            from xstilts.models.convert import load_hf_checkpoint, split_encoder
+
+            _, loaded = load_hf_checkpoint(self.grid.pretrained)
+            return split_encoder(loaded)[0], 0  # the encoder is at the top level there
         source = ckpt_lib.Checkpointer(encoder_from, read_only=True)
         try:
             step = source.latest_step()
@@ -703,7 +752,8 @@ class Experiment:
             "primary_metric": primary_metrics(g.targets, g.retrieval),
             "model": dataclasses.asdict(self.model_config),
         }
-        _atomic_text(self.run_dir / "experiment.json", json.dumps(meta, indent=1) + "\n")
+        if is_chief():
+            _atomic_text(self.run_dir / "experiment.json", json.dumps(meta, indent=1) + "\n")
 
     def run(self) -> list[dict[str, Any]]:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -714,8 +764,9 @@ class Experiment:
         self._fit_vocab()
         start = time.perf_counter()
         chance_path = self.run_dir / "chance.jsonl"
-        if not chance_path.is_file():
+        if not agreed(chance_path.is_file()):
             write_rows(chance_path, self.chance_rows())
+            barrier("chance")
         rows = read_rows(chance_path)
         phase0 = self.phase0()
         encoders: dict[tuple[str, int], str | None] = {}
@@ -723,8 +774,9 @@ class Experiment:
             for seed in sorted({self.phase1_seed(s) for s in self.grid.seeds}):
                 encoders[config, seed] = self.phase1(config, seed, phase0)
                 path = self.run_dir / "phase1" / config / f"seed{seed}" / "retrieval.jsonl"
-                if not path.is_file():
+                if not agreed(path.is_file()):
                     write_rows(path, self.retrieval_rows(config, encoders[config, seed], seed))
+                    barrier(f"retrieval {path}")
                 rows += read_rows(path)
         cells = self.cells()
         for number, (config, train_task, targets, seed) in enumerate(cells, 1):
@@ -740,6 +792,7 @@ class Experiment:
                                  r["metric"], r["seed"]))
         write_rows(self.run_dir / "results.jsonl", rows)
         write_csv(self.run_dir / "results.csv", rows)
+        barrier("results")
         return rows
 
 

@@ -428,9 +428,12 @@ def tiers_png(plot: Sequence[tuple], english: str, multi: str) -> bytes:
 
 # ------------------------------------------------------------------------------------- entry
 def write_report(run_dir: str | os.PathLike) -> str:
-    """Write ``run_dir/report/`` and return the markdown."""
+    """Write ``run_dir/report/`` and return the markdown (in a multi-process run every process
+    returns it, only the chief, process 0, writes the files)."""
     rows, meta = load(run_dir)
     text, csvs, pngs = build_report(rows, meta)
+    if "jax" in sys.modules and sys.modules["jax"].process_index() != 0:
+        return text
     out = Path(run_dir) / "report"
     for name, data in {**csvs, **pngs}.items():
         _atomic(out / name, data)

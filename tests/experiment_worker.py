@@ -1,0 +1,76 @@
+"""Subprocess worker of the multi-host experiment test (not a test module).
+
+    python tests/experiment_worker.py '<json spec>'
+
+Spec keys: ``run_dir``, ``data_dir``, ``pretrained`` (a tiny Hugging Face checkpoint folder that
+also holds the tokenizer), ``vocab_size`` (the checkpoint's), ``devices`` (local CPU devices),
+``out`` (a folder: this process writes ``process<k>.json`` there with the rows ``run()``
+returned, the report's markdown and every path the experiment/report modules wrote), optional
+``distributed`` ({coordinator, num_processes, process_id}) and ``forbid_training`` (any
+``train.train`` call is an error: every cell must be skipped as finished).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+
+spec = json.loads(sys.argv[1])
+flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
+os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={spec['devices']}"
+
+import jax  # noqa: E402
+
+from xstilts import partitioning  # noqa: E402
+
+if "distributed" in spec:
+    d = spec["distributed"]
+    assert partitioning.initialize_distributed(coordinator_address=d["coordinator"],
+                                               num_processes=d["num_processes"],
+                                               process_id=d["process_id"])
+    assert jax.process_count() == d["num_processes"]
+
+from xstilts import experiment, report  # noqa: E402
+from xstilts import train as train_lib  # noqa: E402
+from xstilts.models.xlmr import XLMRConfig  # noqa: E402
+
+written: list[str] = []
+for module, name in ((experiment, "_atomic_text"), (report, "_atomic")):
+    original = getattr(module, name)
+
+    def recording(path, data, _original=original):
+        written.append(os.path.relpath(str(path), spec["run_dir"]))
+        return _original(path, data)
+
+    setattr(module, name, recording)
+
+if spec.get("forbid_training"):
+    def must_not_train(**kwargs):
+        raise AssertionError(f"trained {kwargs['model_dir']} again")
+
+    train_lib.train = must_not_train
+
+grid = experiment.make_grid(
+    run_dir=spec["run_dir"], data_dir=spec["data_dir"], pretrained=spec["pretrained"],
+    tokenizer_dir=spec["pretrained"],
+    model_config=XLMRConfig.tiny(num_hidden_layers=1, vocab_size=spec["vocab_size"],
+                                 hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+    intermediate={"baseline": None, "nli.en": "synthetic.intermediate.nli.en"},
+    english_config="nli.en", targets=["synthetic.paraphrase"], retrieval=["synthetic.parallel"],
+    seeds=[0],
+    intermediate_phase={"steps": 2, "batch_size": 8, "learning_rate": 1e-3, "max_length": 48},
+    finetune={"steps": 2, "batch_size": 8, "learning_rate": 1e-3, "max_length": 48,
+              "eval_every_steps": 2, "save_every_steps": 2},
+    tiers={"en": "high", "xa": "medium", "xb": "medium", "xc": "low", "xd": "low"},
+    compilation_cache=False)  # the test session's JAX_COMPILATION_CACHE_DIR is inherited
+partitioner = partitioning.Partitioner(partitioning.create_mesh(data=jax.device_count()))
+rows = experiment.Experiment(grid, partitioner).run()
+text = report.write_report(spec["run_dir"])
+os.makedirs(spec["out"], exist_ok=True)
+with open(os.path.join(spec["out"], f"process{jax.process_index()}.json"), "w") as f:
+    json.dump({"rows": rows, "report": text, "written": written,
+               "process_count": jax.process_count(), "device_count": jax.device_count()}, f)
+if "distributed" in spec:
+    jax.distributed.shutdown()
