@@ -4,6 +4,7 @@
 
 Spec keys: ``run_dir``, ``data_dir``, ``pretrained`` (a tiny Hugging Face checkpoint folder that
 also holds the tokenizer), ``vocab_size`` (the checkpoint's), ``devices`` (local CPU devices),
+optional ``intermediate`` (config -> Mixture beside the baseline) and ``english_config``,
 ``out`` (a folder: this process writes ``process<k>.json`` there with the rows ``run()``
 returned, the report's markdown and every path the experiment/report modules wrote), optional
 ``distributed`` ({coordinator, num_processes, process_id}) and ``forbid_training`` (any
@@ -13,11 +14,14 @@ returned, the report's markdown and every path the experiment/report modules wro
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import sys
 
 spec = json.loads(sys.argv[1])
+if os.environ.get("XSTILTS_WORKER_LOG"):  # debugging: timestamps of every phase on stderr
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
 os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={spec['devices']}"
 
@@ -57,9 +61,9 @@ grid = experiment.make_grid(
     tokenizer_dir=spec["pretrained"],
     model_config=XLMRConfig.tiny(num_hidden_layers=1, vocab_size=spec["vocab_size"],
                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
-    intermediate={"baseline": None, "nli.en": "synthetic.intermediate.nli.en"},
-    english_config="nli.en", targets=["synthetic.paraphrase"], retrieval=["synthetic.parallel"],
-    seeds=[0],
+    intermediate={"baseline": None, **spec.get("intermediate", {})},
+    english_config=spec.get("english_config"), targets=["synthetic.paraphrase"],
+    retrieval=["synthetic.parallel"], seeds=[0],
     intermediate_phase={"steps": 2, "batch_size": 8, "learning_rate": 1e-3, "max_length": 48},
     finetune={"steps": 2, "batch_size": 8, "learning_rate": 1e-3, "max_length": 48,
               "eval_every_steps": 2, "save_every_steps": 2},
