@@ -93,6 +93,22 @@ def test_mlm_batches_are_masked_deterministically():
     assert (x["labels"][x["label_mask"] == 1] >= 4).all()
 
 
+def test_mlm_masks_do_not_depend_on_the_number_of_hosts():
+    """Two hosts of 4 rows see exactly the rows, and masks, of one host of 8 (multi-host runs)."""
+    features = _features(40, length=30)
+    kwargs = dict(length=32, seed=4, mlm={"mask_id": 999})
+    one = fc.FeatureBatcher(features, "mlm", batch_size=8, **kwargs)
+    two = [fc.FeatureBatcher(features, "mlm", batch_size=4, shard_info=fc.ShardInfo(h, 2),
+                             **kwargs) for h in range(2)]
+    for step in (0, 3, 7):
+        whole = one.batch(step)
+        halves = [b.batch(step) for b in two]
+        assert whole["label_mask"].sum() > 0
+        for key in whole:
+            np.testing.assert_array_equal(
+                whole[key], np.concatenate([h[key] for h in halves]), err_msg=key)
+
+
 def test_proportional_and_temperature_rates():
     sizes = {"big": 1_000_000, "mid": 10_000, "small": 100}
     prop = fc.proportional_rates(sizes)

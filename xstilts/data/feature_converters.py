@@ -175,8 +175,15 @@ class FeatureBatcher:
         batch = pad_batch(rows, kind, self.length, num_choices=self.num_choices)
         if self.kind == "mlm":
             del batch["labels"]
-            rng = np.random.default_rng([self.seed, step, self.shard.index, 7])
-            masked = mask_tokens(batch["input_ids"], rng, **self.mlm)
+            # One generator per *global* row, so the masks do not depend on how many hosts
+            # share the batch (a multi-host run equals the one-host run).
+            _, within = divmod(step, self.steps_per_epoch)
+            first = within * self.global_batch_size + self.shard.index * self.batch_size
+            rows_masked = [
+                mask_tokens(batch["input_ids"][r:r + 1],
+                            np.random.default_rng([self.seed, step, first + r, 7]), **self.mlm)
+                for r in range(len(index))]
+            masked = {k: np.concatenate([m[k] for m in rows_masked]) for k in rows_masked[0]}
             masked["label_mask"] *= batch["example_mask"][:, None]
             batch.update(masked)
         batch["feature_index"] = index.astype(np.int32)
