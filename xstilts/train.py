@@ -12,6 +12,10 @@ host-local dicts with DESIGN.md's keys (the data package supplies real ones;
 ``checkpoints/``, TensorBoard event files (tensorboardX: clu's writers need TensorFlow and
 TensorBoard at import time, which the core install does not carry), ``train_metrics.jsonl``
 (one line per step), ``config.gin`` and ``operative_config.gin``.
+
+Multi-task (``heads=``, jiant's multi-task training): one shared encoder with one head per task,
+``train_batches`` yields ``(task name, batch)`` pairs (one task per step), and every task's step
+is its own jitted function over one shared train state and optimizer.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from xstilts import checkpoints as ckpt_lib
 from xstilts import partitioning
 from xstilts import trainer as trainer_lib
 from xstilts.models import heads
+from xstilts.models import heads as heads_lib  # ``train(heads=...)`` shadows the module name
 from xstilts.models.xlmr import XLMRConfig
 
 log = logging.getLogger("xstilts.train")
@@ -62,6 +67,25 @@ def build_model(task_type: str, config: XLMRConfig, *, num_labels: int = 2,
     if task_type == "tagging":
         return cls(config, num_labels)
     return cls(config)
+
+
+HeadSpec = tuple[tuple[str, str, int], ...]
+
+
+def head_spec(heads_: Mapping[str, Sequence[Any]]) -> HeadSpec:
+    """``{name: (kind, num_labels)}`` -> ``((name, kind, num_labels), ...)``, checked."""
+    out = []
+    for name, value in heads_.items():
+        if isinstance(value, str) or len(value) != 2:
+            raise ValueError(f"heads[{name!r}] = {value!r}: expected (task kind, num_labels)")
+        kind, num_labels = value
+        if kind not in heads.TASK_MODELS:
+            raise ValueError(f"heads[{name!r}]: unknown task kind {kind!r}: expected one of "
+                             f"{sorted(heads.TASK_MODELS)}")
+        out.append((str(name), str(kind), int(num_labels)))
+    if not out:
+        raise ValueError("heads: need at least one (name -> (kind, num_labels))")
+    return tuple(out)
 
 
 def load_pretrained_encoder(params: Any, path_or_hub_id: str) -> Any:
@@ -224,7 +248,7 @@ class _StopRequest:
 class TrainResult:
     step: int
     state: trainer_lib.TrainState
-    history: list[dict[str, float]]
+    history: list[dict[str, Any]]  # per step; multi-task records also name the task and head
     preempted: bool = False
 
 
@@ -255,6 +279,29 @@ def evaluate(trainer: trainer_lib.Trainer, params: Any, batches: Iterator[Mappin
     return trainer_lib.summarize_eval(totals)
 
 
+def evaluate_heads(head_trainers: Mapping[str, trainer_lib.Trainer], params: Any,
+                   items: Iterator[Any], layout: partitioning.DataLayout,
+                   unpack: Callable[[Any, str], tuple[Any, str, dict[str, np.ndarray]]],
+                   ) -> dict[str, float]:
+    """Multi-task evaluation over ``(task, batch)`` items: ``<head>/<metric>`` per head, and the
+    unweighted mean over heads of each metric (``loss``, ``accuracy``)."""
+    totals: dict[str, dict[str, float]] = {}
+    for number, item in enumerate(items):
+        _, head, batch = unpack(item, f"eval batch {number}")
+        trainer = head_trainers[head]
+        global_batch = trainer.partitioner.host_local_to_global(batch, layout.global_batch_size)
+        sums = jax.device_get(trainer.eval_step(params, global_batch))
+        for k, v in sums.items():
+            totals.setdefault(head, {})[k] = totals.get(head, {}).get(k, 0.0) + float(v)
+    if not totals:
+        raise ValueError("evaluation got no batches")
+    per_head = {head: trainer_lib.summarize_eval(sums) for head, sums in totals.items()}
+    out = {f"{head}/{k}": v for head, result in per_head.items() for k, v in result.items()}
+    for k in ("loss", "accuracy"):
+        out[k] = float(np.mean([result[k] for result in per_head.values()]))
+    return out
+
+
 _MACRO_NAMES = {"total_steps": "TRAIN_STEPS", "model_config": "MODEL_CONFIG (a models/*.gin)"}
 
 
@@ -280,7 +327,9 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
           peak_tflops_per_device: float | None = None,
           stop_at_step: int | None = None,
           step_hook: Callable[[int, Mapping[str, float]], None] | None = None,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True,
+          heads: Mapping[str, Sequence[Any]] | None = None,
+          task_heads: Mapping[str, str] | None = None) -> TrainResult:
     """Train (or resume) a task model; returns the last step, the state and per-step metrics.
 
     Resumes from the latest finished checkpoint in ``model_dir/checkpoints`` (params, optimizer,
@@ -289,6 +338,14 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
     ``init_pretrained_from``, the encoder of a Hugging Face checkpoint (directory or hub id). The
     optimizer schedule always spans ``total_steps``; ``stop_at_step`` ends this invocation early
     (with a checkpoint), as a preemption would.
+
+    Multi-task: ``heads`` maps each head's name to ``(task kind, num_labels)`` (``task_type`` and
+    ``num_labels`` are then unused); ``train_batches`` (and ``eval_batches``) yield ``(task,
+    batch)`` pairs, and ``task_heads`` maps a task to its head (default: the task's own name).
+    Each step trains one task: its head and the encoder get gradients, the other heads zero
+    (AdamW still moves them by their moments and weight decay, as in jiant). The records of
+    ``train_metrics.jsonl`` then carry ``task`` and ``head``; evaluation reports
+    ``eval/<head>/<metric>`` and the unweighted mean over heads as ``eval/<metric>``.
     """
     _check_required("train", model_dir=model_dir, model_config=model_config,
                     total_steps=total_steps, batch_size=batch_size, train_batches=train_batches,
@@ -302,19 +359,56 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
     partitioner.check_batch_size(batch_size)
     layout = partitioner.data_layout(batch_size)
 
-    model = build_model(task_type, model_config, num_labels=num_labels, use_pooler=use_pooler)
     tx, schedule = optimizer(total_steps=total_steps)
-    trainer = trainer_lib.Trainer(model, trainer_lib.task_loss(task_type), tx, schedule,
-                                  partitioner, num_microbatches=num_microbatches)
+    multi = heads is not None
+    if multi:
+        spec = head_spec(heads)
+        kinds = {name: kind for name, kind, _ in spec}
+        model = heads_lib.XLMRMultiTask(model_config, spec, use_pooler=use_pooler)
+        # The all-heads model initialises the state; each head trains with its own Trainer.
+        trainer = trainer_lib.Trainer(model, trainer_lib.task_loss(spec[0][1]), tx, schedule,
+                                      partitioner, num_microbatches=num_microbatches)
+        head_trainers = {name: trainer_lib.Trainer(
+            model.clone(task=name), trainer_lib.task_loss(kind), tx, schedule, partitioner,
+            num_microbatches=num_microbatches) for name, kind, _ in spec}
+    else:
+        model = build_model(task_type, model_config, num_labels=num_labels,
+                            use_pooler=use_pooler)
+        trainer = trainer_lib.Trainer(model, trainer_lib.task_loss(task_type), tx, schedule,
+                                      partitioner, num_microbatches=num_microbatches)
+        head_trainers = {}
 
-    def batches_from(start: int) -> Iterator[Mapping[str, Any]]:
+    def head_of(task: str, where: str) -> str:
+        head = task if task_heads is None else task_heads.get(task)
+        if head not in head_trainers:
+            raise ValueError(f"{where}: task {task!r} has no head: heads {sorted(head_trainers)}"
+                             + ("" if task_heads is None else
+                                f", tasks {sorted(task_heads)}"))
+        return head
+
+    def unpack(item: Any, where: str) -> tuple[str | None, str | None, dict[str, np.ndarray]]:
+        """(task, head, host batch) of one item of ``train_batches`` / ``eval_batches``."""
+        if not multi:
+            return None, None, _host_batch(item, where)
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
+            raise ValueError(f"{where}: multi-task batches must be (task name, batch) pairs, "
+                             f"got {type(item).__name__}")
+        return item[0], head_of(item[0], where), _host_batch(item[1], where)
+
+    def batches_from(start: int) -> Iterator[Any]:
         return iter(train_batches(shard_index=layout.shard_index, num_shards=layout.num_shards,
                                   batch_size=layout.per_host_batch_size, start_batch=start))
 
     # Peek at the first batch for shapes (the iterator restarts at the right position below).
-    probe = _host_batch(next(batches_from(0)), "train batch 0")
-    input_shape = (batch_size, *probe["input_ids"].shape[1:])
-    trainer.check_batch({**probe, "input_ids": np.zeros(input_shape, np.int32)})
+    _, probe_head, probe = unpack(next(batches_from(0)), "train batch 0")
+    if multi:  # the all-heads model initialises on [B, L] whatever the first task's shape
+        input_shape = (batch_size, probe["input_ids"].shape[-1])
+        head_trainers[probe_head].check_batch(
+            {**probe, "input_ids": np.zeros((batch_size, *probe["input_ids"].shape[1:]),
+                                            np.int32)})
+    else:
+        input_shape = (batch_size, *probe["input_ids"].shape[1:])
+        trainer.check_batch({**probe, "input_ids": np.zeros(input_shape, np.int32)})
 
     checkpointer = ckpt_lib.Checkpointer(os.path.join(model_dir, "checkpoints"), checkpoint)
     try:
@@ -338,12 +432,14 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
     start_step = int(jax.device_get(state.step))
     end_step = min(total_steps, stop_at_step or total_steps)
 
-    flops_per_example = trainer_lib.train_flops_per_example(
-        model_config, int(input_shape[-1]),
-        num_choices=int(input_shape[1]) if len(input_shape) == 3 else 1,
-        mlm=task_type == "mlm")
+    def flops_per_example(kind: str, shape: tuple[int, ...]) -> float:
+        return trainer_lib.train_flops_per_example(
+            model_config, int(shape[-1]), num_choices=int(shape[1]) if len(shape) == 3 else 1,
+            mlm=kind == "mlm")
+
+    single_flops = 0.0 if multi else flops_per_example(task_type, input_shape)
     writer = SummaryWriter(model_dir, enabled=chief)
-    history: list[dict[str, float]] = []
+    history: list[dict[str, Any]] = []
     preempted = False
     batches = batches_from(start_batch)
     consumed = start_batch
@@ -351,24 +447,39 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
 
     bar = tqdm(total=end_step, initial=start_step, disable=not (chief and progress),
                desc="train", unit="step", dynamic_ncols=True)
-    window_start, window_steps, window_tokens = time.perf_counter(), 0, 0.0
+    window_start, window_steps, window_tokens, window_flops = time.perf_counter(), 0, 0.0, 0.0
+    window_losses: dict[str, list[float]] = {}  # multi-task: this window's losses per head
+    save_meta = {"task_type": "multitask", "heads": {n: [k, c] for n, k, c in spec}} if multi \
+        else {"task_type": task_type}
 
     def save(step_state: trainer_lib.TrainState, metrics: Mapping[str, float] | None = None):
         checkpointer.save(step_state, data_position={"batches_consumed": consumed},
-                          metrics=metrics, extra_meta={"task_type": task_type,
-                                                       "total_steps": total_steps})
+                          metrics=metrics, extra_meta={**save_meta, "total_steps": total_steps})
+
+    def run_eval() -> dict[str, float]:
+        eval_it = iter(eval_batches(shard_index=layout.shard_index, num_shards=layout.num_shards,
+                                    batch_size=layout.per_host_batch_size, start_batch=0))
+        if not multi:
+            return evaluate(trainer, state.params, eval_it, layout)
+        return evaluate_heads(head_trainers, state.params, eval_it, layout, unpack)
 
     try:
         with _StopRequest() as stop:
             step = start_step
             while step < end_step:
                 try:
-                    host = _host_batch(next(batches), f"train batch {consumed}")
+                    task, head, host = unpack(next(batches), f"train batch {consumed}")
                 except StopIteration:
                     raise ValueError(f"train_batches ran out after {consumed} batches; "
                                      f"{end_step} steps need one batch each") from None
                 global_batch = partitioner.host_local_to_global(host, batch_size)
-                state, metrics = trainer.train_step(state, global_batch)
+                if multi:
+                    state, metrics = head_trainers[head].train_step(state, global_batch)
+                    window_flops += batch_size * flops_per_example(
+                        kinds[head], (batch_size, *host["input_ids"].shape[1:]))
+                else:
+                    state, metrics = trainer.train_step(state, global_batch)
+                    window_flops += batch_size * single_flops
                 consumed += 1
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 step += 1
@@ -376,11 +487,15 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
                     checkpointer.wait()
                     raise NonFiniteLossError(
                         f"loss {metrics['loss']} / grad norm {metrics['grad_norm']} at step "
-                        f"{step}: stopping. Nothing was saved after the last good checkpoint "
+                        f"{step}{f' (task {task})' if multi else ''}: stopping. Nothing was "
+                        f"saved after the last good checkpoint "
                         f"(step {checkpointer.latest_step()} in {checkpointer.directory}); "
                         f"lower the learning rate or check the data")
-                record = {"step": step, **{k: metrics[k] for k in (
+                record: dict[str, Any] = {"step": step, **{k: metrics[k] for k in (
                     "loss", "accuracy", "grad_norm", "learning_rate", "weight", "tokens")}}
+                if multi:
+                    record.update(task=task, head=head)
+                    window_losses.setdefault(head, []).append(metrics["loss"])
                 history.append(record)
                 writer.step_record(record)
                 if step_hook is not None:
@@ -393,25 +508,26 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
                 eval_metrics = None
                 if eval_batches is not None and eval_every_steps and (
                         step % eval_every_steps == 0 or step == end_step):
-                    eval_it = eval_batches(shard_index=layout.shard_index,
-                                           num_shards=layout.num_shards,
-                                           batch_size=layout.per_host_batch_size, start_batch=0)
-                    result = evaluate(trainer, state.params, iter(eval_it), layout)
+                    result = run_eval()
                     eval_metrics = {f"eval/{k}": v for k, v in result.items()}
                     writer.scalars(step, eval_metrics)
                 if step % log_every_steps == 0 or step == end_step:
                     elapsed = time.perf_counter() - window_start
                     n_dev = jax.device_count()
                     tokens_per_s = window_tokens / max(elapsed, 1e-9)  # real (unpadded) tokens
-                    tflops = flops_per_example * batch_size * window_steps / max(elapsed, 1e-9)
+                    tflops = window_flops / max(elapsed, 1e-9)
                     perf = {"perf/tokens_per_s": tokens_per_s,
                             "perf/tflops_per_s_per_device": tflops / n_dev / 1e12}
                     if peak_tflops_per_device:
                         perf["perf/mfu"] = perf["perf/tflops_per_s_per_device"] / \
                             peak_tflops_per_device
+                    per_head = {f"train/{h}/loss": float(np.mean(v))
+                                for h, v in window_losses.items()}
                     writer.scalars(step, {f"train/{k}": metrics[k] for k in (
-                        "loss", "accuracy", "grad_norm", "learning_rate")} | perf)
-                    window_start, window_steps, window_tokens = time.perf_counter(), 0, 0.0
+                        "loss", "accuracy", "grad_norm", "learning_rate")} | perf | per_head)
+                    window_start, window_steps, window_tokens, window_flops = \
+                        time.perf_counter(), 0, 0.0, 0.0
+                    window_losses = {}
                 if step == start_step + 1:
                     write_gin_configs(model_dir)  # every configurable has been called by now
                 stop_now = stop.requested if jax.process_count() == 1 else (

@@ -4,12 +4,18 @@ Every task model nests the encoder (embeddings, layers and the RoBERTa pooler) u
 ``ENCODER_KEY = "roberta"``; the head lives beside it (``classifier``, ``qa_outputs``, ``lm_head``).
 The STILTs transfer restores the ``roberta`` subtree and starts a fresh head.
 
+``XLMRMultiTask`` is the multi-task model of intermediate training on a mixture of task kinds
+(jiant's): the shared ``roberta`` encoder plus one head per task, each under its own key.
+
 ``XLMRForSequenceClassification(use_pooler=True)`` is jiant's classifier: the pooler (dense + tanh
 on ``<s>``) followed by the RoBERTa classification head (dense, tanh, out_proj). With
 ``use_pooler=False`` it is Hugging Face's ``XLMRobertaForSequenceClassification`` (head on ``<s>``).
 """
 
 from __future__ import annotations
+
+import re
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -182,3 +188,104 @@ TASK_MODELS = {
     "multiple_choice": XLMRForMultipleChoice,
     "mlm": XLMRForMaskedLM,
 }
+
+
+# Multi-task (jiant's MultiTaskModel: one shared encoder, one head per task) -----------------------
+def head_key(name: str) -> str:
+    """The parameter key of a head: ``name`` with every character outside ``[A-Za-z0-9_]`` (task
+    names have dots) replaced by ``_``."""
+    key = re.sub(r"\W", "_", name, flags=re.ASCII)
+    return key if key and not key[0].isdigit() else f"head_{key}"
+
+
+class TaskHead(nn.Module):
+    """The head of one task kind, with the same submodules (names, shapes, axes) as the
+    single-task model of ``TASK_MODELS[kind]`` has beside its encoder."""
+
+    config: XLMRConfig
+    kind: str
+    num_labels: int = 2
+    use_pooler: bool = True
+
+    @nn.compact
+    def __call__(self, hidden: Array, *, pooled: Array | None, word_embeddings: Array | None,
+                 choices: int, deterministic: bool) -> Any:
+        c, kind = self.config, self.kind
+        if kind == "classification":
+            features = pooled if self.use_pooler else hidden[:, 0]
+            head = ClassificationHead(c, self.num_labels, name="classifier")
+            return head(features, deterministic=deterministic).astype(jnp.float32)
+        if kind == "tagging":
+            x = nn.Dropout(c.hidden_dropout_prob)(hidden, deterministic=deterministic)
+            logits = DenseGeneral((self.num_labels,), (EMBED, LABELS), c, name="classifier")(x)
+            return logits.astype(jnp.float32)
+        if kind == "qa":
+            logits = DenseGeneral((2,), (EMBED, LABELS), c, name="qa_outputs")(hidden)
+            logits = logits.astype(jnp.float32)
+            return logits[..., 0], logits[..., 1]
+        if kind == "multiple_choice":
+            x = nn.Dropout(c.hidden_dropout_prob)(pooled, deterministic=deterministic)
+            logits = DenseGeneral((1,), (EMBED, LABELS), c, name="classifier")(x)
+            return logits.reshape(-1, choices).astype(jnp.float32)
+        if kind == "mlm":
+            return LMHead(c, name="lm_head")(hidden, word_embeddings)
+        raise ValueError(f"unknown task kind {kind!r}: expected one of {sorted(TASK_MODELS)}")
+
+
+class XLMRMultiTask(nn.Module):
+    """One shared encoder (``roberta``) and one head per task (jiant's multi-task model).
+
+    ``heads`` lists ``(name, kind, num_labels)``; head ``name``'s parameters live under
+    ``head_key(name)`` with exactly the structure of the single-task model's head, so
+    ``{"roberta": p["roberta"], **p[head_key(name)]}`` are that model's parameters.
+    ``task=name`` (``model.clone(task=name)``) computes only that head, with the single-task
+    model's inputs and outputs (multiple choice takes ``[B, C, L]``); ``task=None`` (use it to
+    ``init``) runs every head on ``[B, L]`` inputs and returns ``{name: outputs}``.
+    """
+
+    config: XLMRConfig
+    heads: tuple[tuple[str, str, int], ...]
+    task: str | None = None
+    use_pooler: bool = True
+
+    def __post_init__(self) -> None:
+        keys: dict[str, str] = {}
+        for entry in self.heads:
+            if len(entry) != 3:
+                raise ValueError(f"heads entry {entry!r}: expected (name, kind, num_labels)")
+            name, kind, _ = entry
+            if kind not in TASK_MODELS:
+                raise ValueError(f"head {name!r}: kind {kind!r} not in {sorted(TASK_MODELS)}")
+            key = head_key(name)
+            if key == ENCODER_KEY or key in keys:
+                clash = ENCODER_KEY if key == ENCODER_KEY else repr(keys[key])
+                raise ValueError(f"head {name!r}: its key {key!r} clashes with {clash}")
+            keys[key] = name
+        if not keys:
+            raise ValueError("XLMRMultiTask needs at least one head")
+        if self.task is not None and self.task not in keys.values():
+            raise ValueError(f"task {self.task!r} is not one of the heads {list(keys.values())}")
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, input_ids: Array, attention_mask: Array, *,
+                 deterministic: bool = True) -> Any:
+        c = self.config
+        chosen = [h for h in self.heads if self.task is None or h[0] == self.task]
+        lead = input_ids.shape[:-1]
+        choices = lead[1] if len(lead) == 2 else 1
+        encoder = _encoder(c)
+        hidden = encoder(input_ids.reshape(-1, input_ids.shape[-1]),
+                         attention_mask.reshape(-1, attention_mask.shape[-1]),
+                         deterministic=deterministic)
+        needs_pool = any(k == "multiple_choice" or (k == "classification" and self.use_pooler)
+                         for _, k, _ in chosen)
+        pooled = encoder.pool(hidden) if needs_pool else None
+        embeddings = encoder.word_embedding_matrix() if any(k == "mlm" for _, k, _ in chosen) \
+            else None
+        outputs = {}
+        for name, kind, num_labels in chosen:
+            head = TaskHead(c, kind, num_labels, self.use_pooler, name=head_key(name))
+            outputs[name] = head(hidden, pooled=pooled, word_embeddings=embeddings,
+                                 choices=choices, deterministic=deterministic)
+        return outputs if self.task is None else outputs[self.task]
