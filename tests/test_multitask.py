@@ -30,32 +30,48 @@ HEADS = (("nli.en", "classification", 3), ("pos.en", "tagging", 5), ("squad.en",
          ("swag.en", "multiple_choice", 2), ("mlm.xx", "mlm", 2))
 
 
-@pytest.mark.parametrize("use_pooler", [False, True])
-def test_each_head_equals_its_single_task_model(use_pooler):
+def test_each_head_equals_its_single_task_model():
     rng = np.random.default_rng(0)
     ids = rng.integers(5, CONFIG.vocab_size - 1, (2, 3, 10)).astype(np.int32)
     ids[..., 0], ids[..., -1] = 0, 2
     mask = np.ones_like(ids)
     mask[1, :, 7:] = 0
     ids = np.where(mask == 1, ids, 1)
-    model = heads.XLMRMultiTask(CONFIG, HEADS, use_pooler=use_pooler)
-    params = jax.tree.map(np.asarray, nn_unbox(model.init(jax.random.PRNGKey(0), ids[:, 0],
-                                                          mask[:, 0])["params"]))
+    # Classification on the pooler (jiant) and on <s> (Hugging Face): same parameters.
+    models = {pool: heads.XLMRMultiTask(CONFIG, HEADS, use_pooler=pool) for pool in (False, True)}
+    singles = {(name, pool): train.build_model(kind, CONFIG, num_labels=n, use_pooler=pool)
+               for name, kind, n in HEADS for pool in (False, True)}
+
+    def inputs(name):
+        return (ids, mask) if name == "swag.en" else (ids[:, 0], mask[:, 0])
+
+    @jax.jit  # one compile instead of hundreds of eager ops
+    def run(params):
+        out = {}
+        for (name, pool), single in singles.items():
+            own = {"roberta": params["roberta"], **params[heads.head_key(name)]}
+            out[name, pool] = (single.apply({"params": own}, *inputs(name)),
+                               models[pool].clone(task=name).apply({"params": params},
+                                                                   *inputs(name)))
+        return out
+
+    init = jax.jit(models[False].init)
+    params = nn_unbox(init(jax.random.PRNGKey(0), ids[:, 0], mask[:, 0])["params"])
     assert set(params) == {"roberta", "nli_en", "pos_en", "squad_en", "swag_en", "mlm_xx"}
-    for name, kind, num_labels in HEADS:
-        single = train.build_model(kind, CONFIG, num_labels=num_labels, use_pooler=use_pooler)
-        key = heads.head_key(name)
-        x, m = (ids, mask) if kind == "multiple_choice" else (ids[:, 0], mask[:, 0])
+    outputs = run(params)
+    for (name, pool), single in singles.items():
         # The head's subtree has exactly the single-task model's structure beside the encoder.
-        own = nn_unbox(jax.eval_shape(single.init, jax.random.PRNGKey(1), x, m)["params"])
+        own = nn_unbox(jax.eval_shape(single.init, jax.random.PRNGKey(1), *inputs(name))[
+            "params"])
         assert jax.tree.map(np.shape, own) == jax.tree.map(
-            np.shape, {"roberta": params["roberta"], **params[key]}), name
-        expected = single.apply({"params": {"roberta": params["roberta"], **params[key]}}, x, m)
-        got = model.clone(task=name).apply({"params": params}, x, m)
+            np.shape, {"roberta": params["roberta"], **params[heads.head_key(name)]}), name
+        expected, got = outputs[name, pool]
         for e, g in zip(jax.tree.leaves(expected), jax.tree.leaves(got), strict=True):
-            assert g.shape == e.shape
+            assert g.shape == e.shape and g.shape[0] == 2
             np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=1e-6, atol=1e-6,
-                                       err_msg=name)
+                                       err_msg=f"{name} use_pooler={pool}")
+    assert outputs["swag.en", False][1].shape == (2, 3)
+    assert not np.allclose(outputs["nli.en", False][1], outputs["nli.en", True][1])
 
 
 def nn_unbox(tree):
@@ -105,7 +121,7 @@ def _run(model_dir, *, stop_at_step=None, train_batches=_multitask_batches):
         model_dir=str(model_dir), model_config=CONFIG, total_steps=STEPS, batch_size=8,
         train_batches=train_batches, heads=TRAIN_HEADS, use_pooler=False,
         partitioner=make_partitioner({"data": 1}), optimizer=optimizer,
-        checkpoint=checkpoints.CheckpointConfig(save_every_steps=2, keep=2, async_save=False),
+        checkpoint=checkpoints.CheckpointConfig(save_every_steps=3, keep=1, async_save=False),
         seed=0, log_every_steps=2, stop_at_step=stop_at_step, progress=False)
 
 
@@ -169,3 +185,60 @@ def test_multitask_batches_must_name_a_known_task(tmp_path):
     with pytest.raises(ValueError, match=r"train batch 0: task 'ner' has no head: heads "
                                          r"\['cls', 'qa', 'tag'\]"):
         _run(tmp_path, train_batches=unknown)
+
+
+# The grid driver: phase 1 on a mixture of kinds, then phase 2 from its encoder ----------------
+from test_experiment import _grid, data_dir  # noqa: E402, F401  (fixture)
+
+from xstilts import experiment  # noqa: E402
+from xstilts.data import tasks  # noqa: E402
+
+
+def test_mixture_heads_group_tasks_by_head():
+    assert experiment.mixture_kind("synthetic.intermediate.nli.multilingual") == \
+        ("classification", 3, 128)  # one kind: the single-head path, as before
+    for mixture in ("synthetic.intermediate.all.en", "synthetic.intermediate.nli.en+mlm",
+                    "intermediate.all9.en", "intermediate.mnli.en+mlm"):
+        assert experiment.mixture_kind(mixture) is None, mixture
+    heads_, task_heads = experiment.mixture_heads("synthetic.intermediate.all.multilingual+mlm")
+    assert heads_ == {"synthetic.nli": ("classification", 3), "synthetic.qa": ("qa", 2),
+                      "synthetic.mlm": ("mlm", 2)}
+    assert set(task_heads) == set(tasks.mixture_tasks(
+        "synthetic.intermediate.all.multilingual+mlm"))
+    assert task_heads["synthetic.qa.xc"] == "synthetic.qa"
+    assert tasks.mixture_tasks("synthetic.intermediate.all.en") == ["synthetic.nli.en",
+                                                                     "synthetic.qa.en"]
+
+
+def test_grid_with_a_multi_head_intermediate_mixture(tmp_path, data_dir):  # noqa: F811
+    """Phase 1 on NLI + MLM (two heads), then phase 2 from its encoder, as ``run()`` calls
+    them (the baseline's cells are the single-head path that test_experiment.py covers)."""
+    mixture = "synthetic.intermediate.nli.en+mlm"
+    grid = _grid(tmp_path, data_dir, intermediate={"baseline": None, "nli_mlm": mixture},
+                 retrieval=[], pretrain=None,
+                 intermediate_phase={"steps": 6, "batch_size": 8, "learning_rate": 1e-3,
+                                     "max_length": 48, "save_every_steps": 6},
+                 finetune={"steps": 2, "batch_size": 8, "learning_rate": 1e-3,
+                           "max_length": 48, "save_every_steps": 2})
+    run = experiment.Experiment(grid, make_partitioner({"data": 1}))
+    run.prepare_tokenizer()
+    encoder = run.phase1("nli_mlm", 0, None)
+
+    phase1 = tmp_path / "phase1" / "nli_mlm" / "seed0"
+    assert encoder == str(phase1 / "checkpoints") and (phase1 / "DONE").is_file()
+    records = [json.loads(line) for line in
+               (phase1 / "train_metrics.jsonl").read_text().splitlines()]
+    drawn = [r["task"] for r in records]
+    assert len(drawn) == 6 and set(drawn) <= set(tasks.mixture_tasks(mixture))
+    assert {r["head"] for r in records} == {"synthetic.nli", "synthetic.mlm"}  # both trained
+    ckpt = checkpoints.Checkpointer(encoder, read_only=True)
+    shapes = ckpt.metadata()["param_shapes"]
+    ckpt.manager.close()
+    assert {k.split("/")[0] for k in shapes} == {"roberta", "synthetic_nli", "synthetic_mlm"}
+    assert shapes["synthetic_nli/classifier/out_proj/kernel"] == [64, 3]
+
+    # Phase 2 fine-tunes a fresh head on that encoder and scores every language.
+    rows = run.phase2("nli_mlm", "synthetic.paraphrase.en", ["synthetic.paraphrase"], 0, encoder)
+    got = {r["language"] for r in rows if r["metric"] == "accuracy"}
+    assert got == {"en", "xa", "xb", "xc", "xd"}
+    assert all(r["config"] == "nli_mlm" and 0.0 <= r["value"] <= 100.0 for r in rows)

@@ -28,9 +28,13 @@ restores params, optimizer, RNG and data position). Early stopping is keep-best:
 ``eval_every_steps`` the English dev split is scored and the best checkpoint (``eval/accuracy``) is
 the one evaluated, which selects the same model as early stopping with unbounded patience.
 
-Phase 1 trains one head, so a Mixture must have one task kind and label set (the per-task
-English and multilingual mixtures); mixtures mixing kinds (``all9``, ``+mlm``) need a multi-head
-trainer and are refused with an error naming them (the dry run still builds them).
+Phase 1 trains one head when every task of the Mixture has the same kind and label set (the
+per-task English and multilingual mixtures, exactly as before). A Mixture that mixes kinds or
+label sets (``all9``, ``+mlm``) trains jiant-style multi-task: one shared encoder, one head per
+head group (``TaskSpec.head``, else the dataset: ANLI+'s tasks and MNLI's translations share the
+NLI head; each MLM language set one LM head), one task per step drawn by the Mixture's rates,
+each task at its own max length capped by the phase's ``max_length``. Phase 2 and retrieval
+read only the ``roberta`` encoder of phase 1, so they do not care which it was.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ from xstilts import partitioning
 from xstilts import train as train_lib
 from xstilts import trainer as trainer_lib
 from xstilts.data import pipeline, tasks
-from xstilts.data.feature_converters import FeatureBatcher, ShardInfo
+from xstilts.data.feature_converters import FeatureBatcher, MixtureBatcher, ShardInfo
 from xstilts.evals import metrics, retrieval
 from xstilts.models.xlmr import XLMRConfig
 
@@ -245,25 +249,49 @@ def task_kind(spec: tasks.TaskSpec) -> tuple[str, int]:
     raise ValueError(f"task {spec.name}: kind {spec.kind!r} cannot be trained")
 
 
-def mixture_kind(mixture: str) -> tuple[str, int, int]:
-    """(task type, number of labels, max length) shared by every task of a single-head mixture."""
+def mixture_kind(mixture: str) -> tuple[str, int, int] | None:
+    """(task type, number of labels, max length) shared by every task of a single-head mixture;
+    None when the mixture mixes task kinds or label sets (multi-head: ``mixture_heads``)."""
     names = tasks.mixture_tasks(mixture)
     kinds = {(task_kind(tasks.get_task(t)), tasks.get_task(t).labels) for t in names}
     if len(kinds) != 1:
-        found = sorted({f"{k[0][0]}({k[0][1]})" for k in kinds})
-        raise NotImplementedError(
-            f"mixture {mixture} mixes task kinds {found}: phase 1 trains one head; multi-head "
-            f"intermediate training is not implemented")
+        return None
     (kind, labels), _ = next(iter(kinds))
     return kind, labels, max(tasks.get_task(t).max_length for t in names)
 
 
-def factory(make_batcher: Any) -> train_lib.BatchFactory:
-    """A ``train.train`` batch factory over a Feature/Mixture batcher built per host shard."""
+def data_num_labels(spec: tasks.TaskSpec, data_dir: str | None) -> int:
+    """``task_kind``'s label count, read from the train split for an open tag set (CCG)."""
+    kind, num_labels = task_kind(spec)
+    if kind in ("classification", "tagging") and not spec.labels:
+        return len(pipeline.task_labels(spec, data_dir))
+    return num_labels
+
+
+def mixture_heads(mixture: str, data_dir: str | None = None
+                  ) -> tuple[dict[str, tuple[str, int]], dict[str, str]]:
+    """The heads of a multi-head mixture, ``{head: (task type, number of labels)}``, and each
+    task's head: tasks naming the same ``head`` (else the same dataset) share one."""
+    heads: dict[str, tuple[str, int]] = {}
+    task_heads: dict[str, str] = {}
+    for name in tasks.mixture_tasks(mixture):
+        spec = tasks.get_task(name)
+        head = spec.metadata["head"]
+        kind = (task_kind(spec)[0], data_num_labels(spec, data_dir))
+        if heads.setdefault(head, kind) != kind:
+            raise ValueError(f"mixture {mixture}: task {name} is {kind[0]}({kind[1]}) but shares "
+                             f"head {head!r} with a {heads[head][0]}({heads[head][1]}) task")
+        task_heads[name] = head
+    return heads, task_heads
+
+
+def factory(make_batcher: Any, *, with_task: bool = False) -> train_lib.BatchFactory:
+    """A ``train.train`` batch factory over a Feature/Mixture batcher built per host shard;
+    ``with_task``: yield a MixtureBatcher's ``(task, batch)`` pairs (multi-head training)."""
     cache: dict[tuple[int, int, int], Any] = {}
 
     def batches(*, shard_index: int, num_shards: int, batch_size: int, start_batch: int
-                ) -> Iterator[dict[str, np.ndarray]]:
+                ) -> Iterator[Any]:
         key = (shard_index, num_shards, batch_size)
         if key not in cache:
             cache[key] = make_batcher(ShardInfo(shard_index, num_shards), batch_size)
@@ -271,9 +299,13 @@ def factory(make_batcher: Any) -> train_lib.BatchFactory:
         step = start_batch
         while True:
             batch = batcher.batch(step)
+            task = None
             if isinstance(batch, tuple):  # MixtureBatcher: (task, batch)
-                batch = batch[1]
-            yield {k: v for k, v in batch.items() if k != "feature_index"}
+                task, batch = batch
+            batch = {k: v for k, v in batch.items() if k != "feature_index"}
+            if with_task and task is None:
+                raise TypeError("factory(with_task=True) needs a MixtureBatcher")
+            yield (task, batch) if with_task else batch
             step += 1
 
     return batches
@@ -393,7 +425,8 @@ class Experiment:
 
     def _train(self, model_dir: Path, *, phase: Phase, task_type: str, num_labels: int,
                train_batches: Any, total_steps: int, seed: int, init_encoder_from: str | None,
-               eval_batches: Any = None) -> train_lib.TrainResult:
+               eval_batches: Any = None, heads: Mapping[str, tuple[str, int]] | None = None,
+               task_heads: Mapping[str, str] | None = None) -> train_lib.TrainResult:
         best = "eval/accuracy" if eval_batches is not None and phase.eval_every_steps else None
         result = train_lib.train(
             model_dir=str(model_dir), model_config=self.model_config, total_steps=total_steps,
@@ -408,7 +441,8 @@ class Experiment:
             init_encoder_from=init_encoder_from,
             init_pretrained_from=None if init_encoder_from else self.grid.pretrained,
             eval_batches=eval_batches, eval_every_steps=phase.eval_every_steps if best else 0,
-            seed=seed, log_every_steps=max(1, min(50, total_steps)), progress=self.progress)
+            seed=seed, log_every_steps=max(1, min(50, total_steps)), progress=self.progress,
+            **({} if heads is None else {"heads": heads, "task_heads": task_heads}))
         if result.preempted:  # SIGTERM: the checkpoint is saved; the next run resumes here
             raise Preempted(f"stopped at step {result.step} of {model_dir} (SIGTERM); run "
                             f"again to resume")
@@ -447,20 +481,48 @@ class Experiment:
         ckpts = str(model_dir / "checkpoints")
         if agreed((model_dir / "DONE").is_file()):
             return ckpts
-        kind, num_labels, task_length = mixture_kind(mixture)
+        single = mixture_kind(mixture)
         phase = self.grid.intermediate_phase
-        length = phase.max_length or task_length
-        sizes = sum(len(self.features(t, "train", length)) for t in tasks.mixture_tasks(mixture))
-        steps = phase.num_steps(sizes, tasks.get_task(tasks.mixture_tasks(mixture)[0]).epochs,
-                                f"phase 1 {config}")
+        names = tasks.mixture_tasks(mixture)
         start = time.perf_counter()
-        self._train(model_dir, phase=phase, task_type=kind, num_labels=num_labels,
-                    train_batches=factory(self._mixture_batcher(mixture, length, seed)),
-                    total_steps=steps, seed=seed, init_encoder_from=start_from)
+        if single is not None:  # one head (unchanged)
+            kind, num_labels, task_length = single
+            if kind == "tagging" and not num_labels:  # open tag set (CCG): from the data
+                num_labels = data_num_labels(tasks.get_task(names[0]), self.grid.data_dir)
+            length = phase.max_length or task_length
+            sizes = sum(len(self.features(t, "train", length)) for t in names)
+            steps = phase.num_steps(sizes, tasks.get_task(names[0]).epochs, f"phase 1 {config}")
+            self._train(model_dir, phase=phase, task_type=kind, num_labels=num_labels,
+                        train_batches=factory(self._mixture_batcher(mixture, length, seed)),
+                        total_steps=steps, seed=seed, init_encoder_from=start_from)
+        else:  # kinds mixed: one head per head group, each task at its own length
+            heads, task_heads = mixture_heads(mixture, self.grid.data_dir)
+            lengths = {t: min(tasks.get_task(t).max_length, phase.max_length or math.inf)
+                       for t in names}
+            sizes = sum(len(self.features(t, "train", lengths[t])) for t in names)
+            steps = phase.num_steps(sizes, tasks.get_task(names[0]).epochs, f"phase 1 {config}")
+            log.info("phase 1 %s: %d heads %s", config, len(heads), heads)
+            self._train(model_dir, phase=phase, task_type="multitask", num_labels=0,
+                        train_batches=factory(self._multitask_batcher(mixture, lengths, seed),
+                                              with_task=True),
+                        total_steps=steps, seed=seed, init_encoder_from=start_from,
+                        heads=heads, task_heads=task_heads)
         self._mark_done(model_dir / "DONE")
         log.info("phase 1 %s seed %d (%s, %d steps) took %.0f s", config, seed, mixture, steps,
                  time.perf_counter() - start)
         return ckpts
+
+    def _multitask_batcher(self, mixture: str, lengths: Mapping[str, int], seed: int):
+        """``pipeline.mixture_batcher`` with a length per task (the phase's is one for all)."""
+        def make(shard: ShardInfo, batch_size: int) -> MixtureBatcher:
+            batchers = {t: self._task_batcher(t, "train", lengths[t], seed, True)(shard,
+                                                                                  batch_size)
+                        for t in lengths}
+            rates = tasks.mixture_rates(mixture, {t: len(b.features) for t, b in
+                                                  batchers.items()})
+            return MixtureBatcher(batchers, rates, seed=seed)
+
+        return make
 
     def train_tasks(self) -> dict[str, list[str]]:
         """English train task -> the target datasets evaluated from its fine-tune."""

@@ -874,6 +874,24 @@ def _register_mixtures() -> None:
                     f"{base}+mlm", submixtures=((base, 1 - MLM_SHARE), ("synthetic.mlm", MLM_SHARE))
                 )
             )
+    for variant in ("en", "multilingual"):  # the synthetic world's all9: NLI + QA, two heads
+        members: list[str] = []
+        for task in ("nli", "qa"):
+            members.extend(mixture_tasks(f"synthetic.intermediate.{task}.{variant}"))
+        base = f"synthetic.intermediate.all.{variant}"
+        register_mixture(
+            MixtureSpec(
+                base,
+                tuple(members),
+                cap=ALL9_CAP,
+                description=f"synthetic NLI + QA, {variant} (multi-head, like all9)",
+            )
+        )
+        register_mixture(
+            MixtureSpec(
+                f"{base}+mlm", submixtures=((base, 1 - MLM_SHARE), ("synthetic.mlm", MLM_SHARE))
+            )
+        )
 
 
 _register_xtreme()
