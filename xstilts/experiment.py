@@ -135,6 +135,9 @@ class Grid:
     finetune_overrides: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     intermediate_per_seed: bool = False  # phase 1 once per seed (else once, seed = seeds[0])
     retrieval_layer: int | None = None  # hidden state for retrieval (None: 14/24 of the depth)
+    # Subtract each language's mean sentence embedding before retrieval (Libovický et al., 2020;
+    # not in XTREME's protocol, so off by default): ``evals.retrieval.center``.
+    retrieval_center: bool = False
     english_config: str | None = None  # the pair the research question compares
     multilingual_config: str | None = None
     low_resource: Sequence[str] = ()
@@ -725,7 +728,9 @@ class Experiment:
                 for start in range(0, rows, batch_size):
                     out.append(np.asarray(embed_fn(encoder, padded[start:start + batch_size],
                                                    mask[start:start + batch_size])))
-            return np.concatenate(out)[:len(ids)].astype(np.float32)
+            vectors = np.concatenate(out)[:len(ids)].astype(np.float32)
+            # Each call embeds one language's side of one set: centring it here is per language.
+            return retrieval.center(vectors) if self.grid.retrieval_center else vectors
 
         # The nearest-neighbour search runs on this process's devices: every process mines
         # the same (replicated) embeddings, so a global mesh would only add cross-host traffic.
@@ -812,6 +817,8 @@ class Experiment:
             "retrieval": list(g.retrieval), "seeds": list(g.seeds),
             "low_resource": list(g.low_resource), "tiers": dict(g.tiers or {}),
             "primary_metric": primary_metrics(g.targets, g.retrieval),
+            "retrieval_layer": self.retrieval_layer if g.retrieval else None,
+            "retrieval_center": g.retrieval_center,
             "model": dataclasses.asdict(self.model_config),
         }
         if is_chief():

@@ -188,6 +188,18 @@ def _fmt(mean_std: tuple[float, float] | None) -> str:
     return f"{mean:.1f} ± {std:.1f}"
 
 
+def _retrieval_recipe(meta: Mapping[str, Any]) -> str:
+    """One sentence on how retrieval embeddings were made (empty without retrieval tasks)."""
+    if not meta.get("retrieval") or meta.get("retrieval_layer") is None:
+        return ""
+    text = (f" Retrieval embeds a sentence as the mean-pooled hidden state "
+            f"{meta['retrieval_layer']} (0 = embeddings) of the phase-1 encoder")
+    if meta.get("retrieval_center"):
+        text += (", centred per language (each language's mean embedding subtracted, "
+                 "Libovický et al., 2020; XTREME does not centre)")
+    return text + "."
+
+
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -248,7 +260,7 @@ def build_report(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]
            f"unweighted mean over its languages; score = mean over tasks. The *{CHANCE}* row "
            f"is the chance level: a predictor that ignores its input (majority English-train "
            f"label or tag, a random context word for QA, 1/N for Tatoeba-style retrieval, no "
-           f"pairs for BUCC-style mining).", ""]
+           f"pairs for BUCC-style mining).{_retrieval_recipe(meta)}", ""]
     csvs["xtreme_table.csv"] = _csv(
         ["config", "task", "mean", "std"],
         [[c, t, f"{table[c][t][0]:.4f}", f"{table[c][t][1]:.4f}"]
