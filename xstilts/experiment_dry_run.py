@@ -5,7 +5,8 @@ from the registry (mixture rates with one made-up size per task), models and opt
 are ``jax.eval_shape``d onto the partitioner's mesh (fake CPU devices in tests), and each
 distinct train step (task kind, labels, batch, length) is lowered ahead of time with
 ``jit(...).lower`` on abstract, sharded inputs, which checks shapes, shardings and the loss for
-the paper-scale model without running it.
+the paper-scale model without running it. A phase-1 mixture of task kinds (``all9``, ``+mlm``)
+lowers each head's step of the multi-task model (the shared state holds every head).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class StepShape:
     batch_size: int
     length: int
     num_choices: int = 1
+    head: str | None = None  # multi-task: this step's head of ``heads`` ((name, kind, labels))
+    heads: tuple[tuple[str, str, int], ...] = ()
 
     def batch(self, partitioner: partitioning.Partitioner) -> dict[str, jax.ShapeDtypeStruct]:
         b, n = self.batch_size, self.length
@@ -62,7 +65,8 @@ class DryRunResult:
                  f"{len(self.steps)} train steps lowered"]
         for shape, info in self.steps.items():
             lines.append(f"  {shape.kind}({shape.num_labels}) batch {shape.batch_size} x "
-                         f"{shape.length}{f' x {shape.num_choices} choices' if shape.num_choices > 1 else ''}: "  # noqa: E501
+                         f"{shape.length}{f' x {shape.num_choices} choices' if shape.num_choices > 1 else ''}"  # noqa: E501
+                         f"{f' (head {shape.head} of {len(shape.heads)})' if shape.heads else ''}: "
                          f"{info['params']:,} params, loss {info['loss_shape']}, lowered in "
                          f"{info['seconds']:.1f} s; used by {', '.join(sorted(info['used_by']))}")
         lines += [f"  note: {n}" for n in self.notes]
@@ -95,14 +99,24 @@ def _phase_shapes(grid: Grid) -> tuple[list[tuple[str, StepShape]], list[str], l
             continue
         members = tasks.mixture_tasks(mixture)
         names += members
-        kinds = set()
-        for name in members:
-            shape = spec_shape(tasks.get_task(name), grid.intermediate_phase)
-            kinds.add((shape.kind, shape.num_labels))
-            used.append((f"phase1 {config}", shape))
-        if len(kinds) > 1:
-            notes.append(f"phase 1 {config} ({mixture}) mixes {sorted(kinds)}: needs a "
-                         f"multi-head trainer (each head's step is lowered here)")
+        shapes = [spec_shape(tasks.get_task(name), grid.intermediate_phase) for name in members]
+        if len({(s.kind, s.num_labels) for s in shapes}) == 1:
+            used += [(f"phase1 {config}", shape) for shape in shapes]
+            continue
+        # Multi-head (experiment.mixture_heads): one head per head group, each task at its own
+        # length capped by the phase's.
+        cap = grid.intermediate_phase.max_length
+        heads: dict[str, tuple[str, int]] = {}
+        for name, shape in zip(members, shapes, strict=True):
+            heads.setdefault(tasks.get_task(name).metadata["head"], (shape.kind, shape.num_labels))
+        spec_heads = tuple((h, k, n) for h, (k, n) in heads.items())
+        for name, shape in zip(members, shapes, strict=True):
+            spec = tasks.get_task(name)
+            used.append((f"phase1 {config}", dataclasses.replace(
+                shape, length=min(spec.max_length, cap) if cap else spec.max_length,
+                head=spec.metadata["head"], heads=spec_heads)))
+        notes.append(f"phase 1 {config} ({mixture}): multi-task, {len(heads)} heads "
+                     f"{sorted(heads)}")
     for target in grid.targets:
         target_tasks = tasks.tasks_for(target)
         names += [t.name for t in target_tasks]
@@ -143,14 +157,23 @@ def dry_run(grid: Grid, partitioner: partitioning.Partitioner | None = None,
             continue
         start = time.perf_counter()
         partitioner.check_batch_size(shape.batch_size)
-        model = train_lib.build_model(shape.kind, grid.model_config, num_labels=shape.num_labels,
-                                      use_pooler=False)
         tx, schedule = trainer_lib.make_optimizer(total_steps=1000)
-        trainer = trainer_lib.Trainer(model, trainer_lib.task_loss(shape.kind), tx, schedule,
-                                      partitioner)
         lead = (shape.batch_size, shape.num_choices, shape.length) \
             if shape.kind == "multiple_choice" else (shape.batch_size, shape.length)
-        state = trainer.abstract_state(lead)
+        if shape.heads:  # the all-heads state, this head's step (as train.train(heads=...))
+            from xstilts.models.heads import XLMRMultiTask
+
+            model = XLMRMultiTask(grid.model_config, shape.heads, use_pooler=False)
+            state = trainer_lib.Trainer(model, trainer_lib.task_loss(shape.kind), tx, schedule,
+                                        partitioner).abstract_state(lead[:1] + lead[-1:])
+            model = model.clone(task=shape.head)
+        else:
+            model = train_lib.build_model(shape.kind, grid.model_config,
+                                          num_labels=shape.num_labels, use_pooler=False)
+        trainer = trainer_lib.Trainer(model, trainer_lib.task_loss(shape.kind), tx, schedule,
+                                      partitioner)
+        if not shape.heads:
+            state = trainer.abstract_state(lead)
         batch = shape.batch(partitioner)
         lowered = trainer.partitioned_train_step(state, batch).lower(state, batch)
         new_state, step_metrics = lowered.out_info
