@@ -2,8 +2,9 @@
 
     python tests/experiment_worker.py '<json spec>'
 
-Spec keys: ``run_dir``, ``data_dir``, ``pretrained`` (a tiny Hugging Face checkpoint folder that
-also holds the tokenizer), ``vocab_size`` (the checkpoint's), ``devices`` (local CPU devices),
+Spec keys: ``run_dir``, ``data_dir``, ``devices`` (local CPU devices), either ``pretrained`` (a
+tiny Hugging Face checkpoint folder that also holds the tokenizer) with ``vocab_size`` (the
+checkpoint's) or ``from_scratch`` (the grid trains its SentencePiece model and runs phase-0 MLM),
 optional ``intermediate`` (config -> Mixture beside the baseline) and ``english_config``,
 ``out`` (a folder: this process writes ``process<k>.json`` there with the rows ``run()``
 returned, the report's markdown and every path the experiment/report modules wrote), optional
@@ -56,10 +57,15 @@ if spec.get("forbid_training"):
 
     train_lib.train = must_not_train
 
+if spec.get("from_scratch"):
+    start = {"spm_vocab_size": 300, "pretrain_mixture": "synthetic.mlm",
+             "pretrain": {"steps": 2, "batch_size": 8, "learning_rate": 1e-3, "max_length": 48,
+                          "save_every_steps": 2}}
+else:
+    start = {"pretrained": spec["pretrained"], "tokenizer_dir": spec["pretrained"]}
 grid = experiment.make_grid(
-    run_dir=spec["run_dir"], data_dir=spec["data_dir"], pretrained=spec["pretrained"],
-    tokenizer_dir=spec["pretrained"],
-    model_config=XLMRConfig.tiny(num_hidden_layers=1, vocab_size=spec["vocab_size"],
+    run_dir=spec["run_dir"], data_dir=spec["data_dir"], **start,
+    model_config=XLMRConfig.tiny(num_hidden_layers=1, vocab_size=spec.get("vocab_size", 300),
                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
     intermediate={"baseline": None, **spec.get("intermediate", {})},
     english_config=spec.get("english_config"), targets=["synthetic.paraphrase"],
