@@ -29,6 +29,19 @@ from xstilts.trainer import TrainState
 
 log = logging.getLogger(__name__)
 
+
+class _ReadOnlyNotices(logging.Filter):
+    """Drops Orbax's per-open warnings about read-only managers: we open checkpoints read-only
+    on purpose (evaluation, encoder restore) and a grid run would print them dozens of times."""
+
+    NOTICES = ("CheckpointManagerOptions.read_only=True", "Given directory is read only")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.NOTICES)
+
+
+logging.getLogger("absl").addFilter(_ReadOnlyNotices())
+
 ENCODER_KEY = "roberta"  # xstilts.models.heads.ENCODER_KEY
 PyTree = Any
 
