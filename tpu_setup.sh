@@ -3,8 +3,8 @@
 #
 #   ./tpu_setup.sh --tpu NAME --zone ZONE [--project P] [--accelerator v4-32] [--create]
 #                  [--data-dir DIR] [--weights HUB_ID] [--skip-install] [--skip-data]
-#                  [--repo GIT_URL] [--run train|experiment|none] [--run-dir DIR] [--dry-run]
-#                  [-- ARGS...]
+#                  [--repo GIT_URL] [--run train|experiment|none] [--run-dir DIR]
+#                  [--bucket GCS_BUCKET] [--dry-run] [-- ARGS...]
 #   ./tpu_setup.sh --local [...]       # on the TPU VM itself, single host, no gcloud
 #
 # Steps, each on every worker (gcloud ... ssh --worker=all): copy this checkout (git archive of
@@ -13,7 +13,9 @@
 # on all hosts at once. On a pod slice JAX finds its peers by itself (jax.distributed on TPU
 # needs no coordinator flags). Everything after `--` is passed to the launched module, e.g.
 #   -- --gin_file=xstilts/gin/models/xlmr_large.gin --gin_file=xstilts/gin/runs/finetune.gin
-# --dry-run prints every command instead of running it.
+# A pod writes one run directory from every host (Orbax saves each host's shards, the chief the
+# tables): --bucket mounts gs://GCS_BUCKET with gcsfuse at the same path on every worker and puts
+# --run-dir there; pass that path as the run's RUN_DIR. --dry-run prints every command.
 set -euo pipefail
 
 JAX_VERSION="0.10.2"
@@ -22,7 +24,7 @@ SOURCE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 tpu="" zone="" project="" accelerator="v4-8" runtime="tpu-ubuntu2204-base"
 create=0 local_mode=0 dry_run=0 skip_install=0 skip_data=0
 data_dir="\$HOME/xstilts_data" weights="FacebookAI/xlm-roberta-large"
-run="train" run_dir="\$HOME/xstilts_runs/run" repo=""
+run="train" run_dir="\$HOME/xstilts_runs/run" repo="" bucket="" mount="\$HOME/xstilts_bucket"
 run_args=()
 
 usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
@@ -40,6 +42,7 @@ while (($#)); do
     --run) run="${2:?--run needs a value}"; shift 2 ;;
     --run-dir) run_dir="${2:?--run-dir needs a value}"; shift 2 ;;
     --repo) repo="${2:?--repo needs a value}"; shift 2 ;;
+    --bucket) bucket="${2:?--bucket needs a value}"; bucket="${bucket#gs://}"; shift 2 ;;
     --create) create=1; shift ;;
     --local) local_mode=1; shift ;;
     --dry-run) dry_run=1; shift ;;
@@ -122,6 +125,20 @@ if ((!skip_data)); then
   on_all_workers "set -e; . \$HOME/xstilts_venv/bin/activate; cd \$HOME/xstilts; \
 python -m xstilts.data.prepare --data_dir $data_dir; \
 python -c 'from xstilts.models.convert import resolve_checkpoint_dir as r; print(r(\"$weights\"))'"
+fi
+
+if [[ -n "$bucket" ]]; then
+  # gcsfuse from Google's apt repository; --rename-dir-limit lets Orbax rename its temporary
+  # checkpoint directories into place (gcsfuse refuses directory renames by default).
+  on_all_workers "set -e; if ! command -v gcsfuse >/dev/null; then \
+echo \"deb [signed-by=/usr/share/keyrings/cloud.google.asc] https://packages.cloud.google.com/apt gcsfuse-\$(lsb_release -cs) main\" | sudo tee /etc/apt/sources.list.d/gcsfuse.list >/dev/null; \
+curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null; \
+sudo apt-get update -qq && sudo apt-get install -y -qq gcsfuse; fi; \
+mkdir -p $mount; mountpoint -q $mount || gcsfuse --implicit-dirs --rename-dir-limit=1000000 $bucket $mount"
+  [[ "$run_dir" == "\$HOME/xstilts_runs/run" ]] && run_dir="$mount/run"
+elif ((workers > 1)) && [[ "$run" != none ]]; then
+  echo "tpu_setup: warning: $workers hosts but no --bucket: RUN_DIR must be on a filesystem" \
+    "every host shares (Orbax writes each host's shards into it)" >&2
 fi
 
 if [[ "$run" != none ]]; then

@@ -38,6 +38,18 @@ def test_dry_run_v4_32_pod_slice_plans_every_worker():
     assert "jax[tpu]==0.10.2" in ssh[1]
     assert "xstilts.data.prepare" in ssh[2] and "FacebookAI/xlm-roberta-large" in ssh[2]
     assert "python -m xstilts.train --gin_file=a.gin --gin.X=1" in ssh[3]
+    # Four hosts without a shared run directory: warned.
+    assert "4 hosts but no --bucket" in out.stderr
+
+
+def test_bucket_is_mounted_on_every_worker_before_the_run():
+    out = _dry_run("--tpu", "xs", "--zone", "z", "--accelerator", "v4-32", "--skip-install",
+                   "--skip-data", "--bucket", "gs://my-bucket", "--run", "experiment")
+    assert out.returncode == 0 and "no --bucket" not in out.stderr
+    mount, run = [line for line in out.stdout.splitlines() if line.startswith("+ ")]
+    assert "--worker=all" in mount and "gcsfuse --implicit-dirs --rename-dir-limit" in mount
+    assert "my-bucket $HOME/xstilts_bucket" in mount  # gs:// prefix stripped
+    assert "mkdir -p $HOME/xstilts_bucket/run" in run and "python -m xstilts.experiment" in run
 
 
 @pytest.mark.parametrize("accelerator,workers", [("v4-8", 1), ("v4-32", 4), ("v5litepod-16", 4),
