@@ -93,97 +93,126 @@ def test_head_names_are_checked():
 
 
 # train(heads=...) ---------------------------------------------------------------------------
-TRAIN_HEADS = {"cls": ("classification", 3), "qa": ("qa", 2), "tag": ("tagging", 4)}
-LENGTHS = {"cls": 16, "qa": 24}
-LR, WD, STEPS = 3e-3, 0.1, 6
+# The heads, shapes and optimizer of the grid test's phase 1 below (synthetic.intermediate.all.en
+# +mlm, batch 8, length 48, lr 1e-3, 6 steps): the jitted steps compile once for both tests
+# (XLA:CPU takes 10-30 s per compile on 2 cores; the persistent compilation cache shares them).
+TRAIN_HEADS = {"synthetic.nli": ("classification", 3), "synthetic.qa": ("qa", 2),
+               "synthetic.mlm": ("mlm", 2)}
+TASK_HEADS = {"nli.en": "synthetic.nli", "mlm.xa": "synthetic.mlm", "qa.en": "synthetic.qa"}
+LR, WD, WARMUP, STEPS, LENGTH = 1e-3, 0.01, 0.1, 6, 48
 
 
 def _task_at(index: int) -> str:
-    return "qa" if index % 3 == 2 else "cls"  # cls cls qa cls cls qa; "tag" is never drawn
+    return "mlm.xa" if index % 3 == 2 else "nli.en"  # qa.en is never drawn
 
 
-def _multitask_batches(*, shard_index, num_shards, batch_size, start_batch):
+def _batch(task: str, index: int, seed: int, **kwargs) -> dict[str, np.ndarray]:
+    kind = TRAIN_HEADS[TASK_HEADS[task]][0]
+    return next(train.synthetic_batches(**{**kwargs, "start_batch": index}, task_type=kind,
+                                        length=LENGTH, num_labels=3, seed=seed))
+
+
+def _multitask_batches(*, start_batch, **kwargs):
     index = start_batch
     while True:
-        task = _task_at(index)
-        batch = next(train.synthetic_batches(
-            shard_index=shard_index, num_shards=num_shards, batch_size=batch_size,
-            start_batch=index, task_type={"cls": "classification"}.get(task, task),
-            length=LENGTHS[task], num_labels=3, seed=3))
-        yield task, batch
+        yield _task_at(index), _batch(_task_at(index), index, 3, **kwargs)
         index += 1
 
 
-def _run(model_dir, *, stop_at_step=None, train_batches=_multitask_batches):
+def _eval_batches(*, start_batch, **kwargs):
+    """Batch 0 of nli (8 real examples), then batch 1 of mlm (its last example is padding)."""
+    for index, task in enumerate(("nli.en", "mlm.xa")):
+        yield task, _batch(task, index, 4, **kwargs)
+
+
+def _run(model_dir, *, stop_at_step=None, train_batches=_multitask_batches, eval_batches=None):
     optimizer = functools.partial(trainer.make_optimizer, learning_rate=LR, weight_decay=WD,
-                                  warmup_fraction=0.0)
+                                  warmup_fraction=WARMUP)
     return train.train(
         model_dir=str(model_dir), model_config=CONFIG, total_steps=STEPS, batch_size=8,
-        train_batches=train_batches, heads=TRAIN_HEADS, use_pooler=False,
+        train_batches=train_batches, heads=TRAIN_HEADS, task_heads=TASK_HEADS, use_pooler=False,
         partitioner=make_partitioner({"data": 1}), optimizer=optimizer,
-        checkpoint=checkpoints.CheckpointConfig(save_every_steps=3, keep=1, async_save=False),
+        checkpoint=checkpoints.CheckpointConfig(
+            save_every_steps=3, keep=1, async_save=False,
+            best_metric="eval/accuracy" if eval_batches else None),
+        eval_batches=eval_batches, eval_every_steps=3 if eval_batches else 0,
         seed=0, log_every_steps=2, stop_at_step=stop_at_step, progress=False)
 
 
-def _initial_params(model_dir) -> dict[str, np.ndarray]:
-    """The params ``train`` starts from (seed 0), via its own init path (a 0-step-run stand-in)."""
+def _initial_params() -> dict[str, np.ndarray]:
+    """The params ``train`` starts from (seed 0), by its own init path."""
     model = heads.XLMRMultiTask(CONFIG, train.head_spec(TRAIN_HEADS), use_pooler=False)
     tx, schedule = trainer.make_optimizer(total_steps=STEPS)
     t = trainer.Trainer(model, trainer.task_loss("classification"), tx, schedule,
                         make_partitioner({"data": 1}))
-    return _flat(t.init_state(jax.random.PRNGKey(0), (8, 16)).params)
+    return _flat(t.init_state(jax.random.PRNGKey(0), (8, LENGTH)).params)
 
 
 def test_multitask_train_heads_resume_and_log(tmp_path):
     straight = _run(tmp_path / "straight")
-    first = _initial_params(tmp_path)
+    first = _initial_params()
     last = _flat(straight.state.params)
-    assert set(first) == set(last) and any(k.startswith("tag/") for k in first)
+    assert set(first) == set(last)
+    assert {k.split("/")[0] for k in first} == {"roberta", "synthetic_nli", "synthetic_qa",
+                                                "synthetic_mlm"}
 
-    # Every step trained the task the data named, and the log says which.
+    # Every step trained the task the data named, and the log says which (and its head).
     records = [json.loads(line) for line in
                (tmp_path / "straight" / "train_metrics.jsonl").read_text().splitlines()]
     assert [r["task"] for r in records] == [_task_at(i) for i in range(STEPS)]
-    assert [r["head"] for r in records] == [r["task"] for r in records]
+    assert [r["head"] for r in records] == [TASK_HEADS[r["task"]] for r in records]
     assert all(np.isfinite(r["loss"]) for r in records)
 
     # The drawn heads and the encoder moved; the never-drawn head got zero gradients, so AdamW's
     # moments stay 0 and only decoupled weight decay moves it: p <- p (1 - lr_t * wd) per step on
     # decayed leaves (not biases/LayerNorm), nothing at all on the others.
-    for prefix in ("cls/", "qa/", "roberta/encoder/"):
+    for prefix in ("synthetic_nli/", "synthetic_mlm/", "roberta/encoder/"):
         assert any(not np.allclose(first[k], last[k]) for k in first if k.startswith(prefix))
     decayed = _flat(trainer.decay_mask(jax.tree.map(np.zeros_like, straight.state.params)))
-    tag = [k for k in first if k.startswith("tag/")]
+    undrawn = [k for k in first if k.startswith("synthetic_qa/")]
+    assert {bool(decayed[k]) for k in undrawn} == {True, False}
     schedule = trainer.linear_warmup_decay(learning_rate=LR, total_steps=STEPS,
-                                           warmup_fraction=0.0)
-    assert {bool(decayed[k]) for k in tag} == {True, False}
-    for k in tag:
-        expected = first[k].copy()
-        if decayed[k]:
-            for step in range(STEPS):  # linear decay from LR to 0 (no warm-up)
-                lr = np.float32(schedule(step))
-                expected = expected - lr * (np.float32(WD) * expected)
-        np.testing.assert_allclose(last[k], expected, rtol=1e-6, atol=1e-7, err_msg=k)
+                                           warmup_fraction=WARMUP)
+    for k in undrawn:
         if not decayed[k]:
-            np.testing.assert_array_equal(last[k], first[k])
+            np.testing.assert_array_equal(last[k], first[k], err_msg=k)
+            continue
+        expected = first[k].copy()
+        for step in range(STEPS):
+            expected = expected - np.float32(schedule(step)) * (np.float32(WD) * expected)
+        np.testing.assert_allclose(last[k], expected, rtol=1e-6, atol=1e-9, err_msg=k)
+        assert not np.allclose(last[k], first[k], rtol=1e-5, atol=0), k  # it did decay
 
-    # Stopped at step 3 and resumed = the straight run (data position and RNG restored).
-    stopped = _run(tmp_path / "resumed", stop_at_step=3)
+    # Stopped at step 3 and resumed = the straight run (data position and RNG restored);
+    # evaluating on the way (steps 3 and 6) changes nothing.
+    stopped = _run(tmp_path / "resumed", stop_at_step=3, eval_batches=_eval_batches)
     assert stopped.step == 3
-    resumed = _run(tmp_path / "resumed")
+    resumed = _run(tmp_path / "resumed", eval_batches=_eval_batches)
     assert resumed.step == STEPS and [h["task"] for h in resumed.history] == \
         [_task_at(i) for i in range(3, STEPS)]
     again = _flat(resumed.state.params)
     for k in last:
         np.testing.assert_allclose(again[k], last[k], rtol=1e-6, atol=1e-7, err_msg=k)
 
+    # Evaluation per head (padding examples excluded) and the unweighted mean over heads.
+    ckpt = checkpoints.Checkpointer(tmp_path / "resumed" / "checkpoints", read_only=True)
+    scores = ckpt.manager.metrics(STEPS)
+    ckpt.manager.close()
+    assert scores["eval/synthetic.nli/weight"] == 8  # examples
+    mlm_eval = _batch("mlm.xa", 1, 4, shard_index=0, num_shards=1, batch_size=8)
+    assert scores["eval/synthetic.mlm/weight"] == (mlm_eval["label_mask"][:7]).sum()  # tokens
+    assert "eval/synthetic.qa/loss" not in scores
+    for metric in ("loss", "accuracy"):
+        assert scores[f"eval/{metric}"] == pytest.approx(
+            (scores[f"eval/synthetic.nli/{metric}"] + scores[f"eval/synthetic.mlm/{metric}"]) / 2)
+
 
 def test_multitask_batches_must_name_a_known_task(tmp_path):
     def unknown(**kwargs):
-        yield "ner", next(train.synthetic_batches(**kwargs, task_type="tagging"))
+        yield "ner.en", next(train.synthetic_batches(**kwargs, task_type="tagging"))
 
-    with pytest.raises(ValueError, match=r"train batch 0: task 'ner' has no head: heads "
-                                         r"\['cls', 'qa', 'tag'\]"):
+    with pytest.raises(ValueError, match=r"train batch 0: task 'ner.en' has no head: heads "
+                                         r"\['synthetic.mlm', 'synthetic.nli', 'synthetic.qa'\]"):
         _run(tmp_path, train_batches=unknown)
 
 
@@ -211,10 +240,10 @@ def test_mixture_heads_group_tasks_by_head():
 
 
 def test_grid_with_a_multi_head_intermediate_mixture(tmp_path, data_dir):  # noqa: F811
-    """Phase 1 on NLI + MLM (two heads), then phase 2 from its encoder, as ``run()`` calls
+    """Phase 1 on NLI + QA + MLM (three heads), then phase 2 from its encoder, as ``run()`` calls
     them (the baseline's cells are the single-head path that test_experiment.py covers)."""
-    mixture = "synthetic.intermediate.nli.en+mlm"
-    grid = _grid(tmp_path, data_dir, intermediate={"baseline": None, "nli_mlm": mixture},
+    mixture = "synthetic.intermediate.all.en+mlm"
+    grid = _grid(tmp_path, data_dir, intermediate={"baseline": None, "all_mlm": mixture},
                  retrieval=[], pretrain=None,
                  intermediate_phase={"steps": 6, "batch_size": 8, "learning_rate": 1e-3,
                                      "max_length": 48, "save_every_steps": 6},
@@ -222,23 +251,24 @@ def test_grid_with_a_multi_head_intermediate_mixture(tmp_path, data_dir):  # noq
                            "max_length": 48, "save_every_steps": 2})
     run = experiment.Experiment(grid, make_partitioner({"data": 1}))
     run.prepare_tokenizer()
-    encoder = run.phase1("nli_mlm", 0, None)
+    encoder = run.phase1("all_mlm", 0, None)
 
-    phase1 = tmp_path / "phase1" / "nli_mlm" / "seed0"
+    phase1 = tmp_path / "phase1" / "all_mlm" / "seed0"
     assert encoder == str(phase1 / "checkpoints") and (phase1 / "DONE").is_file()
     records = [json.loads(line) for line in
                (phase1 / "train_metrics.jsonl").read_text().splitlines()]
     drawn = [r["task"] for r in records]
     assert len(drawn) == 6 and set(drawn) <= set(tasks.mixture_tasks(mixture))
-    assert {r["head"] for r in records} == {"synthetic.nli", "synthetic.mlm"}  # both trained
+    assert {r["head"] for r in records} == {"synthetic.nli", "synthetic.qa", "synthetic.mlm"}
     ckpt = checkpoints.Checkpointer(encoder, read_only=True)
     shapes = ckpt.metadata()["param_shapes"]
     ckpt.manager.close()
-    assert {k.split("/")[0] for k in shapes} == {"roberta", "synthetic_nli", "synthetic_mlm"}
+    assert {k.split("/")[0] for k in shapes} == {"roberta", "synthetic_nli", "synthetic_qa",
+                                                 "synthetic_mlm"}
     assert shapes["synthetic_nli/classifier/out_proj/kernel"] == [64, 3]
 
     # Phase 2 fine-tunes a fresh head on that encoder and scores every language.
-    rows = run.phase2("nli_mlm", "synthetic.paraphrase.en", ["synthetic.paraphrase"], 0, encoder)
+    rows = run.phase2("all_mlm", "synthetic.paraphrase.en", ["synthetic.paraphrase"], 0, encoder)
     got = {r["language"] for r in rows if r["metric"] == "accuracy"}
     assert got == {"en", "xa", "xb", "xc", "xd"}
-    assert all(r["config"] == "nli_mlm" and 0.0 <= r["value"] <= 100.0 for r in rows)
+    assert all(r["config"] == "all_mlm" and 0.0 <= r["value"] <= 100.0 for r in rows)
