@@ -272,3 +272,23 @@ def test_grid_with_a_multi_head_intermediate_mixture(tmp_path, data_dir):  # noq
     got = {r["language"] for r in rows if r["metric"] == "accuracy"}
     assert got == {"en", "xa", "xb", "xc", "xd"}
     assert all(r["config"] == "all_mlm" and 0.0 <= r["value"] <= 100.0 for r in rows)
+
+
+def test_dry_run_lowers_each_head_of_a_multi_head_mixture(tmp_path):
+    grid = _grid(tmp_path, tmp_path, intermediate={"baseline": None,
+                                                   "all": "synthetic.intermediate.all.en"},
+                 retrieval=[], pretrain=None)
+    from xstilts import experiment_dry_run
+
+    result = experiment_dry_run.dry_run(grid, make_partitioner({"data": 1}))
+    multi = {s.head: (s, info) for s, info in result.steps.items() if s.heads}
+    assert set(multi) == {"synthetic.nli", "synthetic.qa"}
+    shape, info = multi["synthetic.qa"]
+    assert (shape.kind, shape.length, shape.heads) == (
+        "qa", 48, (("synthetic.nli", "classification", 3), ("synthetic.qa", "qa", 2)))
+    # The shared state holds the encoder and both heads: classifier dense + out_proj, qa_outputs.
+    h = CONFIG.hidden_size
+    single = {s.kind: i for s, i in result.steps.items() if not s.heads}["classification"]
+    encoder = single["params"] - (h * h + h + h * 2 + 2)  # phase 2: paraphrase, 2 labels
+    assert info["params"] == encoder + (h * h + h + h * 3 + 3) + (h * 2 + 2)
+    assert info["used_by"] == {"phase1 all"} and info["loss_shape"] == ()
