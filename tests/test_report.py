@@ -171,6 +171,16 @@ def test_report_files_and_chance_check(tmp_path):
     assert tiers[0].startswith("level,name,english_mean")
     assert any(line.startswith("language,xd,") for line in tiers)
     assert not list(out.glob(".*tmp*"))
+    assert "Retrieval embeds" not in text  # no retrieval task: no recipe sentence
+
+
+def test_report_states_the_retrieval_recipe():
+    meta = {**_meta(), "retrieval": ["tatoeba"], "retrieval_layer": 14}
+    assert report._retrieval_recipe(meta).startswith(  # noqa: SLF001
+        " Retrieval embeds a sentence as the mean-pooled hidden state 14 (0 = embeddings)")
+    assert "centred" not in report._retrieval_recipe(meta)  # noqa: SLF001
+    assert "centred per language" in report._retrieval_recipe(  # noqa: SLF001
+        {**meta, "retrieval_center": True})
 
 
 def test_report_errors_name_the_file(tmp_path):

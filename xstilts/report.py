@@ -193,7 +193,8 @@ def _retrieval_recipe(meta: Mapping[str, Any]) -> str:
     if not meta.get("retrieval") or meta.get("retrieval_layer") is None:
         return ""
     text = (f" Retrieval embeds a sentence as the mean-pooled hidden state "
-            f"{meta['retrieval_layer']} (0 = embeddings) of the phase-1 encoder")
+            f"{meta['retrieval_layer']} (0 = embeddings) of the encoder after phase 1 (for the "
+            f"baseline: after phase 0, or the pretrained checkpoint)")
     if meta.get("retrieval_center"):
         text += (", centred per language (each language's mean embedding subtracted, "
                  "Libovický et al., 2020; XTREME does not centre)")
