@@ -174,3 +174,23 @@ def test_ccg_open_tag_set_from_train_split(tmp_path, shared_data):
     (dev,) = PL.task_features("ccg.en", "dev", tok, data_dir=tmp_path, max_length=32)
     tags = [labels[i] for i in dev["labels"][dev["label_mask"] == 1]]
     assert tags == ["N", PL.UNKNOWN_TAG]
+
+
+def test_mixture_epoch_size_caps_and_lets_mlm_add_steps():
+    big = 250_000  # every task above the all9 cap
+    all9 = T.mixture_tasks("intermediate.all9.en")
+    assert T.mixture_epoch_size("intermediate.all9.en", lambda t: big) == \
+        T.ALL9_CAP * len(all9)
+    sizes = {t: 1_000 * (i + 1) for i, t in enumerate(all9)}  # all under the cap: plain sum
+    assert T.mixture_epoch_size("intermediate.all9.en", sizes) == sum(sizes.values())
+    # MLM mixed in takes MLM_SHARE of the draws: the epoch over MNLI is 1 / (1 - 0.2) longer,
+    # however much MLM text there is.
+    for mlm_size in (10, 10**7):
+        size = T.mixture_epoch_size(
+            "intermediate.mnli.en+mlm", lambda t, m=mlm_size: m if t.startswith("mlm.") else 800)
+        assert size == pytest.approx(800 / (1 - T.MLM_SHARE))
+    # Uncapped temperature mixture: every example; pure MLM: all of its text.
+    multi = T.mixture_tasks("intermediate.mnli.multilingual")
+    assert T.mixture_epoch_size("intermediate.mnli.multilingual", lambda t: 7) == 7 * len(multi)
+    langs = T.mixture_tasks("synthetic.mlm")
+    assert T.mixture_epoch_size("synthetic.mlm", lambda t: 5) == 5 * len(langs)

@@ -182,9 +182,10 @@ def test_paper_scale_dry_run(clean_gin):
     for target in ("bucc2018", "tatoeba"):
         assert {f"{target}.{lang}" for lang in xtreme_score.TASK2LANGS[target]} <= \
             set(result.tasks)
-    assert set(result.mixtures) == {f"intermediate.{t}.en" for t in tasks.INTERMEDIATE_TASKS}
+    assert set(result.mixtures) == {f"intermediate.{t}.en" for t in tasks.INTERMEDIATE_TASKS} \
+        | {"intermediate.all9.en", "intermediate.all9.en+mlm"}
     shapes = {(s.kind, s.num_labels, s.batch_size, s.length, s.num_choices): info
-              for s, info in result.steps.items()}
+              for s, info in result.steps.items() if not s.heads}
     assert set(shapes) == {
         ("classification", 3, 32, 256, 1), ("classification", 2, 32, 256, 1),
         ("qa", 2, 32, 384, 1), ("qa", 2, 16, 384, 1), ("multiple_choice", 2, 32, 256, 4),
@@ -196,13 +197,31 @@ def test_paper_scale_dry_run(clean_gin):
         559_890_432 + 1024 * 1024 + 1024 + 1024 * 3 + 3
     assert shapes["qa", 2, 16, 384, 1]["used_by"] == {"phase2 xquad", "phase2 mlqa",
                                                       "phase2 tydiqa"}
-    assert all(info["loss_shape"] == () for info in shapes.values())
+    assert all(info["loss_shape"] == () for info in result.steps.values())
     assert any("ccg.en" in note for note in result.notes)
+    # all9: one multi-task state, one lowered step per head (MNLI and ANLI+ share the NLI head);
+    # +mlm adds the tied MLM head: dense 1024x1024 + bias, LayerNorm, output bias 250,002.
+    multi_head = {}
+    for step, info in result.steps.items():
+        if step.heads:
+            (config,) = info["used_by"]
+            multi_head.setdefault(config, {})[step.head] = (step.kind, step.length, info["params"])
+    all9 = {"nli", "qqp", "span_qa", "span_qa_v2", "hellaswag", "cosmosqa", "commonsenseqa",
+            "ccg"}
+    assert set(multi_head) == {"phase1 all9.en", "phase1 all9.en+mlm"}
+    assert set(multi_head["phase1 all9.en"]) == all9
+    assert set(multi_head["phase1 all9.en+mlm"]) == all9 | {"mlm"}
+    assert multi_head["phase1 all9.en"]["span_qa"][:2] == ("qa", 384)
+    params = {config: {p for *_, p in heads.values()} for config, heads in multi_head.items()}
+    assert len(params["phase1 all9.en"]) == len(params["phase1 all9.en+mlm"]) == 1
+    assert params["phase1 all9.en+mlm"].pop() - params["phase1 all9.en"].pop() == \
+        1024 * 1024 + 1024 + 2 * 1024 + 250_002
 
     gin.clear_config()
     _parse("experiments/xstilts_large_multilingual.gin")
     multi = train_lib._configured(experiment.run_experiment)(dry_run=True, lowered=lowered)
     assert "intermediate.mnli.multilingual" in multi.mixtures
+    assert "intermediate.all9.multilingual" in multi.mixtures
     rates = multi.mixtures["intermediate.mnli.multilingual"]
     assert set(rates) == {"mnli.en", *(f"mnli.{x}" for x in tasks.XNLI_TRANSLATE_TRAIN)}
     assert sum(rates.values()) == pytest.approx(1.0)

@@ -104,7 +104,7 @@ class Phase:
                              f"{[f.name for f in dataclasses.fields(cls)]}")
         return cls(**value)
 
-    def num_steps(self, num_features: int, task_epochs: float | None, where: str) -> int:
+    def num_steps(self, num_features: float, task_epochs: float | None, where: str) -> int:
         if self.steps is not None:
             return int(self.steps)
         epochs = self.epochs if self.epochs is not None else task_epochs
@@ -493,8 +493,9 @@ class Experiment:
             if kind == "tagging" and not num_labels:  # open tag set (CCG): from the data
                 num_labels = data_num_labels(tasks.get_task(names[0]), self.grid.data_dir)
             length = phase.max_length or task_length
-            sizes = sum(len(self.features(t, "train", length)) for t in names)
-            steps = phase.num_steps(sizes, tasks.get_task(names[0]).epochs, f"phase 1 {config}")
+            epoch = tasks.mixture_epoch_size(
+                mixture, lambda t: len(self.features(t, "train", length)))
+            steps = phase.num_steps(epoch, tasks.get_task(names[0]).epochs, f"phase 1 {config}")
             self._train(model_dir, phase=phase, task_type=kind, num_labels=num_labels,
                         train_batches=factory(self._mixture_batcher(mixture, length, seed)),
                         total_steps=steps, seed=seed, init_encoder_from=start_from)
@@ -502,8 +503,9 @@ class Experiment:
             heads, task_heads = mixture_heads(mixture, self.grid.data_dir)
             lengths = {t: min(tasks.get_task(t).max_length, phase.max_length or math.inf)
                        for t in names}
-            sizes = sum(len(self.features(t, "train", lengths[t])) for t in names)
-            steps = phase.num_steps(sizes, tasks.get_task(names[0]).epochs, f"phase 1 {config}")
+            epoch = tasks.mixture_epoch_size(
+                mixture, lambda t: len(self.features(t, "train", lengths[t])))
+            steps = phase.num_steps(epoch, tasks.get_task(names[0]).epochs, f"phase 1 {config}")
             log.info("phase 1 %s: %d heads %s", config, len(heads), heads)
             self._train(model_dir, phase=phase, task_type="multitask", num_labels=0,
                         train_batches=factory(self._multitask_batcher(mixture, lengths, seed),

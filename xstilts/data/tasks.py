@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -761,6 +762,32 @@ def mixture_rates(
         for task, p in mixture_rates(sub, size_of, split).items():
             rates[task] = rates.get(task, 0.0) + share * p
     return rates
+
+
+def mixture_epoch_size(
+    name: str, sizes: Mapping[str, int] | Callable[[str], int]
+) -> float:
+    """Examples drawn in one epoch of mixture ``name``: S / f, where S counts its supervised
+    (non-MLM) training examples, each task capped at its mixture's ``cap`` (jiant's
+    ``train_examples_cap``), and f is the share of draws that go to them. So epochs are passes
+    over the capped supervised data, and MLM mixed in (``+mlm``) adds steps rather than taking
+    them away. A mixture of MLM text only: all of its examples."""
+    size_of = sizes if callable(sizes) else sizes.__getitem__
+
+    def supervised(mixture: str) -> tuple[float, float]:  # (S, f)
+        spec = get_mixture(mixture)
+        own = [t for t in spec.tasks if get_task(t).kind != "mlm"]
+        count = float(sum(min(int(size_of(t)), spec.cap or math.inf) for t in own))
+        share = 1.0 - sum(s for _, s in spec.submixtures) if own else 0.0
+        for sub, sub_share in spec.submixtures:
+            sub_count, sub_fraction = supervised(sub)
+            count, share = count + sub_count, share + sub_share * sub_fraction
+        return count, share
+
+    count, fraction = supervised(name)
+    if fraction == 0:
+        return float(sum(int(size_of(t)) for t in mixture_tasks(name)))
+    return count / fraction
 
 
 def mixture_tasks(name: str) -> list[str]:
