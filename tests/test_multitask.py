@@ -127,7 +127,8 @@ def _eval_batches(*, start_batch, **kwargs):
         yield task, _batch(task, index, 4, **kwargs)
 
 
-def _run(model_dir, *, stop_at_step=None, train_batches=_multitask_batches, eval_batches=None):
+def _run(model_dir, *, stop_at_step=None, train_batches=_multitask_batches, eval_batches=None,
+         num_microbatches=1):
     optimizer = functools.partial(trainer.make_optimizer, learning_rate=LR, weight_decay=WD,
                                   warmup_fraction=WARMUP)
     return train.train(
@@ -138,7 +139,8 @@ def _run(model_dir, *, stop_at_step=None, train_batches=_multitask_batches, eval
             save_every_steps=3, keep=1, async_save=False,
             best_metric="eval/accuracy" if eval_batches else None),
         eval_batches=eval_batches, eval_every_steps=3 if eval_batches else 0,
-        seed=0, log_every_steps=2, stop_at_step=stop_at_step, progress=False)
+        seed=0, log_every_steps=2, stop_at_step=stop_at_step, progress=False,
+        num_microbatches=num_microbatches)
 
 
 def _initial_params() -> dict[str, np.ndarray]:
@@ -211,6 +213,20 @@ def test_multitask_train_heads_resume_and_log(tmp_path):
     for metric in ("loss", "accuracy"):
         assert scores[f"eval/{metric}"] == pytest.approx(
             (scores[f"eval/synthetic.nli/{metric}"] + scores[f"eval/synthetic.mlm/{metric}"]) / 2)
+
+
+def test_multitask_microbatches_give_the_full_batch_steps(tmp_path):
+    """Each head's step accumulates its microbatches (loss and weight summed) like one batch:
+    4 x 2 rows per step end where 1 x 8 rows do, for both heads (the MLM batches hold different
+    numbers of masked tokens per microbatch; dropout is off)."""
+    full = _run(tmp_path / "full")
+    micro = _run(tmp_path / "micro", num_microbatches=4)
+    np.testing.assert_allclose([h["loss"] for h in micro.history],
+                               [h["loss"] for h in full.history], rtol=1e-5)
+    assert [h["task"] for h in micro.history] == list(SCHEDULE)
+    a, b = _flat(micro.state.params), _flat(full.state.params)
+    for k in b:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-6, err_msg=k)
 
 
 def test_multitask_batches_must_name_a_known_task(tmp_path):
