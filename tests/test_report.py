@@ -174,6 +174,49 @@ def test_report_files_and_chance_check(tmp_path):
     assert "Retrieval embeds" not in text  # no retrieval task: no recipe sentence
 
 
+def test_report_compares_every_pair_and_sums_them_up(tmp_path):
+    rows = _hand_table()
+    rows += [_row("base", r["task"], r["language"], r["value"] - 3, r["seed"])
+             for r in rows if r["config"] == "en"]
+    meta = {**_meta(), "more_comparisons": [["en", "base"], ["en", "ml"], ["en", "nope"]]}
+    text, csvs, pngs = report.build_report(rows, meta)
+    # The first pair keeps tiers.csv / tiers.png; the repeated pair and the unknown config are
+    # dropped; the extra pair gets its own section and files.
+    assert text.count("## English-only (en) vs multilingual (ml)") == 1
+    assert "## English-only (en) vs multilingual (base)" in text
+    assert {"tiers.csv", "tiers_en_vs_base.csv"} <= set(csvs)
+    assert {"tiers.png", "tiers_en_vs_base.png"} <= set(pngs)
+    assert "![tiers](tiers_en_vs_base.png)" in text
+    # base = en - 3 on every unit: Δ is -3 with a zero-width interval in every tier.
+    summary = text.split("## Every English-only vs multilingual pair")[1]
+    assert "| en | base | -3.00 [-3.00, -3.00] | -3.00 [-3.00, -3.00] | -3.00 [-3.00, -3.00] |" \
+        in summary
+    # The (en, ml) summary row repeats that pair's tier table.
+    tier_table = text.split("vs multilingual (ml) intermediate training")[1].split("Low-")[0]
+    cells = {line.split("|")[1].strip(): line.split("|")[5:7] for line in tier_table.splitlines()
+             if line.startswith("| high") or line.startswith("| medium") or
+             line.startswith("| low")}
+    expected = " | ".join(f"{d.strip()} {ci.strip()}" for d, ci in
+                          (cells["high"], cells["medium"], cells["low"]))
+    assert f"| en | ml | {expected} |" in summary
+    # One pair only: no summary section.
+    assert "Every English-only" not in report.build_report(rows, _meta())[0]
+
+
+def test_grid_checks_the_comparison_pairs():
+    from xstilts import experiment
+    from xstilts.models.xlmr import XLMRConfig
+
+    common = {"run_dir": "/tmp/unused", "model_config": XLMRConfig.tiny(),
+              "intermediate": {"baseline": None, "a": "synthetic.intermediate.nli.en"},
+              "targets": ["synthetic.pos"]}
+    with pytest.raises(ValueError, match="config 'b' is not one of"):
+        experiment.make_grid(**common, more_comparisons=[("a", "b")])
+    with pytest.raises(ValueError, match="is not an \\(English-only, multilingual\\) pair"):
+        experiment.make_grid(**common, more_comparisons=[("a", "baseline", "a")])
+    assert experiment.make_grid(**common, more_comparisons=[("a", "baseline")]).more_comparisons
+
+
 def test_report_states_the_retrieval_recipe():
     meta = {**_meta(), "retrieval": ["tatoeba"], "retrieval_layer": 14}
     assert report._retrieval_recipe(meta).startswith(  # noqa: SLF001

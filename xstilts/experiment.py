@@ -140,6 +140,9 @@ class Grid:
     retrieval_center: bool = False
     english_config: str | None = None  # the pair the research question compares
     multilingual_config: str | None = None
+    # Further (English-only, multilingual) pairs the report compares the same way (e.g. one per
+    # intermediate task); the report also sums every pair up in one table.
+    more_comparisons: Sequence[tuple[str, str]] = ()
     low_resource: Sequence[str] = ()
     tiers: Mapping[str, str] | None = None  # language -> tier (None: CC-100 tiers)
     eval_batch_size: int = 32
@@ -159,9 +162,14 @@ class Grid:
         for target in self.targets:
             if not tasks.tasks_for(target):
                 raise ValueError(f"target {target!r}: no registered tasks of that dataset")
-        for name in (self.english_config, self.multilingual_config):
+        for name in (self.english_config, self.multilingual_config,
+                     *(n for pair in self.more_comparisons for n in pair)):
             if name is not None and name not in self.intermediate:
                 raise ValueError(f"config {name!r} is not one of {list(self.intermediate)}")
+        for pair in self.more_comparisons:
+            if len(pair) != 2:
+                raise ValueError(f"more_comparisons: {pair!r} is not an (English-only, "
+                                 f"multilingual) pair of configs")
         if self.pretrain is not None and not self.pretrain_mixture:
             raise ValueError("pretrain is set but pretrain_mixture is not")
         if not self.seeds:
@@ -815,7 +823,9 @@ class Experiment:
         meta = {
             "configs": list(g.intermediate), "mixtures": dict(g.intermediate),
             "baseline": g.baseline, "english_config": g.english_config,
-            "multilingual_config": g.multilingual_config, "targets": list(g.targets),
+            "multilingual_config": g.multilingual_config,
+            "more_comparisons": [list(pair) for pair in g.more_comparisons],
+            "targets": list(g.targets),
             "retrieval": list(g.retrieval), "seeds": list(g.seeds),
             "low_resource": list(g.low_resource), "tiers": dict(g.tiers or {}),
             "primary_metric": primary_metrics(g.targets, g.retrieval),

@@ -225,6 +225,66 @@ def _atomic(path: Path, data: str | bytes) -> None:
     os.replace(tmp, path)
 
 
+def compare_pair(scores: Mapping[Key, float], english: str, multi: str,
+                 tiers: Mapping[str, str], low: Sequence[str]
+                 ) -> tuple[list[str], str, bytes | None, dict[str, tuple[float, float, float]]]:
+    """The research question for one (English-only, multilingual) pair: markdown lines, the
+    tiers CSV, the tiers plot (None without tiers) and {tier: (Δ, CI low, CI high)}."""
+    md = [f"## English-only ({english}) vs multilingual ({multi}) intermediate training", ""]
+    tier_rows, csv_rows, plot = [], [], []
+    deltas: dict[str, tuple[float, float, float]] = {}
+    en_tiers, multi_tiers = tier_scores(scores, english, tiers), tier_scores(scores, multi, tiers)
+    all_langs = {k[2] for k in scores}
+    order = [t for t in ("high", "medium", "low", "unseen", "unknown")
+             if t in en_tiers or t in multi_tiers]
+    for tier in order:
+        members = {lang for lang in all_langs if tier_of(lang, tiers) == tier}
+        diffs = paired_differences(scores, english, multi, members)
+        if not diffs:
+            continue
+        estimate, lo, hi = paired_bootstrap(diffs)
+        deltas[tier] = (estimate, lo, hi)
+        e, m = en_tiers.get(tier, []), multi_tiers.get(tier, [])
+        e_ms = (fmean(e), float(np.std(e))) if e else None
+        m_ms = (fmean(m), float(np.std(m))) if m else None
+        tier_rows.append([tier, " ".join(sorted(members)), _fmt(e_ms), _fmt(m_ms),
+                          f"{estimate:+.2f}", f"[{lo:+.2f}, {hi:+.2f}]",
+                          "yes" if lo > 0 or hi < 0 else "no"])
+        csv_rows.append(["tier", tier, e_ms[0] if e_ms else "", e_ms[1] if e_ms else "",
+                         m_ms[0] if m_ms else "", m_ms[1] if m_ms else "", estimate, lo, hi])
+        plot.append((tier, e_ms, m_ms, estimate, lo, hi))
+    md += [_md_table(["tier", "languages", f"{english}", f"{multi}", "Δ (multi − en)",
+                      "95% CI (paired bootstrap)", "excludes 0"], tier_rows), ""]
+    low_rows = []
+    for lang in low:
+        diffs = paired_differences(scores, english, multi, {lang})
+        if not diffs:
+            continue
+        estimate, lo, hi = paired_bootstrap(diffs)
+        only = {k: v for k, v in scores.items() if k[2] == lang}
+        e = tier_scores(only, english, {lang: lang})[lang]
+        m = tier_scores(only, multi, {lang: lang})[lang]
+        low_rows.append([lang, _fmt((fmean(e), float(np.std(e)))),
+                         _fmt((fmean(m), float(np.std(m)))), f"{estimate:+.2f}",
+                         f"[{lo:+.2f}, {hi:+.2f}]"])
+        csv_rows.append(["language", lang, fmean(e), float(np.std(e)), fmean(m),
+                         float(np.std(m)), estimate, lo, hi])
+    if low_rows:
+        md += ["Low-resource languages singled out:", "",
+               _md_table(["language", english, multi, "Δ (multi − en)", "95% CI"], low_rows),
+               ""]
+    md += ["Tier score = mean over tasks of the task's mean over the tier's languages, per "
+           "seed (mean ± std over seeds). Δ is multilingual − English-only on the same "
+           "(task, language, seed) units; its 95% interval is a percentile bootstrap "
+           "(10,000 resamples of the units within each task, paired).", ""]
+    csv_text = _csv(["level", "name", "english_mean", "english_std", "multilingual_mean",
+                     "multilingual_std", "delta", "ci_low", "ci_high"], csv_rows)
+    png = tiers_png(plot, english, multi) if plot else None
+    if png is not None:
+        md += ["![tiers](tiers.png)", ""]
+    return md, csv_text, png, deltas
+
+
 def build_report(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]
                  ) -> tuple[str, dict[str, str], dict[str, bytes]]:
     """(markdown, {csv name: text}, {png name: bytes})."""
@@ -294,60 +354,25 @@ def build_report(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]
                    f"numbers in deltas.csv)", ""]
 
     # the research question -------------------------------------------------------------------
-    if english in configs and multi in configs:
-        md += [f"## English-only ({english}) vs multilingual ({multi}) intermediate training",
-               ""]
-        tier_rows, csv_rows, plot = [], [], []
-        en_tiers, multi_tiers = tier_scores(scores, english, tiers), tier_scores(scores, multi,
-                                                                                 tiers)
-        all_langs = {k[2] for k in scores}
+    pairs = [(english, multi), *(tuple(pair) for pair in meta.get("more_comparisons") or ())]
+    pairs = [pair for pair in dict.fromkeys(pairs) if pair[0] in configs and pair[1] in configs]
+    summary = []
+    for number, (english, multi) in enumerate(pairs):
+        section, csv_text, png, tier_deltas = compare_pair(scores, english, multi, tiers, low)
+        stem = "tiers" if number == 0 else f"tiers_{english}_vs_{multi}"
+        md += [line.replace("](tiers.png)", f"]({stem}.png)") for line in section]
+        csvs[f"{stem}.csv"] = csv_text
+        if png is not None:
+            pngs[f"{stem}.png"] = png
+        summary.append((english, multi, tier_deltas))
+    if len(summary) > 1:
         order = [t for t in ("high", "medium", "low", "unseen", "unknown")
-                 if t in en_tiers or t in multi_tiers]
-        for tier in order:
-            members = {lang for lang in all_langs if tier_of(lang, tiers) == tier}
-            diffs = paired_differences(scores, english, multi, members)
-            if not diffs:
-                continue
-            estimate, lo, hi = paired_bootstrap(diffs)
-            e, m = en_tiers.get(tier, []), multi_tiers.get(tier, [])
-            e_ms = (fmean(e), float(np.std(e))) if e else None
-            m_ms = (fmean(m), float(np.std(m))) if m else None
-            tier_rows.append([tier, " ".join(sorted(members)), _fmt(e_ms), _fmt(m_ms),
-                              f"{estimate:+.2f}", f"[{lo:+.2f}, {hi:+.2f}]",
-                              "yes" if lo > 0 or hi < 0 else "no"])
-            csv_rows.append(["tier", tier, e_ms[0] if e_ms else "", e_ms[1] if e_ms else "",
-                             m_ms[0] if m_ms else "", m_ms[1] if m_ms else "", estimate, lo, hi])
-            plot.append((tier, e_ms, m_ms, estimate, lo, hi))
-        md += [_md_table(["tier", "languages", f"{english}", f"{multi}", "Δ (multi − en)",
-                          "95% CI (paired bootstrap)", "excludes 0"], tier_rows), ""]
-        low_rows = []
-        for lang in low:
-            diffs = paired_differences(scores, english, multi, {lang})
-            if not diffs:
-                continue
-            estimate, lo, hi = paired_bootstrap(diffs)
-            only = {k: v for k, v in scores.items() if k[2] == lang}
-            e = tier_scores(only, english, {lang: lang})[lang]
-            m = tier_scores(only, multi, {lang: lang})[lang]
-            low_rows.append([lang, _fmt((fmean(e), float(np.std(e)))),
-                             _fmt((fmean(m), float(np.std(m)))), f"{estimate:+.2f}",
-                             f"[{lo:+.2f}, {hi:+.2f}]"])
-            csv_rows.append(["language", lang, fmean(e), float(np.std(e)), fmean(m),
-                             float(np.std(m)), estimate, lo, hi])
-        if low_rows:
-            md += ["Low-resource languages singled out:", "",
-                   _md_table(["language", english, multi, "Δ (multi − en)", "95% CI"],
-                             low_rows), ""]
-        md += ["Tier score = mean over tasks of the task's mean over the tier's languages, per "
-               "seed (mean ± std over seeds). Δ is multilingual − English-only on the same "
-               "(task, language, seed) units; its 95% interval is a percentile bootstrap "
-               "(10,000 resamples of the units within each task, paired).", ""]
-        csvs["tiers.csv"] = _csv(["level", "name", "english_mean", "english_std",
-                                  "multilingual_mean", "multilingual_std", "delta", "ci_low",
-                                  "ci_high"], csv_rows)
-        if plot:
-            pngs["tiers.png"] = tiers_png(plot, english, multi)
-            md += ["![tiers](tiers.png)", ""]
+                 if any(t in deltas for *_, deltas in summary)]
+        md += ["## Every English-only vs multilingual pair", "",
+               _md_table(["English-only", "multilingual", *(f"Δ {t} [95% CI]" for t in order)],
+                         [[e, m, *(f"{d[t][0]:+.2f} [{d[t][1]:+.2f}, {d[t][2]:+.2f}]"
+                                   if t in d else "–" for t in order)]
+                          for e, m, d in summary]), ""]
 
     # chance check ---------------------------------------------------------------------------
     if chance:
