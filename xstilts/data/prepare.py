@@ -127,17 +127,6 @@ def _pawsx(archive: Path, root: Path) -> None:
                 _write_pairs(root / f"pawsx/{split}-{lang}.tsv", r.read_pawsx_original_tsv(source))
 
 
-_TYDIQA_NAMES = {
-    "arabic": "ar",
-    "bengali": "bn",
-    "english": "en",
-    "finnish": "fi",
-    "indonesian": "id",
-    "korean": "ko",
-    "russian": "ru",
-    "swahili": "sw",
-    "telugu": "te",
-}
 
 
 def _tydiqa_split(kind: str) -> Callable[[Path, Path], None]:
@@ -145,11 +134,11 @@ def _tydiqa_split(kind: str) -> Callable[[Path, Path], None]:
 
     def post(source: Path, root: Path) -> None:
         document = json.loads(source.read_text(encoding="utf-8"))
-        per_language: dict[str, list] = {lang: [] for lang in _TYDIQA_NAMES.values()}
+        per_language: dict[str, list] = {lang: [] for lang in r.TYDIQA_LANGUAGES.values()}
         for article in document["data"]:
             for paragraph in article["paragraphs"]:
                 for qa in paragraph["qas"]:
-                    lang = _TYDIQA_NAMES[qa["id"].split("-", 1)[0]]
+                    lang = r.tydiqa_language_of(qa["id"])
                     per_language[lang].append(
                         {
                             "title": article.get("title", ""),

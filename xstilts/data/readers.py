@@ -45,6 +45,25 @@ _BINARY_ALIASES = {"0": "0", "1": "1", "False": "0", "True": "1", "false": "0", 
 Example = dict[str, Any]
 
 
+# TyDiQA-GoldP question ids start with the language's English name (``finnish--7633...``).
+TYDIQA_LANGUAGES = {
+    "arabic": "ar",
+    "bengali": "bn",
+    "english": "en",
+    "finnish": "fi",
+    "indonesian": "id",
+    "korean": "ko",
+    "russian": "ru",
+    "swahili": "sw",
+    "telugu": "te",
+}
+
+
+def tydiqa_language_of(question_id: str) -> str:
+    """The language code of a TyDiQA-GoldP question id."""
+    return TYDIQA_LANGUAGES[question_id.split("-", 1)[0]]
+
+
 class DataFormatError(ValueError):
     """A data file does not have the expected layout; the message starts with ``path:line:``."""
 

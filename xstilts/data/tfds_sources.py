@@ -16,22 +16,11 @@ import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from xstilts.data.readers import DataFormatError
+from xstilts.data.readers import DataFormatError, tydiqa_language_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from xstilts.data.tasks import TaskSpec
 
-_TYDIQA_LANGUAGE = {
-    "arabic": "ar",
-    "bengali": "bn",
-    "english": "en",
-    "finnish": "fi",
-    "indonesian": "id",
-    "korean": "ko",
-    "russian": "ru",
-    "swahili": "sw",
-    "telugu": "te",
-}
 
 
 _NLI_NAMES = {"e": "entailment", "n": "neutral", "c": "contradiction"}
@@ -151,8 +140,3 @@ def _convert(spec: TaskSpec, record: dict, info: Any, lang: str, where: str, num
             "label": label if label >= 0 else None,
         }
     raise DataFormatError(where, None, f"task kind {kind} has no TFDS conversion")
-
-
-def tydiqa_language_of(question_id: str) -> str:
-    """TyDiQA ids start with the language name (``finnish--7633...``)."""
-    return _TYDIQA_LANGUAGE[question_id.split("-", 1)[0]]
