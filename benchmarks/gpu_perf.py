@@ -22,6 +22,7 @@ import time
 
 import jax
 import numpy as np
+from step_timing import time_train_steps  # benchmarks/ is the script's directory
 
 # Dense bf16 peak TFLOP/s per chip (vendor data sheets, no sparsity).
 PEAK_BF16_TFLOPS = {
@@ -93,13 +94,7 @@ def bench_train(args: argparse.Namespace) -> None:
     batch_size, micro, tr = chosen
     state = tr.init_state(jax.random.key(0), (batch_size, args.length))
     batch = _batch(batch_size, args.length, config.vocab_size)
-    times = []
-    for i in range(args.warmup + args.steps):
-        t0 = time.perf_counter()
-        state, metrics = tr.train_step(state, batch)
-        float(metrics["loss"])
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t0)
+    times = time_train_steps(tr, state, batch, warmup=args.warmup, steps=args.steps)
     step = statistics.median(times)
     tokens = batch_size * args.length / step
     tflops = train_flops_per_example(config, args.length) * batch_size / step / 1e12

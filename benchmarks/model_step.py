@@ -42,6 +42,7 @@ def _data(args: argparse.Namespace):
 def run_ours(args: argparse.Namespace) -> list[float]:
     """The real ``xstilts.trainer.Trainer`` step: AdamW with decay mask, clipping, dropout."""
     import jax
+    from step_timing import time_train_steps  # benchmarks/ is the script's directory
 
     from xstilts import partitioning, trainer
     from xstilts.models.heads import XLMRForSequenceClassification
@@ -58,14 +59,7 @@ def run_ours(args: argparse.Namespace) -> list[float]:
     ids, mask, labels = _data(args)
     batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     state = tr.init_state(jax.random.key(0), ids.shape)
-    times = []
-    for i in range(args.warmup + args.steps):
-        t0 = time.perf_counter()
-        state, metrics = tr.train_step(state, batch)
-        float(metrics["loss"])
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t0)
-    return times
+    return time_train_steps(tr, state, batch, warmup=args.warmup, steps=args.steps)
 
 
 def run_torch(args: argparse.Namespace, compiled: bool) -> list[float]:
