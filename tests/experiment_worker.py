@@ -17,27 +17,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
+
+import worker_bootstrap  # this script's directory is on sys.path
 
 spec = json.loads(sys.argv[1])
 if os.environ.get("XSTILTS_WORKER_LOG"):  # debugging: timestamps of every phase on stderr
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
-os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={spec['devices']}"
+worker_bootstrap.start(spec)  # fake devices, jax.distributed
 
 import jax  # noqa: E402
 
-from xstilts import partitioning  # noqa: E402
-
-if "distributed" in spec:
-    d = spec["distributed"]
-    assert partitioning.initialize_distributed(coordinator_address=d["coordinator"],
-                                               num_processes=d["num_processes"],
-                                               process_id=d["process_id"])
-    assert jax.process_count() == d["num_processes"]
-
-from xstilts import experiment, report  # noqa: E402
+from xstilts import experiment, partitioning, report  # noqa: E402
 from xstilts import train as train_lib  # noqa: E402
 from xstilts.models.xlmr import XLMRConfig  # noqa: E402
 

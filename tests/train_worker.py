@@ -15,26 +15,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import sys
 
+import worker_bootstrap  # this script's directory is on sys.path
+
 spec = json.loads(sys.argv[1])
-if "devices" in spec:  # keep the parent's other XLA flags
-    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "",
-                   os.environ.get("XLA_FLAGS", ""))
-    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={spec['devices']}"
+worker_bootstrap.start(spec)  # fake devices, jax.distributed
 
 import jax  # noqa: E402
-
-from xstilts import partitioning  # noqa: E402
-
-if "distributed" in spec:
-    d = spec["distributed"]
-    assert partitioning.initialize_distributed(coordinator_address=d["coordinator"],
-                                               num_processes=d["num_processes"],
-                                               process_id=d["process_id"])
-    assert jax.process_count() == d["num_processes"]
-
 import numpy as np  # noqa: E402
 from train_setup import run_train  # noqa: E402  (this script's directory is on sys.path)
 
