@@ -61,7 +61,7 @@ from xstilts import partitioning
 from xstilts import train as train_lib
 from xstilts import trainer as trainer_lib
 from xstilts.data import pipeline, tasks
-from xstilts.data.feature_converters import FeatureBatcher, MixtureBatcher, ShardInfo
+from xstilts.data.feature_converters import FeatureBatcher, ShardInfo
 from xstilts.evals import metrics, retrieval
 from xstilts.models.xlmr import XLMRConfig
 
@@ -388,7 +388,8 @@ class Experiment:
 
         return make
 
-    def _mixture_batcher(self, mixture: str, length: int, seed: int):
+    def _mixture_batcher(self, mixture: str, length: int | Mapping[str, int], seed: int):
+        """Batches of ``mixture`` at one length, or a length per task (multi-head)."""
         def make(shard: ShardInfo, batch_size: int):
             return pipeline.mixture_batcher(
                 mixture, self.tokenizer, batch_size=batch_size, data_dir=self.grid.data_dir,
@@ -497,9 +498,8 @@ class Experiment:
         names = tasks.mixture_tasks(mixture)
         start = time.perf_counter()
         if single is not None:  # one head (unchanged)
-            kind, num_labels, task_length = single
-            if kind == "tagging" and not num_labels:  # open tag set (CCG): from the data
-                num_labels = data_num_labels(tasks.get_task(names[0]), self.grid.data_dir)
+            kind, _, task_length = single
+            num_labels = data_num_labels(tasks.get_task(names[0]), self.grid.data_dir)
             length = phase.max_length or task_length
             epoch = tasks.mixture_epoch_size(
                 mixture, lambda t: len(self.features(t, "train", length)))
@@ -516,7 +516,7 @@ class Experiment:
             steps = phase.num_steps(epoch, tasks.get_task(names[0]).epochs, f"phase 1 {config}")
             log.info("phase 1 %s: %d heads %s", config, len(heads), heads)
             self._train(model_dir, phase=phase, task_type="multitask", num_labels=0,
-                        train_batches=factory(self._multitask_batcher(mixture, lengths, seed),
+                        train_batches=factory(self._mixture_batcher(mixture, lengths, seed),
                                               with_task=True),
                         total_steps=steps, seed=seed, init_encoder_from=start_from,
                         heads=heads, task_heads=task_heads)
@@ -524,18 +524,6 @@ class Experiment:
         log.info("phase 1 %s seed %d (%s, %d steps) took %.0f s", config, seed, mixture, steps,
                  time.perf_counter() - start)
         return ckpts
-
-    def _multitask_batcher(self, mixture: str, lengths: Mapping[str, int], seed: int):
-        """``pipeline.mixture_batcher`` with a length per task (the phase's is one for all)."""
-        def make(shard: ShardInfo, batch_size: int) -> MixtureBatcher:
-            batchers = {t: self._task_batcher(t, "train", lengths[t], seed, True)(shard,
-                                                                                  batch_size)
-                        for t in lengths}
-            rates = tasks.mixture_rates(mixture, {t: len(b.features) for t, b in
-                                                  batchers.items()})
-            return MixtureBatcher(batchers, rates, seed=seed)
-
-        return make
 
     def train_tasks(self) -> dict[str, list[str]]:
         """English train task -> the target datasets evaluated from its fine-tune."""

@@ -41,8 +41,7 @@ import numpy as np
 from xstilts import checkpoints as ckpt_lib
 from xstilts import partitioning
 from xstilts import trainer as trainer_lib
-from xstilts.models import heads
-from xstilts.models import heads as heads_lib  # ``train(heads=...)`` shadows the module name
+from xstilts.models import heads as heads_lib  # ``train(heads=...)`` is a parameter
 from xstilts.models.xlmr import XLMRConfig
 
 log = logging.getLogger("xstilts.train")
@@ -58,10 +57,10 @@ class NonFiniteLossError(FloatingPointError):
 def build_model(task_type: str, config: XLMRConfig, *, num_labels: int = 2,
                 use_pooler: bool = True) -> Any:
     """The ``xstilts.models.heads`` task model for ``task_type``."""
-    if task_type not in heads.TASK_MODELS:
+    if task_type not in heads_lib.TASK_MODELS:
         raise ValueError(f"unknown task_type {task_type!r}: expected one of "
-                         f"{sorted(heads.TASK_MODELS)}")
-    cls = heads.TASK_MODELS[task_type]
+                         f"{sorted(heads_lib.TASK_MODELS)}")
+    cls = heads_lib.TASK_MODELS[task_type]
     if task_type == "classification":
         return cls(config, num_labels, use_pooler=use_pooler)
     if task_type == "tagging":
@@ -79,9 +78,9 @@ def head_spec(heads_: Mapping[str, Sequence[Any]]) -> HeadSpec:
         if isinstance(value, str) or len(value) != 2:
             raise ValueError(f"heads[{name!r}] = {value!r}: expected (task kind, num_labels)")
         kind, num_labels = value
-        if kind not in heads.TASK_MODELS:
+        if kind not in heads_lib.TASK_MODELS:
             raise ValueError(f"heads[{name!r}]: unknown task kind {kind!r}: expected one of "
-                             f"{sorted(heads.TASK_MODELS)}")
+                             f"{sorted(heads_lib.TASK_MODELS)}")
         out.append((str(name), str(kind), int(num_labels)))
     if not out:
         raise ValueError("heads: need at least one (name -> (kind, num_labels))")
@@ -94,14 +93,14 @@ def load_pretrained_encoder(params: Any, path_or_hub_id: str) -> Any:
 
     _, loaded = convert.load_hf_checkpoint(path_or_hub_id)
     encoder, _ = convert.split_encoder(loaded)
-    fresh = params[heads.ENCODER_KEY]
+    fresh = params[heads_lib.ENCODER_KEY]
     if "pooler" not in encoder and "pooler" in fresh:
         encoder = {**encoder, "pooler": fresh["pooler"]}  # HF task models drop the pooler
     ckpt_lib.check_same_shapes(ckpt_lib.param_shapes(encoder), ckpt_lib.param_shapes(fresh),
                                where=f"Hugging Face checkpoint {path_or_hub_id}")
     placed = jax.tree.map(lambda new, old: jax.device_put(np.asarray(new, old.dtype),
                                                           old.sharding), encoder, fresh)
-    return {**params, heads.ENCODER_KEY: placed}
+    return {**params, heads_lib.ENCODER_KEY: placed}
 
 
 # Synthetic batches ------------------------------------------------------------------------------

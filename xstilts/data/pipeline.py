@@ -178,10 +178,11 @@ def mixture_batcher(
     split: str = "train",
     seed: int = 0,
     shard_info: Any = None,
-    max_length: int | None = None,
+    max_length: int | Mapping[str, int] | None = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> MixtureBatcher:
-    """Per-step task choice by the mixture's rates (sizes = featurized training examples)."""
+    """Per-step task choice by the mixture's rates (sizes = featurized training examples).
+    ``max_length``: one length for every task, or a length per task (multi-head training)."""
     batchers = {
         task: task_batcher(
             task,
@@ -189,7 +190,7 @@ def mixture_batcher(
             tokenizer,
             batch_size=batch_size,
             data_dir=data_dir,
-            max_length=max_length,
+            max_length=max_length.get(task) if isinstance(max_length, Mapping) else max_length,
             seed=seed,
             shard_info=shard_info,
             cache_dir=cache_dir,
