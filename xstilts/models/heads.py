@@ -58,6 +58,36 @@ class ClassificationHead(nn.Module):
         return DenseGeneral((self.num_labels,), (MLP, LABELS), c, name="out_proj")(x)
 
 
+def task_head(config: XLMRConfig, kind: str, num_labels: int, use_pooler: bool, hidden: Array,
+              *, pooled: Array | None, word_embeddings: Array | None, choices: int,
+              deterministic: bool) -> Any:
+    """The head of task ``kind`` on the encoder's ``hidden`` states (``[B*C, L, H]`` for multiple
+    choice), as submodules of the calling module (``classifier``, ``qa_outputs``, ``lm_head``):
+    the single-task models and ``TaskHead`` both call it inside their ``nn.compact`` method.
+    ``pooled`` is the RoBERTa pooler's output (classification with the pooler, multiple choice),
+    ``word_embeddings`` the tied decoder (MLM)."""
+    c = config
+    if kind == "classification":
+        features = pooled if use_pooler else hidden[:, 0]
+        head = ClassificationHead(c, num_labels, name="classifier")
+        return head(features, deterministic=deterministic).astype(jnp.float32)
+    if kind == "tagging":
+        x = nn.Dropout(c.hidden_dropout_prob)(hidden, deterministic=deterministic)
+        logits = DenseGeneral((num_labels,), (EMBED, LABELS), c, name="classifier")(x)
+        return logits.astype(jnp.float32)
+    if kind == "qa":
+        logits = DenseGeneral((2,), (EMBED, LABELS), c, name="qa_outputs")(hidden)
+        logits = logits.astype(jnp.float32)
+        return logits[..., 0], logits[..., 1]
+    if kind == "multiple_choice":
+        x = nn.Dropout(c.hidden_dropout_prob)(pooled, deterministic=deterministic)
+        logits = DenseGeneral((1,), (EMBED, LABELS), c, name="classifier")(x)
+        return logits.reshape(-1, choices).astype(jnp.float32)
+    if kind == "mlm":
+        return LMHead(c, name="lm_head")(hidden, word_embeddings)
+    raise ValueError(f"unknown task kind {kind!r}: expected one of {sorted(TASK_MODELS)}")
+
+
 class XLMRForSequenceClassification(nn.Module):
     """Sentence (pair) classification: ``[B, L]`` -> logits ``[B, num_labels]``."""
 
@@ -70,9 +100,9 @@ class XLMRForSequenceClassification(nn.Module):
                  deterministic: bool = True) -> Array:
         encoder = _encoder(self.config)
         hidden = encoder(input_ids, attention_mask, deterministic=deterministic)
-        features = encoder.pool(hidden) if self.use_pooler else hidden[:, 0]
-        head = ClassificationHead(self.config, self.num_labels, name="classifier")
-        return head(features, deterministic=deterministic).astype(jnp.float32)
+        return task_head(self.config, "classification", self.num_labels, self.use_pooler, hidden,
+                         pooled=encoder.pool(hidden) if self.use_pooler else None,
+                         word_embeddings=None, choices=1, deterministic=deterministic)
 
 
 class XLMRForTokenClassification(nn.Module):
@@ -84,11 +114,9 @@ class XLMRForTokenClassification(nn.Module):
     @nn.compact
     def __call__(self, input_ids: Array, attention_mask: Array, *,
                  deterministic: bool = True) -> Array:
-        c = self.config
-        hidden = _encoder(c)(input_ids, attention_mask, deterministic=deterministic)
-        hidden = nn.Dropout(c.hidden_dropout_prob)(hidden, deterministic=deterministic)
-        logits = DenseGeneral((self.num_labels,), (EMBED, LABELS), c, name="classifier")(hidden)
-        return logits.astype(jnp.float32)
+        hidden = _encoder(self.config)(input_ids, attention_mask, deterministic=deterministic)
+        return task_head(self.config, "tagging", self.num_labels, False, hidden, pooled=None,
+                         word_embeddings=None, choices=1, deterministic=deterministic)
 
 
 class XLMRForQuestionAnswering(nn.Module):
@@ -99,11 +127,9 @@ class XLMRForQuestionAnswering(nn.Module):
     @nn.compact
     def __call__(self, input_ids: Array, attention_mask: Array, *,
                  deterministic: bool = True) -> tuple[Array, Array]:
-        c = self.config
-        hidden = _encoder(c)(input_ids, attention_mask, deterministic=deterministic)
-        logits = DenseGeneral((2,), (EMBED, LABELS), c, name="qa_outputs")(hidden)
-        logits = logits.astype(jnp.float32)
-        return logits[..., 0], logits[..., 1]
+        hidden = _encoder(self.config)(input_ids, attention_mask, deterministic=deterministic)
+        return task_head(self.config, "qa", 2, False, hidden, pooled=None, word_embeddings=None,
+                         choices=1, deterministic=deterministic)
 
 
 class XLMRForMultipleChoice(nn.Module):
@@ -114,16 +140,14 @@ class XLMRForMultipleChoice(nn.Module):
     @nn.compact
     def __call__(self, input_ids: Array, attention_mask: Array, *,
                  deterministic: bool = True) -> Array:
-        c = self.config
         batch, choices, length = input_ids.shape
-        encoder = _encoder(c)
+        encoder = _encoder(self.config)
         hidden = encoder(input_ids.reshape(batch * choices, length),
                          attention_mask.reshape(batch * choices, length),
                          deterministic=deterministic)
-        pooled = nn.Dropout(c.hidden_dropout_prob)(encoder.pool(hidden),
-                                                   deterministic=deterministic)
-        logits = DenseGeneral((1,), (EMBED, LABELS), c, name="classifier")(pooled)
-        return logits.reshape(batch, choices).astype(jnp.float32)
+        return task_head(self.config, "multiple_choice", 1, True, hidden,
+                         pooled=encoder.pool(hidden), word_embeddings=None, choices=choices,
+                         deterministic=deterministic)
 
 
 class LMHead(nn.Module):
@@ -155,7 +179,9 @@ class XLMRForMaskedLM(nn.Module):
                  deterministic: bool = True) -> Array:
         encoder = _encoder(self.config)
         hidden = encoder(input_ids, attention_mask, deterministic=deterministic)
-        return LMHead(self.config, name="lm_head")(hidden, encoder.word_embedding_matrix())
+        return task_head(self.config, "mlm", 2, False, hidden, pooled=None,
+                         word_embeddings=encoder.word_embedding_matrix(), choices=1,
+                         deterministic=deterministic)
 
 
 def mean_pool(hidden: Array, attention_mask: Array) -> Array:
@@ -210,26 +236,9 @@ class TaskHead(nn.Module):
     @nn.compact
     def __call__(self, hidden: Array, *, pooled: Array | None, word_embeddings: Array | None,
                  choices: int, deterministic: bool) -> Any:
-        c, kind = self.config, self.kind
-        if kind == "classification":
-            features = pooled if self.use_pooler else hidden[:, 0]
-            head = ClassificationHead(c, self.num_labels, name="classifier")
-            return head(features, deterministic=deterministic).astype(jnp.float32)
-        if kind == "tagging":
-            x = nn.Dropout(c.hidden_dropout_prob)(hidden, deterministic=deterministic)
-            logits = DenseGeneral((self.num_labels,), (EMBED, LABELS), c, name="classifier")(x)
-            return logits.astype(jnp.float32)
-        if kind == "qa":
-            logits = DenseGeneral((2,), (EMBED, LABELS), c, name="qa_outputs")(hidden)
-            logits = logits.astype(jnp.float32)
-            return logits[..., 0], logits[..., 1]
-        if kind == "multiple_choice":
-            x = nn.Dropout(c.hidden_dropout_prob)(pooled, deterministic=deterministic)
-            logits = DenseGeneral((1,), (EMBED, LABELS), c, name="classifier")(x)
-            return logits.reshape(-1, choices).astype(jnp.float32)
-        if kind == "mlm":
-            return LMHead(c, name="lm_head")(hidden, word_embeddings)
-        raise ValueError(f"unknown task kind {kind!r}: expected one of {sorted(TASK_MODELS)}")
+        return task_head(self.config, self.kind, self.num_labels, self.use_pooler, hidden,
+                         pooled=pooled, word_embeddings=word_embeddings, choices=choices,
+                         deterministic=deterministic)
 
 
 class XLMRMultiTask(nn.Module):
