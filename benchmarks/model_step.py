@@ -3,10 +3,11 @@
 Same config (12 layers, width 768, 12 heads, FFN 3072, vocab 32k by default), same batch and
 length, sequence classification with 3 labels, fp32, dropout 0.1 active, AdamW + grad-norm clipping
 at 1.0 on both sides; ours is the real ``Trainer`` step (jit, shardings, donation). Each system
-runs in its own process (``reference/perf.md``: a JAX step slows down 15-40% when torch models live
-in the same process), the processes alternate round by round, and we report the median of every
-system's timed steps. The last line reads ``model_step: ours <x> tok/s, pytorch <y> tok/s, ratio
-<x/y>`` (pytorch = the faster of eager and ``torch.compile``, when the latter works here).
+runs in its own process (measured on the 2-core CI machine: the Flax step ran 15-40% slower while
+torch models were stepped in the same process), the processes alternate round by round, and we
+report the median of every system's timed steps. The last line reads ``model_step: ours <x>
+tok/s, pytorch <y> tok/s, ratio <x/y>`` (pytorch = the faster of eager and ``torch.compile``,
+when the latter works here).
 """
 
 from __future__ import annotations

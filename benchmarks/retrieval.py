@@ -11,7 +11,7 @@ Data: X then Y, ``default_rng(0)`` normal, L2-normalised, fp32, N = M = ``--n``.
 * **numpy matmul**: ``X_blk @ Y.T`` over the same blocks, i.e. the N x M x d product once, as a
   yardstick for this machine's fp32 GEMM rate.
 
-faiss and numpy each run in a child process of their own (``reference/perf.md``: timing BLAS
+faiss and numpy each run in a child process of their own (on the 2-core CI machine, timing BLAS
 peers in the same process as XLA distorted results by 15-40 %); ours runs in this process. The
 children get the data through ``.npy`` files and send their neighbours back the same way, so the
 results are checked on identical inputs. The order is ours, faiss, numpy per repetition; the

@@ -38,8 +38,8 @@ def test_tiny_fsdp8_compiles_and_reports_per_device_memory(capsys):
                          trainer.classification_loss, tx, sched, partitioning.Partitioner(mesh))
     abstract = tr.abstract_state((16, 32))
     state_bytes = sum(_shard_bytes(x) for x in jax.tree.leaves(abstract))
-    batch_bytes = sum(int(np.prod(s)) * 4 // 8 for s, _ in
-                      aot.abstract_batch("classification", 16, 32).values())
+    step_shape = trainer.StepShape("classification", 3, 16, 32)
+    batch_bytes = sum(int(np.prod(s)) * 4 // 8 for s in step_shape.shapes().values())
     assert report.argument_bytes == state_bytes + batch_bytes
     assert report.alias_bytes == state_bytes  # the state is donated
     assert report.temp_bytes > 0
@@ -47,6 +47,22 @@ def test_tiny_fsdp8_compiles_and_reports_per_device_memory(capsys):
     last = capsys.readouterr().out.strip().splitlines()[-1]
     m = re.fullmatch(r"aot: tiny fsdp=8 batch 16x32: (\d+\.\d\d) GiB per device", last)
     assert m and float(m.group(1)) == pytest.approx(report.total_bytes / 2**30, abs=0.005)
+
+
+def test_aot_compiles_the_step_shape_batch():
+    """aot's batch is ``trainer.StepShape``'s: multiple choice at ``[B, C, L]``."""
+    compiled, _ = aot.compile_train_step(model="tiny", mesh_shape={"fsdp": 8}, batch=8,
+                                         length=16, task_type="multiple_choice", num_labels=2,
+                                         num_choices=3)
+    _, batch_shardings = compiled.input_shardings[0]
+    shape = trainer.StepShape("multiple_choice", 2, 8, 16, num_choices=3)
+    expected = shape.batch(partitioning.Partitioner(batch_shardings["input_ids"].mesh))
+    assert {k: s.spec for k, s in batch_shardings.items()} == \
+        {k: v.sharding.spec for k, v in expected.items()}
+    (_, batch_args), _ = compiled.args_info
+    assert {k: (a.shape, a.dtype) for k, a in batch_args.items()} == \
+        {k: (v.shape, v.dtype) for k, v in expected.items()}
+    assert batch_args["input_ids"].shape == (8, 3, 16)
 
 
 def test_aot_rejects_bad_shapes():

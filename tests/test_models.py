@@ -213,7 +213,7 @@ def test_presets_equal_hugging_face_configs():
         assert XLMRConfig.from_hf_dict(XLMRobertaConfig(**ref).to_dict()) == ours
     large = XLMRConfig.large()
     shapes = jax.eval_shape(lambda: XLMRModel(large).init_params(jax.random.key(0)))
-    assert count_params(shapes) == 559_890_432  # encoder + pooler (paper.md §8.2)
+    assert count_params(shapes) == 559_890_432  # encoder + pooler (HF XLMRobertaModel)
     assert large.mask_token_id == 250001 and large.max_length == 512
 
 

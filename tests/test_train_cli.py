@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from train_setup import enable_compilation_cache
 
-from xstilts import checkpoints, train
+from xstilts import checkpoints, gin_utils, train
 
 enable_compilation_cache()
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,26 +46,26 @@ def test_gin_shorthand_flags_become_bindings():
 def test_unknown_gin_binding_is_a_clear_error():
     with pytest.raises(ValueError, match=r"'train_script.train' doesn't have a parameter named "
                                          r"'learning_rat'"):
-        train.parse_gin(TINY_FINETUNE, ["train_script.train.learning_rat = 1e-3"])
+        gin_utils.parse_gin(TINY_FINETUNE, ["train_script.train.learning_rat = 1e-3"])
     gin.clear_config()
     with pytest.raises(FileNotFoundError, match=r"--gin_file runs/nope.gin: no such file"):
-        train.parse_gin(["runs/nope.gin"], [])
+        gin_utils.parse_gin(["runs/nope.gin"], [])
 
 
 def test_required_macros_must_be_given(tmp_path):
-    train.parse_gin(TINY_FINETUNE, SYNTHETIC)
+    gin_utils.parse_gin(TINY_FINETUNE, SYNTHETIC)
     with pytest.raises(ValueError, match=r"required settings \['model_dir', 'total_steps', "
                        r"'init_encoder_from'\] were not given: set the gin macros MODEL_DIR, "
                        r"TRAIN_STEPS, INIT_ENCODER_FROM"):
-        train._configured(train.entry_point)()  # noqa: SLF001
+        gin_utils.configured(train.entry_point)()
 
 
 def test_mesh_that_does_not_divide_the_devices_is_a_clear_error(tmp_path):
-    train.parse_gin(TINY_FINETUNE, [*SYNTHETIC, f"MODEL_DIR = '{tmp_path}'", "TRAIN_STEPS = 2",
-                                    "INIT_ENCODER_FROM = None", "MESH_DATA = 3",
-                                    "MESH_FSDP = 1", "MESH_TENSOR = 1"])
+    gin_utils.parse_gin(TINY_FINETUNE, [
+        *SYNTHETIC, f"MODEL_DIR = '{tmp_path}'", "TRAIN_STEPS = 2", "INIT_ENCODER_FROM = None",
+        "MESH_DATA = 3", "MESH_FSDP = 1", "MESH_TENSOR = 1"])
     with pytest.raises(ValueError, match=r"needs 3 devices but 8 are available"):
-        train._configured(train.entry_point)()  # noqa: SLF001
+        gin_utils.configured(train.entry_point)()
     assert not os.listdir(tmp_path)  # nothing half-written
 
 
@@ -145,13 +145,13 @@ def test_cli_run_sigterm_checkpoints_and_exits_cleanly_then_eval_gin(tmp_path):
 
     # eval.gin on the same run directory (in-process): loss of the saved parameters.
     gin.clear_config()
-    train.parse_gin(["models/xlmr_tiny.gin", "runs/eval.gin"], [
+    gin_utils.parse_gin(["models/xlmr_tiny.gin", "runs/eval.gin"], [
         f"MODEL_DIR = '{model_dir}'", "TASK_TYPE = 'classification'", "NUM_LABELS = 3",
         "BATCH_SIZE = 8", "EVAL_BATCHES = @train_script.synthetic_batches",
         "train_script.synthetic_batches.num_labels = 3",
         "train_script.synthetic_batches.length = 16",
         "train_script.synthetic_batches.num_batches = 2", "DROPOUT_RATE = 0.0"])
-    result = train._configured(train.entry_point)()  # noqa: SLF001
+    result = gin_utils.configured(train.entry_point)()
     saved = json.loads((model_dir / "eval_results.json").read_text())
     assert saved["step"] == last and saved["weight"] == 15.0  # 16 rows, one padding example
     assert np.isfinite(result["loss"]) and 0.0 <= result["accuracy"] <= 1.0

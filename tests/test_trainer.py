@@ -212,6 +212,47 @@ def test_batch_not_divisible_by_data_shards_is_an_error():
         part.check_batch_size(6)
 
 
+# Step shape: the batch per kind (run, dry run and aot) -----------------------------------------
+@pytest.mark.parametrize(("kind", "keys"), [
+    ("classification", {"labels": (8,)}),
+    ("multiple_choice", {"labels": (8,)}),
+    ("tagging", {"labels": (8, 16), "label_mask": (8, 16)}),
+    ("mlm", {"labels": (8, 16), "label_mask": (8, 16)}),
+    ("qa", {"start_positions": (8,), "end_positions": (8,)}),
+])
+def test_step_shape_batch_per_kind(kind, keys):
+    shape = trainer.StepShape(kind, 3, 8, 16, num_choices=4 if kind == "multiple_choice" else 1)
+    lead = (8, 4, 16) if kind == "multiple_choice" else (8, 16)
+    assert shape.input_shape == lead
+    part = make_partitioner({"data": 2, "fsdp": 2, "tensor": 2})
+    batch = shape.batch(part)
+    assert {k: v.shape for k, v in batch.items()} == {
+        "input_ids": lead, "attention_mask": lead, "example_mask": (8,), **keys}
+    assert all(v.dtype == np.int32 for v in batch.values())
+    for value in batch.values():  # rows over the data axes, every other dimension whole
+        spec = value.sharding.spec
+        assert spec[0] == ("data", "fsdp") and all(s is None for s in spec[1:])
+        assert value.sharding.shard_shape(value.shape) == (2, *value.shape[1:])
+
+
+def test_step_shape_input_shape_builds_the_state_for_its_batch():
+    """A multiple-choice state initialised from ``input_shape`` takes the ``[B, C, L]`` batch."""
+    shape = trainer.StepShape("multiple_choice", 2, 8, 16, num_choices=3)
+    part = make_partitioner({"fsdp": 8})
+    tx, schedule = trainer.make_optimizer(total_steps=10)
+    tr = trainer.Trainer(train.build_model("multiple_choice", XLMRConfig.tiny()),
+                         trainer.task_loss("multiple_choice"), tx, schedule, part)
+    state = tr.abstract_state(shape.input_shape)
+    batch = shape.batch(part)
+    _, metrics = tr.partitioned_train_step(state, batch).lower(state, batch).out_info
+    assert metrics["loss"].shape == ()
+
+
+def test_step_shape_rejects_an_unknown_kind():
+    with pytest.raises(ValueError, match=r"unknown task type 'regression'"):
+        trainer.StepShape("regression", 1, 8, 16)
+
+
 # Exact resume after kill -9 (a checkpoint killed mid-write is never picked up) ----------------
 def _wait_for(path: str, proc: subprocess.Popen, timeout: float = 240) -> None:
     deadline = time.time() + timeout

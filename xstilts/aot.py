@@ -14,10 +14,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import jax
+
+from xstilts import partitioning
+from xstilts import trainer as trainer_lib
+from xstilts.models.xlmr import XLMRConfig
+from xstilts.train import build_model
 
 GIB = 1024**3
 
@@ -54,62 +62,43 @@ class AotReport:
         ]
 
 
-def abstract_batch(task_type: str, batch: int, length: int, *, num_choices: int = 4
-                   ) -> dict[str, tuple[tuple[int, ...], str]]:
-    """Shapes and dtypes of a DESIGN.md batch for ``task_type``."""
-    lead = (batch, num_choices) if task_type == "multiple_choice" else (batch,)
-    shapes: dict[str, tuple[tuple[int, ...], str]] = {
-        "input_ids": ((*lead, length), "int32"), "attention_mask": ((*lead, length), "int32"),
-        "example_mask": ((batch,), "int32")}
-    if task_type in ("classification", "multiple_choice"):
-        shapes["labels"] = ((batch,), "int32")
-    elif task_type in ("tagging", "mlm"):
-        shapes["labels"] = ((batch, length), "int32")
-        shapes["label_mask"] = ((batch, length), "int32")
-    elif task_type == "qa":
-        shapes["start_positions"] = ((batch,), "int32")
-        shapes["end_positions"] = ((batch,), "int32")
-    return shapes
-
-
 def compile_train_step(*, model: str, mesh_shape: Mapping[str, int], batch: int, length: int,
                        task_type: str = "classification", num_labels: int = 3,
-                       num_microbatches: int = 1, config_overrides: Mapping[str, Any] | None = None,
+                       num_choices: int = 4, num_microbatches: int = 1,
+                       config_overrides: Mapping[str, Any] | None = None,
                        devices: Sequence[Any] | None = None) -> tuple[Any, AotReport]:
-    """Compile the train step for abstract params; returns ``(compiled, AotReport)``."""
-    import jax
-    import numpy as np
+    """Compile the train step for abstract params; returns ``(compiled, AotReport)``.
 
-    from xstilts import partitioning, trainer
-    from xstilts.models.xlmr import XLMRConfig
-    from xstilts.train import build_model
-
+    The step is the run's ``Trainer.partitioned_train_step`` with the run's ``StepShape``
+    (``num_choices`` counts only for ``multiple_choice``).
+    """
     config = XLMRConfig.preset(model, **dict(config_overrides or {}))
     if length > config.max_length:
         raise ValueError(f"length {length} exceeds the model's maximum {config.max_length}")
     mesh = partitioning.create_mesh(**dict(mesh_shape), devices=devices)
     part = partitioning.Partitioner(mesh)
-    net = build_model(task_type, config, num_labels=num_labels)
-    tx, schedule = trainer.make_optimizer(total_steps=1000)
-    tr = trainer.Trainer(net, trainer.task_loss(task_type), tx, schedule, part,
-                         num_microbatches=num_microbatches)
-    shapes = abstract_batch(task_type, batch, length)
-    tr.check_batch({k: np.empty(shapes[k][0], np.int32) for k in ("input_ids", "attention_mask")})
-    state = tr.abstract_state(shapes["input_ids"][0])
-    specs = {k: jax.ShapeDtypeStruct(s, np.dtype(d)) for k, (s, d) in shapes.items()}
-    batch_sh = part.batch_shardings(specs)
-    abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh[k])
-                for k, v in specs.items()}
+    shape = trainer_lib.StepShape(task_type, num_labels, batch, length,
+                                  num_choices if task_type == "multiple_choice" else 1)
+    tx, schedule = trainer_lib.make_optimizer(total_steps=1000)
+    tr = trainer_lib.Trainer(build_model(task_type, config, num_labels=num_labels),
+                             trainer_lib.task_loss(task_type), tx, schedule, part,
+                             num_microbatches=num_microbatches)
+    abstract = shape.batch(part)
+    tr.check_batch(abstract)
+    state = tr.abstract_state(shape.input_shape)
     compiled = tr.partitioned_train_step(state, abstract).lower(state, abstract).compile()
-    stats = compiled.memory_analysis()
     mesh_text = ",".join(f"{a}={mesh.shape[a]}" for a in mesh.axis_names if mesh.shape[a] > 1)
-    report = AotReport(
-        model=model, mesh=mesh_text or "single", batch=batch, length=length,
+    return compiled, _report(compiled.memory_analysis(), model, mesh_text or "single", shape)
+
+
+def _report(stats: Any, model: str, mesh: str, shape: trainer_lib.StepShape) -> AotReport:
+    """``compiled.memory_analysis()`` as an ``AotReport``."""
+    return AotReport(
+        model=model, mesh=mesh, batch=shape.batch_size, length=shape.length,
         argument_bytes=int(stats.argument_size_in_bytes),
         output_bytes=int(stats.output_size_in_bytes),
         alias_bytes=int(stats.alias_size_in_bytes), temp_bytes=int(stats.temp_size_in_bytes),
         code_bytes=int(getattr(stats, "generated_code_size_in_bytes", 0)))
-    return compiled, report
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -125,6 +114,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--task", default="classification",
                         help="classification | tagging | qa | multiple_choice | mlm")
     parser.add_argument("--num_labels", type=int, default=3)
+    parser.add_argument("--num_choices", type=int, default=4, help="multiple_choice only")
     parser.add_argument("--microbatches", type=int, default=1)
     parser.add_argument("--dtype", default="float32", help="compute dtype (bfloat16 on TPU)")
     parser.add_argument("--remat", default="none", help="none | full | dots | dots_no_batch")
@@ -132,32 +122,34 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    from xstilts.partitioning import parse_mesh_flag
+def _device_count(mesh_shape: Mapping[str, int], devices: int | None) -> int:
+    """``--devices``, or the product of the mesh sizes."""
+    if devices is not None:
+        return devices
+    if any(v == -1 for v in mesh_shape.values()):
+        raise SystemExit("--mesh has -1: give --devices")
+    return math.prod(mesh_shape.values())
 
-    mesh_shape = parse_mesh_flag(args.mesh)
-    devices = args.devices
-    if devices is None:
-        if any(v == -1 for v in mesh_shape.values()):
-            raise SystemExit("--mesh has -1: give --devices")
-        devices = 1
-        for v in mesh_shape.values():
-            devices *= v
-    # Fake CPU devices must be requested before JAX starts.
-    os.environ["JAX_PLATFORMS"] = "cpu"
+
+def use_fake_cpu_devices(count: int) -> None:
+    """Ask for ``count`` fake CPU devices; JAX must not have started a backend yet."""
+    jax.config.update("jax_platforms", "cpu")
     flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
              if not f.startswith("--xla_force_host_platform_device_count")]
-    os.environ["XLA_FLAGS"] = " ".join([*flags,
-                                        f"--xla_force_host_platform_device_count={devices}"])
-    import jax
-
-    if jax.device_count() != devices:
+    os.environ["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={count}"])
+    if jax.device_count() != count:
         raise SystemExit(f"JAX already started with {jax.device_count()} devices; run "
                          f"`python -m xstilts.aot` in a fresh process")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    mesh_shape = partitioning.parse_mesh_flag(args.mesh)
+    use_fake_cpu_devices(_device_count(mesh_shape, args.devices))
     _, report = compile_train_step(
         model=args.model, mesh_shape=mesh_shape, batch=args.batch, length=args.length,
-        task_type=args.task, num_labels=args.num_labels, num_microbatches=args.microbatches,
+        task_type=args.task, num_labels=args.num_labels, num_choices=args.num_choices,
+        num_microbatches=args.microbatches,
         config_overrides={"dtype": args.dtype, "remat": args.remat,
                           "scan_layers": args.scan_layers})
     print("\n".join(report.lines()), flush=True)

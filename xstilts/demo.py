@@ -24,6 +24,8 @@ import time
 import jax
 import numpy as np
 
+from xstilts import experiment, gin_utils, report
+from xstilts.data.synthetic import SyntheticWorld
 from xstilts.models.convert import load_hf_checkpoint, save_hf_checkpoint, task_params
 from xstilts.models.heads import XLMRForMaskedLM
 from xstilts.models.xlmr import XLMRConfig, XLMRModel, count_params
@@ -81,11 +83,8 @@ def roundtrip(argv: list[str] | None = None) -> None:
     print(f"round trip finished in {time.perf_counter() - start:.1f} s")
 
 
-
 def write_world(data_dir: str) -> None:
     """The synthetic world in native formats under ``data_dir/synthetic`` (once)."""
-    from xstilts.data.synthetic import SyntheticWorld
-
     marker = os.path.join(data_dir, "synthetic", "WORLD_DONE")
     if os.path.isfile(marker):
         return
@@ -100,16 +99,13 @@ def main(argv: list[str] | None = None) -> int:
         argv.remove("--roundtrip")
         roundtrip(argv)
         return 0
-    from xstilts import experiment, report
-    from xstilts import train as train_lib
-
     parser = argparse.ArgumentParser(prog="python -m xstilts.demo", description=__doc__)
     parser.add_argument("--run_dir", default="demo_out", help="where everything is written")
     parser.add_argument("--fresh", action="store_true", help="delete run_dir first")
     parser.add_argument("--gin_file", action="append", default=[],
                         help="extra gin files after demo.gin")
     parser.add_argument("--gin_bindings", action="append", default=[])
-    args = parser.parse_args(train_lib.rewrite_gin_args(argv))
+    args = parser.parse_args(gin_utils.rewrite_gin_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         force=True)
     for noisy in ("absl", "jax", "orbax", "xstilts.train", "xstilts.data"):
@@ -121,10 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = os.path.abspath(args.run_dir)
     data_dir = os.path.join(run_dir, "data")
     write_world(data_dir)
-    train_lib.parse_gin([DEMO_GIN, *args.gin_file], [
+    gin_utils.parse_gin([DEMO_GIN, *args.gin_file], [
         "from xstilts import experiment", f"RUN_DIR = '{run_dir}'", f"DATA_DIR = '{data_dir}'",
         *args.gin_bindings])
-    train_lib._configured(experiment.run_experiment)()  # noqa: SLF001
+    gin_utils.configured(experiment.run_experiment)()
     text = report.write_report(run_dir)
     print(text)
     print(f"demo finished in {time.perf_counter() - start:.0f} s; report, CSV and plots in "

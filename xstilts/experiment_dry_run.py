@@ -16,7 +16,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from xstilts import partitioning
@@ -24,33 +23,9 @@ from xstilts import train as train_lib
 from xstilts import trainer as trainer_lib
 from xstilts.data import tasks
 from xstilts.experiment import Grid, Phase, task_kind
+from xstilts.trainer import StepShape
 
 PLACEHOLDER_LABELS = 2  # tasks whose label set is read from the data (CCG supertags)
-
-
-@dataclasses.dataclass(frozen=True)
-class StepShape:
-    kind: str
-    num_labels: int
-    batch_size: int
-    length: int
-    num_choices: int = 1
-    head: str | None = None  # multi-task: this step's head of ``heads`` ((name, kind, labels))
-    heads: tuple[tuple[str, str, int], ...] = ()
-
-    def batch(self, partitioner: partitioning.Partitioner) -> dict[str, jax.ShapeDtypeStruct]:
-        b, n = self.batch_size, self.length
-        lead = (b, self.num_choices, n) if self.kind == "multiple_choice" else (b, n)
-        shapes: dict[str, tuple[int, ...]] = {"input_ids": lead, "attention_mask": lead,
-                                              "example_mask": (b,)}
-        if self.kind in ("classification", "multiple_choice"):
-            shapes["labels"] = (b,)
-        elif self.kind in ("tagging", "mlm"):
-            shapes["labels"] = shapes["label_mask"] = (b, n)
-        elif self.kind == "qa":
-            shapes["start_positions"] = shapes["end_positions"] = (b,)
-        return {k: jax.ShapeDtypeStruct(s, jnp.int32, sharding=partitioner.sharding(
-            partitioner.batch_spec(len(s)))) for k, s in shapes.items()}
 
 
 @dataclasses.dataclass

@@ -69,13 +69,12 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import sentencepiece as spm
 
-if TYPE_CHECKING:  # pragma: no cover
-    from xstilts.models.xlmr import XLMRConfig
+from xstilts.models.xlmr import XLMRConfig
 
 __all__ = ["SPM_FILENAME", "XLMRTokenizer", "check_compatible", "xlmr_vocabulary"]
 

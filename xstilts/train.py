@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import os
-import re
 import signal
 import sys
 import threading
@@ -39,10 +38,18 @@ import jax
 import numpy as np
 
 from xstilts import checkpoints as ckpt_lib
-from xstilts import partitioning
+from xstilts import gin_utils, partitioning
 from xstilts import trainer as trainer_lib
+from xstilts.gin_utils import parse_gin, rewrite_gin_args
+from xstilts.models import convert
 from xstilts.models import heads as heads_lib  # ``train(heads=...)`` is a parameter
 from xstilts.models.xlmr import XLMRConfig
+
+if __name__ == "__main__":
+    # ``python -m xstilts.train`` runs this file as ``__main__``. Registering it under its own
+    # name keeps one copy of the module: the gin files' ``from xstilts import train`` then binds
+    # the functions that ``main`` below calls, not those of a second import.
+    sys.modules.setdefault("xstilts.train", sys.modules[__name__])
 
 log = logging.getLogger("xstilts.train")
 
@@ -89,8 +96,6 @@ def head_spec(heads_: Mapping[str, Sequence[Any]]) -> HeadSpec:
 
 def load_pretrained_encoder(params: Any, path_or_hub_id: str) -> Any:
     """``params`` with the encoder of a Hugging Face XLM-R checkpoint, sharded like ``params``."""
-    from xstilts.models import convert
-
     _, loaded = convert.load_hf_checkpoint(path_or_hub_id)
     encoder, _ = convert.split_encoder(loaded)
     fresh = params[heads_lib.ENCODER_KEY]
@@ -593,30 +598,14 @@ def entry_point(*, action: str = "train") -> Any:
     actions = {"train": train, "evaluate": evaluate_checkpoint}
     if action not in actions:
         raise ValueError(f"entry_point.action {action!r}: expected one of {sorted(actions)}")
-    return _configured(actions[action])()
+    return gin_utils.configured(actions[action])()
 
 
-def _configured(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` with its gin bindings, or plain ``fn`` when no gin file mentions it."""
-    try:
-        return gin.get_configurable(fn)
-    except ValueError:
-        return fn
+# The old private name (xstilts.experiment and tests/test_experiment.py still use it).
+_configured = gin_utils.configured
 
 
 # Command line -----------------------------------------------------------------------------------
-_GIN_SHORTHAND = re.compile(r"^--gin\.([A-Za-z_][\w./]*)=(.*)$", re.S)
-
-
-def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
-    """t5x's ``--gin.NAME=VALUE`` shorthand -> ``--gin_bindings=NAME = VALUE``."""
-    out = []
-    for arg in argv:
-        m = _GIN_SHORTHAND.match(arg)
-        out.append(f"--gin_bindings={m.group(1)} = {m.group(2)}" if m else arg)
-    return out
-
-
 def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m xstilts.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -631,41 +620,6 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--num_processes", type=int, default=None)
     parser.add_argument("--process_id", type=int, default=None)
     return parser.parse_args(rewrite_gin_args(argv))
-
-
-BINDING_IMPORTS = (
-    "from __gin__ import dynamic_registration",
-    "from xstilts import checkpoints",
-    "from xstilts import partitioning",
-    "from xstilts import train as train_script",
-    "from xstilts import trainer",
-    "from xstilts.models import xlmr",
-)
-
-
-def gin_dir() -> str:
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "gin")
-
-
-def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
-              search_paths: Sequence[str] = ()) -> None:
-    """Parse files then bindings; the package's ``gin/`` and the cwd are on the search path."""
-    for path in (*search_paths, gin_dir(), os.path.dirname(gin_dir()), os.getcwd()):
-        gin.add_config_file_search_path(path)
-    for path in gin_files:
-        found = path if os.path.exists(path) else None
-        if found is None:
-            for base in (*search_paths, gin_dir(), os.path.dirname(gin_dir())):
-                if os.path.exists(os.path.join(base, path)):
-                    found = os.path.join(base, path)
-                    break
-        if found is None:
-            raise FileNotFoundError(f"--gin_file {path}: no such file (searched the current "
-                                    f"directory, {list(search_paths)} and {gin_dir()})")
-        gin.parse_config_file(found)
-    if bindings:
-        # The aliases the package's gin files use also work in command-line bindings.
-        gin.parse_config([*BINDING_IMPORTS, *bindings])
 
 
 def _log_to_stderr() -> None:
@@ -689,7 +643,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.gin_file:
         raise SystemExit("python -m xstilts.train: at least one --gin_file is required")
     parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths)
-    result = _configured(entry_point)()
+    result = gin_utils.configured(entry_point)()
     if isinstance(result, TrainResult):
         log.info("finished at step %d%s", result.step, " (preempted)" if result.preempted else "")
     return 0
@@ -700,8 +654,4 @@ def console_entry() -> None:
 
 
 if __name__ == "__main__":
-    # Run the function of the imported module ``xstilts.train``: gin files register that one
-    # (``from xstilts import train as train_script``), not this ``__main__`` copy.
-    from xstilts import train as _train_module
-
-    _train_module.console_entry()
+    console_entry()

@@ -164,6 +164,53 @@ def train_flops_per_example(config: XLMRConfig, length: int, *, num_choices: int
 
 
 # Trainer --------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class StepShape:
+    """One train step's shape: task kind, labels, batch, length (and the multi-task head).
+
+    The one description of the batch per kind that the run, the dry run and ``aot.py`` share.
+    """
+
+    kind: str
+    num_labels: int
+    batch_size: int
+    length: int
+    num_choices: int = 1
+    head: str | None = None  # multi-task: this step's head of ``heads`` ((name, kind, labels))
+    heads: tuple[tuple[str, str, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        task_loss(self.kind)  # ValueError naming the kinds
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """``input_ids``' shape: ``(B, L)``, or ``(B, C, L)`` for multiple choice."""
+        if self.kind == "multiple_choice":
+            return (self.batch_size, self.num_choices, self.length)
+        return (self.batch_size, self.length)
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """DESIGN.md's batch keys for this kind and their shapes (every array is int32)."""
+        b, n = self.batch_size, self.length
+        shapes = {"input_ids": self.input_shape, "attention_mask": self.input_shape,
+                  "example_mask": (b,)}
+        if self.kind in ("classification", "multiple_choice"):
+            shapes["labels"] = (b,)
+        elif self.kind in ("tagging", "mlm"):
+            shapes["labels"] = shapes["label_mask"] = (b, n)
+        elif self.kind == "qa":
+            shapes["start_positions"] = shapes["end_positions"] = (b,)
+        return shapes
+
+    def batch(self, partitioner: Partitioner) -> dict[str, jax.ShapeDtypeStruct]:
+        """The abstract global batch, sharded over ``partitioner``'s data axes."""
+        def spec(shape: tuple[int, ...]) -> jax.ShapeDtypeStruct:
+            sharding = partitioner.sharding(partitioner.batch_spec(len(shape)))
+            return jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding)
+
+        return {k: spec(s) for k, s in self.shapes().items()}
+
+
 def _metric_sums(out: LossOutput, batch: Batch) -> dict[str, Array]:
     return {"loss_sum": out.loss_sum, "weight": out.weight, "correct": out.correct,
             "tokens": jnp.sum(batch["attention_mask"]).astype(jnp.float32)}
@@ -230,7 +277,12 @@ class Trainer:
             return fn(rng)
 
     def replace_params(self, state: TrainState, params: PyTree) -> TrainState:
-        """New params with a fresh optimizer state (built sharded, per deps.md's trap)."""
+        """New params with a fresh optimizer state, built sharded.
+
+        A plain ``optimizer.init`` leaves AdamW's scalar ``count`` on one device, which a
+        partitioned step rejects ("incompatible devices"); ``jit(init, out_shardings=...)``
+        places every leaf.
+        """
         shardings = jax.tree.map(lambda x: x.sharding, state.opt_state)
         with self.partitioner.context():
             opt_state = jax.jit(self.optimizer.init, out_shardings=shardings)(params)
