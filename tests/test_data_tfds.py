@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from xstilts.data import readers as r
+from xstilts.data import sources as S
 from xstilts.data import tasks as T
 
 tfds = pytest.importorskip("tensorflow_datasets")
@@ -36,7 +37,7 @@ def test_xquad_from_tfds_equals_the_json_release(shared_data):
         for e in native
     ]
     with _mock(records):
-        converted = list(T.get_task("xquad.de").examples("test", source="tfds"))
+        converted = list(S.examples(T.get_task("xquad.de"), "test", source="tfds"))
     assert converted == native
 
 
@@ -59,7 +60,7 @@ def test_xnli_from_tfds_picks_the_language_and_maps_labels_by_name(shared_data):
         for i in range(3)
     ]
     with _mock(records):
-        converted = list(T.get_task("xnli.de").examples("dev", source="tfds"))
+        converted = list(S.examples(T.get_task("xnli.de"), "dev", source="tfds"))
     assert [(e["text_a"], e["text_b"], e["label"]) for e in converted] == [
         (e["text_a"], e["text_b"], e["label"]) for e in rows["de"]
     ]
@@ -76,7 +77,7 @@ def test_wikiann_and_anli_from_tfds(shared_data):
         "spans": [],
     }
     with _mock([record]):
-        (converted,) = T.get_task("panx.de").examples("dev", source="tfds")
+        (converted,) = S.examples(T.get_task("panx.de"), "dev", source="tfds")
     assert converted["tokens"] == sentence["tokens"] and converted["tags"] == sentence["tags"]
     native = list(r.read_nli_jsonl(shared_data("english/anli/original_jsonl_sample/R1/dev.jsonl")))
     records = [
@@ -89,7 +90,7 @@ def test_wikiann_and_anli_from_tfds(shared_data):
         for e in native
     ]
     with _mock(records):
-        converted = list(T.get_task("anli_r1.en").examples("dev", source="tfds"))
+        converted = list(S.examples(T.get_task("anli_r1.en"), "dev", source="tfds"))
     assert [(e["id"], e["label"]) for e in converted] == [(e["id"], e["label"]) for e in native]
 
 
@@ -97,6 +98,8 @@ def test_tfds_metadata_and_errors():
     assert T.get_task("udpos.ta").tfds_name == "xtreme_pos/xtreme_pos_tl"  # TFDS swaps ta/tl
     assert T.get_task("tydiqa.sw").tfds_splits["test"] == "validation-sw"
     with pytest.raises(KeyError, match="no TFDS builder"):
-        list(T.get_task("ccg.en").examples("train", source="tfds"))
+        list(S.examples(T.get_task("ccg.en"), "train", source="tfds"))
     with pytest.raises(KeyError, match="no TFDS split for 'dev'"):
-        list(T.get_task("xquad.de").examples("dev", source="tfds"))
+        list(S.examples(T.get_task("xquad.de"), "dev", source="tfds"))
+    with pytest.raises(ValueError, match="source must be one of"):
+        list(S.examples(T.get_task("xquad.de"), "test", source="hub"))

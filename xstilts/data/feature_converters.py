@@ -4,7 +4,7 @@ sharding and exact resume. Pure numpy; no TensorFlow.
 Why not seqio's feature converters: they are built for T5-style ``inputs``/``targets`` token
 features (``EncoderFeatureConverter`` is BERT-MLM shaped and needs a ``mask_id``); an encoder
 classifier needs scalar labels, ``[B, L]`` tag labels with a mask, QA start/end positions and
-``[B, C, L]`` multiple choice (anchors.md §4.1, lessons 6-7).
+``[B, C, L]`` multiple choice (google/seqio ``seqio/feature_converters.py``).
 
 Batch keys (DESIGN.md): ``input_ids``/``attention_mask`` ``[B, L]`` (``[B, C, L]`` for multiple
 choice) int32; ``labels`` ``[B]`` or ``[B, L]`` with ``label_mask``; ``start_positions``,

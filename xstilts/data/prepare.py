@@ -1,5 +1,6 @@
 """Fetch the official releases into a data directory, verify checksums, and lay the files out as
-``tasks.py`` expects. Run it on a machine with internet; nothing else in xstilts downloads.
+the task tables (``data/tables/``) expect. Run it on a machine with internet; nothing else in
+xstilts downloads.
 
     python -m xstilts.data.prepare --data_dir data --dry-run          # what would be fetched
     python -m xstilts.data.prepare --data_dir data --only xnli,xquad  # some datasets
@@ -30,14 +31,11 @@ import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from xstilts.benchmark import TASK2LANGS as LANGUAGES
 from xstilts.data import readers as r
 from xstilts.data.checksums import LASER_COMMIT, SHA256, XQUAD_COMMIT
-from xstilts.data.tasks import (
-    LANGUAGES,
-    SQUAD_TRANSLATE_TRAIN,
-    TATOEBA_ISO3,
-    XNLI_TRANSLATE_TRAIN,
-)
+from xstilts.data.tables.intermediate import SQUAD_TRANSLATE_TRAIN, XNLI_TRANSLATE_TRAIN
+from xstilts.data.tables.xtreme import TATOEBA_ISO3
 
 LOCK_FILE = "checksums.lock.json"
 XTREME_TRANSLATIONS = "https://storage.googleapis.com/xtreme_translations"

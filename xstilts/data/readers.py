@@ -224,6 +224,13 @@ def read_glue_mnli_tsv(path: str | Path) -> Iterator[Example]:
         }
 
 
+def read_mnli(path: str | Path) -> Iterator[Example]:
+    """MNLI in either release: GLUE's tsv, or MultiNLI 1.0's JSON lines (``.jsonl``)."""
+    if Path(path).suffix == ".jsonl":
+        return read_nli_jsonl(path)
+    return read_glue_mnli_tsv(path)
+
+
 def read_glue_qqp_tsv(path: str | Path) -> Iterator[Example]:
     """GLUE QQP tsv: ``id qid1 qid2 question1 question2 is_duplicate`` (test: ``id q1 q2``)."""
     for number, row in _read_headed_tsv(path, ("id", "question1", "question2")):
@@ -767,6 +774,19 @@ def read_bucc_gold(path: str | Path) -> list[tuple[str, str]]:
             )
         pairs.append((fields[0], fields[1]))
     return pairs
+
+
+def read_bucc(
+    source_path: str | Path, english_path: str | Path, gold_path: str | Path | None = None
+) -> Iterator[Example]:
+    """One BUCC 2018 split: ``{"id", "text", "side"}`` per sentence (side ``source`` or
+    ``target``), then one ``{"id": "src<TAB>en", "side": "gold", "text": ""}`` per gold pair."""
+    gold = set(read_bucc_gold(gold_path)) if gold_path else set()
+    for side, path in (("source", source_path), ("target", english_path)):
+        for example in read_bucc_sentences(path):
+            yield {**example, "side": side}
+    for source, target in sorted(gold):
+        yield {"id": f"{source}\t{target}", "side": "gold", "text": ""}
 
 
 def read_tatoeba(source_path: str | Path, english_path: str | Path) -> Iterator[Example]:

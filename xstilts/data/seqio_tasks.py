@@ -1,22 +1,8 @@
-"""seqio Tasks and Mixtures built from ``tasks.py`` (needs the ``data`` extra: seqio + TF).
-
-Kept at arm's length (reference/anchors.md §4, lessons 6-7): a seqio Task here is a source of
-raw reader fields (strings, labels) plus metadata; tokenization and batching stay in
-``preprocessors.py`` / ``feature_converters.py``, because seqio's vocabulary gives wrong ids for
-XLM-R and its feature converters do not fit an encoder classifier. What seqio adds is the
-registry mixture authors know, ``seqio.get_mixture_or_task(...).get_dataset(...)`` for tf.data
-users, and the same Mixture rates as ``tasks.mixture_rates``.
-
-    from xstilts.data import seqio_tasks
-    seqio_tasks.register_all(data_dir="data")
-    seqio.get_mixture_or_task("intermediate.mnli.multilingual").get_dataset(None, split="train")
-
-Registered names are the task and mixture names of ``tasks.py``. Retrieval tasks are not
-registered (they are evaluated, not trained).
-"""
+"""seqio Tasks and Mixtures built from the task and mixture registry (needs seqio + TF)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -30,6 +16,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
         "the rest of xstilts.data works without them"
     ) from error
 
+from xstilts.data.registry import register_mixture as register_spec
 from xstilts.data.tasks import (
     MIXTURES,
     TASKS,
@@ -119,7 +106,7 @@ def register_task(spec: TaskSpec, data_dir: str | os.PathLike | None = None) -> 
 
 def register_mixture(name: str, data_dir: str | os.PathLike | None = None) -> seqio.Mixture:
     """Register mixture ``name`` (and its tasks and sub-mixtures) with seqio. Task rates are
-    computed from the number of training examples exactly as ``tasks.mixture_rates``."""
+    computed from the number of training examples exactly as ``registry.mixture_rates``."""
     spec = get_mixture(name)
     for sub, _ in spec.submixtures:
         if sub not in seqio.MixtureRegistry.names():
@@ -152,10 +139,6 @@ def _scaled(rate: Any, factor: float) -> Any:
 
 def _own_only(name: str) -> str:
     """A registered copy of mixture ``name`` without its sub-mixtures (its own-task rates)."""
-    import dataclasses
-
-    from xstilts.data.tasks import register_mixture as register_spec
-
     spec = get_mixture(name)
     if not spec.submixtures:
         return name
@@ -166,7 +149,22 @@ def _own_only(name: str) -> str:
 
 
 def register_all(data_dir: str | os.PathLike | None = None) -> tuple[list[str], list[str]]:
-    """Every non-retrieval task and every mixture of ``tasks.py`` (lazy: nothing is read yet)."""
+    """Every non-retrieval task and every mixture of the registry (lazy: nothing is read yet).
+
+    Kept at arm's length: a seqio Task here is a source of raw reader fields (strings, labels)
+    plus metadata; tokenization and batching stay in ``preprocessors.py`` /
+    ``feature_converters.py``, because seqio's ``SentencePieceVocabulary`` assumes PAD=0, EOS=1,
+    UNK=2 (google/seqio ``seqio/vocabularies.py``), which gives wrong ids for XLM-R, and its
+    feature converters (``seqio/feature_converters.py``) are built for T5 inputs/targets, not an
+    encoder classifier. What seqio adds is the registry mixture authors know,
+    ``seqio.get_mixture_or_task(...).get_dataset(...)`` for tf.data users, and the same rates as
+    ``registry.mixture_rates``. Names are the registry's; retrieval tasks are not registered
+    (they are evaluated, not trained)::
+
+        from xstilts.data import seqio_tasks
+        seqio_tasks.register_all(data_dir="data")
+        seqio.get_mixture_or_task("intermediate.mnli.multilingual").get_dataset(None, split="train")
+    """
     tasks = [spec.name for spec in TASKS.values() if spec.kind != "retrieval"]
     for name in tasks:
         register_task(TASKS[name], data_dir)

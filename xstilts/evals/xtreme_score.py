@@ -1,6 +1,6 @@
 """XTREME scores: per language, per task, the XTREME score, its groups, and resource tiers.
 
-Aggregation is google-research/xtreme ``evaluate.py``'s (``reference/paper.md`` section 3.5):
+Aggregation is google-research/xtreme ``evaluate.py``'s:
 the unweighted mean over a task's languages; the task score is (EM + F1) / 2 for QA, else F1
 if the task has it, else accuracy; the XTREME score is the unweighted mean of the nine task
 scores; group scores (classification, tagging, qa, retrieval) are means within each group and
@@ -29,30 +29,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from statistics import fmean
 
+from xstilts import benchmark
 from xstilts.evals import metrics, xtreme_io
 
-TASK2LANGS: dict[str, tuple[str, ...]] = {  # XTREME evaluate.py, in its order
-    "pawsx": tuple("de,en,es,fr,ja,ko,zh".split(",")),
-    "xnli": tuple("ar,bg,de,el,en,es,fr,hi,ru,sw,th,tr,ur,vi,zh".split(",")),
-    "panx": tuple(("ar,he,vi,id,jv,ms,tl,eu,ml,ta,te,af,nl,en,de,el,bn,hi,mr,ur,fa,fr,it,pt,es,bg,"
-                   "ru,ja,ka,ko,th,sw,yo,my,zh,kk,tr,et,fi,hu").split(",")),
-    "udpos": tuple(("af,ar,bg,de,el,en,es,et,eu,fa,fi,fr,he,hi,hu,id,it,ja,kk,ko,mr,nl,pt,ru,ta,"
-                    "te,th,tl,tr,ur,vi,yo,zh").split(",")),
-    "bucc2018": tuple("de,fr,ru,zh".split(",")),
-    "tatoeba": tuple(("ar,he,vi,id,jv,tl,eu,ml,ta,te,af,nl,de,el,bn,hi,mr,ur,fa,fr,it,pt,es,bg,ru,"
-                      "ja,ka,ko,th,sw,zh,kk,tr,et,fi,hu").split(",")),
-    "xquad": tuple("en,es,de,el,ru,tr,ar,vi,th,zh,hi".split(",")),
-    "mlqa": tuple("en,es,de,ar,hi,vi,zh".split(",")),
-    "tydiqa": tuple("en,ar,bn,fi,id,ko,ru,sw,te".split(",")),
-}
-TASKS = tuple(TASK2LANGS)
-GROUP2TASK: dict[str, tuple[str, ...]] = {
-    "classification": ("pawsx", "xnli"),
-    "tagging": ("udpos", "panx"),
-    "qa": ("xquad", "mlqa", "tydiqa"),
-    "retrieval": ("bucc2018", "tatoeba"),
-}
-QA_TASKS = GROUP2TASK["qa"]
+# The benchmark's tables live in xstilts/benchmark.py (one copy for data/ and evals/)
+TASK2LANGS = benchmark.TASK2LANGS
+TASKS = benchmark.TASKS
+GROUP2TASK = benchmark.GROUP2TASK
+QA_TASKS = benchmark.QA_TASKS
 TIERS = ("high", "medium", "low", "unseen")
 HIGH_GIB, MEDIUM_GIB = 20.0, 5.0
 
@@ -143,20 +127,21 @@ def score_language(task: str, lang: str, predictions: str | os.PathLike,
                    labels: str | os.PathLike) -> dict[str, float]:
     """XTREME's ``evaluate_one_task`` for one prediction file against its label file."""
     _check_task_language(task, lang)
-    if task in QA_TASKS:
+    metric = benchmark.METRIC[task]
+    if metric in ("squad_em_f1", "mlqa_em_f1"):
         pred, gold = xtreme_io.read_qa_predictions(predictions), xtreme_io.read_squad(labels)
-    elif task in ("udpos", "panx"):
+    elif metric == "f1_seqeval":
         pred, gold = xtreme_io.read_tags(predictions), xtreme_io.read_tags(labels)
     else:
         pred, gold = xtreme_io.read_lines(predictions), xtreme_io.read_lines(labels)
     try:
-        if task == "mlqa":
+        if metric == "mlqa_em_f1":
             return metrics.mlqa_evaluate(gold, pred, lang)
-        if task in QA_TASKS:
+        if metric == "squad_em_f1":
             return metrics.squad_evaluate(gold, pred)
-        if task in ("udpos", "panx"):
+        if metric == "f1_seqeval":
             return metrics.tagging_f1(gold, pred)
-        if task == "bucc2018":
+        if metric == "bucc_f1":
             return metrics.bucc_f1(gold, pred)
         return metrics.accuracy(gold, pred)
     except (ValueError, KeyError, TypeError) as e:

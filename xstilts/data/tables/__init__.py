@@ -1,0 +1,1 @@
+"""Task tables: one row per dataset (XTREME targets, intermediate tasks, the synthetic world)."""

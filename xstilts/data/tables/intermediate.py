@@ -1,0 +1,229 @@
+"""The intermediate tasks, their translate-train corpora and MLM text, one row per dataset."""
+
+from xstilts.benchmark import TASK2LANGS
+from xstilts.data import readers as r
+from xstilts.data.spec import TaskRow
+
+# The nine intermediate tasks of X-STILTs (Phang et al. 2020; nyu-mll/jiant
+# guides/projects/xstilts.md)
+INTERMEDIATE_TASKS = (
+    "mnli",
+    "anli_plus",
+    "qqp",
+    "squad_v1",
+    "squad_v2",
+    "hellaswag",
+    "cosmosqa",
+    "commonsenseqa",
+    "ccg",
+)
+# XTREME's translate-train releases (gs://xtreme_translations): XNLI's MNLI and SQuAD v1.1
+XNLI_TRANSLATE_TRAIN = tuple(lang for lang in TASK2LANGS["xnli"] if lang != "en")
+SQUAD_TRANSLATE_TRAIN = tuple("ar de el es hi ru th tr vi zh".split())
+MLM_LANGUAGES = tuple(sorted(set(TASK2LANGS["panx"])))
+# ANLI+ = SNLI + MNLI + ANLI R1-R3 (jiant's anli_plus), one shared NLI head
+ANLI_PLUS = ("snli.en", "mnli.en", "anli_r1.en", "anli_r2.en", "anli_r3.en")
+
+NLI = dict(
+    role="intermediate",
+    kind="classification",
+    labels=r.NLI_LABELS,
+    head="nli",
+    max_length=256,
+    epochs=3,
+)
+SQUAD = dict(
+    role="intermediate",
+    kind="qa",
+    reader=r.read_squad_json,
+    metric="squad_em_f1",
+    max_length=384,
+    epochs=2,
+    head="span_qa",
+)
+MULTIPLE_CHOICE = dict(role="intermediate", kind="multiple_choice", max_length=256, epochs=3)
+
+MNLI = TaskRow(
+    dataset="mnli",
+    languages=("en",),
+    **NLI,
+    reader=r.read_mnli,
+    splits={
+        "train": (
+            "english/mnli/glue_format/train.tsv",
+            "mnli/train.tsv",
+            "mnli/multinli_1.0_train.jsonl",
+        ),
+        "dev": ("english/mnli/glue_format/dev_matched.tsv", "mnli/dev_matched.tsv"),
+    },
+    tfds_name="multi_nli",
+    tfds_splits={"train": "train", "dev": "validation_matched"},
+)
+MNLI_TRANSLATED = TaskRow(  # XNLI's machine-translated MNLI train set
+    dataset="mnli",
+    languages=XNLI_TRANSLATE_TRAIN,
+    **NLI,
+    source="translate-train",
+    reader=r.read_xtreme_pair_tsv,
+    reader_kwargs={"labels": r.NLI_LABELS},
+    splits={
+        "train": (
+            "xnli/translate-train/en-{lang}-translated.tsv",
+            "XNLI-Translated/en-{lang}-translated.tsv",
+        )
+    },
+)
+SNLI = TaskRow(
+    dataset="snli",
+    languages=("en",),
+    **NLI,
+    reader=r.read_nli_jsonl,
+    splits={
+        "train": ("snli/snli_1.0_train.jsonl", "english/snli/snli_1.0_sample.jsonl"),
+        "dev": ("snli/snli_1.0_dev.jsonl",),
+    },
+    tfds_name="snli",
+    tfds_splits={"train": "train", "dev": "validation"},
+)
+ANLI = tuple(
+    TaskRow(
+        dataset=f"anli_r{round_}",
+        languages=("en",),
+        **NLI,
+        reader=r.read_nli_jsonl,
+        splits={
+            split: (
+                f"anli/R{round_}/{split}.jsonl",
+                f"english/anli/original_jsonl_sample/R{round_}/{split}.jsonl",
+            )
+            for split in ("train", "dev", "test")
+        },
+        tfds_name=f"anli/r{round_}",
+        tfds_splits={"train": "train", "dev": "validation", "test": "test"},
+    )
+    for round_ in (1, 2, 3)
+)
+QQP = TaskRow(
+    dataset="qqp",
+    languages=("en",),
+    role="intermediate",
+    kind="classification",
+    labels=r.BINARY_LABELS,
+    reader=r.read_glue_qqp_tsv,
+    epochs=3,
+    splits={
+        "train": ("qqp/train.tsv", "english/qqp/glue_format/train.tsv"),
+        "dev": ("qqp/dev.tsv", "english/qqp/glue_format/dev.tsv"),
+    },
+    tfds_name="glue/qqp",
+    tfds_splits={"train": "train", "dev": "validation"},
+)
+SQUAD_V1 = TaskRow(  # its dev set is SQuAD's own: XQuAD is test data, never dev
+    dataset="squad_v1",
+    languages=("en",),
+    **SQUAD,
+    splits={
+        "train": ("squad/train-v1.1.json", "english/squad/allennlp_squad_v1.1_sample.json"),
+        "dev": ("squad/dev-v1.1.json",),
+    },
+    tfds_name="squad/v1.1",
+    tfds_splits={"train": "train", "dev": "validation"},
+)
+SQUAD_V1_TRANSLATED = TaskRow(  # XTREME's translate-train SQuAD
+    dataset="squad_v1",
+    languages=SQUAD_TRANSLATE_TRAIN,
+    **SQUAD,
+    source="translate-train",
+    reader_kwargs={"on_misaligned": "drop"},
+    splits={"train": ("squad/translate-train/squad.translate.train.en-{lang}.json",)},
+    tfds_name="xquad/{lang}",
+    tfds_splits={"train": "translate-train"},
+)
+SQUAD_V2 = TaskRow(
+    dataset="squad_v2",
+    languages=("en",),
+    **{**SQUAD, "head": "span_qa_v2"},
+    splits={
+        "train": ("squad/train-v2.0.json", "english/squad/allennlp_squad_v2.0_sample.json"),
+        "dev": ("squad/dev-v2.0.json",),
+    },
+    tfds_name="squad/v2.0",
+    tfds_splits={"train": "train", "dev": "validation"},
+)
+HELLASWAG = TaskRow(
+    dataset="hellaswag",
+    languages=("en",),
+    **MULTIPLE_CHOICE,
+    reader=r.read_hellaswag_jsonl,
+    num_choices=4,
+    splits={
+        split: (f"hellaswag/hellaswag_{split}.jsonl", f"english/hellaswag/hellaswag_{split}.jsonl")
+        for split in ("train", "val", "test")
+    },
+    tfds_name="hellaswag",
+    tfds_splits={"train": "train", "val": "validation", "test": "test"},
+)
+COSMOSQA = TaskRow(
+    dataset="cosmosqa",
+    languages=("en",),
+    **MULTIPLE_CHOICE,
+    reader=r.read_cosmosqa_csv,
+    num_choices=4,
+    splits={
+        "train": ("cosmosqa/train.csv",),
+        "dev": ("cosmosqa/valid.csv", "english/cosmosqa/valid.head300.csv"),
+    },
+    tfds_name="cosmos_qa",
+    tfds_splits={"train": "train", "dev": "validation"},
+)
+COMMONSENSEQA = TaskRow(
+    dataset="commonsenseqa",
+    languages=("en",),
+    **MULTIPLE_CHOICE,
+    reader=r.read_commonsenseqa_jsonl,
+    num_choices=5,
+    splits={
+        "train": (
+            "commonsenseqa/train_rand_split.jsonl",
+            "english/commonsenseqa/original_format_sample/train_rand_split.jsonl",
+        ),
+        "dev": (
+            "commonsenseqa/dev_rand_split.jsonl",
+            "english/commonsenseqa/original_format_sample/dev_rand_split.jsonl",
+        ),
+    },
+)
+CCG = TaskRow(  # CCGbank is licensed: a local-only corpus with an open tag set
+    dataset="ccg",
+    languages=("en",),
+    role="intermediate",
+    kind="tagging",
+    reader=r.read_ccg_supertags,
+    epochs=3,
+    source="local-only",
+    splits={split: (f"ccg/ccg.{split}",) for split in ("train", "dev", "test")},
+)
+MLM = TaskRow(
+    dataset="mlm",
+    languages=MLM_LANGUAGES,
+    role="mlm",
+    kind="mlm",
+    metric="mlm_accuracy",
+    reader=r.read_text_lines,
+    splits={"train": ("mlm/{lang}.txt",)},
+)
+ROWS = (
+    MNLI,
+    MNLI_TRANSLATED,
+    SNLI,
+    *ANLI,
+    QQP,
+    SQUAD_V1,
+    SQUAD_V1_TRANSLATED,
+    SQUAD_V2,
+    HELLASWAG,
+    COSMOSQA,
+    COMMONSENSEQA,
+    CCG,
+    MLM,
+)
