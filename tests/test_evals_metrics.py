@@ -1,5 +1,6 @@
 """XTREME metrics on hand-checked cases (each expected value is worked out in the comment)."""
 
+import json
 import random
 import warnings
 
@@ -7,7 +8,8 @@ import numpy as np
 import pytest
 import seqeval.metrics
 
-from xstilts.evals import metrics
+from tests.conftest import require_sample
+from xstilts.evals import metrics, xtreme_io, xtreme_score
 
 
 def squad(qas):
@@ -104,20 +106,21 @@ def test_squad_hand_checked():
     result = metrics.squad_evaluate(data, {"q1": "eiffel tower!", "q2": "1889"})
     assert result["exact_match"] == pytest.approx(100 / 3)
     assert result["f1"] == pytest.approx(100 * (1 + 2 / 3) / 3)
+    assert result["em_f1"] == pytest.approx((100 / 3 + 100 * (1 + 2 / 3) / 3) / 2)
 
 
 def test_squad_empty_prediction_and_unanswerable():
     # An empty prediction scores 0 against "Paris", but EM 1 / F1 0 against "the": both
     # normalise to "" (SQuAD v1.1's own behaviour).
     assert metrics.squad_evaluate(squad([("q", ["Paris"])]), {"q": ""}) == \
-        {"exact_match": 0.0, "f1": 0.0}
+        {"exact_match": 0.0, "f1": 0.0, "em_f1": 0.0}
     assert metrics.squad_evaluate(squad([("q", ["the"])]), {"q": ""}) == \
-        {"exact_match": 100.0, "f1": 0.0}
+        {"exact_match": 100.0, "f1": 0.0, "em_f1": 50.0}
     # No gold answer (unanswerable): only an empty answer is right (SQuAD v2 rule).
     assert metrics.squad_evaluate(squad([("q", [])]), {"q": ""}) == \
-        {"exact_match": 100.0, "f1": 100.0}
+        {"exact_match": 100.0, "f1": 100.0, "em_f1": 100.0}
     assert metrics.squad_evaluate(squad([("q", [])]), {"q": "Paris"}) == \
-        {"exact_match": 0.0, "f1": 0.0}
+        {"exact_match": 0.0, "f1": 0.0, "em_f1": 0.0}
 
 
 def test_squad_is_english_centric():
@@ -141,10 +144,12 @@ def test_mlqa_scores_hand_checked():
     de = metrics.mlqa_evaluate(squad([("a", ["3050 und 3350 Meter"])]), {"a": "3050 und 3350"},
                                "de")
     # tokens 3050 und 3350 vs 3050 und 3350 meter: P 1, R 3/4 -> F1 6/7
-    assert de == {"exact_match": 0.0, "f1": pytest.approx(100 * 6 / 7)}
+    assert de == {"exact_match": 0.0, "f1": pytest.approx(100 * 6 / 7),
+                  "em_f1": pytest.approx(100 * 3 / 7)}
     zh = metrics.mlqa_evaluate(squad([("b", ["电池"])]), {"b": "电化电池"}, "zh")
     # characters 电 化 电 池 vs 电 池: 2 common, P 1/2, R 1 -> F1 2/3
-    assert zh == {"exact_match": 0.0, "f1": pytest.approx(200 / 3)}
+    assert zh == {"exact_match": 0.0, "f1": pytest.approx(200 / 3),
+                  "em_f1": pytest.approx(100 / 3)}
 
 
 def test_mlqa_unknown_language():
@@ -204,3 +209,152 @@ def test_qa_postprocess_bad_input():
                                {"q": ""})
     with pytest.raises(ValueError, match="has no context"):
         metrics.qa_postprocess(np.zeros((1, 4)), np.zeros((1, 4)), [[None] * 4], ["q"], {})
+
+
+# -- the metric table and per-example statistics ------------------------------------------
+TASK_METRIC = {"xnli": "accuracy", "pawsx": "accuracy", "tatoeba": "accuracy",
+               "udpos": "f1_seqeval", "panx": "f1_seqeval", "xquad": "squad_em_f1",
+               "tydiqa": "squad_em_f1", "mlqa": "mlqa_em_f1", "bucc2018": "bucc_f1"}
+
+
+def test_metric_table():
+    # Every metric name TaskSpec uses, each with the key XTREME averages.
+    assert set(metrics.METRICS) == {"accuracy", "f1_seqeval", "squad_em_f1", "mlqa_em_f1",
+                                    "bucc_f1", "mlm_accuracy"}
+    assert {name: metrics.primary(name) for name in metrics.METRICS} == {
+        "accuracy": "accuracy", "f1_seqeval": "f1", "squad_em_f1": "em_f1",
+        "mlqa_em_f1": "em_f1", "bucc_f1": "f1", "mlm_accuracy": "accuracy"}
+    for spec in metrics.METRICS.values():
+        assert spec.primary in spec.keys
+    qa = metrics.squad_evaluate(squad([("q", ["red car"])]), {"q": "car"})  # EM 0, F1 2/3
+    assert metrics.primary_value("squad_em_f1", qa) == pytest.approx((0 + 100 * 2 / 3) / 2)
+    assert metrics.primary_value("mlqa_em_f1", {"exact_match": 10.0, "f1": 30.0}) == 20.0
+    with pytest.raises(ValueError, match="unknown metric 'bleu'"):
+        metrics.primary("bleu")
+    with pytest.raises(KeyError, match="no 'f1'"):
+        metrics.primary_value("f1_seqeval", {"accuracy": 3.0})
+
+
+def _mock_stats(task, lang):
+    """(official dict, per-example stats) of XTREME's mock predictions for one language."""
+    root = require_sample("xtreme_mock")
+    suffix = "json" if task in xtreme_score.QA_TASKS else "tsv"
+    pred_file = root / "predictions" / task / f"test-{lang}.{suffix}"
+    label_file = root / "labels" / task / f"test-{lang}.{suffix}"
+    official = xtreme_score.score_language(task, lang, pred_file, label_file)
+    if task in xtreme_score.QA_TASKS:
+        pred, gold = xtreme_io.read_qa_predictions(pred_file), xtreme_io.read_squad(label_file)
+        return official, metrics.qa_stats(gold, pred, lang, mlqa=task == "mlqa")
+    if task in ("udpos", "panx"):
+        return official, metrics.tagging_stats(xtreme_io.read_tags(label_file),
+                                               xtreme_io.read_tags(pred_file))
+    return official, metrics.accuracy_stats(xtreme_io.read_lines(label_file),
+                                            xtreme_io.read_lines(pred_file))
+
+
+@pytest.mark.parametrize("task", [t for t in xtreme_score.TASKS if t != "bucc2018"])
+def test_reduce_stats_is_the_official_score_on_xtreme_mock_data(task):
+    name = TASK_METRIC[task]
+    for lang in xtreme_score.TASK2LANGS[task]:
+        official, stats = _mock_stats(task, lang)
+        assert stats.shape[1] == metrics.METRICS[name].stats_width
+        ours = metrics.reduce_stats(name, stats)
+        assert set(ours) >= set(official) - {"em_f1"}, (task, lang)
+        for key, value in official.items():
+            assert ours[key] == pytest.approx(value, abs=1e-9), (task, lang, key)
+
+
+def test_tagging_stats_resample_is_the_official_f1_of_the_resample():
+    """B-/I- chunks (and UPOS runs): the stats of a resample with repeated sentences reduce to
+    tagging_f1 of the resampled sentence lists."""
+    rng = random.Random(5)
+    tags = ["O", "O", "B-PER", "I-PER", "I-LOC", "B-LOC", "I-ORG", "B-ORG", "NOUN", "SCONJ"]
+    gold = [[rng.choice(tags) for _ in range(rng.randint(1, 9))] for _ in range(60)]
+    pred = [[t if rng.random() < 0.7 else rng.choice(tags) for t in s] for s in gold]
+    stats = metrics.tagging_stats(gold, pred)
+    np_rng = np.random.default_rng(0)
+    for _ in range(20):
+        picked = np_rng.integers(0, len(gold), len(gold))
+        official = metrics.tagging_f1([gold[i] for i in picked], [pred[i] for i in picked])
+        ours = metrics.reduce_stats("f1_seqeval", stats[picked])
+        assert ours == pytest.approx(official, abs=1e-9)
+    with pytest.raises(ValueError, match="sentence 0 has 1 gold tags but 2 predicted"):
+        metrics.tagging_stats([["O"]], [["O", "O"]])
+
+
+@pytest.mark.parametrize("lang", ["zh", "de", "ar"])
+def test_mlqa_stats_resample_on_real_mlqa_questions(lang):
+    """Real MLQA dev questions, predictions perturbed the ways the normalisation undoes (case,
+    punctuation, articles) or not (truncation, another answer): resamples reduce to
+    mlqa_evaluate of the resampled dataset, and SQuAD normalisation differs."""
+    path = require_sample(f"mlqa/dev-context-{lang}-question-{lang}.json")
+    data = json.loads(path.read_text(encoding="utf-8"))["data"]
+    questions = [qa for article in data for p in article["paragraphs"] for qa in p["qas"]]
+    rng = random.Random(1)
+    predictions = {}
+    for i, qa in enumerate(questions):
+        answer = qa["answers"][0]["text"]
+        predictions[qa["id"]] = [answer, f"«{answer.upper()}»", answer[: len(answer) // 2],
+                                 questions[i - 1]["answers"][0]["text"]][rng.randrange(4)]
+    del predictions[questions[0]["id"]]  # unanswered: scores 0
+    stats = metrics.qa_stats(data, predictions, lang, mlqa=True)
+    official = metrics.mlqa_evaluate(data, predictions, lang)
+    assert metrics.reduce_stats("mlqa_em_f1", stats) == pytest.approx(official, abs=1e-9)
+    assert stats[0].tolist() == [0.0, 0.0]
+    np_rng = np.random.default_rng(2)
+    for _ in range(5):
+        picked = np_rng.integers(0, len(questions), len(questions))
+        resampled = [{"paragraphs": [{"qas": [questions[i] for i in picked]}]}]
+        assert metrics.reduce_stats("mlqa_em_f1", stats[picked]) == pytest.approx(
+            metrics.mlqa_evaluate(resampled, predictions, lang), abs=1e-9)
+    squad_stats = metrics.qa_stats(data, predictions)
+    assert metrics.reduce_stats("squad_em_f1", squad_stats) == pytest.approx(
+        metrics.squad_evaluate(data, predictions), abs=1e-9)
+    if lang == "zh":  # character segmentation: SQuAD's whitespace tokens score lower F1
+        assert squad_stats[:, 1].sum() < stats[:, 1].sum()
+    with pytest.raises(ValueError, match="unknown language 'fr'"):
+        metrics.qa_stats(data, predictions, "fr", mlqa=True)
+
+
+def test_accuracy_and_mlm_reductions():
+    stats = metrics.accuracy_stats(["a", "b", "c", "a"], ["a", "c", "c", "b"])
+    assert stats[:, 0].tolist() == [1, 0, 1, 0]
+    assert metrics.reduce_stats("accuracy", stats) == {"accuracy": 50.0}
+    # MLM: (correct masked tokens, masked tokens) per example; accuracy over tokens: 5 / 8.
+    assert metrics.reduce_stats("mlm_accuracy", np.array([[1.0, 4.0], [4.0, 4.0]])) == \
+        {"accuracy": 62.5}
+    with pytest.raises(ValueError, match="set-level score"):
+        metrics.reduce_stats("bucc_f1", np.ones((2, 3)))
+    with pytest.raises(ValueError, match="2 stats columns, expected 3"):
+        metrics.reduce_stats("f1_seqeval", np.ones((2, 2)))
+    with pytest.raises(ValueError, match=r"expected stats \[n > 0, k\]"):
+        metrics.reduce_stats("accuracy", np.zeros((0, 1)))
+
+
+# -- the pure scorers the driver assembles --------------------------------------------------
+def test_word_tags_from_overlapping_windows():
+    labels = ["O", "B-PER", "I-PER"]
+    examples = [{"id": "s1", "tags": ["B-PER", "I-PER", "O"]}, {"id": "s2", "tags": ["O"]}]
+    # s1's words 0, 1 in window 1 and words 1, 2 in window 2 (the later window wins word 1);
+    # s2 has no window: its word gets "O".
+    features = [{"example_id": "s1", "label_mask": [0, 1, 1, 0], "word_ids": [-1, 0, 1, -1]},
+                {"example_id": "s1", "label_mask": [0, 1, 0, 1], "word_ids": [-1, 1, 1, 2]}]
+    predicted = [np.array([0, 1, 1, 0]), np.array([0, 2, 0, 0])]
+    gold, pred = metrics.word_tags(features, predicted, labels, examples)
+    assert gold == [["B-PER", "I-PER", "O"], ["O"]]
+    assert pred == [["B-PER", "I-PER", "O"], ["O"]]
+
+
+def test_chance_predictors():
+    assert metrics.chance_classification(["a", "b", "b"], ["b", "a", "b"]) == \
+        {"accuracy": pytest.approx(200 / 3)}
+    # majority tag "O": no predicted chunk -> F1 0
+    assert metrics.chance_tagging([["B-PER", "O"]], ["O", "O", "B-PER"])["f1"] == 0.0
+    answers = metrics.chance_answers({"q1": "one two three", "q2": ""})
+    assert answers["q1"] in {"one", "two", "three"} and answers["q2"] == ""
+    assert answers == metrics.chance_answers({"q1": "one two three", "q2": ""})
+    data = metrics.squad_data([{"id": "q1", "context": "c", "answers": [{"text": "x"}]}])
+    assert data == [{"paragraphs": [{"context": "c", "qas": [
+        {"id": "q1", "question": "", "answers": [{"text": "x"}]}]}]}]
+    with pytest.raises(ValueError, match="no values"):
+        metrics.majority([])

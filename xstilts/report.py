@@ -1,21 +1,23 @@
 """The experiment report: ``python -m xstilts.report RUN_DIR`` (markdown, CSV and PNG plots).
 
-Reads ``RUN_DIR/results.jsonl`` (the tidy table of ``xstilts.experiment``) and
-``RUN_DIR/experiment.json`` and writes ``RUN_DIR/report/``:
+Reads ``RUN_DIR/results.jsonl`` (the tidy table: config, task, language, split, metric, value,
+seed, step; split "dev" = target-language dev, "test"), ``RUN_DIR/experiment.json`` and the
+per-example statistics ``RUN_DIR/phase2/<config>/<train task>/seed<k>/example_stats.npz``
+(keys ``task|language|split``), and writes ``RUN_DIR/report/``:
 
-* ``report.md``: the XTREME-style table (rows = intermediate configurations, columns = tasks
-  and the score, mean ± std over seeds) with the chance level of each task; the answer to the
-  research question (English-only versus multilingual intermediate training per resource tier:
-  mean ± std over seeds and the paired bootstrap 95% interval of the difference), with the
-  low-resource languages singled out; and a check that every non-English score beats chance.
-* ``xtreme_table.csv``, ``tiers.csv``, ``deltas.csv``: the same numbers, machine-readable.
-* ``deltas.png``: heatmap of per-language deltas against the baseline (one panel per config);
-  ``tiers.png``: English-only vs multilingual per tier with the bootstrap intervals.
+* ``report.md``: the XTREME-style table on test and on target-language dev (mean ± sample std
+  over seeds, with the chance level); the best intermediate config per target chosen on dev and
+  scored on test; per comparison (English-only vs multilingual intermediate training) the
+  difference over all languages, per resource tier pooled and per task, split by whether the
+  language is in the intermediate data, for single low-resource languages and with the tiers'
+  boundary moved; hierarchical paired bootstrap intervals, the primary row unadjusted and every
+  other row with a Holm-adjusted p-value; and a check that every non-English score beats chance.
+* ``xtreme_table.csv``, ``xtreme_table_dev.csv``, ``selection.csv``, ``comparisons.csv``,
+  ``tiers.csv`` (one per comparison), ``deltas.csv``: the same numbers, machine-readable.
+* ``deltas.png``: per-language deltas against the baseline; ``tiers.png``: English-only vs
+  multilingual per tier with the intervals.
 
-Aggregation follows XTREME (``xstilts.evals.xtreme_score``): a language's number is the task's
-primary metric ((EM + F1) / 2 for QA, F1 for tagging and BUCC, else accuracy), a task score is
-the unweighted mean over its languages, the score the mean over tasks; a tier's score is the
-mean over tasks of each task's mean over its languages in the tier (``tier_averages``).
+Numbers come from ``xstilts.report_tables``; the statistics from ``xstilts.evals.stats``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -33,172 +34,27 @@ from typing import Any
 
 import numpy as np
 
-CHANCE = "chance"
-Key = tuple[str, str, str, int]  # (config, task, language, seed)
+from xstilts import report_tables as rt
+from xstilts.evals import metrics
+from xstilts.report_tables import CHANCE, Row, RunData, Summary
+
+TIER_WEIGHTING = ("each language counts once: its number is the mean over the tasks that "
+                  "score it, and the tier's number the mean over its languages")
 
 
-# ----------------------------------------------------------------------------------- loading
-def load(run_dir: str | os.PathLike) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    from xstilts.experiment import read_rows
-
-    run_dir = Path(run_dir)
-    results, meta_path = run_dir / "results.jsonl", run_dir / "experiment.json"
-    for path in (results, meta_path):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing; is {run_dir} a finished experiment run "
-                                    f"(python -m xstilts.experiment)?")
-    return read_rows(results), json.loads(meta_path.read_text(encoding="utf-8"))
+# ---------------------------------------------------------------------------------- format
+def _fmt(summary: Summary | None, digits: int = 1) -> str:
+    if summary is None or summary.mean is None:
+        return summary.note if summary is not None and summary.note else "–"
+    if summary.std is None:
+        return f"{summary.mean:.{digits}f}"
+    return f"{summary.mean:.{digits}f} ± {summary.std:.{digits}f}"
 
 
-def language_scores(rows: Sequence[Mapping[str, Any]], primary: Mapping[str, str]
-                    ) -> dict[Key, float]:
-    """One number per (config, task, language, seed): the task's primary metric on test."""
-    by_key: dict[Key, dict[str, float]] = {}
-    for r in rows:
-        if r["split"] != "test":
-            continue
-        key = (r["config"], r["task"], r["language"], int(r["seed"]))
-        by_key.setdefault(key, {})[r["metric"]] = float(r["value"])
-    out = {}
-    for key, values in by_key.items():
-        metric = primary.get(key[1], "accuracy")
-        if metric == "em_f1":
-            if "exact_match" in values and "f1" in values:
-                out[key] = (values["exact_match"] + values["f1"]) / 2
-        elif metric in values:
-            out[key] = values[metric]
-    return out
-
-
-def tier_of(language: str, tiers: Mapping[str, str]) -> str:
-    if language in tiers:
-        return tiers[language]
-    from xstilts.evals import xtreme_score
-
-    try:
-        return xtreme_score.language(language).tier
-    except ValueError:
-        return "unknown"
-
-
-# ------------------------------------------------------------------------------- aggregation
-def task_means(scores: Mapping[Key, float], config: str, seed: int,
-               languages: set[str] | None = None) -> dict[str, float]:
-    """Task -> mean over its languages (optionally only ``languages``) for one config and seed."""
-    per_task: dict[str, list[float]] = {}
-    for (c, task, lang, s), value in scores.items():
-        if c == config and s == seed and (languages is None or lang in languages):
-            per_task.setdefault(task, []).append(value)
-    return {task: fmean(values) for task, values in per_task.items()}
-
-
-def seeds_of(scores: Mapping[Key, float], config: str) -> list[int]:
-    return sorted({s for (c, _, _, s) in scores if c == config})
-
-
-def xtreme_table(scores: Mapping[Key, float], configs: Sequence[str], tasks: Sequence[str]
-                 ) -> dict[str, dict[str, tuple[float, float]]]:
-    """config -> {task | "score": (mean, std) over seeds}; a seed's score: its task mean."""
-    table = {}
-    for config in configs:
-        per_seed = {s: task_means(scores, config, s) for s in seeds_of(scores, config)}
-        row: dict[str, tuple[float, float]] = {}
-        for task in tasks:
-            values = [m[task] for m in per_seed.values() if task in m]
-            if values:
-                row[task] = (fmean(values), float(np.std(values)))
-        # A task scored on fewer seeds (retrieval comes from phase 1, trained once unless
-        # intermediate_per_seed) enters every seed's score with its mean over its seeds.
-        seed_scores = [fmean(m[t] if t in m else row[t][0] for t in tasks)
-                       for m in per_seed.values()] if all(t in row for t in tasks) else []
-        if seed_scores:
-            row["score"] = (fmean(seed_scores), float(np.std(seed_scores)))
-        table[config] = row
-    return table
-
-
-def tier_scores(scores: Mapping[Key, float], config: str, tiers: Mapping[str, str]
-                ) -> dict[str, list[float]]:
-    """tier -> the tier score of each seed (mean over tasks of the task's mean in the tier)."""
-    languages = {lang for (_, _, lang, _) in scores}
-    out: dict[str, list[float]] = {}
-    for tier in sorted({tier_of(lang, tiers) for lang in languages}):
-        members = {lang for lang in languages if tier_of(lang, tiers) == tier}
-        per_seed = [task_means(scores, config, seed, members)
-                    for seed in seeds_of(scores, config)]
-        everywhere: dict[str, list[float]] = {}
-        for means in per_seed:
-            for task, value in means.items():
-                everywhere.setdefault(task, []).append(value)
-        # A task scored on fewer seeds enters every seed with its mean (as in xtreme_table).
-        filled = [{t: m.get(t, fmean(v)) for t, v in everywhere.items()} for m in per_seed]
-        values = [fmean(m.values()) for m in filled if m]
-        if values:
-            out[tier] = values
-    return out
-
-
-def paired_differences(scores: Mapping[Key, float], a: str, b: str,
-                       languages: set[str] | None = None) -> dict[str, np.ndarray]:
-    """task -> ``b - a`` for every (language, seed) both configs have (optionally restricted)."""
-    out: dict[str, list[float]] = {}
-    for (config, task, lang, seed), value in sorted(scores.items()):
-        if config != a or (languages is not None and lang not in languages):
-            continue
-        other = scores.get((b, task, lang, seed))
-        if other is not None:
-            out.setdefault(task, []).append(other - value)
-    return {task: np.asarray(d) for task, d in out.items()}
-
-
-def paired_bootstrap(differences: Mapping[str, np.ndarray] | np.ndarray, *,
-                     resamples: int = 10_000, confidence: float = 0.95, seed: int = 0
-                     ) -> tuple[float, float, float]:
-    """Estimate and percentile bootstrap interval of a mean of paired differences.
-
-    ``differences`` is one array of per-unit differences (``b - a`` on the same unit), or a
-    mapping stratum -> array: then the statistic is the mean over strata of the within-stratum
-    means (XTREME's mean over tasks of means over languages) and units are resampled with
-    replacement within their stratum, so every resample keeps every task.
-    """
-    strata = {"": np.asarray(differences)} if not isinstance(differences, Mapping) else \
-        {k: np.asarray(v, float) for k, v in differences.items()}
-    strata = {k: v for k, v in strata.items() if v.size}
-    if not strata:
-        raise ValueError("paired_bootstrap: no paired differences")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence {confidence}: expected a number in (0, 1)")
-    rng = np.random.default_rng(seed)
-    estimate = float(fmean(float(v.mean()) for v in strata.values()))
-    stats = np.zeros(resamples)
-    for values in strata.values():
-        picks = rng.integers(0, values.size, size=(resamples, values.size))
-        stats += values[picks].mean(axis=1)
-    stats /= len(strata)
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(stats, [tail, 100 - tail])
-    return estimate, float(low), float(high)
-
-
-# ----------------------------------------------------------------------------------- report
-def _fmt(mean_std: tuple[float, float] | None) -> str:
-    if mean_std is None:
+def _p(value: float | None) -> str:
+    if value is None:
         return "–"
-    mean, std = mean_std
-    return f"{mean:.1f} ± {std:.1f}"
-
-
-def _retrieval_recipe(meta: Mapping[str, Any]) -> str:
-    """One sentence on how retrieval embeddings were made (empty without retrieval tasks)."""
-    if not meta.get("retrieval") or meta.get("retrieval_layer") is None:
-        return ""
-    text = (f" Retrieval embeds a sentence as the mean-pooled hidden state "
-            f"{meta['retrieval_layer']} (0 = embeddings) of the encoder after phase 1 (for the "
-            f"baseline: after phase 0, or the pretrained checkpoint)")
-    if meta.get("retrieval_center"):
-        text += (", centred per language (each language's mean embedding subtracted, "
-                 "Libovický et al., 2020; XTREME does not centre)")
-    return text + "."
+    return "<0.001" if value < 0.001 else f"{value:.3f}"
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -215,6 +71,10 @@ def _csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return out.getvalue()
 
 
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
 def _atomic(path: Path, data: str | bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -225,177 +85,353 @@ def _atomic(path: Path, data: str | bytes) -> None:
     os.replace(tmp, path)
 
 
-def compare_pair(scores: Mapping[Key, float], english: str, multi: str,
-                 tiers: Mapping[str, str], low: Sequence[str]
-                 ) -> tuple[list[str], str, bytes | None, dict[str, tuple[float, float, float]]]:
-    """The research question for one (English-only, multilingual) pair: markdown lines, the
-    tiers CSV, the tiers plot (None without tiers) and {tier: (Δ, CI low, CI high)}."""
-    md = [f"## English-only ({english}) vs multilingual ({multi}) intermediate training", ""]
-    tier_rows, csv_rows, plot = [], [], []
-    deltas: dict[str, tuple[float, float, float]] = {}
-    en_tiers, multi_tiers = tier_scores(scores, english, tiers), tier_scores(scores, multi, tiers)
-    all_langs = {k[2] for k in scores}
-    order = [t for t in ("high", "medium", "low", "unseen", "unknown")
-             if t in en_tiers or t in multi_tiers]
-    for tier in order:
-        members = {lang for lang in all_langs if tier_of(lang, tiers) == tier}
-        diffs = paired_differences(scores, english, multi, members)
-        if not diffs:
-            continue
-        estimate, lo, hi = paired_bootstrap(diffs)
-        deltas[tier] = (estimate, lo, hi)
-        e, m = en_tiers.get(tier, []), multi_tiers.get(tier, [])
-        e_ms = (fmean(e), float(np.std(e))) if e else None
-        m_ms = (fmean(m), float(np.std(m))) if m else None
-        tier_rows.append([tier, " ".join(sorted(members)), _fmt(e_ms), _fmt(m_ms),
-                          f"{estimate:+.2f}", f"[{lo:+.2f}, {hi:+.2f}]",
-                          "yes" if lo > 0 or hi < 0 else "no"])
-        csv_rows.append(["tier", tier, e_ms[0] if e_ms else "", e_ms[1] if e_ms else "",
-                         m_ms[0] if m_ms else "", m_ms[1] if m_ms else "", estimate, lo, hi])
-        plot.append((tier, e_ms, m_ms, estimate, lo, hi))
-    md += [_md_table(["tier", "languages", f"{english}", f"{multi}", "Δ (multi − en)",
-                      "95% CI (paired bootstrap)", "excludes 0"], tier_rows), ""]
-    low_rows = []
-    for lang in low:
-        diffs = paired_differences(scores, english, multi, {lang})
-        if not diffs:
-            continue
-        estimate, lo, hi = paired_bootstrap(diffs)
-        only = {k: v for k, v in scores.items() if k[2] == lang}
-        e = tier_scores(only, english, {lang: lang})[lang]
-        m = tier_scores(only, multi, {lang: lang})[lang]
-        low_rows.append([lang, _fmt((fmean(e), float(np.std(e)))),
-                         _fmt((fmean(m), float(np.std(m)))), f"{estimate:+.2f}",
-                         f"[{lo:+.2f}, {hi:+.2f}]"])
-        csv_rows.append(["language", lang, fmean(e), float(np.std(e)), fmean(m),
-                         float(np.std(m)), estimate, lo, hi])
-    if low_rows:
+def _retrieval_recipe(meta: Mapping[str, Any]) -> str:
+    """One sentence on how retrieval embeddings were made (empty without retrieval tasks)."""
+    if not meta.get("retrieval") or meta.get("retrieval_layer") is None:
+        return ""
+    text = (f" Retrieval embeds a sentence as the mean-pooled hidden state "
+            f"{meta['retrieval_layer']} (0 = embeddings) of the encoder after phase 1 (for the "
+            f"baseline: after phase 0, or the pretrained checkpoint)")
+    if meta.get("retrieval_center"):
+        text += (", centred per language (each language's mean embedding subtracted, "
+                 "Libovický et al., 2020; XTREME does not centre)")
+    return text + "."
+
+
+# ---------------------------------------------------------------------------- XTREME tables
+def _table_section(data: RunData, configs: Sequence[str], tasks: Sequence[str], split: str
+                   ) -> tuple[list[str], str]:
+    """Markdown lines and CSV of the XTREME table on ``split``."""
+    table = rt.xtreme_table(data, configs, tasks, split)
+    rows = [[c, *(_fmt(table[c][t]) for t in [*tasks, "score"])] for c in configs]
+    if split == "test" and any(k[0] == CHANCE for k in data.scores):
+        chance = rt.xtreme_table(data, [CHANCE], tasks, "test")[CHANCE]
+        rows.append([f"*{CHANCE}*", *(f"*{chance[t].mean:.1f}*" if chance[t].mean is not None
+                                      else "–" for t in [*tasks, "score"])])
+    seeds = sorted({k[4] for k in data.scores if k[0] != CHANCE and k[3] == split})
+    title = ("zero-shot test" if split == "test" else
+             "target-language dev, never used to select checkpoints")
+    md = [f"## XTREME-style table ({title}; mean ± sample std over seeds "
+          f"{', '.join(map(str, seeds))})", "", _md_table(["config", *tasks, "score"], rows), ""]
+    csv_rows = [[c, t, _num(table[c][t].mean), _num(table[c][t].std), table[c][t].seeds,
+                 table[c][t].note] for c in configs for t in [*tasks, "score"]]
+    return md, _csv(["config", "task", "mean", "std", "seeds", "note"], csv_rows)
+
+
+def _metric_note(data: RunData, tasks: Sequence[str]) -> str:
+    names = ", ".join(f"{t}: {metrics.primary(data.task_metric[t])}" for t in tasks
+                      if t in data.task_metric)
+    return (f"Metrics (x100): {names} (em_f1 = (EM + F1) / 2). Each task score is the "
+            f"unweighted mean over its languages and the score the mean over tasks; a task "
+            f"lacking a language is shown incomplete and the score with it, never averaged "
+            f"over fewer tasks. Std is the sample std (ddof = 1) over seeds (none with one "
+            f"seed). The *{CHANCE}* row is a predictor that ignores its input (majority "
+            f"English-train label or tag, a random context word for QA, 1/N for Tatoeba-style "
+            f"retrieval, no pairs for BUCC-style mining).{_retrieval_recipe(data.meta)}")
+
+
+def _selection_section(data: RunData, configs: Sequence[str]) -> tuple[list[str], str]:
+    candidates = [c for c in configs if c not in (data.meta.get("baseline"), CHANCE)]
+    targets = [t for t in data.tasks if t in data.meta.get("targets", [])]
+    if not candidates or not any(data.has_split(t, "dev") for t in targets):
+        return [], ""
+    chosen = rt.select_on_dev(data, candidates, data.tasks)
+    rows = [[s.task, s.config or "–", _fmt(s.dev), _fmt(s.test), s.note] for s in chosen]
+    complete = [s for s in chosen if s.test.mean is not None]
+    if len(complete) == len(chosen):
+        rows.append(["**score**", "", "", f"{fmean(s.test.mean for s in chosen):.1f}", ""])
+    else:
+        rows.append(["**score**", "", "", f"incomplete ({len(complete)}/{len(chosen)} tasks)",
+                     ""])
+    md = ["## Best intermediate config per target, chosen on dev, scored on test", "",
+          _md_table(["target", "chosen on dev", "dev", "test", "note"], rows), "",
+          f"For each target the config among {', '.join(candidates)} with the highest mean "
+          f"target-language dev score (mean over seeds) is chosen; its test score is reported. "
+          f"Test plays no part in the choice.", ""]
+    csv_text = _csv(["task", "config", "dev_mean", "dev_std", "test_mean", "test_std", "note"],
+                    [[s.task, s.config or "", _num(s.dev.mean), _num(s.dev.std),
+                      _num(s.test.mean), _num(s.test.std), s.note] for s in chosen])
+    return md, csv_text
+
+
+def _deltas_section(data: RunData, configs: Sequence[str], tasks: Sequence[str]
+                    ) -> tuple[list[str], dict[str, str], dict[str, bytes]]:
+    baseline = data.meta.get("baseline")
+    if baseline not in configs:
+        return [], {}, {}
+    languages = sorted({k[2] for k in data.scores}, key=lambda x: (x != "en", x))
+    delta_rows, heat = [], {}
+    for config in (c for c in configs if c != baseline):
+        grid = np.full((len(tasks), len(languages)), np.nan)
+        for i, task in enumerate(tasks):
+            for j, lang in enumerate(languages):
+                diffs = [data.scores[(config, task, lang, "test", s)] -
+                         data.scores[(baseline, task, lang, "test", s)]
+                         for s in data.seeds(config, task)
+                         if (baseline, task, lang, "test", s) in data.scores
+                         and (config, task, lang, "test", s) in data.scores]
+                if diffs:
+                    grid[i, j] = fmean(diffs)
+                    delta_rows.append([config, task, lang, f"{grid[i, j]:.4f}", str(len(diffs))])
+        heat[config] = grid
+    csvs = {"deltas.csv": _csv(["config", "task", "language", "delta_vs_baseline", "n"],
+                               delta_rows)}
+    if not heat:
+        return [], csvs, {}
+    md = ["## Per-language deltas against the baseline", "",
+          f"![deltas](deltas.png) (test; mean over seeds of config − {baseline}, same seed; "
+          f"numbers in deltas.csv)", ""]
+    return md, csvs, {"deltas.png": heatmap_png(heat, tasks, languages, baseline)}
+
+
+# ------------------------------------------------------------------------------ comparisons
+def comparison_pairs(meta: Mapping[str, Any], configs: Sequence[str]
+                     ) -> list[tuple[str, str]]:
+    """The primary pair first (``primary_comparison``, else english/multilingual_config),
+    then ``more_comparisons``; duplicates and pairs with an unknown config left out."""
+    primary = meta.get("primary_comparison") or [meta.get("english_config"),
+                                                 meta.get("multilingual_config")]
+    pairs = [tuple(primary), *(tuple(p) for p in meta.get("more_comparisons") or ())]
+    return [p for p in dict.fromkeys(pairs)
+            if len(p) == 2 and p[0] in configs and p[1] in configs]
+
+
+def _delta(row: Row) -> str:
+    return f"{row.interval.estimate:+.2f}" if row.interval is not None else "–"
+
+
+def _ci(row: Row) -> str:
+    if row.interval is None:
+        return row.note or "incomplete"
+    text = row.interval.text()
+    return text if row.interval.supported or not row.note else f"{text}: {row.note}"
+
+
+def _interval_cells(row: Row) -> list[str]:
+    p = row.interval.p if row.interval is not None else None
+    adjusted = {"primary": "(primary)", "sensitivity": "(sensitivity)"}.get(row.family,
+                                                                           _p(row.p_holm))
+    return [_fmt(row.a), _fmt(row.b), _delta(row), _ci(row), _p(p), adjusted]
+
+
+def _rows_table(rows: Sequence[Row], first: str, name, pair: tuple[str, str]) -> str:
+    a, b = pair
+    return _md_table([first, "languages", a, b, f"Δ ({b} − {a})", "95% CI", "p", "p (Holm)"],
+                     [[name(r), " ".join(r.languages), *_interval_cells(r)] for r in rows])
+
+
+def _pair_section(pair: tuple[str, str], rows: Sequence[Row], number: int
+                  ) -> tuple[list[str], str, bytes | None]:
+    a, b = pair
+    stem = "tiers" if number == 0 else f"tiers_{a}_vs_{b}"
+    mine = [r for r in rows if r.pair == pair]
+
+    def of(level: str) -> list[Row]:
+        return [r for r in mine if r.level == level]
+
+    md = [f"## English-only ({a}) vs multilingual ({b}) intermediate training", "",
+          _rows_table(of("all") + of("tier"), "tier",
+                      lambda r: "**all**" if r.level == "all" else r.tier, pair), ""]
+    if of("tier x task"):
+        md += ["Per task within each tier:", "",
+               _rows_table(of("tier x task"), "tier / task", lambda r: f"{r.tier} / {r.task}",
+                           pair), ""]
+    if of("tier x seen"):
+        md += [f"Language in the intermediate data of {a} or {b} (seen) or not (unseen), per "
+               f"tier:", "",
+               _rows_table(of("tier x seen"), "tier / covariate",
+                           lambda r: f"{r.tier} / {r.group}", pair), ""]
+    if of("language"):
         md += ["Low-resource languages singled out:", "",
-               _md_table(["language", english, multi, "Δ (multi − en)", "95% CI"], low_rows),
-               ""]
-    md += ["Tier score = mean over tasks of the task's mean over the tier's languages, per "
-           "seed (mean ± std over seeds). Δ is multilingual − English-only on the same "
-           "(task, language, seed) units; its 95% interval is a percentile bootstrap "
-           "(10,000 resamples of the units within each task, paired).", ""]
-    csv_text = _csv(["level", "name", "english_mean", "english_std", "multilingual_mean",
-                     "multilingual_std", "delta", "ci_low", "ci_high"], csv_rows)
-    png = tiers_png(plot, english, multi) if plot else None
+               _rows_table(of("language"), "language", lambda r: r.languages[0], pair), ""]
+    if of("boundary"):
+        md += ["Tier-boundary sensitivity (tiers recomputed with the languages on the cut "
+               "moved; not part of the tested family):", "",
+               _rows_table(of("boundary"), "tier", lambda r: r.tier, pair), ""]
+    plot = [(r.tier, r.a, r.b, r.interval) for r in of("tier")]
+    png = tiers_png(plot, a, b) if plot else None
     if png is not None:
-        md += ["![tiers](tiers.png)", ""]
-    return md, csv_text, png, deltas
+        md += [f"![tiers]({stem}.png)", ""]
+    csv_rows = [[r.level, r.tier, r.task, r.group, " ".join(r.languages), _num(r.a.mean),
+                 _num(r.a.std), _num(r.b.mean), _num(r.b.std),
+                 *_interval_numbers(r)] for r in mine]
+    return md, _csv(_COMPARISON_HEADER[2:], csv_rows), png
 
 
-def build_report(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]
-                 ) -> tuple[str, dict[str, str], dict[str, bytes]]:
-    """(markdown, {csv name: text}, {png name: bytes})."""
-    primary = meta.get("primary_metric", {})
-    scores = language_scores(rows, primary)
-    configs = [c for c in meta["configs"] if any(k[0] == c for k in scores)]
-    tasks = [t for t in [*meta.get("targets", []), *meta.get("retrieval", [])]
-             if any(k[1] == t for k in scores)]
-    baseline = meta.get("baseline")
-    tiers = meta.get("tiers") or {}
-    english, multi = meta.get("english_config"), meta.get("multilingual_config")
-    low = list(meta.get("low_resource") or [])
-    md: list[str] = ["# X-STILTs experiment report", ""]
-    csvs: dict[str, str] = {}
-    pngs: dict[str, bytes] = {}
+_COMPARISON_HEADER = ["english", "multilingual", "level", "tier", "task", "covariate",
+                      "languages", "english_mean", "english_std", "multilingual_mean",
+                      "multilingual_std", "delta", "ci_low", "ci_high", "se", "runs", "p",
+                      "p_holm", "family", "note"]
 
-    # XTREME table ---------------------------------------------------------------------------
-    table = xtreme_table(scores, configs, tasks)
-    chance = xtreme_table(scores, [CHANCE], tasks).get(CHANCE, {})
-    header = ["config", *tasks, "score"]
-    md_rows = [[c, *(_fmt(table[c].get(t)) for t in [*tasks, "score"])] for c in configs]
-    if chance:
-        chance_score = fmean(chance[t][0] for t in tasks) if all(t in chance for t in tasks) \
-            else None
-        md_rows.append([f"*{CHANCE}*", *(f"*{chance[t][0]:.1f}*" if t in chance else "–"
-                                         for t in tasks),
-                        f"*{chance_score:.1f}*" if chance_score is not None else "–"])
-    seeds = sorted({k[3] for k in scores if k[0] != CHANCE})
-    metric_names = ", ".join(f"{t}: {primary.get(t, 'accuracy')}" for t in tasks)
-    md += ["## XTREME-style table (zero-shot test, mean ± std over seeds "
-           f"{', '.join(map(str, seeds))})", "",
-           _md_table(header, md_rows), "",
-           f"Metrics (x100): {metric_names} (em_f1 = (EM + F1) / 2). Each task score is the "
-           f"unweighted mean over its languages; score = mean over tasks. The *{CHANCE}* row "
-           f"is the chance level: a predictor that ignores its input (majority English-train "
-           f"label or tag, a random context word for QA, 1/N for Tatoeba-style retrieval, no "
-           f"pairs for BUCC-style mining).{_retrieval_recipe(meta)}", ""]
-    csvs["xtreme_table.csv"] = _csv(
-        ["config", "task", "mean", "std"],
-        [[c, t, f"{table[c][t][0]:.4f}", f"{table[c][t][1]:.4f}"]
-         for c in configs for t in [*tasks, "score"] if t in table[c]]
-        + [[CHANCE, t, f"{chance[t][0]:.4f}", "0"] for t in tasks if t in chance])
 
-    # per-language deltas --------------------------------------------------------------------
-    delta_rows = []
-    languages = sorted({k[2] for k in scores}, key=lambda x: (x != "en", x))
-    heat: dict[str, np.ndarray] = {}
-    if baseline in configs:
-        for config in configs:
-            if config == baseline:
-                continue
-            grid = np.full((len(tasks), len(languages)), np.nan)
-            for i, task in enumerate(tasks):
-                for j, lang in enumerate(languages):
-                    diffs = paired_differences(scores, baseline, config, {lang}).get(task)
-                    if diffs is not None and diffs.size:
-                        grid[i, j] = float(diffs.mean())
-                        delta_rows.append([config, task, lang, f"{grid[i, j]:.4f}",
-                                           str(diffs.size)])
-            heat[config] = grid
-        csvs["deltas.csv"] = _csv(["config", "task", "language", "delta_vs_baseline", "n"],
-                                  delta_rows)
-        if heat:
-            pngs["deltas.png"] = heatmap_png(heat, tasks, languages, baseline)
-            md += ["## Per-language deltas against the baseline", "",
-                   f"![deltas](deltas.png) (mean over seeds of config − {baseline}, same seed; "
-                   f"numbers in deltas.csv)", ""]
+def _interval_numbers(r: Row) -> list[Any]:
+    i = r.interval
+    if i is None:
+        return ["", "", "", "", "", "", "", r.family, r.note]
+    return [_num(i.estimate), _num(i.low), _num(i.high), _num(i.se), i.runs, _num(i.p),
+            _num(r.p_holm), r.family, r.note]
 
-    # the research question -------------------------------------------------------------------
-    pairs = [(english, multi), *(tuple(pair) for pair in meta.get("more_comparisons") or ())]
-    pairs = [pair for pair in dict.fromkeys(pairs) if pair[0] in configs and pair[1] in configs]
-    summary = []
-    for number, (english, multi) in enumerate(pairs):
-        section, csv_text, png, tier_deltas = compare_pair(scores, english, multi, tiers, low)
-        stem = "tiers" if number == 0 else f"tiers_{english}_vs_{multi}"
-        md += [line.replace("](tiers.png)", f"]({stem}.png)") for line in section]
+
+def _method_note(data: RunData, primary: Row | None, family: int) -> list[str]:
+    runs = ("one intermediate run per config shared by every phase-2 seed, so there is one "
+            "independent unit per arm and no interval (n/a): the run-to-run variance of "
+            "intermediate training cannot be estimated" if data.shared_intermediate else
+            "intermediate training repeated per seed, so seed k of one arm is paired with seed "
+            "k of the other")
+    lines = [
+        "Δ is the second config minus the first on the same (task, language, seed) cells. "
+        f"Units: {runs}. The 95% interval is a hierarchical paired bootstrap: runs crossed with "
+        "the test examples of each language (the same example resamples in both arms and every "
+        "run, one resample for all languages of a parallel test set), each metric recomputed "
+        "from per-example statistics; SE² = s²/K over the K paired runs (the run-level "
+        "bootstrap variance with the K/(K−1) correction) + the variance of example resampling "
+        "shared by the runs; interval Δ ± t(K−1) SE, p two-sided from the same t; an interval "
+        f"needs at least 2 paired runs. Tier rows: {TIER_WEIGHTING}; the all-languages row is "
+        "XTREME's mean over tasks of means over languages. Retrieval rows have no example "
+        "statistics (run level only).",
+    ]
+    if primary is not None:
+        what = f"pooled {primary.tier} tier" if primary.tier else "all languages"
+        lines.append(f"Primary (pre-specified, unadjusted): {primary.pair[1]} − "
+                     f"{primary.pair[0]}, {what} (rows repeating it are marked primary too). Holm "
+                     f"family: the {family} other distinct differences with a p-value, every "
+                     f"comparison together (a row repeating another's cells and weights counts "
+                     f"once); tier-boundary rows are a sensitivity check outside it.")
+    return lines
+
+
+def comparisons(data: RunData, configs: Sequence[str], *, resamples: int
+                ) -> tuple[list[str], dict[str, str], dict[str, bytes]]:
+    pairs = comparison_pairs(data.meta, configs)
+    if not pairs:
+        return [], {}, {}
+    comparer = rt.Comparer(data, resamples=resamples)
+    boundary = data.meta.get("tier_boundary") or rt.DEFAULT_TIER_BOUNDARY
+    rows: list[Row] = []
+    for a, b in pairs:
+        rows += rt.comparison_rows(data, comparer, a, b,
+                                   low_resource=data.meta.get("low_resource") or (),
+                                   boundary=boundary)
+    primary = rt.primary_row(rows, pairs[0], data.meta.get("primary_tier", "low"))
+    rows = rt.adjust(rows, primary)
+    head = rows[primary] if primary is not None else None
+    family = rt.family_size(rows)
+    md: list[str] = []
+    if head is not None:
+        what = f"pooled {head.tier} tier" if head.tier else "all languages"
+        md += ["## Primary result", "",
+               f"{head.pair[1]} − {head.pair[0]}, {what}: Δ = {_delta(head)}, 95% CI "
+               f"{_ci(head)}, p = {_p(head.interval.p if head.interval else None)} "
+               f"(unadjusted; {_fmt(head.b)} vs {_fmt(head.a)}).", ""]
+    csvs, pngs = {}, {}
+    for number, pair in enumerate(pairs):
+        section, csv_text, png = _pair_section(pair, rows, number)
+        stem = "tiers" if number == 0 else f"tiers_{pair[0]}_vs_{pair[1]}"
+        md += section
         csvs[f"{stem}.csv"] = csv_text
         if png is not None:
             pngs[f"{stem}.png"] = png
-        summary.append((english, multi, tier_deltas))
-    if len(summary) > 1:
-        order = [t for t in ("high", "medium", "low", "unseen", "unknown")
-                 if any(t in deltas for *_, deltas in summary)]
-        md += ["## Every English-only vs multilingual pair", "",
-               _md_table(["English-only", "multilingual", *(f"Δ {t} [95% CI]" for t in order)],
-                         [[e, m, *(f"{d[t][0]:+.2f} [{d[t][1]:+.2f}, {d[t][2]:+.2f}]"
-                                   if t in d else "–" for t in order)]
-                          for e, m, d in summary]), ""]
+    if len(pairs) > 1:
+        md += _summary_section(rows, pairs)
+    md += [line for note in _method_note(data, head, family) for line in (note, "")]
+    csvs["comparisons.csv"] = _csv(_COMPARISON_HEADER, [
+        [*r.pair, r.level, r.tier, r.task, r.group, " ".join(r.languages), _num(r.a.mean),
+         _num(r.a.std), _num(r.b.mean), _num(r.b.std), *_interval_numbers(r)] for r in rows])
+    return md, csvs, pngs
 
-    # chance check ---------------------------------------------------------------------------
-    if chance:
-        failures, checked = [], 0
+
+def _summary_section(rows: Sequence[Row], pairs: Sequence[tuple[str, str]]) -> list[str]:
+    tiers = [t for t in rt.TIER_ORDER if any(r.level == "tier" and r.tier == t for r in rows)]
+    table = []
+    for pair in pairs:
+        by_tier = {r.tier: r for r in rows if r.pair == pair and r.level == "tier"}
+        table.append([*pair, *(f"{_delta(by_tier[t])} {_ci(by_tier[t])}" if t in by_tier
+                               else "–" for t in tiers)])
+    return ["## Every English-only vs multilingual pair", "",
+            _md_table(["English-only", "multilingual", *(f"Δ {t} [95% CI]" for t in tiers)],
+                      table), ""]
+
+
+# ------------------------------------------------------------------------- chance, missing
+def _chance_section(data: RunData, configs: Sequence[str], tasks: Sequence[str]) -> list[str]:
+    if not any(k[0] == CHANCE for k in data.scores):
+        return []
+    failures, checked = [], 0
+    for config in configs:
+        for task in tasks:
+            for lang in data.languages(task):
+                if lang == "en":
+                    continue
+                ours = [data.scores[(config, task, lang, "test", s)]
+                        for s in sorted(data.cell_seeds.get((config, task, lang, "test"), ()))]
+                base = [data.scores[(CHANCE, task, lang, "test", s)]
+                        for s in sorted(data.cell_seeds.get((CHANCE, task, lang, "test"), ()))]
+                if ours and base:
+                    checked += 1
+                    if fmean(ours) <= fmean(base):
+                        failures.append(f"{config}/{task}/{lang} "
+                                        f"({fmean(ours):.1f} <= {fmean(base):.1f})")
+    verdict = ("every one beats chance" if not failures else
+               f"{len(failures)} do not: " + "; ".join(failures))
+    return ["## Chance check", "",
+            f"Non-English (config, task, language) test means over seeds checked against the "
+            f"chance level: {checked}; {verdict}.", ""]
+
+
+def _missing_section(data: RunData, configs: Sequence[str], tasks: Sequence[str]) -> list[str]:
+    lines = []
+    for task in tasks:
         for config in configs:
-            for task in tasks:
-                for lang in languages:
-                    if lang == "en":
-                        continue
-                    ours = [v for (c, t, la, _), v in scores.items()
-                            if c == config and t == task and la == lang]
-                    base = [v for (c, t, la, _), v in scores.items()
-                            if c == CHANCE and t == task and la == lang]
-                    if ours and base:
-                        checked += 1
-                        if fmean(ours) <= fmean(base):
-                            failures.append(f"{config}/{task}/{lang} "
-                                            f"({fmean(ours):.1f} <= {fmean(base):.1f})")
-        verdict = ("every one beats chance" if not failures else
-                   f"{len(failures)} do not: " + "; ".join(failures))
-        md += ["## Chance check", "",
-               f"Non-English (config, task, language) means over seeds checked against the "
-               f"chance level: {checked}; {verdict}.", ""]
+            absent = [lang for lang in data.languages(task)
+                      if (config, task, lang, "test") not in data.cell_seeds]
+            if len(absent) == len(data.languages(task)) or not data.languages(task):
+                lines.append(f"- {config}/{task}: missing (no test score"
+                             f"{'; its gold is absent' if 'bucc' in task else ''})")
+            elif absent:
+                lines.append(f"- {config}/{task}: no test score for {', '.join(absent)}")
+    if not lines:
+        return []
+    return ["## Missing scores", "", "Tasks and languages without a test score (shown as "
+            "missing or incomplete in the tables, never dropped from an average):", "", *lines,
+            ""]
+
+
+# ----------------------------------------------------------------------------------- build
+def build_report(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any],
+                 example_stats: Mapping[rt.Key, np.ndarray] | None = None, *,
+                 resamples: int = 2000) -> tuple[str, dict[str, str], dict[str, bytes]]:
+    """(markdown, {csv name: text}, {png name: bytes})."""
+    data = rt.run_data(rows, meta, example_stats)
+    configs, tasks = data.configs, data.tasks
+    md: list[str] = ["# X-STILTs experiment report", ""]
+    selection = meta.get("selection")
+    if selection:
+        md += [f"Checkpoints selected on {selection.replace('_', ' ')} by each task's official "
+               f"metric; target-language dev and test are scored, never used to select.", ""]
+    test_md, test_csv = _table_section(data, configs, tasks, "test")
+    md += [*test_md, _metric_note(data, tasks), ""]
+    csvs: dict[str, str] = {"xtreme_table.csv": test_csv}
+    pngs: dict[str, bytes] = {}
+    dev_tasks = [t for t in tasks if data.has_split(t, "dev")]
+    if dev_tasks:
+        dev_md, csvs["xtreme_table_dev.csv"] = _table_section(data, configs, dev_tasks, "dev")
+        no_dev = [t for t in tasks if t not in dev_tasks]
+        md += [*dev_md, f"Tasks without a dev split (not in this table): "
+               f"{', '.join(no_dev) or 'none'}; its score is the mean over the tasks shown.", ""]
+    selection_md, selection_csv = _selection_section(data, configs)
+    if selection_md:
+        md += selection_md
+        csvs["selection.csv"] = selection_csv
+    delta_md, delta_csvs, delta_pngs = _deltas_section(data, configs, tasks)
+    md += delta_md
+    csvs |= delta_csvs
+    pngs |= delta_pngs
+    compare_md, compare_csvs, compare_pngs = comparisons(data, configs, resamples=resamples)
+    md += compare_md
+    csvs |= compare_csvs
+    pngs |= compare_pngs
+    md += _chance_section(data, configs, tasks)
+    md += _missing_section(data, configs, tasks)
     return "\n".join(md), csvs, pngs
 
 
@@ -441,20 +477,25 @@ def heatmap_png(heat: Mapping[str, np.ndarray], tasks: Sequence[str],
 
 
 def tiers_png(plot: Sequence[tuple], english: str, multi: str) -> bytes:
+    """Left: tier scores (mean ± sample std over seeds); right: Δ with its interval (a point
+    without bars where the runs do not support an interval)."""
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
     names = [p[0] for p in plot]
     x = np.arange(len(names))
     for offset, index, label in ((-0.2, 1, english), (0.2, 2, multi)):
-        means = [p[index][0] if p[index] else np.nan for p in plot]
-        stds = [p[index][1] if p[index] else 0 for p in plot]
+        means = [p[index].mean if p[index].mean is not None else np.nan for p in plot]
+        stds = [p[index].std or 0.0 for p in plot]
         left.bar(x + offset, means, 0.4, yerr=stds, capsize=3, label=label)
     left.set_xticks(x, names)
-    left.set_ylabel("tier score (mean ± std over seeds)")
+    left.set_ylabel("tier score (mean ± sample std)")
     left.legend(fontsize=8)
-    estimates = np.array([p[3] for p in plot])
-    errors = np.array([[p[3] - p[4] for p in plot], [p[5] - p[3] for p in plot]])
-    right.errorbar(x, estimates, yerr=errors, fmt="o", capsize=4)
+    for i, (_, _, _, interval) in enumerate(plot):
+        if interval is None:
+            continue
+        errors = [[interval.estimate - interval.low], [interval.high - interval.estimate]] \
+            if interval.supported else None
+        right.errorbar([i], [interval.estimate], yerr=errors, fmt="o", capsize=4, color="C0")
     right.axhline(0, color="grey", linewidth=0.8)
     right.set_xticks(x, names)
     right.set_ylabel(f"{multi} − {english} (95% CI)")
@@ -465,11 +506,11 @@ def tiers_png(plot: Sequence[tuple], english: str, multi: str) -> bytes:
 
 
 # ------------------------------------------------------------------------------------- entry
-def write_report(run_dir: str | os.PathLike) -> str:
+def write_report(run_dir: str | os.PathLike, *, resamples: int = 2000) -> str:
     """Write ``run_dir/report/`` and return the markdown (in a multi-process run every process
     returns it, only the chief, process 0, writes the files)."""
-    rows, meta = load(run_dir)
-    text, csvs, pngs = build_report(rows, meta)
+    rows, meta, example_stats = rt.load(run_dir)
+    text, csvs, pngs = build_report(rows, meta, example_stats, resamples=resamples)
     if "jax" in sys.modules and sys.modules["jax"].process_index() != 0:
         return text
     out = Path(run_dir) / "report"
@@ -483,8 +524,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m xstilts.report",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="an experiment run directory (holds results.jsonl)")
+    parser.add_argument("--resamples", type=int, default=2000,
+                        help="example resamples of the bootstrap (default 2000)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    print(write_report(args.run_dir))
+    print(write_report(args.run_dir, resamples=args.resamples))
     print(f"\nwritten to {Path(args.run_dir) / 'report'}")
     return 0
 

@@ -13,17 +13,24 @@ All scores are percentages (x100), like XTREME's.
   tokens, mixed character/whitespace segmentation for zh.
 * ``bucc_f1``: BUCC, F1 over the set of ``src<TAB>trg`` pairs.
 * ``qa_postprocess``: window start/end logits + character offsets -> answer text per question.
+
+``METRICS`` is the one table from a task's metric name (``TaskSpec.metric``) to its primary
+number (the key of the score dict that XTREME averages). The ``*_stats`` functions return
+per-example sufficient statistics from which ``reduce_stats`` recomputes the official score of
+any resample of the examples exactly (the report's bootstrap relies on that).
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import re
 import string
 import sys
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from seqeval.metrics.sequence_labeling import end_of_chunk, start_of_chunk
@@ -162,7 +169,12 @@ def _qa_evaluate(dataset: Sequence[Mapping], predictions: Mapping[str, str],
         f1_sum += f1
     if total == 0:
         raise ValueError("QA labels: no questions to score")
-    return {"exact_match": 100.0 * em_sum / total, "f1": 100.0 * f1_sum / total}
+    return _with_em_f1({"exact_match": 100.0 * em_sum / total, "f1": 100.0 * f1_sum / total})
+
+
+def _with_em_f1(scores: dict[str, float]) -> dict[str, float]:
+    """Adds XTREME's QA language number (EM + F1) / 2 as ``em_f1`` (``METRICS``' primary key)."""
+    return {**scores, "em_f1": (scores["exact_match"] + scores["f1"]) / 2}
 
 
 def squad_evaluate(dataset: Sequence[Mapping], predictions: Mapping[str, str]) -> dict[str, float]:
@@ -283,4 +295,202 @@ def qa_postprocess(start_logits: np.ndarray, end_logits: np.ndarray,
                 null_score_diff_threshold:
             text = ""
         answers[example_id] = text
+    return answers
+
+
+# -- the metric table ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """A task metric: the keys of its score dict, the primary one, and its per-example stats.
+
+    ``stats_width`` is the number of columns of the per-example statistics (0: the metric is a
+    set-level score, BUCC's F1 over mined pairs, with no per-example decomposition).
+    """
+
+    name: str
+    primary: str
+    keys: tuple[str, ...]
+    stats_width: int
+
+
+METRICS: dict[str, Metric] = {
+    "accuracy": Metric("accuracy", "accuracy", ("accuracy",), 1),
+    "f1_seqeval": Metric("f1_seqeval", "f1", ("f1", "precision", "recall"), 3),
+    "squad_em_f1": Metric("squad_em_f1", "em_f1", ("exact_match", "f1", "em_f1"), 2),
+    "mlqa_em_f1": Metric("mlqa_em_f1", "em_f1", ("exact_match", "f1", "em_f1"), 2),
+    "bucc_f1": Metric("bucc_f1", "f1", ("f1", "precision", "recall"), 0),
+    # MLM: per example (correct masked tokens, masked tokens); accuracy over all tokens.
+    "mlm_accuracy": Metric("mlm_accuracy", "accuracy", ("accuracy",), 2),
+}
+
+
+def metric(name: str) -> Metric:
+    if name not in METRICS:
+        raise ValueError(f"unknown metric {name!r}: expected one of {sorted(METRICS)}")
+    return METRICS[name]
+
+
+def primary(name: str) -> str:
+    """The key of the number XTREME averages in ``name``'s score dict (e.g. ``em_f1``)."""
+    return metric(name).primary
+
+
+def primary_value(name: str, scores: Mapping[str, float]) -> float:
+    """The primary number of a score dict; QA dicts without ``em_f1`` get (EM + F1) / 2."""
+    key = primary(name)
+    if key == "em_f1" and key not in scores and {"exact_match", "f1"} <= set(scores):
+        return (float(scores["exact_match"]) + float(scores["f1"])) / 2
+    if key not in scores:
+        raise KeyError(f"metric {name}: score dict has no {key!r} (has {sorted(scores)})")
+    return float(scores[key])
+
+
+# -- per-example sufficient statistics -----------------------------------------------------
+
+
+def accuracy_stats(labels: Sequence[Any], predictions: Sequence[Any]) -> np.ndarray:
+    """``[n, 1]``: 1.0 where the prediction is the label (``accuracy`` of any resample)."""
+    _check_lengths(labels, predictions, "accuracy")
+    return np.array([[float(p == g)] for p, g in zip(predictions, labels, strict=True)])
+
+
+def tagging_stats(labels: Sequence[Sequence[str]],
+                  predictions: Sequence[Sequence[str]]) -> np.ndarray:
+    """``[n, 3]`` per sentence: (correct chunks, predicted chunks, gold chunks).
+
+    ``seqeval_chunks`` separates sentences with an "O", so no chunk crosses a sentence and the
+    chunks of the whole set are the union of each sentence's: summed columns give ``tagging_f1``.
+    """
+    tagging_f1(labels, predictions)  # the same validation (and error messages)
+    out = np.zeros((len(labels), 3))
+    for i, (gold, pred) in enumerate(zip(labels, predictions, strict=True)):
+        gold_chunks, pred_chunks = seqeval_chunks([gold]), seqeval_chunks([pred])
+        out[i] = (len(gold_chunks & pred_chunks), len(pred_chunks), len(gold_chunks))
+    return out
+
+
+def qa_stats(dataset: Sequence[Mapping], predictions: Mapping[str, str],
+             language: str | None = None, mlqa: bool = False) -> np.ndarray:
+    """``[n, 2]`` per question in ``dataset`` order: (EM, F1) in [0, 1], SQuAD v1.1's rules or,
+    with ``mlqa``, MLQA's normalisation for ``language``; an unanswered question scores 0."""
+    if mlqa:
+        if language not in MLQA_LANGUAGES:
+            raise ValueError(f"MLQA: unknown language {language!r}; expected one of "
+                             f"{MLQA_LANGUAGES}")
+        normalize = functools.partial(mlqa_normalize, lang=language)
+    else:
+        normalize = squad_normalize
+    rows = []
+    for qa in _iter_questions(dataset):
+        if qa["id"] not in predictions:
+            rows.append((0.0, 0.0))
+            continue
+        rows.append(_qa_scores(predictions[qa["id"]], [a["text"] for a in qa["answers"]],
+                               normalize))
+    if not rows:
+        raise ValueError("QA labels: no questions to score")
+    return np.asarray(rows, dtype=np.float64)
+
+
+def _prf(correct: np.ndarray, predicted: np.ndarray, gold: np.ndarray) -> dict[str, np.ndarray]:
+    """Precision, recall, F1 x100 from chunk counts, as ``tagging_f1`` (0 where undefined)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, correct / np.where(predicted > 0, predicted, 1), 0.0)
+        recall = np.where(gold > 0, correct / np.where(gold > 0, gold, 1), 0.0)
+        total = precision + recall
+        f1 = np.where(total > 0, 2 * precision * recall / np.where(total > 0, total, 1), 0.0)
+    return {"f1": 100 * f1, "precision": 100 * precision, "recall": 100 * recall}
+
+
+def reduce_sums(name: str, sums: np.ndarray, count: int | np.ndarray) -> dict[str, np.ndarray]:
+    """The score dict from column sums ``[..., k]`` of per-example stats over ``count`` examples
+    (vectorised over leading axes: one row per bootstrap resample)."""
+    spec = metric(name)
+    sums = np.asarray(sums, dtype=np.float64)
+    if spec.stats_width == 0:
+        raise ValueError(f"metric {name}: a set-level score without per-example statistics")
+    if name == "mlm_accuracy" and sums.shape[-1] == 2:
+        return {"accuracy": 100.0 * sums[..., 0] / sums[..., 1]}
+    if sums.shape[-1] != spec.stats_width and not (name == "mlm_accuracy" and
+                                                    sums.shape[-1] == 1):
+        raise ValueError(f"metric {name}: {sums.shape[-1]} stats columns, expected "
+                         f"{spec.stats_width}")
+    if spec.primary == "accuracy":
+        return {"accuracy": 100.0 * sums[..., 0] / count}
+    if spec.primary == "em_f1":
+        em, f1 = 100.0 * sums[..., 0] / count, 100.0 * sums[..., 1] / count
+        return {"exact_match": em, "f1": f1, "em_f1": (em + f1) / 2}
+    return _prf(sums[..., 0], sums[..., 1], sums[..., 2])
+
+
+def reduce_stats(name: str, stats: np.ndarray) -> dict[str, float]:
+    """The official score dict (same keys, x100) of the examples whose stats are ``stats``."""
+    stats = np.asarray(stats, dtype=np.float64)
+    if stats.ndim != 2 or stats.shape[0] == 0:
+        raise ValueError(f"metric {name}: expected stats [n > 0, k], got shape {stats.shape}")
+    return {k: float(v) for k, v in reduce_sums(name, stats.sum(0), stats.shape[0]).items()}
+
+
+# -- pure scorers the driver assembles -----------------------------------------------------
+
+
+def word_tags(features: Sequence[Mapping[str, Any]], predicted: Sequence[np.ndarray],
+              label_names: Sequence[str], examples: Sequence[Mapping[str, Any]],
+              missing: str = "O") -> tuple[list[list[str]], list[list[str]]]:
+    """(gold, predicted) tags per sentence from first-sub-token predictions over its windows.
+
+    ``features[i]`` has ``example_id``, ``label_mask`` and ``word_ids``; ``predicted[i]`` the
+    label index per token; a word no window predicts gets ``missing``.
+    """
+    by_id: dict[Any, dict[int, str]] = {}
+    for feature, tags in zip(features, predicted, strict=True):
+        words = by_id.setdefault(feature["example_id"], {})
+        for position in np.flatnonzero(np.asarray(feature["label_mask"])):
+            words[int(feature["word_ids"][position])] = label_names[int(tags[position])]
+    gold, pred = [], []
+    for e in examples:
+        words = by_id.get(e["id"], {})
+        gold.append(list(e["tags"]))
+        pred.append([words.get(i, missing) for i in range(len(e["tags"]))])
+    return gold, pred
+
+
+def squad_data(examples: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """A SQuAD ``data`` list, one article per example (``id``, ``context``, ``question``,
+    ``answers``), for ``squad_evaluate`` / ``mlqa_evaluate`` / ``qa_stats``."""
+    return [{"paragraphs": [{"context": e["context"], "qas": [
+        {"id": e["id"], "question": e.get("question", ""), "answers": e["answers"]}]}]}
+        for e in examples]
+
+
+def majority(values: Iterable[Any]) -> Any:
+    """The most frequent value (ties: the first seen)."""
+    counts = collections.Counter(values)
+    if not counts:
+        raise ValueError("majority: no values")
+    return counts.most_common(1)[0][0]
+
+
+def chance_classification(labels: Sequence[str], train_labels: Iterable[str]
+                          ) -> dict[str, float]:
+    """Accuracy of always predicting the majority training label."""
+    return accuracy(labels, [majority(train_labels)] * len(labels))
+
+
+def chance_tagging(labels: Sequence[Sequence[str]], train_tags: Iterable[str]
+                   ) -> dict[str, float]:
+    """seqeval F1 of tagging every word with the majority training tag."""
+    tag = majority(train_tags)
+    return tagging_f1(labels, [[tag] * len(sentence) for sentence in labels])
+
+
+def chance_answers(contexts: Mapping[str, str], seed: int = 0) -> dict[str, str]:
+    """One random whitespace word of its context per question (seeded; "" for no words)."""
+    rng = np.random.default_rng(seed)
+    answers = {}
+    for qid, context in contexts.items():
+        words = context.split()
+        answers[qid] = words[int(rng.integers(len(words)))] if words else ""
     return answers
