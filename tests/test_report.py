@@ -121,7 +121,7 @@ def test_xtreme_table_qa_primary_and_sample_std():
     old = rt.run_data(rows, {**meta, "task_metric": None, "primary_metric": {"xq": "em_f1"}})
     assert rt.xtreme_table(old, ["a"], ["xq", "cls"], "test")["a"]["score"].mean == 75.0
     # A retrieval task scored on seed 0 only (shared phase 1) enters seed 1 with its mean.
-    data.scores[("a", "ret", "de", "test", 0)] = 30.0
+    data = rt.run_data([*rows, _row("a", "ret", "de", 30.0, 0)], meta)
     table = rt.xtreme_table(data, ["a"], ["xq", "cls", "ret"], "test")["a"]
     assert table["ret"].mean == 30.0 and table["ret"].std is None
     assert table["score"].mean == pytest.approx(60.0)
@@ -141,8 +141,27 @@ def test_a_missing_language_or_task_is_never_averaged_away():
     assert table["score"].note == "incomplete (xnli, bucc2018 not scored)"
     text = report.build_report(rows, meta)[0]
     assert "| a | incomplete (14/15 languages) | 40.0 | missing | incomplete" in text
-    assert "- a/bucc2018: missing (no test score; its gold is absent)" in text
+    assert "- a/bucc2018: missing (no test score; the driver writes no BUCC row when its " \
+        "test gold is absent)" in text
     assert "- a/xnli: no test score for sw" in text
+
+
+def test_dev_languages_are_those_with_a_dev_split():
+    # UD has no dev set for kk: no config has a kk dev row, so udpos dev is complete over the
+    # rest; a config missing a dev language that others have is incomplete.
+    langs = xtreme_score.TASK2LANGS["udpos"]
+    rows = [_row(c, "udpos", lang, 70.0 + (c == "b"), 0, "f1", split)
+            for c in "ab" for lang in langs for split in ("dev", "test")
+            if not (split == "dev" and lang == "kk") and not (c == "b" and lang == "de" and
+                                                               split == "dev")]
+    data = rt.run_data(rows, {"configs": ["a", "b"], "targets": ["udpos"],
+                              "task_metric": {"udpos": "f1_seqeval"}})
+    assert "kk" not in data.languages("udpos", "dev") and "kk" in data.languages("udpos")
+    assert data.languages("udpos", "dev")[:3] == ["af", "ar", "bg"]  # XTREME's order
+    dev = rt.xtreme_table(data, ["a", "b"], ["udpos"], "dev")
+    assert dev["a"]["udpos"].mean == 70.0
+    assert dev["b"]["udpos"].note == f"incomplete ({len(langs) - 2}/{len(langs) - 1} languages)"
+    assert rt.xtreme_table(data, ["b"], ["udpos"], "test")["b"]["udpos"].mean == 71.0
 
 
 def test_best_intermediate_is_chosen_on_dev_and_scored_on_test():
@@ -305,7 +324,7 @@ def test_shared_intermediate_run_gives_no_interval(tmp_path):
     rows = [r for r in rows if r["task"] != "synthetic.bucc" or r["seed"] == 0]
     text, csvs, _ = report.build_report(rows, meta, example_stats, resamples=50)
     primary = text.split("## Primary result")[1].split("##")[0]
-    assert "95% CI n/a (1 run): one intermediate run per config: no interval" in primary
+    assert "95% CI n/a (1 run): one intermediate run shared by the seeds" in primary
     assert "the run-to-run variance of intermediate training cannot be estimated" in text
     # The estimate uses every seed of each cell: the mean over sw's three tasks of the
     # difference of seed means (retrieval: its one seed).
@@ -324,7 +343,7 @@ def test_shared_intermediate_run_gives_no_interval(tmp_path):
 def test_a_missing_retrieval_task_marks_its_rows_incomplete(tmp_path):
     rows, meta, example_stats = _run(tmp_path, drop=[("en", "synthetic.bucc")])
     text, csvs, _ = report.build_report(rows, meta, example_stats, resamples=50)
-    assert "- en/synthetic.bucc: missing (no test score; its gold is absent)" in text
+    assert "- en/synthetic.bucc: missing (no test score; the driver writes no BUCC row" in text
     en_row = next(line for line in text.splitlines() if line.startswith("| en |"))
     assert "missing" in en_row and "incomplete (synthetic.bucc not scored)" in en_row
     table = list(csv.DictReader(io.StringIO(csvs["comparisons.csv"])))

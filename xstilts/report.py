@@ -385,8 +385,9 @@ def _missing_section(data: RunData, configs: Sequence[str], tasks: Sequence[str]
             absent = [lang for lang in data.languages(task)
                       if (config, task, lang, "test") not in data.cell_seeds]
             if len(absent) == len(data.languages(task)) or not data.languages(task):
-                lines.append(f"- {config}/{task}: missing (no test score"
-                             f"{'; its gold is absent' if 'bucc' in task else ''})")
+                why = "; the driver writes no BUCC row when its test gold is absent" \
+                    if "bucc" in task else ""
+                lines.append(f"- {config}/{task}: missing (no test score{why})")
             elif absent:
                 lines.append(f"- {config}/{task}: no test score for {', '.join(absent)}")
     if not lines:

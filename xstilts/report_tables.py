@@ -80,9 +80,10 @@ def load(run_dir: str | os.PathLike
 
 
 # ---------------------------------------------------------------------------- the run's data
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class RunData:
-    """Primary numbers and example stats by (config, task, language, split, seed)."""
+    """Primary numbers and example stats by (config, task, language, split, seed); read-only
+    once built (``run_data``): the seed index is computed once."""
 
     scores: dict[Key, float]
     example_stats: dict[Key, np.ndarray]
@@ -99,11 +100,17 @@ class RunData:
     def configs(self) -> list[str]:
         return [c for c in self.meta["configs"] if any(k[0] == c for k in self.scores)]
 
-    def languages(self, task: str) -> list[str]:
-        """The languages a task is scored on: XTREME's list, else every language in the rows."""
-        if task in TASK2LANGS:
+    def languages(self, task: str, split: str = "test") -> list[str]:
+        """The languages a task is scored on: on test XTREME's list (else every language in
+        the rows); on dev those with a dev split in the data (UD has no dev set for some
+        languages), i.e. that any config scored."""
+        present = {lang for (_, t, lang, sp) in self.cell_seeds if (t, sp) == (task, split)}
+        if split == "test" and task in TASK2LANGS:
             return list(TASK2LANGS[task])
-        return sorted({k[2] for k in self.scores if k[1] == task and k[3] == "test"})
+        order = TASK2LANGS.get(task, ())
+        return sorted(present, key=lambda lang: (lang not in order,
+                                                 order.index(lang) if lang in order else 0,
+                                                 lang))
 
     @functools.cached_property
     def cell_seeds(self) -> dict[tuple[str, str, str, str], set[int]]:
@@ -183,7 +190,7 @@ def task_value(data: RunData, config: str, task: str, split: str, seed: int,
                languages: Iterable[str] | None = None) -> float | str:
     """Mean over ``languages`` (default: all the task's) of one seed, or why not: "missing"
     (no language) or "incomplete (k/n languages)"."""
-    wanted = list(data.languages(task) if languages is None else languages)
+    wanted = list(data.languages(task, split) if languages is None else languages)
     values = [data.scores.get((config, task, lang, split, seed)) for lang in wanted]
     present = [v for v in values if v is not None]
     if not present:
@@ -371,7 +378,7 @@ class Comparer:
         note = ""
         if self.data.shared_intermediate:
             pairs = [(_collapse(x), _collapse(y)) for x, y in pairs]
-            note = "one intermediate run per config: no interval"
+            note = "one intermediate run shared by the seeds"
         interval = stats.paired_interval(pairs, weights)
         return interval, self.summary(a, cells, weights, seeds), \
             self.summary(b, cells, weights, seeds), note
