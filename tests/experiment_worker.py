@@ -30,10 +30,11 @@ import jax  # noqa: E402
 
 from xstilts import experiment, partitioning, report  # noqa: E402
 from xstilts import train as train_lib  # noqa: E402
+from xstilts.experiment import rundir  # noqa: E402
 from xstilts.models.xlmr import XLMRConfig  # noqa: E402
 
 written: list[str] = []
-for module, name in ((experiment, "_atomic_text"), (report, "_atomic")):
+for module, name in ((rundir, "atomic_bytes"), (report, "_atomic")):
     original = getattr(module, name)
 
     def recording(path, data, _original=original):

@@ -67,6 +67,19 @@ def test_min_mode_keeps_the_lowest(tmp_path, mesh_222):
     ckpt.close()
 
 
+@pytest.mark.parametrize("mode,values", [("max", (0.5, 0.9, 0.9, 0.9)),
+                                         ("min", (2.0, 0.5, 0.5, 0.5))])
+def test_ties_keep_the_earlier_step(tmp_path, mesh_222, mode, values):
+    """jiant keeps the first best: a later equal value neither replaces it nor evicts it."""
+    ckpt = checkpoints.Checkpointer(tmp_path, checkpoints.CheckpointConfig(
+        keep=1, best_metric="eval/m", best_mode=mode, async_save=False))
+    for step, value in enumerate(values, 1):
+        ckpt.save(_state(step, mesh_222), metrics={"eval/m": value})
+    assert ckpt.all_steps() == [2, 4] and ckpt.best_step() == 2
+    assert ckpt.metrics(2) == {"eval/m": values[1]}  # without the tie-break step key
+    ckpt.close()
+
+
 def test_restore_onto_a_different_mesh_is_exact(tmp_path, mesh_222):
     saved = _state(7, mesh_222, seed=3)
     ckpt = checkpoints.Checkpointer(tmp_path)

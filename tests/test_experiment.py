@@ -7,9 +7,11 @@ import csv
 import json
 import shutil
 import tempfile
+from pathlib import Path
 
 import gin
 import jax
+import numpy as np
 import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
@@ -17,7 +19,7 @@ from xstilts import experiment, partitioning
 from xstilts import train as train_lib
 from xstilts.data import tasks
 from xstilts.data.synthetic import SyntheticWorld
-from xstilts.evals import xtreme_score
+from xstilts.evals import metrics, xtreme_score
 from xstilts.models.xlmr import XLMRConfig
 
 LANGS = ("en", "xa", "xb", "xc", "xd")
@@ -36,7 +38,7 @@ def one_device():
     """One CPU device (compiles and checkpoints are cheaper than on 8) and a persistent
     compilation cache shared by the runs of this module, restored afterwards."""
     before = jax.config.jax_compilation_cache_dir
-    experiment.enable_compilation_cache(experiment.Path(
+    experiment.enable_compilation_cache(Path(
         tempfile.mkdtemp(prefix="xstilts-jax-cache-")))
     yield partitioning.Partitioner(partitioning.create_mesh(devices=jax.devices()[:1]))
     jax.config.update("jax_compilation_cache_dir", before)
@@ -99,12 +101,14 @@ def test_grid_table_resume_and_skip(tmp_path, data_dir, monkeypatch, one_device)
     with open(run / "results.csv", newline="") as f:
         table = list(csv.DictReader(f))
     assert tuple(table[0]) == experiment.FIELDS and len(table) == len(rows)
-    keys = {(r["config"], r["task"], r["language"], r["metric"], r["seed"]) for r in rows}
+    keys = {(r["config"], r["task"], r["language"], r["split"], r["metric"], r["seed"])
+            for r in rows}
     assert len(keys) == len(rows)
-    for config in ("baseline", "chance"):
-        got = {r["language"] for r in rows if r["config"] == config
-               and r["task"] == "synthetic.paraphrase" and r["metric"] == "accuracy"}
-        assert got == set(LANGS)
+    for config, splits in (("baseline", {"dev", "test"}), ("chance", {"test"})):
+        for split in splits:
+            got = {r["language"] for r in rows if r["config"] == config and r["split"] == split
+                   and r["task"] == "synthetic.paraphrase" and r["metric"] == "accuracy"}
+            assert got == set(LANGS), (config, split)
         got = {r["language"] for r in rows if r["config"] == config
                and r["task"] == "synthetic.parallel"}
         assert got == set(LANGS) - {"en"}
@@ -116,6 +120,17 @@ def test_grid_table_resume_and_skip(tmp_path, data_dir, monkeypatch, one_device)
             assert r["value"] == pytest.approx(50.0)  # labels alternate 1, 0 (synthetic.py)
     killed = [r for r in rows if r["config"] == "baseline" and r["task"] == "synthetic.paraphrase"]
     assert {r["step"] for r in killed} <= {2, 4}  # keep-best on English dev picks one of them
+    # The cell records its selection and per-example statistics that give back every score.
+    selection = json.loads((run / KILLED_CELL / "selection.json").read_text())
+    assert selection["metric"] == "accuracy" and selection["key"] == "eval/accuracy"
+    assert selection["best_step"] == killed[0]["step"]
+    with np.load(run / KILLED_CELL / "example_stats.npz") as stats:
+        assert len(stats.files) == 2 * len(LANGS)
+        for r in killed:
+            key = f"synthetic.paraphrase|{r['language']}|{r['split']}"
+            assert stats[key].shape == (16, 1)
+            assert metrics.reduce_stats("accuracy", stats[key])["accuracy"] == \
+                pytest.approx(r["value"], abs=1e-9)
 
     # The same cell run without interruption gives the same numbers.
     shutil.rmtree(snapshot / KILLED_CELL)
@@ -199,6 +214,17 @@ def test_paper_scale_dry_run(clean_gin):
                                                       "phase2 tydiqa"}
     assert all(info["loss_shape"] == () for info in result.steps.values())
     assert any("ccg.en" in note for note in result.notes)
+    # The recipe each phase-2 cell runs (the paper's, from xstilts.benchmark), as printed.
+    recipes = {line.split(":")[0]: line for line in result.recipes}
+    assert recipes["phase2 mnli.en -> xnli"].split(": ", 1)[1].startswith(
+        "2 epochs, batch 32, length 256, lr 1e-05, select on English dev by accuracy")
+    assert "5 epochs, batch 32" in recipes["phase2 pawsx.en -> pawsx"]
+    assert "10 epochs" in recipes["phase2 udpos.en -> udpos"]
+    assert "by f1_seqeval" in recipes["phase2 panx.en -> panx"]
+    assert recipes["phase2 squad_v1.en -> xquad, mlqa"].split(": ", 1)[1].startswith(
+        "2 epochs, batch 16, length 384, lr 1e-05, select on English dev by squad_em_f1")
+    assert not any("DEVIATES" in line for line in result.recipes)
+    assert "recipe: phase2 mnli.en -> xnli: 2 epochs" in result.summary()
     # all9: one multi-task state, one lowered step per head (MNLI and ANLI+ share the NLI head);
     # +mlm adds the tied MLM head: dense 1024x1024 + bias, LayerNorm, output bias 250,002.
     multi_head = {}

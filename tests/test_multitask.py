@@ -203,7 +203,7 @@ def test_multitask_train_heads_resume_and_log(tmp_path):
 
     # Evaluation per head (padding examples excluded) and the unweighted mean over heads.
     ckpt = checkpoints.Checkpointer(tmp_path / "resumed" / "checkpoints", read_only=True)
-    scores = ckpt.manager.metrics(STEPS)
+    scores = ckpt.metrics(STEPS)
     ckpt.manager.close()
     assert scores["eval/synthetic.nli/weight"] == 8  # examples
     mlm_eval = _batch("mlm.xa", 1, 4, shard_index=0, num_shards=1, batch_size=8)
@@ -243,6 +243,9 @@ from test_experiment import _grid, data_dir  # noqa: E402, F401  (fixture)
 
 from xstilts import experiment  # noqa: E402
 from xstilts.data import tasks  # noqa: E402
+from xstilts.experiment.finetune import run_finetune  # noqa: E402
+from xstilts.experiment.intermediate import run_intermediate  # noqa: E402
+from xstilts.experiment.runtime import Runtime  # noqa: E402
 
 
 def test_mixture_heads_group_tasks_by_head():
@@ -271,11 +274,15 @@ def test_grid_with_a_multi_head_intermediate_mixture(tmp_path, data_dir):  # noq
                                      "max_length": 48, "save_every_steps": 6},
                  finetune={"steps": 2, "batch_size": 8, "learning_rate": 1e-3,
                            "max_length": 48, "save_every_steps": 2})
-    run = experiment.Experiment(grid, make_partitioner({"data": 1}))
-    run.prepare_tokenizer()
-    encoder = run.phase1("nli_mlm", 0, None)
+    rt = Runtime.create(grid, make_partitioner({"data": 1}))
+    rt.inputs.prepare_tokenizer()
+    jobs = {(j.phase, j.config): j for j in experiment.plan(grid)}
+    job = jobs["phase1", "nli_mlm"]
+    assert job.kind == "multitask" and job.init_from is None
+    run_intermediate(rt, job)
 
     phase1 = tmp_path / "phase1" / "nli_mlm" / "seed0"
+    encoder = rt.path(job.checkpoints)
     assert encoder == str(phase1 / "checkpoints") and (phase1 / "DONE").is_file()
     records = [json.loads(line) for line in
                (phase1 / "train_metrics.jsonl").read_text().splitlines()]
@@ -289,8 +296,11 @@ def test_grid_with_a_multi_head_intermediate_mixture(tmp_path, data_dir):  # noq
     assert shapes["synthetic_nli/classifier/out_proj/kernel"] == [64, 3]
 
     # Phase 2 fine-tunes a fresh head on that encoder and scores every language.
-    rows = run.phase2("nli_mlm", "synthetic.paraphrase.en", ["synthetic.paraphrase"], 0, encoder)
-    got = {r["language"] for r in rows if r["metric"] == "accuracy"}
+    cell = jobs["phase2", "nli_mlm"]
+    assert (cell.source, cell.targets, cell.init_from) == (
+        "synthetic.paraphrase.en", ("synthetic.paraphrase",), job.checkpoints)
+    rows = run_finetune(rt, cell)
+    got = {r["language"] for r in rows if r["metric"] == "accuracy" and r["split"] == "test"}
     assert got == {"en", "xa", "xb", "xc", "xd"}
     assert all(r["config"] == "nli_mlm" and 0.0 <= r["value"] <= 100.0 for r in rows)
 
@@ -299,9 +309,7 @@ def test_dry_run_lowers_each_head_of_a_multi_head_mixture(tmp_path):
     grid = _grid(tmp_path, tmp_path, intermediate={"baseline": None,
                                                    "all": "synthetic.intermediate.all.en"},
                  retrieval=[], pretrain=None)
-    from xstilts import experiment_dry_run
-
-    result = experiment_dry_run.dry_run(grid, make_partitioner({"data": 1}))
+    result = experiment.dry_run(grid, make_partitioner({"data": 1}))
     multi = {s.head: (s, info) for s, info in result.steps.items() if s.heads}
     assert set(multi) == {"synthetic.nli", "synthetic.qa"}
     shape, info = multi["synthetic.qa"]

@@ -43,6 +43,7 @@ class _ReadOnlyNotices(logging.Filter):
 logging.getLogger("absl").addFilter(_ReadOnlyNotices())
 
 ENCODER_KEY = "roberta"  # xstilts.models.heads.ENCODER_KEY
+STEP_KEY = "_step"  # saved with the metrics of a step so ties rank the earlier step best
 PyTree = Any
 
 
@@ -110,8 +111,14 @@ class Checkpointer:
             def best_fn(m: Mapping[str, Any]) -> float:
                 return float(m[metric])
 
+            def rank(m: Mapping[str, Any]) -> tuple[float, float]:
+                # BestN keeps the last of an ascending sort: on a tie the earlier step must
+                # sort last (jiant keeps the first best, not a later equal one).
+                step = float(m.get(STEP_KEY, 0))
+                return (float(m[metric]), -step if c.best_mode == "max" else step)
+
             policies.append(ocp.checkpoint_managers.BestN(
-                get_metric_fn=best_fn, reverse=c.best_mode == "min", n=1,
+                get_metric_fn=rank, reverse=c.best_mode == "min", n=1,
                 keep_checkpoints_without_metrics=False))
         options = ocp.CheckpointManagerOptions(
             # best_fn makes Orbax write the metrics next to the step (read back by best_step);
@@ -131,6 +138,11 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
+    def metrics(self, step: int) -> dict[str, float] | None:
+        """The metrics saved with ``step`` (None: saved without any)."""
+        saved = self.manager.metrics(step)
+        return None if saved is None else {k: v for k, v in saved.items() if k != STEP_KEY}
+
     def best_step(self) -> int | None:
         """The kept step with the best ``best_metric`` (None without metrics)."""
         metric = self.config.best_metric
@@ -143,8 +155,9 @@ class Checkpointer:
                 scored.append((float(metrics[metric]), step))
         if not scored:
             return None
-        pick = max if self.config.best_mode == "max" else min
-        return pick(scored)[1]
+        sign = 1.0 if self.config.best_mode == "max" else -1.0
+        # The best value; among equal values the earliest step (jiant's early stopping).
+        return max(scored, key=lambda vs: (sign * vs[0], -vs[1]))[1]
 
     # Save ---------------------------------------------------------------------------------
     def save(self, state: TrainState, *, data_position: Mapping[str, Any] | None = None,
@@ -157,7 +170,8 @@ class Checkpointer:
         args = ocp.args.Composite(
             state=ocp.args.PyTreeSave(serialization.to_state_dict(state)),
             meta=ocp.args.JsonSave(meta))
-        clean = None if metrics is None else {k: float(v) for k, v in metrics.items()}
+        clean = None if metrics is None else {**{k: float(v) for k, v in metrics.items()},
+                                              STEP_KEY: float(step)}
         return self.manager.save(step, args=args, metrics=clean, force=True)
 
     def wait(self) -> None:

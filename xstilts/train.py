@@ -306,6 +306,57 @@ def evaluate_heads(head_trainers: Mapping[str, trainer_lib.Trainer], params: Any
     return out
 
 
+@dataclasses.dataclass
+class EarlyStopping:
+    """Evaluations since the best value of ``metric`` (``patience`` None: never stop)."""
+
+    metric: str | None
+    mode: str = "max"
+    patience: int | None = None
+    best: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    stopped: bool = False
+
+    def update(self, step: int, metrics: Mapping[str, float]) -> bool:
+        """Record one evaluation; True when it ends training."""
+        if self.metric is None or self.metric not in metrics:
+            return False
+        value = float(metrics[self.metric])
+        better = self.best is None or (value > self.best if self.mode == "max"
+                                       else value < self.best)
+        if better:
+            self.best, self.best_step, self.bad_evals = value, step, 0
+        else:
+            self.bad_evals += 1
+        self.stopped = self.patience is not None and self.bad_evals >= self.patience
+        return self.stopped
+
+    def as_meta(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any] | None, current: EarlyStopping) -> EarlyStopping:
+        """The saved counters under the current run's metric, mode and patience."""
+        if not meta:
+            return current
+        keep = {k: meta[k] for k in ("best", "best_step", "bad_evals", "stopped") if k in meta}
+        return dataclasses.replace(current, **keep)
+
+
+def check_pooler(meta: Mapping[str, Any], use_pooler: bool | None, where: str) -> bool:
+    """The checkpoint's ``use_pooler``; an explicit value that contradicts it is an error."""
+    saved = meta.get("use_pooler")
+    if saved is None:
+        if use_pooler is None:
+            raise ValueError(f"{where}: the checkpoint does not record use_pooler; pass it")
+        return use_pooler
+    if use_pooler is not None and bool(saved) != bool(use_pooler):
+        raise ValueError(f"{where}: trained with use_pooler={saved}, asked for "
+                         f"use_pooler={use_pooler} (the pooler would be untrained or dropped)")
+    return bool(saved)
+
+
 _MACRO_NAMES = {"total_steps": "TRAIN_STEPS", "model_config": "MODEL_CONFIG (a models/*.gin)"}
 
 
@@ -333,7 +384,9 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
           step_hook: Callable[[int, Mapping[str, float]], None] | None = None,
           progress: bool = True,
           heads: Mapping[str, Sequence[Any]] | None = None,
-          task_heads: Mapping[str, str] | None = None) -> TrainResult:
+          task_heads: Mapping[str, str] | None = None,
+          evaluator: Callable[[Any], Mapping[str, float]] | None = None,
+          patience: int | None = None) -> TrainResult:
     """Train (or resume) a task model; returns the last step, the state and per-step metrics.
 
     Resumes from the latest finished checkpoint in ``model_dir/checkpoints`` (params, optimizer,
@@ -350,6 +403,13 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
     (AdamW still moves them by their moments and weight decay, as in jiant). The records of
     ``train_metrics.jsonl`` then carry ``task`` and ``head``; evaluation reports
     ``eval/<head>/<metric>`` and the unweighted mean over heads as ``eval/<metric>``.
+
+    Selection: every ``eval_every_steps`` the device metrics of ``eval_batches`` and the numbers
+    of ``evaluator(params)`` (a host-side scorer, e.g. seqeval F1 on English dev) are logged as
+    ``eval/<name>`` and saved with the checkpoint; ``checkpoint.best_metric`` keeps the best one
+    (ties: the earlier step). ``patience``: stop after that many evaluations without a strict
+    improvement of ``best_metric`` (jiant's ``no_improvements_for_n_evals``); the stop is saved,
+    so a resumed run does not train on.
     """
     _check_required("train", model_dir=model_dir, model_config=model_config,
                     total_steps=total_steps, batch_size=batch_size, train_batches=train_batches,
@@ -359,6 +419,8 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
     os.makedirs(model_dir, exist_ok=True)
     partitioner = partitioner or partitioning.Partitioner()
     checkpoint = checkpoint or ckpt_lib.CheckpointConfig()
+    if patience is not None and not checkpoint.best_metric:
+        raise ValueError("train(): patience needs checkpoint.best_metric (what must improve)")
     chief = jax.process_index() == 0
     partitioner.check_batch_size(batch_size)
     layout = partitioner.data_layout(batch_size)
@@ -417,9 +479,12 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
     checkpointer = ckpt_lib.Checkpointer(os.path.join(model_dir, "checkpoints"), checkpoint)
     try:
         latest = checkpointer.latest_step()
+        stopping = EarlyStopping(checkpoint.best_metric, checkpoint.best_mode, patience)
         if latest is not None:
             state, meta = checkpointer.restore(trainer.abstract_state(input_shape), latest)
             start_batch = int(meta["data_position"].get("batches_consumed", latest))
+            check_pooler(meta, use_pooler, checkpointer.directory)
+            stopping = EarlyStopping.from_meta(meta.get("early_stopping"), stopping)
             log.info("resumed from step %d of %s", latest, checkpointer.directory)
         else:
             state = trainer.init_state(jax.random.PRNGKey(seed), input_shape)
@@ -434,7 +499,7 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
         checkpointer.close()
         raise
     start_step = int(jax.device_get(state.step))
-    end_step = min(total_steps, stop_at_step or total_steps)
+    end_step = start_step if stopping.stopped else min(total_steps, stop_at_step or total_steps)
 
     def flops_per_example(kind: str, shape: tuple[int, ...]) -> float:
         return trainer_lib.train_flops_per_example(
@@ -455,17 +520,24 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
     window_losses: dict[str, list[float]] = {}  # multi-task: this window's losses per head
     save_meta = {"task_type": "multitask", "heads": {n: [k, c] for n, k, c in spec}} if multi \
         else {"task_type": task_type}
+    save_meta["use_pooler"] = use_pooler
 
     def save(step_state: trainer_lib.TrainState, metrics: Mapping[str, float] | None = None):
         checkpointer.save(step_state, data_position={"batches_consumed": consumed},
-                          metrics=metrics, extra_meta={**save_meta, "total_steps": total_steps})
+                          metrics=metrics, extra_meta={**save_meta, "total_steps": total_steps,
+                                                       "early_stopping": stopping.as_meta()})
 
     def run_eval() -> dict[str, float]:
-        eval_it = iter(eval_batches(shard_index=layout.shard_index, num_shards=layout.num_shards,
-                                    batch_size=layout.per_host_batch_size, start_batch=0))
-        if not multi:
-            return evaluate(trainer, state.params, eval_it, layout)
-        return evaluate_heads(head_trainers, state.params, eval_it, layout, unpack)
+        out: dict[str, float] = {}
+        if eval_batches is not None:
+            eval_it = iter(eval_batches(shard_index=layout.shard_index,
+                                        num_shards=layout.num_shards,
+                                        batch_size=layout.per_host_batch_size, start_batch=0))
+            out.update(evaluate(trainer, state.params, eval_it, layout) if not multi else
+                       evaluate_heads(head_trainers, state.params, eval_it, layout, unpack))
+        if evaluator is not None:
+            out.update({k: float(v) for k, v in evaluator(state.params).items()})
+        return out
 
     try:
         with _StopRequest() as stop:
@@ -510,11 +582,15 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}")
 
                 eval_metrics = None
-                if eval_batches is not None and eval_every_steps and (
+                if (eval_batches is not None or evaluator is not None) and eval_every_steps and (
                         step % eval_every_steps == 0 or step == end_step):
                     result = run_eval()
                     eval_metrics = {f"eval/{k}": v for k, v in result.items()}
                     writer.scalars(step, eval_metrics)
+                    if stopping.update(step, eval_metrics):
+                        log.info("early stop at step %d: %s did not improve on %.4f (step %d) "
+                                 "in %d evaluations", step, stopping.metric, stopping.best,
+                                 stopping.best_step, stopping.patience)
                 if step % log_every_steps == 0 or step == end_step:
                     elapsed = time.perf_counter() - window_start
                     n_dev = jax.device_count()
@@ -543,6 +619,8 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
                     preempted = True
                     log.warning("stopped at step %d after SIGTERM (checkpoint saved)", step)
                     break
+                if stopping.stopped:
+                    break
         checkpointer.wait()
         write_gin_configs(model_dir)
     finally:
@@ -555,10 +633,13 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
 
 def evaluate_checkpoint(*, model_dir: str, model_config: XLMRConfig, batch_size: int,
                         eval_batches: BatchFactory, task_type: str = "classification",
-                        num_labels: int = 2, use_pooler: bool = True,
+                        num_labels: int = 2, use_pooler: bool | None = None,
                         partitioner: partitioning.Partitioner | None = None,
                         step: int | None = None) -> dict[str, float]:
     """Loss and accuracy of a saved checkpoint (latest, or ``step``) on ``eval_batches``.
+
+    ``use_pooler`` None: the checkpoint's own (saved by ``train``); a value that contradicts it
+    is an error (an untrained pooler would be applied silently).
 
     Writes ``eval_results.json`` (step and metrics) into ``model_dir`` on the chief host.
     """
@@ -567,6 +648,13 @@ def evaluate_checkpoint(*, model_dir: str, model_config: XLMRConfig, batch_size:
                     num_labels=num_labels)
     partitioner = partitioner or partitioning.Partitioner()
     layout = partitioner.data_layout(batch_size)
+    checkpointer = ckpt_lib.Checkpointer(os.path.join(model_dir, "checkpoints"), read_only=True)
+    try:
+        step = checkpointer._step_or_latest(step)  # noqa: SLF001
+        use_pooler = check_pooler(checkpointer.metadata(step), use_pooler, checkpointer.directory)
+    except BaseException:
+        checkpointer.manager.close()
+        raise
     model = build_model(task_type, model_config, num_labels=num_labels, use_pooler=use_pooler)
     tx, schedule = trainer_lib.make_optimizer(total_steps=1)
     trainer = trainer_lib.Trainer(model, trainer_lib.task_loss(task_type), tx, schedule,
@@ -578,9 +666,7 @@ def evaluate_checkpoint(*, model_dir: str, model_config: XLMRConfig, batch_size:
 
     probe = _host_batch(next(batches()), "eval batch 0")
     input_shape = (batch_size, *probe["input_ids"].shape[1:])
-    checkpointer = ckpt_lib.Checkpointer(os.path.join(model_dir, "checkpoints"), read_only=True)
     try:
-        step = checkpointer._step_or_latest(step)  # noqa: SLF001
         params = checkpointer.restore_params(trainer.abstract_state(input_shape).params, step)
     finally:
         checkpointer.manager.close()

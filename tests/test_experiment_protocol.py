@@ -1,0 +1,108 @@
+"""The protocol the grid runs: one recipe table (XNLI 2 epochs), deviations named, one pooler
+rule, retrieval at the task's length, and no split scored without its gold."""
+
+from __future__ import annotations
+
+import jax
+import pytest
+
+from xstilts import benchmark, experiment, partitioning
+from xstilts import train as train_lib
+from xstilts.data import tasks
+from xstilts.evals import metrics
+from xstilts.experiment.dry_run import recipe_line
+from xstilts.experiment.retrieval import retrieval_length
+from xstilts.experiment.runtime import Runtime
+from xstilts.experiment.scoring import MissingGoldError, check_gold
+from xstilts.models.xlmr import XLMRConfig
+
+TARGETS = ["xnli", "pawsx", "udpos", "panx", "xquad", "mlqa", "tydiqa"]
+
+
+def _grid(tmp_path, **overrides):
+    settings = dict(run_dir=str(tmp_path), model_config=XLMRConfig.tiny(),
+                    intermediate={"baseline": None, "mnli.en": "intermediate.mnli.en"},
+                    targets=TARGETS, retrieval=["bucc2018", "tatoeba"], seeds=[0, 1, 2],
+                    finetune={"eval_every_steps": 1000, "patience": 30})
+    settings.update(overrides)
+    return experiment.make_grid(**settings)
+
+
+def test_phase2_jobs_take_the_paper_recipe_per_target(tmp_path):
+    jobs = [j for j in experiment.plan(_grid(tmp_path)) if j.phase == "phase2"]
+    assert len(jobs) == 2 * 3 * 6  # configs x seeds x English train tasks (xquad+mlqa share)
+    by_source = {j.source: j for j in jobs}
+    for target in TARGETS:
+        job = by_source[benchmark.TRAIN_TASK[target]]
+        assert target in job.targets
+        assert (job.epochs, job.settings.batch_size, job.settings.max_length) == (
+            benchmark.EPOCHS[target], benchmark.BATCH_SIZE[target], benchmark.MAX_LENGTH[target])
+        # Selected on the English train task's dev by its metric: the target's primary number
+        # (SQuAD's dev selects MLQA's cell with SQuAD's normalisation, as jiant does).
+        assert job.selection == tasks.get_task(job.source).metric and job.deviations == ()
+        assert metrics.primary(job.selection) == metrics.primary(benchmark.METRIC[target])
+    assert by_source["mnli.en"].epochs == 2  # XNLI's 2, not MNLI's 3
+    assert tasks.get_task("mnli.en").epochs == 3
+    # Epochs become steps on the train split: 2 epochs of 392,702 MNLI examples at batch 32.
+    assert by_source["mnli.en"].num_steps(392_702) == 24_544
+    # Phase 1 runs once per seed (the comparison's variance), and phase 2 seed k starts from it.
+    phase1 = [j for j in experiment.plan(_grid(tmp_path)) if j.phase == "phase1"]
+    assert [j.seed for j in phase1] == [0, 1, 2]
+    assert {j.init_from for j in jobs if j.config == "mnli.en" and j.seed == 1} == {
+        "phase1/mnli.en/seed1/checkpoints"}
+
+
+def test_a_deviation_from_the_recipe_is_named(tmp_path):
+    grid = _grid(tmp_path, finetune_overrides={"xnli": {"epochs": 3}, "udpos.en":
+                                               {"batch_size": 8}})
+    jobs = {j.source: j for j in experiment.plan(grid) if j.phase == "phase2"}
+    assert jobs["mnli.en"].deviations == ("epochs 3 instead of the paper's 2",)
+    assert jobs["udpos.en"].deviations == ("batch_size 8 instead of the paper's 32",)
+    line = recipe_line(jobs["mnli.en"])
+    assert "3 epochs" in line and "DEVIATES from the paper: epochs 3 instead" in line
+    with pytest.raises(ValueError, match="unknown keys"):
+        experiment.plan(_grid(tmp_path, finetune_overrides={"xnli": {"epoch": 3}}))
+
+
+def test_one_pooler_rule_and_retrieval_at_the_task_length(tmp_path):
+    grid = _grid(tmp_path)
+    assert grid.use_pooler  # jiant classifies from the pooled output
+    rt = Runtime.create(grid, partitioning.Partitioner(
+        partitioning.create_mesh(devices=jax.devices()[:1])))
+    assert rt.predictor.use_pooler
+    assert tasks.tasks_for("bucc2018")[0].max_length == 512
+    assert retrieval_length(rt, 512) == min(512, XLMRConfig.tiny().max_length) == 256
+    rt.predictor.model_config = XLMRConfig.large()
+    assert retrieval_length(rt, 512) == 512  # was 128, hard-coded
+
+
+def test_eval_of_a_checkpoint_uses_the_pooler_it_was_trained_with(tmp_path):
+    config = XLMRConfig.tiny(num_hidden_layers=1, vocab_size=64)
+    kwargs = dict(model_config=config, batch_size=8, task_type="classification", num_labels=3,
+                  train_batches=lambda **kw: train_lib.synthetic_batches(
+                      **kw, vocab_size=64, length=16, num_labels=3))
+    train_lib.train(model_dir=str(tmp_path), total_steps=1, use_pooler=False, progress=False,
+                    **kwargs)
+    evaluate = dict(model_dir=str(tmp_path), model_config=config, batch_size=8, num_labels=3,
+                    eval_batches=kwargs["train_batches"])
+    assert "accuracy" in train_lib.evaluate_checkpoint(**evaluate)  # None: the checkpoint's
+    with pytest.raises(ValueError, match="trained with use_pooler=False"):
+        train_lib.evaluate_checkpoint(**evaluate, use_pooler=True)
+
+
+@pytest.mark.parametrize("kind,example", [
+    ("classification", {"id": "3", "premise": "a", "hypothesis": "b", "label": None}),
+    ("tagging", {"id": "3", "tokens": ["a"], "tags": []}),
+    ("qa", {"id": "3", "context": "c", "question": "q", "answers": []}),
+])
+def test_a_split_without_gold_is_an_error_naming_it(kind, example):
+    spec = {"classification": tasks.get_task("xnli.de"), "tagging": tasks.get_task("udpos.de"),
+            "qa": tasks.get_task("xquad.de")}[kind]
+    good = {"classification": {"label": spec.labels[0] if spec.labels else "x"},
+            "tagging": {"tags": ["NOUN"]}, "qa": {"answers": [{"text": "c",
+                                                               "answer_start": 0}]}}[kind]
+    check_gold(spec, "test", [{**example, **good}])
+    with pytest.raises(MissingGoldError, match=f"{spec.name} test.*id '3'.*no gold"):
+        check_gold(spec, "test", [{**example, **good}, example])
+    with pytest.raises(MissingGoldError, match="no examples"):
+        check_gold(spec, "test", [])

@@ -1,0 +1,7 @@
+"""``python -m xstilts.experiment``."""
+
+import sys
+
+from xstilts import experiment
+
+sys.exit(experiment.main())

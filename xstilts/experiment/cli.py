@@ -1,0 +1,59 @@
+"""``run_experiment`` (what gin binds) and ``python -m xstilts.experiment``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from xstilts import gin_utils, partitioning
+from xstilts.experiment.driver import Experiment
+from xstilts.experiment.dry_run import dry_run as dry_run_grid
+from xstilts.experiment.grid import make_grid
+from xstilts.models.xlmr import XLMRConfig
+
+USAGE = """The X-STILTs grid: (0) MLM pre-training, (1) intermediate training, (2) target
+fine-tuning, (3) zero-shot evaluation in every language, plus retrieval straight from phase 1.
+
+    python -m xstilts.experiment --gin_file=experiments/demo.gin --gin.RUN_DIR="'/tmp/run'"
+    python -m xstilts.experiment --gin_file=experiments/xstilts_large.gin --dry_run
+"""
+
+
+def run_experiment(*, run_dir: str, model_config: XLMRConfig,
+                   intermediate: Mapping[str, str | None], targets: Sequence[str],
+                   dry_run: bool = False,
+                   partitioner: partitioning.Partitioner | None = None, progress: bool = False,
+                   lowered: dict | None = None, **settings: Any) -> Any:
+    """Run (or, with ``dry_run``, plan and lower) the grid; gin binds the arguments, and the
+    rest are ``Grid``'s fields (an unknown one is an error naming the known ones)."""
+    grid = make_grid(run_dir=run_dir, model_config=model_config, intermediate=intermediate,
+                     targets=targets, **settings)
+    if dry_run:
+        return dry_run_grid(grid, partitioner=partitioner, lowered=lowered)
+    return Experiment(grid, partitioner=partitioner, progress=progress).run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m xstilts.experiment",
+                                     description=USAGE.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=USAGE)
+    parser.add_argument("--gin_file", action="append", default=[])
+    parser.add_argument("--gin_bindings", action="append", default=[])
+    parser.add_argument("--dry_run", action="store_true",
+                        help="plan every phase and lower every train step (no data, no "
+                             "download, no training)")
+    args = parser.parse_args(gin_utils.rewrite_gin_args(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if not args.gin_file:
+        raise SystemExit("python -m xstilts.experiment: at least one --gin_file is required")
+    bindings = list(args.gin_bindings)
+    if args.dry_run:
+        bindings.append("experiment.run_experiment.dry_run = True")
+    gin_utils.parse_gin(args.gin_file, ["from xstilts import experiment", *bindings])
+    result = gin_utils.configured(run_experiment)()
+    print(result.summary() if args.dry_run else f"{len(result)} result rows")
+    return 0

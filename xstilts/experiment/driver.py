@@ -1,0 +1,142 @@
+"""The grid driver: plan every phase, run job after job, write the tidy table."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+
+from xstilts import partitioning
+from xstilts.data import tasks
+from xstilts.evals import metrics
+from xstilts.experiment import plan as plan_lib
+from xstilts.experiment import rundir
+from xstilts.experiment.finetune import run_finetune
+from xstilts.experiment.grid import Grid
+from xstilts.experiment.intermediate import run_intermediate
+from xstilts.experiment.pretrain import run_pretrain
+from xstilts.experiment.retrieval import chance_rows as retrieval_chance_rows
+from xstilts.experiment.retrieval import retrieval_layer, retrieval_length, retrieval_rows
+from xstilts.experiment.rundir import CHANCE, is_done, read_rows, row, write_rows
+from xstilts.experiment.runtime import Runtime
+from xstilts.experiment.scoring import chance_scores, check_gold
+from xstilts.multihost import barrier
+
+log = logging.getLogger("xstilts.experiment")
+
+
+def primary_metrics(targets: Any, retrieval_tasks: Any) -> dict[str, str]:
+    """Each task's primary number (the key of its score dict), from ``evals.metrics``."""
+    return {name: metrics.primary(tasks.tasks_for(name)[0].metric)
+            for name in (*targets, *retrieval_tasks)}
+
+
+def seen_languages(grid: Grid) -> dict[str, list[str]]:
+    """Per config, the languages its intermediate mixture trains on (the report's covariate)."""
+    return {config: sorted({tasks.get_task(t).language for t in tasks.mixture_tasks(m)})
+            if m else [] for config, m in grid.intermediate.items()}
+
+
+def experiment_meta(rt: Runtime, jobs: list[plan_lib.PhaseJob]) -> dict[str, Any]:
+    """``experiment.json``: what the report needs, and every job as the run resolves it."""
+    g = rt.grid
+    primary = [g.english_config, g.multilingual_config]
+    return {
+        "configs": list(g.intermediate), "mixtures": dict(g.intermediate),
+        "baseline": g.baseline, "english_config": g.english_config,
+        "multilingual_config": g.multilingual_config,
+        "primary_comparison": primary if all(primary) else None,
+        "more_comparisons": [list(pair) for pair in g.more_comparisons],
+        "targets": list(g.targets), "retrieval": list(g.retrieval), "seeds": list(g.seeds),
+        "intermediate_per_seed": g.intermediate_per_seed,
+        "low_resource": list(g.low_resource), "tiers": dict(g.tiers or {}),
+        "primary_metric": primary_metrics(g.targets, g.retrieval),
+        "task_metric": {n: tasks.tasks_for(n)[0].metric for n in (*g.targets, *g.retrieval)},
+        "seen_languages": seen_languages(g),
+        "selection": "english_dev", "use_pooler": g.use_pooler,
+        "retrieval_layer": retrieval_layer(rt) if g.retrieval else None,
+        "retrieval_length": {n: retrieval_length(rt, tasks.tasks_for(n)[0].max_length)
+                             for n in g.retrieval},
+        "retrieval_center": g.retrieval_center,
+        "jobs": [job.describe() for job in jobs],
+        "deviations": sorted({d for job in jobs for d in job.deviations}),
+        "model": dataclasses.asdict(rt.model_config),
+    }
+
+
+def target_chance_rows(rt: Runtime) -> list[dict[str, Any]]:
+    """Constant predictors per target language; fails first on a test split without gold."""
+    rows = []
+    for target in rt.grid.targets:
+        for spec in tasks.tasks_for(target):
+            examples = rt.inputs.examples(spec.name, "test")
+            check_gold(spec, "test", examples)
+            train = rt.inputs.examples(spec.train_task, "train")
+            rows += [row(CHANCE, target, spec.language, "test", m, v, 0, 0)
+                     for m, v in chance_scores(spec, examples, train).items()]
+    return rows
+
+
+class Experiment:
+    """Runs the grid job by job (``xstilts.experiment.rundir`` describes the directory)."""
+
+    def __init__(self, grid: Grid, partitioner: partitioning.Partitioner | None = None,
+                 progress: bool = False) -> None:
+        self.grid = grid
+        self.rt = Runtime.create(grid, partitioner, progress)
+
+    def run(self) -> list[dict[str, Any]]:
+        rt, run_dir = self.rt, self.rt.run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if self.grid.compilation_cache:
+            rundir.enable_compilation_cache(run_dir / "jax_cache")
+        rt.inputs.prepare_tokenizer()
+        rt.fit_vocab()
+        jobs = plan_lib.plan(self.grid)
+        rundir.write_json(run_dir / "experiment.json", experiment_meta(rt, jobs))
+        start = time.perf_counter()
+        rows = self._chance()
+        for job in (j for j in jobs if j.phase == "phase0"):
+            run_pretrain(rt, job)
+        rows += self._phase1(jobs)
+        cells = [j for j in jobs if j.phase == "phase2"]
+        for number, job in enumerate(cells, 1):
+            done_before = (run_dir / job.model_dir / "results.jsonl").is_file()
+            rows += run_finetune(rt, job)
+            log.info("cell %d/%d %s %s seed %d %s (%.0f s elapsed)", number, len(cells),
+                     job.config, job.source, job.seed,
+                     "skipped (finished before)" if done_before else "done",
+                     time.perf_counter() - start)
+        rows.sort(key=lambda r: (r["config"] != CHANCE, r["config"], r["task"], r["language"],
+                                 r["split"], r["metric"], r["seed"]))
+        write_rows(run_dir / "results.jsonl", rows)
+        rundir.write_csv(run_dir / "results.csv", rows)
+        barrier("results")
+        return rows
+
+    def _chance(self) -> list[dict[str, Any]]:
+        path = self.rt.run_dir / "chance.jsonl"
+        if not is_done(path):
+            write_rows(path, target_chance_rows(self.rt) + retrieval_chance_rows(self.rt, CHANCE))
+            barrier("chance")
+        return read_rows(path)
+
+    def _phase1(self, jobs: list[plan_lib.PhaseJob]) -> list[dict[str, Any]]:
+        """Intermediate training of every config and seed, then its retrieval rows."""
+        rt, rows = self.rt, []
+        phase1 = {(j.config, j.seed): j for j in jobs if j.phase == "phase1"}
+        for job in phase1.values():
+            run_intermediate(rt, job)
+        pretrain = plan_lib.plan_pretrain(self.grid)
+        for config in self.grid.intermediate:
+            for seed in plan_lib.phase1_seeds(self.grid):
+                job = phase1.get((config, seed))
+                encoder = job.checkpoints if job else (pretrain[0].checkpoints if pretrain
+                                                       else None)
+                path = rt.run_dir / "phase1" / config / f"seed{seed}" / "retrieval.jsonl"
+                if not is_done(path):
+                    write_rows(path, retrieval_rows(rt, config, rt.path(encoder), seed))
+                    barrier(f"retrieval {path}")
+                rows += read_rows(path)
+        return rows

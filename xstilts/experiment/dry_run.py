@@ -1,0 +1,159 @@
+"""Dry run of a grid: the same phase jobs as the run, each train step lowered, nothing read.
+
+No data is read, nothing is downloaded and no parameter is allocated: Tasks and Mixtures come
+from the registry (mixture rates with one made-up size per task), models and optimizer states
+are ``jax.eval_shape``d onto the partitioner's mesh (fake CPU devices in tests), and each
+distinct train step (``trainer.StepShape``) is lowered ahead of time with ``jit(...).lower`` on
+abstract, sharded inputs, which checks shapes, shardings and the loss for the paper-scale model
+without running it. A phase-1 mixture of task kinds lowers each head's step of the multi-task
+model (the shared state holds every head).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from xstilts import partitioning
+from xstilts import train as train_lib
+from xstilts import trainer as trainer_lib
+from xstilts.data import tasks
+from xstilts.experiment import plan as plan_lib
+from xstilts.experiment.grid import Grid
+from xstilts.experiment.plan import PhaseJob
+from xstilts.models.heads import XLMRMultiTask
+
+PLACEHOLDER_LABELS = 2  # tasks whose label set is read from the data (CCG supertags)
+StepShape = trainer_lib.StepShape
+
+
+@dataclasses.dataclass
+class DryRunResult:
+    tasks: list[str]
+    mixtures: dict[str, dict[str, float]]
+    steps: dict[StepShape, dict[str, Any]]  # shape -> {"used_by", "params", "seconds", ...}
+    notes: list[str]
+    recipes: list[str] = dataclasses.field(default_factory=list)  # one line per phase recipe
+
+    def summary(self) -> str:
+        lines = [f"dry run: {len(self.tasks)} tasks, {len(self.mixtures)} mixtures, "
+                 f"{len(self.steps)} train steps lowered"]
+        lines += [f"  recipe: {r}" for r in self.recipes]
+        for shape, info in self.steps.items():
+            choices = f" x {shape.num_choices} choices" if shape.num_choices > 1 else ""
+            head = f" (head {shape.head} of {len(shape.heads)})" if shape.heads else ""
+            lines.append(f"  {shape.kind}({shape.num_labels}) batch {shape.batch_size} x "
+                         f"{shape.length}{choices}{head}: {info['params']:,} params, loss "
+                         f"{info['loss_shape']}, lowered in {info['seconds']:.1f} s; used by "
+                         f"{', '.join(sorted(info['used_by']))}")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def recipe_line(job: PhaseJob) -> str:
+    """A job's settings without its config and seed (identical across a phase's cells)."""
+    s = job.settings
+    size = f"{s.steps} steps" if s.steps is not None else \
+        f"{s.epochs if s.epochs is not None else job.epochs} epochs"
+    line = (f"{job.phase} {job.source}{' -> ' + ', '.join(job.targets) if job.targets else ''}"
+            f": {size}, batch {s.batch_size}, length {s.max_length}, lr {s.learning_rate:g}")
+    if job.phase == "phase2":
+        line += (f", select on English dev by {job.selection} every {s.eval_every_steps} "
+                 f"steps" if s.eval_every_steps else ", no selection (last step)")
+        line += f", patience {s.patience}" if s.patience else ""
+    if job.deviations:
+        line += f"; DEVIATES from the paper: {'; '.join(job.deviations)}"
+    return line
+
+
+def _labels(labels: int | None, name: str, notes: list[str]) -> int:
+    if labels:
+        return labels
+    notes.append(f"{name}: label set comes from the data; lowered with {PLACEHOLDER_LABELS} "
+                 f"labels")
+    return PLACEHOLDER_LABELS
+
+
+def job_shapes(job: PhaseJob, notes: list[str]) -> list[StepShape]:
+    """The train steps one job runs (one per task length or head)."""
+    s = job.settings
+    if job.kind != "multitask":
+        labels = _labels(job.num_labels, job.source, notes)
+        return list(dict.fromkeys(StepShape(
+            job.kind, labels, s.batch_size, length, tasks.get_task(t).num_choices or 1)
+            for t, length in job.lengths))
+    heads = tuple((h, k, _labels(n, h, notes)) for h, k, n in job.heads)
+    kinds = {h: (k, n) for h, k, n in heads}
+    task_heads = dict(job.task_heads)
+    notes.append(f"phase 1 {job.config} ({job.source}): multi-task, {len(heads)} heads "
+                 f"{sorted(kinds)}")
+    return list(dict.fromkeys(StepShape(
+        kinds[task_heads[t]][0], kinds[task_heads[t]][1], s.batch_size, length,
+        tasks.get_task(t).num_choices or 1, head=task_heads[t], heads=heads)
+        for t, length in job.lengths))
+
+
+def lower_step(grid: Grid, shape: StepShape, partitioner: partitioning.Partitioner
+               ) -> dict[str, Any]:
+    """Lower one train step on abstract inputs; its parameter count and loss shape."""
+    start = time.perf_counter()
+    partitioner.check_batch_size(shape.batch_size)
+    tx, schedule = trainer_lib.make_optimizer(total_steps=1000)
+    if shape.heads:  # the all-heads state, this head's step (as train.train(heads=...))
+        model = XLMRMultiTask(grid.model_config, shape.heads, use_pooler=grid.use_pooler)
+        state = trainer_lib.Trainer(model, trainer_lib.task_loss(shape.kind), tx, schedule,
+                                    partitioner).abstract_state(
+            (shape.batch_size, shape.length))
+        model = model.clone(task=shape.head)
+    else:
+        model = train_lib.build_model(shape.kind, grid.model_config,
+                                      num_labels=shape.num_labels, use_pooler=grid.use_pooler)
+    trainer = trainer_lib.Trainer(model, trainer_lib.task_loss(shape.kind), tx, schedule,
+                                  partitioner)
+    if not shape.heads:
+        state = trainer.abstract_state(shape.input_shape)
+    batch = shape.batch(partitioner)
+    new_state, step_metrics = trainer.partitioned_train_step(state, batch).lower(
+        state, batch).out_info
+    if jax.tree.structure(new_state.params) != jax.tree.structure(state.params):
+        raise AssertionError(f"{shape}: the lowered step changes the parameter tree")
+    return {"params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)),
+            "loss_shape": tuple(step_metrics["loss"].shape),
+            "seconds": time.perf_counter() - start}
+
+
+def _touched(grid: Grid, jobs: list[PhaseJob]) -> list[str]:
+    names = [t for job in jobs for t, _ in job.lengths]
+    names += [t.name for target in (*grid.targets, *grid.retrieval)
+              for t in tasks.tasks_for(target)]
+    return list(dict.fromkeys(names))
+
+
+def dry_run(grid: Grid, partitioner: partitioning.Partitioner | None = None,
+            lowered: dict[StepShape, dict[str, Any]] | None = None) -> DryRunResult:
+    """Plan ``grid`` as the run does and lower each distinct train step once; ``lowered``
+    (shape -> info) carries steps already lowered for another grid on the same model and mesh."""
+    partitioner = partitioner or partitioning.Partitioner()
+    lowered_steps = {} if lowered is None else lowered
+    jobs = plan_lib.plan(grid)
+    notes: list[str] = []
+    mixtures = {}
+    for mixture in dict.fromkeys(j.source for j in jobs if j.phase != "phase2"):
+        rates = tasks.mixture_rates(mixture, lambda _: 1000)
+        if not np.isclose(sum(rates.values()), 1.0):
+            raise AssertionError(f"mixture {mixture}: rates sum to {sum(rates.values())}")
+        mixtures[mixture] = rates
+    steps: dict[StepShape, dict[str, Any]] = {}
+    for job in jobs:
+        users = [f"phase2 {t}" for t in job.targets] or [f"{job.phase} {job.config}"]
+        for shape in job_shapes(job, notes):
+            if shape not in lowered_steps:
+                lowered_steps[shape] = lower_step(grid, shape, partitioner)
+            steps.setdefault(shape, {**lowered_steps[shape], "used_by": set()})[
+                "used_by"].update(users)
+    return DryRunResult(_touched(grid, jobs), mixtures, steps, list(dict.fromkeys(notes)),
+                        list(dict.fromkeys(recipe_line(j) for j in jobs)))

@@ -1,0 +1,260 @@
+"""The phase jobs of a grid: what each phase trains, from what, with which settings.
+
+Pure: the run (``driver``) and the dry run (``dry_run``) read the same jobs. Numbers that need
+data (steps from epochs, an open label set such as CCG's) are resolved when a job runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from xstilts import benchmark
+from xstilts.data import tasks
+from xstilts.evals import metrics
+from xstilts.experiment.grid import INTERMEDIATE_BATCH_SIZE, PRETRAIN_MAX_LENGTH, Grid, Phase
+
+PAPER_LEARNING_RATE = 1e-5  # jiant d_write_configs.sh, every target
+QA_BATCH_SIZE = 16  # jiant's XTREME recipe for span QA (4 x 4), for targets outside XTREME
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseJob:
+    """One training run of the grid (a phase-1 config and seed, a phase-2 cell, ...)."""
+
+    phase: str  # "phase0" | "phase1" | "phase2"
+    config: str  # intermediate config ("pretrain" for phase 0)
+    seed: int
+    source: str  # the mixture (phases 0, 1) or English train task (phase 2) trained on
+    kind: str  # train.train task type; "multitask": one head per head group
+    num_labels: int | None  # None: read from the train split (an open label set)
+    settings: Phase  # batch_size and max_length resolved
+    model_dir: str  # relative to the run directory
+    init_from: str | None  # checkpoint dir (relative) whose encoder it starts from
+    lengths: tuple[tuple[str, int], ...] = ()  # each task's max length (multi-head)
+    heads: tuple[tuple[str, str, int | None], ...] = ()  # (head, kind, labels) (multi-head)
+    task_heads: tuple[tuple[str, str], ...] = ()  # (task, head) (multi-head)
+    targets: tuple[str, ...] = ()  # phase 2: the target datasets scored
+    epochs: float | None = None  # the recipe's, when the settings give neither steps nor epochs
+    selection: str | None = None  # phase 2: the metric (TaskSpec.metric) chosen on English dev
+    deviations: tuple[str, ...] = ()  # settings that differ from the paper's recipe
+
+    def num_steps(self, num_features: float) -> int:
+        """Steps of this job: the settings' steps, else epochs (the recipe's if unset)."""
+        s = self.settings
+        epochs = s.epochs if s.epochs is not None else self.epochs
+        return dataclasses.replace(s, epochs=epochs).num_steps(
+            num_features, f"{self.phase} {self.config} {self.source}")
+
+    @property
+    def checkpoints(self) -> str:
+        return f"{self.model_dir}/checkpoints"
+
+    @property
+    def length(self) -> int:
+        return int(self.settings.max_length)
+
+    def describe(self) -> str:
+        s = self.settings
+        size = f"{s.steps} steps" if s.steps is not None else \
+            f"{s.epochs if s.epochs is not None else self.epochs} epochs"
+        text = (f"{self.phase} {self.config} seed {self.seed}: {self.source} ({self.kind}), "
+                f"{size}, batch {s.batch_size}, length {s.max_length}, lr {s.learning_rate:g}")
+        if self.selection:
+            text += (f", keep-best on English dev by {metrics.primary(self.selection)} "
+                     f"({self.selection}), patience {s.patience}")
+        return text
+
+
+# ---------------------------------------------------------------------------------- task facts
+def task_kind(spec: tasks.TaskSpec) -> tuple[str, int]:
+    """(train.train task type, number of labels) of a task (0 labels: an open label set)."""
+    if spec.kind in ("classification", "tagging"):
+        return spec.kind, len(spec.labels or ())
+    if spec.kind in ("qa", "multiple_choice", "mlm"):
+        return spec.kind, 2
+    raise ValueError(f"task {spec.name}: kind {spec.kind!r} cannot be trained")
+
+
+def mixture_kind(mixture: str) -> tuple[str, int, int] | None:
+    """(task type, number of labels, max length) shared by every task of a single-head mixture;
+    None when the mixture mixes task kinds or label sets (multi-head: ``mixture_heads``)."""
+    names = tasks.mixture_tasks(mixture)
+    kinds = {(task_kind(tasks.get_task(t)), tasks.get_task(t).labels) for t in names}
+    if len(kinds) != 1:
+        return None
+    (kind, labels), _ = next(iter(kinds))
+    return kind, labels, max(tasks.get_task(t).max_length for t in names)
+
+
+def mixture_heads(mixture: str) -> tuple[dict[str, tuple[str, int | None]], dict[str, str]]:
+    """The heads of a multi-head mixture, ``{head: (task type, labels or None = from data)}``,
+    and each task's head: tasks naming the same ``head`` (else the same dataset) share one."""
+    heads: dict[str, tuple[str, int | None]] = {}
+    task_heads: dict[str, str] = {}
+    for name in tasks.mixture_tasks(mixture):
+        spec = tasks.get_task(name)
+        head = spec.metadata["head"]
+        kind, labels = task_kind(spec)
+        kind_labels = (kind, labels or None)
+        if heads.setdefault(head, kind_labels) != kind_labels:
+            raise ValueError(f"mixture {mixture}: task {name} is {kind}({labels}) but shares "
+                             f"head {head!r} with a {heads[head][0]}({heads[head][1]}) task")
+        task_heads[name] = head
+    return heads, task_heads
+
+
+def train_tasks(grid: Grid) -> dict[str, list[str]]:
+    """English train task -> the target datasets evaluated from its fine-tune."""
+    out: dict[str, list[str]] = {}
+    for target in grid.targets:
+        train_task = tasks.tasks_for(target)[0].train_task
+        if not train_task:
+            raise ValueError(f"target {target}: its tasks name no train_task")
+        out.setdefault(train_task, []).append(target)
+    return out
+
+
+# ---------------------------------------------------------------------------------- recipes
+def paper_recipe(target: str) -> dict[str, Any] | None:
+    """The paper's fine-tuning recipe of an XTREME target (``benchmark``), else None."""
+    if target not in benchmark.EPOCHS:
+        return None
+    return {"epochs": benchmark.EPOCHS[target], "batch_size": benchmark.BATCH_SIZE[target],
+            "max_length": benchmark.MAX_LENGTH[target]}
+
+
+def target_recipe(train_task: str, targets: Sequence[str]) -> dict[str, Any]:
+    """The fine-tuning recipe of ``train_task``'s targets (all must agree): epochs, batch and
+    length from ``benchmark`` for XTREME targets, else the task table's."""
+    recipes = []
+    for target in targets:
+        spec = tasks.tasks_for(target)[0]
+        paper = paper_recipe(target)
+        recipes.append(paper if paper else {
+            "epochs": spec.epochs, "max_length": tasks.get_task(train_task).max_length,
+            "batch_size": QA_BATCH_SIZE if spec.kind == "qa" else INTERMEDIATE_BATCH_SIZE})
+    if any(r != recipes[0] for r in recipes):
+        raise ValueError(f"targets {list(targets)} of {train_task} have different recipes "
+                         f"{recipes}: give them separate train tasks or finetune_overrides")
+    return recipes[0]
+
+
+def _deviations(settings: Phase, recipe: Mapping[str, Any], targets: Sequence[str]
+                ) -> tuple[str, ...]:
+    """Settings of an XTREME target's fine-tune that differ from the paper's recipe."""
+    if not all(paper_recipe(t) for t in targets):
+        return ()
+    paper = {**recipe, "learning_rate": PAPER_LEARNING_RATE}
+    out = []
+    for key, value in paper.items():
+        ours = getattr(settings, key)
+        if key == "epochs" and settings.steps is not None:
+            out.append(f"steps {settings.steps} instead of {value} epochs")
+        elif ours is not None and ours != value:
+            out.append(f"{key} {ours} instead of the paper's {value}")
+    return tuple(out)
+
+
+def finetune_settings(grid: Grid, train_task: str, targets: Sequence[str]
+                      ) -> tuple[Phase, float | None, tuple[str, ...]]:
+    """Phase-2 settings of one train task: ``grid.finetune``, then ``finetune_overrides`` by
+    train task and by target, with batch and length from the recipe where left open; plus the
+    recipe's epochs and the deviations from the paper's recipe."""
+    recipe = target_recipe(train_task, targets)
+    settings = grid.finetune
+    for key in (train_task, *targets):
+        settings = settings.merged(grid.finetune_overrides.get(key, {}),
+                                   f"finetune_overrides[{key!r}]")
+    settings = dataclasses.replace(
+        settings, batch_size=settings.batch_size or recipe["batch_size"],
+        max_length=settings.max_length or recipe["max_length"])
+    return settings, recipe["epochs"], _deviations(settings, recipe, targets)
+
+
+# ---------------------------------------------------------------------------------- the jobs
+def plan_pretrain(grid: Grid) -> list[PhaseJob]:
+    """Phase 0: MLM on ``pretrain_mixture`` (none without ``pretrain``)."""
+    if grid.pretrain is None:
+        return []
+    settings = dataclasses.replace(
+        grid.pretrain, steps=grid.pretrain.steps or 1,
+        batch_size=grid.pretrain.batch_size or INTERMEDIATE_BATCH_SIZE,
+        max_length=grid.pretrain.max_length or PRETRAIN_MAX_LENGTH)
+    return [PhaseJob("phase0", "pretrain", 0, grid.pretrain_mixture, "mlm", 2, settings,
+                     "phase0", None)]
+
+
+def _encoder_source(grid: Grid) -> str | None:
+    return plan_pretrain(grid)[0].checkpoints if grid.pretrain is not None else None
+
+
+def phase1_seeds(grid: Grid) -> list[int]:
+    return sorted({grid.phase1_seed(s) for s in grid.seeds})
+
+
+def plan_intermediate(grid: Grid) -> list[PhaseJob]:
+    """Phase 1: every intermediate config (not the baseline) once per phase-1 seed."""
+    jobs = []
+    for config, mixture in grid.intermediate.items():
+        if mixture is None:
+            continue
+        for seed in phase1_seeds(grid):
+            jobs.append(intermediate_job(grid, config, mixture, seed))
+    return jobs
+
+
+def intermediate_job(grid: Grid, config: str, mixture: str, seed: int) -> PhaseJob:
+    phase = grid.intermediate_phase
+    settings = dataclasses.replace(phase, batch_size=phase.batch_size or INTERMEDIATE_BATCH_SIZE)
+    names = tasks.mixture_tasks(mixture)
+    first = tasks.get_task(names[0])
+    common = {"phase": "phase1", "config": config, "seed": seed, "source": mixture,
+              "model_dir": f"phase1/{config}/seed{seed}", "init_from": _encoder_source(grid),
+              "epochs": first.epochs}
+    single = mixture_kind(mixture)
+    if single is not None:  # one head
+        kind, labels, task_length = single
+        length = phase.max_length or task_length
+        return PhaseJob(**common, kind=kind, num_labels=task_kind(first)[1] or None,
+                        settings=dataclasses.replace(settings, max_length=length),
+                        lengths=tuple((t, length) for t in names))
+    heads, task_heads = mixture_heads(mixture)  # kinds mixed: each task at its own length
+    lengths = tuple((t, min(tasks.get_task(t).max_length, phase.max_length or math.inf))
+                    for t in names)
+    return PhaseJob(**common, kind="multitask", num_labels=None,
+                    settings=dataclasses.replace(settings,
+                                                 max_length=max(n for _, n in lengths)),
+                    lengths=lengths, heads=tuple((h, k, n) for h, (k, n) in heads.items()),
+                    task_heads=tuple(task_heads.items()))
+
+
+def plan_finetune(grid: Grid) -> list[PhaseJob]:
+    """Phase 2: every (config, seed, English train task) cell, from its phase-1 encoder."""
+    phase1 = {(j.config, j.seed): j for j in plan_intermediate(grid)}
+    jobs = []
+    for config in grid.intermediate:
+        for seed in grid.seeds:
+            source = phase1.get((config, grid.phase1_seed(seed)))
+            init = source.checkpoints if source else _encoder_source(grid)
+            for train_task, targets in train_tasks(grid).items():
+                jobs.append(finetune_job(grid, config, seed, train_task, targets, init))
+    return jobs
+
+
+def finetune_job(grid: Grid, config: str, seed: int, train_task: str, targets: Sequence[str],
+                 init_from: str | None) -> PhaseJob:
+    spec = tasks.get_task(train_task)
+    kind, labels = task_kind(spec)
+    settings, epochs, deviations = finetune_settings(grid, train_task, targets)
+    return PhaseJob("phase2", config, seed, train_task, kind, labels or None, settings,
+                    f"phase2/{config}/{train_task}/seed{seed}", init_from,
+                    lengths=((train_task, settings.max_length),), targets=tuple(targets),
+                    epochs=epochs, selection=spec.metric, deviations=deviations)
+
+
+def plan(grid: Grid) -> list[PhaseJob]:
+    """Every job of the grid, in the order the driver runs them."""
+    return plan_pretrain(grid) + plan_intermediate(grid) + plan_finetune(grid)

@@ -1,0 +1,141 @@
+"""The run directory: where every phase writes, the tidy result rows and ``experiment.json``.
+
+Cells and their directories under ``run_dir``::
+
+    tokenizer/                       SentencePiece model (trained here when asked)
+    phase0/                          MLM pre-training (train.train model dir)
+    phase1/<config>/seed<k>/         intermediate training on a Mixture; retrieval.jsonl
+    phase2/<config>/<train task>/seed<k>/   fine-tune from the phase-1 encoder + a fresh head:
+                                     checkpoints kept by the English-dev selection metric,
+                                     selection.json, results.jsonl (dev and test of every
+                                     target language), example_stats.npz (per-example metric
+                                     statistics for the report's bootstrap)
+    chance.jsonl                     constant predictors (``config == "chance"``)
+    results.jsonl, results.csv       the tidy table: config, task, language, split, metric,
+                                     value, seed, step
+    experiment.json                  what the report needs: configs, comparisons, tiers,
+                                     metrics, languages seen in each intermediate mixture
+
+Multi-process runs (``jax.distributed``, one process per host) run every cell in lockstep: all
+processes train and score together; only the chief (process 0) writes the tokenizer, the tidy
+tables, ``experiment.json``, retrieval results and ``DONE`` markers (Orbax checkpoints coordinate
+their own writes), and every skip/resume decision is the chief's, broadcast to all.
+
+A cell is finished when its ``results.jsonl`` (phase 2, written atomically after evaluation) or
+``DONE`` (phases 0 and 1) exists: a finished cell is skipped, an unfinished one resumes from its
+last Orbax checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental.compilation_cache import compilation_cache
+
+from xstilts.multihost import agreed, barrier, is_chief
+
+FIELDS = ("config", "task", "language", "split", "metric", "value", "seed", "step")
+CHANCE = "chance"
+SPM_FILENAME = "sentencepiece.bpe.model"
+STATS_FILENAME = "example_stats.npz"
+
+
+def atomic_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file (never half-written)."""
+    atomic_bytes(path, text.encode("utf-8"))
+
+
+def atomic_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def row(config: str, task: str, language: str, split: str, metric: str, value: float,
+        seed: int, step: int) -> dict[str, Any]:
+    """One line of the tidy table."""
+    return {"config": config, "task": task, "language": language, "split": split,
+            "metric": metric, "value": float(value), "seed": int(seed), "step": int(step)}
+
+
+def write_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """The tidy table as JSONL (atomically; the chief only)."""
+    if is_chief():
+        atomic_text(path, "".join(json.dumps({k: r[k] for k in FIELDS}) + "\n" for r in rows))
+
+
+def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    if not is_chief():
+        return
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: r[k] for k in FIELDS})
+    atomic_text(path, out.getvalue())
+
+
+def read_rows(path: Path | str) -> list[dict[str, Any]]:
+    """The rows of a ``results.jsonl``; a malformed line is an error naming it."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{number}: not JSON ({e})") from None
+            missing = [k for k in FIELDS if k not in item]
+            if missing:
+                raise ValueError(f"{path}:{number}: row lacks {missing}; expected {FIELDS}")
+            rows.append(item)
+    return rows
+
+
+def write_json(path: Path, value: Any) -> None:
+    if is_chief():
+        atomic_text(path, json.dumps(value, indent=1) + "\n")
+
+
+def write_example_stats(path: Path, stats: Mapping[str, np.ndarray]) -> None:
+    """Per-example metric statistics, one array per ``task|language|split`` key (chief)."""
+    if not is_chief():
+        return
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: np.asarray(v, np.float64) for k, v in stats.items()})
+    atomic_bytes(path, buffer.getvalue())
+
+
+def stats_key(task: str, language: str, split: str) -> str:
+    return f"{task}|{language}|{split}"
+
+
+def is_done(path: Path) -> bool:
+    """Whether ``path`` exists, as the chief sees it (every process decides the same)."""
+    return agreed(path.is_file())
+
+
+def mark_done(path: Path) -> None:
+    if is_chief():
+        atomic_text(path, "done\n")
+    barrier(f"done {path}")
+
+
+def enable_compilation_cache(directory: Path) -> None:
+    """JAX's persistent compilation cache (every compile kept, however fast)."""
+    if jax.config.jax_compilation_cache_dir:
+        return  # the user chose one
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    compilation_cache.reset_cache()  # applies even if something was compiled before
