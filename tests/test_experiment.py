@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
-from xstilts import experiment, partitioning
+from xstilts import experiment, gin_utils, partitioning
 from xstilts import train as train_lib
 from xstilts.data import tasks
 from xstilts.data.synthetic import SyntheticWorld
@@ -51,7 +51,8 @@ def _grid(run_dir, data_dir, **overrides):
         model_config=XLMRConfig.tiny(num_hidden_layers=1, hidden_dropout_prob=0.0,
                                      attention_probs_dropout_prob=0.0),
         intermediate={"baseline": None},
-        targets=["synthetic.paraphrase"], retrieval=["synthetic.parallel"], seeds=[0],
+        targets=["synthetic.paraphrase"], retrieval=["synthetic.parallel", "synthetic.bucc"],
+        seeds=[0],
         english_config=None, spm_vocab_size=300, pretrain_mixture="synthetic.mlm",
         pretrain={"steps": 2, "batch_size": 8, "learning_rate": 1e-3, "max_length": 32},
         intermediate_phase={"steps": 2, "batch_size": 8, "learning_rate": 1e-3,
@@ -109,9 +110,10 @@ def test_grid_table_resume_and_skip(tmp_path, data_dir, monkeypatch, one_device)
             got = {r["language"] for r in rows if r["config"] == config and r["split"] == split
                    and r["task"] == "synthetic.paraphrase" and r["metric"] == "accuracy"}
             assert got == set(LANGS), (config, split)
-        got = {r["language"] for r in rows if r["config"] == config
-               and r["task"] == "synthetic.parallel"}
-        assert got == set(LANGS) - {"en"}
+        for name, metric in (("synthetic.parallel", "accuracy"), ("synthetic.bucc", "f1")):
+            got = {r["language"] for r in rows if r["config"] == config
+                   and r["task"] == name and r["metric"] == metric}
+            assert got == set(LANGS) - {"en"}, (config, name)
     for r in rows:
         assert 0.0 <= r["value"] <= 100.0
         if r["config"] == "chance" and r["task"] == "synthetic.parallel":
@@ -120,6 +122,13 @@ def test_grid_table_resume_and_skip(tmp_path, data_dir, monkeypatch, one_device)
             assert r["value"] == pytest.approx(50.0)  # labels alternate 1, 0 (synthetic.py)
     killed = [r for r in rows if r["config"] == "baseline" and r["task"] == "synthetic.paraphrase"]
     assert {r["step"] for r in killed} <= {2, 4}  # keep-best on English dev picks one of them
+    meta = json.loads((run / "experiment.json").read_text())
+    assert meta["task_metric"] == {"synthetic.paraphrase": "accuracy",
+                                   "synthetic.parallel": "accuracy", "synthetic.bucc": "bucc_f1"}
+    assert meta["primary_metric"]["synthetic.bucc"] == "f1"
+    assert meta["seen_languages"] == {"baseline": []} and meta["use_pooler"] is True
+    assert meta["retrieval_length"]["synthetic.bucc"] == min(
+        tasks.tasks_for("synthetic.parallel")[0].max_length, 256)  # tiny: 258 positions
     # The cell records its selection and per-example statistics that give back every score.
     selection = json.loads((run / KILLED_CELL / "selection.json").read_text())
     assert selection["metric"] == "accuracy" and selection["key"] == "eval/accuracy"
@@ -181,7 +190,7 @@ def clean_gin():
 
 
 def _parse(path: str) -> None:
-    train_lib.parse_gin([path], ["from xstilts import experiment", "SCAN_LAYERS = True"])
+    gin_utils.parse_gin([path], ["from xstilts import experiment", "SCAN_LAYERS = True"])
 
 
 def test_paper_scale_dry_run(clean_gin):
@@ -190,7 +199,7 @@ def test_paper_scale_dry_run(clean_gin):
     scanned to keep tracing short; the step is the same computation)."""
     lowered: dict = {}
     _parse("experiments/xstilts_large.gin")
-    result = train_lib._configured(experiment.run_experiment)(dry_run=True, lowered=lowered)
+    result = gin_utils.configured(experiment.run_experiment)(dry_run=True, lowered=lowered)
     for target in ("xnli", "pawsx", "udpos", "panx", "xquad", "mlqa", "tydiqa"):
         for lang in xtreme_score.TASK2LANGS[target]:
             assert f"{target}.{lang}" in result.tasks
@@ -245,7 +254,7 @@ def test_paper_scale_dry_run(clean_gin):
 
     gin.clear_config()
     _parse("experiments/xstilts_large_multilingual.gin")
-    multi = train_lib._configured(experiment.run_experiment)(dry_run=True, lowered=lowered)
+    multi = gin_utils.configured(experiment.run_experiment)(dry_run=True, lowered=lowered)
     assert "intermediate.mnli.multilingual" in multi.mixtures
     assert "intermediate.all9.multilingual" in multi.mixtures
     rates = multi.mixtures["intermediate.mnli.multilingual"]

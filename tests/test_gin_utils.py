@@ -81,4 +81,3 @@ def test_configured_returns_the_bound_function_or_the_plain_one():
 def test_train_keeps_the_old_names():
     assert train.parse_gin is gin_utils.parse_gin
     assert train.rewrite_gin_args is gin_utils.rewrite_gin_args
-    assert train._configured is gin_utils.configured  # noqa: SLF001

@@ -687,10 +687,6 @@ def entry_point(*, action: str = "train") -> Any:
     return gin_utils.configured(actions[action])()
 
 
-# The old private name (xstilts.experiment and tests/test_experiment.py still use it).
-_configured = gin_utils.configured
-
-
 # Command line -----------------------------------------------------------------------------------
 def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m xstilts.train", description=__doc__,

@@ -10,7 +10,7 @@ row of X against Y and, from the *same* matrix products, of every row of Y again
 * Each product feeds both directions: its row top-k is merged into the block's running
   ``[block, k]`` buffer (X -> Y), its column top-k into a running ``[M, k]`` buffer (Y -> X).
   This "single pass" needs half the FLOPs of searching twice, which is what faiss / XTREME's
-  ``knnCPU`` do (``reference/perf.md`` section 3).
+  ``knnCPU`` (google-research/xtreme ``third_party/utils_retrieve.py``) do.
 * Both top-ks are exact two-stage selections: maxima over interleaved groups of columns (rows),
   a top-k over those group maxima, then a top-k over the members of the k best groups. The top k
   elements always lie in the k groups with the largest maxima, so this is exact, and the heavy

@@ -7,7 +7,8 @@ All scores are percentages (x100), like XTREME's.
   (the version XTREME's published numbers and its ``evaluate_test.py`` golden values were made
   with). UPOS tags are not IOB tags, yet XTREME scores them as if they were: the first character is
   read as the IOB prefix, so runs of identical tags merge into one chunk and SCONJ/SYM (prefix
-  "S") are single-token chunks (``reference/paper.md`` section 3.4).
+  "S") are single-token chunks (google-research/xtreme ``evaluate_test.py``
+  golden values).
 * ``squad_evaluate``: XQuAD and TyDiQA-GoldP, the SQuAD v1.1 script (English normalisation).
 * ``mlqa_evaluate``: MLQA's own script: unicode punctuation, per-language articles, whitespace
   tokens, mixed character/whitespace segmentation for zh.

@@ -12,7 +12,8 @@
 * Tatoeba: cosine 1-NN with the **English sentences as queries against the non-English index**,
   no margin, accuracy. This is what both XTREME (``similarity_search(x=non-English, y=English)``
   puts x in a faiss index and searches it with y) and jiant (``TatoebaEvaluationScheme``) do
-  (``reference/anchors.md`` sections 1.3 and 2.1); prediction ``i`` is the row of the
+  (google-research/xtreme ``third_party/evaluate_retrieval.py``; nyu-mll/jiant
+  ``jiant/tasks/evaluate/core.py``); prediction ``i`` is the row of the
   non-English sentence retrieved for English sentence ``i``.
 * ``center`` (optional, not part of XTREME's protocol): subtract each language's mean embedding
   before either search. Mean-pooled multilingual encoders carry a language-specific offset that

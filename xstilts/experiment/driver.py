@@ -17,7 +17,13 @@ from xstilts.experiment.grid import Grid
 from xstilts.experiment.intermediate import run_intermediate
 from xstilts.experiment.pretrain import run_pretrain
 from xstilts.experiment.retrieval import chance_rows as retrieval_chance_rows
-from xstilts.experiment.retrieval import retrieval_layer, retrieval_length, retrieval_rows
+from xstilts.experiment.retrieval import (
+    retrieval_layer,
+    retrieval_length,
+    retrieval_metric,
+    retrieval_rows,
+    task_length,
+)
 from xstilts.experiment.rundir import CHANCE, is_done, read_rows, row, write_rows
 from xstilts.experiment.runtime import Runtime
 from xstilts.experiment.scoring import chance_scores, check_gold
@@ -26,10 +32,16 @@ from xstilts.multihost import barrier
 log = logging.getLogger("xstilts.experiment")
 
 
+def task_metrics(targets: Any, retrieval_tasks: Any) -> dict[str, str]:
+    """Each task's metric name (``evals.metrics.METRICS``)."""
+    return {**{name: tasks.tasks_for(name)[0].metric for name in targets},
+            **{name: retrieval_metric(name) for name in retrieval_tasks}}
+
+
 def primary_metrics(targets: Any, retrieval_tasks: Any) -> dict[str, str]:
     """Each task's primary number (the key of its score dict), from ``evals.metrics``."""
-    return {name: metrics.primary(tasks.tasks_for(name)[0].metric)
-            for name in (*targets, *retrieval_tasks)}
+    return {name: metrics.primary(metric)
+            for name, metric in task_metrics(targets, retrieval_tasks).items()}
 
 
 def seen_languages(grid: Grid) -> dict[str, list[str]]:
@@ -52,12 +64,11 @@ def experiment_meta(rt: Runtime, jobs: list[plan_lib.PhaseJob]) -> dict[str, Any
         "intermediate_per_seed": g.intermediate_per_seed,
         "low_resource": list(g.low_resource), "tiers": dict(g.tiers or {}),
         "primary_metric": primary_metrics(g.targets, g.retrieval),
-        "task_metric": {n: tasks.tasks_for(n)[0].metric for n in (*g.targets, *g.retrieval)},
+        "task_metric": task_metrics(g.targets, g.retrieval),
         "seen_languages": seen_languages(g),
         "selection": "english_dev", "use_pooler": g.use_pooler,
         "retrieval_layer": retrieval_layer(rt) if g.retrieval else None,
-        "retrieval_length": {n: retrieval_length(rt, tasks.tasks_for(n)[0].max_length)
-                             for n in g.retrieval},
+        "retrieval_length": {n: retrieval_length(rt, task_length(n)) for n in g.retrieval},
         "retrieval_center": g.retrieval_center,
         "jobs": [job.describe() for job in jobs],
         "deviations": sorted({d for job in jobs for d in job.deviations}),

@@ -114,6 +114,10 @@ class Grid:
         for target in self.targets:
             if not tasks.tasks_for(target):
                 raise ValueError(f"target {target!r}: no registered tasks of that dataset")
+        for name in self.retrieval:
+            if name != "synthetic.bucc" and not tasks.tasks_for(name):
+                raise ValueError(f"retrieval task {name!r}: no registered tasks of that "
+                                 f"dataset (or synthetic.bucc)")
         for name in (self.english_config, self.multilingual_config,
                      *(n for pair in self.more_comparisons for n in pair)):
             if name is not None and name not in self.intermediate:

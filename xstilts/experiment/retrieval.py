@@ -43,9 +43,28 @@ def bucc_like(parallel: Mapping[str, list], english_pool: Sequence[str], keep: f
     return out
 
 
+# A BUCC-style mining set built from the synthetic parallel test sentences (``bucc_like``).
+SYNTHETIC_BUCC = "synthetic.bucc"
+
+
+def retrieval_metric(name: str) -> str:
+    """The metric (``evals.metrics.METRICS`` name) of a retrieval task of the grid."""
+    if name == SYNTHETIC_BUCC:
+        return "bucc_f1"
+    specs = tasks.tasks_for(name)
+    if not specs:
+        raise ValueError(f"retrieval task {name!r}: no registered tasks of that dataset")
+    return specs[0].metric
+
+
+def task_length(name: str) -> int:
+    """The retrieval task's own max length (512 for BUCC and Tatoeba)."""
+    return tasks.tasks_for("synthetic.parallel" if name == SYNTHETIC_BUCC else name)[0].max_length
+
+
 def retrieval_sets(name: str, data_dir: str | None) -> Iterator[tuple[str, dict[str, Any]]]:
     """(language, {"kind", "length", "dev", "test"}) where dev/test hold source/target/gold."""
-    if name == "synthetic.bucc":
+    if name == SYNTHETIC_BUCC:
         english = [e["text"] for e in tasks.get_task("synthetic.mlm.en").examples(
             "train", data_dir)]
         for spec in tasks.tasks_for("synthetic.parallel"):
