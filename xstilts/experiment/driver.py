@@ -63,6 +63,7 @@ def experiment_meta(rt: Runtime, jobs: list[plan_lib.PhaseJob]) -> dict[str, Any
         "targets": list(g.targets), "retrieval": list(g.retrieval), "seeds": list(g.seeds),
         "intermediate_per_seed": g.intermediate_per_seed,
         "low_resource": list(g.low_resource), "tiers": dict(g.tiers or {}),
+        "tier_boundary": dict(g.tier_boundary) if g.tier_boundary else None,
         "primary_metric": primary_metrics(g.targets, g.retrieval),
         "task_metric": task_metrics(g.targets, g.retrieval),
         "seen_languages": seen_languages(g),

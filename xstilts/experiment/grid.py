@@ -97,6 +97,9 @@ class Grid:
     more_comparisons: Sequence[tuple[str, str]] = ()
     low_resource: Sequence[str] = ()
     tiers: Mapping[str, str] | None = None  # language -> tier (None: CC-100 tiers)
+    # Languages moved to another tier for the report's sensitivity check (None: hi and tr, on
+    # the 20 GiB CC-100 cut, moved to medium).
+    tier_boundary: Mapping[str, str] | None = None
     eval_batch_size: int = 32
     compilation_cache: bool = True  # JAX's persistent cache in run_dir/jax_cache: every cell
     # compiles the same steps, so all but the first load them
