@@ -36,7 +36,8 @@ import numpy as np
 
 from xstilts import report_tables as rt
 from xstilts.evals import metrics
-from xstilts.report_tables import CHANCE, Row, RunData, Summary
+from xstilts.report_tables import Row, RunData, Summary
+from xstilts.results import CHANCE
 
 TIER_WEIGHTING = ("each language counts once: its number is the mean over the tasks that "
                   "score it, and the tier's number the mean over its languages")

@@ -15,10 +15,8 @@ import numpy as np
 
 from xstilts.evals import metrics, stats
 from xstilts.evals.xtreme_score import LANGUAGES, TASK2LANGS
+from xstilts.results import STATS_FILENAME, read_rows
 
-CHANCE = "chance"
-FIELDS = ("config", "task", "language", "split", "metric", "value", "seed", "step")
-STATS_FILENAME = "example_stats.npz"
 TIER_ORDER = ("high", "medium", "low", "unseen", "unknown")
 # hi (20.2 GiB) and tr (20.9 GiB) sit just above the 20 GiB high/medium cut of CC-100.
 DEFAULT_TIER_BOUNDARY = {"hi": "medium", "tr": "medium"}
@@ -29,24 +27,6 @@ Key = tuple[str, str, str, str, int]  # (config, task, language, split, seed)
 
 
 # ----------------------------------------------------------------------------------- loading
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """The rows of ``results.jsonl``; a malformed line is an error naming it."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: not JSON ({e})") from None
-            missing = [k for k in FIELDS if k not in item]
-            if missing:
-                raise ValueError(f"{path}:{number}: row lacks {missing}; expected {FIELDS}")
-            rows.append(item)
-    return rows
-
-
 def read_example_stats(run_dir: Path) -> dict[Key, np.ndarray]:
     """``phase2/<config>/<train task>/seed<k>/example_stats.npz`` -> {key: stats [n, k]}."""
     out: dict[Key, np.ndarray] = {}

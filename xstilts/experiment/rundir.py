@@ -41,11 +41,16 @@ import numpy as np
 from jax.experimental.compilation_cache import compilation_cache
 
 from xstilts.multihost import agreed, barrier, is_chief
+from xstilts.results import (  # noqa: F401  (the run directory's table, re-exported)
+    CHANCE,
+    FIELDS,
+    STATS_FILENAME,
+    read_rows,
+    row,
+    stats_key,
+)
 
-FIELDS = ("config", "task", "language", "split", "metric", "value", "seed", "step")
-CHANCE = "chance"
 SPM_FILENAME = "sentencepiece.bpe.model"
-STATS_FILENAME = "example_stats.npz"
 
 
 def atomic_text(path: Path, text: str) -> None:
@@ -58,13 +63,6 @@ def atomic_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_bytes(data)
     os.replace(tmp, path)
-
-
-def row(config: str, task: str, language: str, split: str, metric: str, value: float,
-        seed: int, step: int) -> dict[str, Any]:
-    """One line of the tidy table."""
-    return {"config": config, "task": task, "language": language, "split": split,
-            "metric": metric, "value": float(value), "seed": int(seed), "step": int(step)}
 
 
 def write_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -84,24 +82,6 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     atomic_text(path, out.getvalue())
 
 
-def read_rows(path: Path | str) -> list[dict[str, Any]]:
-    """The rows of a ``results.jsonl``; a malformed line is an error naming it."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: not JSON ({e})") from None
-            missing = [k for k in FIELDS if k not in item]
-            if missing:
-                raise ValueError(f"{path}:{number}: row lacks {missing}; expected {FIELDS}")
-            rows.append(item)
-    return rows
-
-
 def write_json(path: Path, value: Any) -> None:
     if is_chief():
         atomic_text(path, json.dumps(value, indent=1) + "\n")
@@ -114,10 +94,6 @@ def write_example_stats(path: Path, stats: Mapping[str, np.ndarray]) -> None:
     buffer = io.BytesIO()
     np.savez(buffer, **{k: np.asarray(v, np.float64) for k, v in stats.items()})
     atomic_bytes(path, buffer.getvalue())
-
-
-def stats_key(task: str, language: str, split: str) -> str:
-    return f"{task}|{language}|{split}"
 
 
 def is_done(path: Path) -> bool:
