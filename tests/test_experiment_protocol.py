@@ -84,7 +84,8 @@ def test_eval_of_a_checkpoint_uses_the_pooler_it_was_trained_with(tmp_path):
     train_lib.train(model_dir=str(tmp_path), total_steps=1, use_pooler=False, progress=False,
                     **kwargs)
     evaluate = dict(model_dir=str(tmp_path), model_config=config, batch_size=8, num_labels=3,
-                    eval_batches=kwargs["train_batches"])
+                    eval_batches=lambda **kw: train_lib.synthetic_batches(
+                        **kw, vocab_size=64, length=16, num_labels=3, num_batches=2))
     assert "accuracy" in train_lib.evaluate_checkpoint(**evaluate)  # None: the checkpoint's
     with pytest.raises(ValueError, match="trained with use_pooler=False"):
         train_lib.evaluate_checkpoint(**evaluate, use_pooler=True)

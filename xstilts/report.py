@@ -408,7 +408,9 @@ def build_report(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any],
     md: list[str] = ["# X-STILTs experiment report", ""]
     selection = meta.get("selection")
     if selection:
-        md += [f"Checkpoints selected on {selection.replace('_', ' ')} by each task's official "
+        where = {"english_dev": "the English train task's dev set"}.get(
+            selection, selection.replace("_", " "))
+        md += [f"Checkpoints selected on {where} by each task's official "
                f"metric; target-language dev and test are scored, never used to select.", ""]
     test_md, test_csv = _table_section(data, configs, tasks, "test")
     md += [*test_md, _metric_note(data, tasks), ""]
