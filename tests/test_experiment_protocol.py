@@ -3,14 +3,21 @@ rule, retrieval at the task's length, and no split scored without its gold."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
+
 import jax
 import pytest
+from test_experiment import _grid as grid_of_test_experiment
+from test_experiment import data_dir  # noqa: F401  (fixture)
 
-from xstilts import benchmark, experiment, partitioning
+from xstilts import benchmark, experiment, partitioning, report
 from xstilts import train as train_lib
 from xstilts.data import tasks
 from xstilts.evals import metrics
 from xstilts.experiment.dry_run import recipe_line
+from xstilts.experiment.intermediate import run_intermediate
 from xstilts.experiment.retrieval import retrieval_length
 from xstilts.experiment.runtime import Runtime
 from xstilts.experiment.scoring import MissingGoldError, check_gold
@@ -107,3 +114,46 @@ def test_a_split_without_gold_is_an_error_naming_it(kind, example):
         check_gold(spec, "test", [{**example, **good}, example])
     with pytest.raises(MissingGoldError, match="no examples"):
         check_gold(spec, "test", [])
+
+
+def test_equal_steps_budget_pairs_each_multilingual_config_with_its_english_one(tmp_path):
+    pairs = {"intermediate": {"baseline": None, "mnli.en": "intermediate.mnli.en",
+                              "mnli.multilingual": "intermediate.mnli.multilingual"},
+             "english_config": "mnli.en", "multilingual_config": "mnli.multilingual",
+             "intermediate_phase": {"epochs": 3}}
+    jobs = {j.config: j for j in experiment.plan(_grid(tmp_path, **pairs)) if j.phase == "phase1"}
+    assert jobs["mnli.multilingual"].budget_source == "intermediate.mnli.en"
+    assert jobs["mnli.multilingual"].equal_budget and not jobs["mnli.en"].equal_budget
+    assert "the steps of 3 epochs of intermediate.mnli.en (equal-steps budget)" in recipe_line(
+        jobs["mnli.multilingual"])
+    epochs = {j.config: j for j in experiment.plan(_grid(
+        tmp_path, **pairs, intermediate_budget="epochs")) if j.phase == "phase1"}
+    assert epochs["mnli.multilingual"].budget_source == "intermediate.mnli.multilingual"
+    with pytest.raises(ValueError, match="intermediate_budget 'tokens'"):
+        _grid(tmp_path, **pairs, intermediate_budget="tokens")
+
+
+def test_equal_steps_budget_trains_both_arms_for_the_same_steps(tmp_path, data_dir):  # noqa: F811
+    grid = grid_of_test_experiment(
+        tmp_path, data_dir, targets=["synthetic.paraphrase"], retrieval=[],
+        intermediate={"baseline": None, "nli.en": "synthetic.intermediate.nli.en",
+                      "nli.multilingual": "synthetic.intermediate.nli.multilingual"},
+        english_config="nli.en", multilingual_config="nli.multilingual",
+        intermediate_phase={"epochs": 0.5, "batch_size": 8, "learning_rate": 1e-3,
+                            "max_length": 32, "save_every_steps": 100})
+    rt = Runtime.create(grid, partitioning.Partitioner(
+        partitioning.create_mesh(devices=jax.devices()[:1])))
+    rt.inputs.prepare_tokenizer()
+    rt.fit_vocab()
+    budgets = {}
+    for job in (j for j in experiment.plan(grid) if j.phase == "phase1" and j.seed == 0):
+        run_intermediate(rt, dataclasses.replace(job, init_from=None))
+        budgets[job.config] = json.loads((tmp_path / job.model_dir / "budget.json").read_text())
+    english, multi = budgets["nli.en"], budgets["nli.multilingual"]
+    train = len(rt.inputs.features("synthetic.nli.en", "train", 32))
+    assert english["steps"] == multi["steps"] == math.ceil(0.5 * train / 8)
+    assert set(english["examples_per_language"]) == {"en"}
+    assert sum(multi["examples_per_language"].values()) == multi["steps"] * 8
+    assert len(multi["examples_per_language"]) > 1
+    md, csv_text = report.budget_section(list(budgets.values()))
+    assert "| nli.multilingual | 1 | " in "\n".join(md) and csv_text.startswith("config,")

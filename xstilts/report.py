@@ -399,9 +399,31 @@ def _missing_section(data: RunData, configs: Sequence[str], tasks: Sequence[str]
 
 
 # ----------------------------------------------------------------------------------- build
+def budget_section(budgets: Sequence[Mapping[str, Any]]) -> tuple[list[str], str]:
+    """Markdown and CSV of what each intermediate config trained on (from budget.json)."""
+    table = rt.budget_table(budgets)
+    if not table:
+        return [], ""
+    md = ["## Intermediate-training budget per arm", "",
+          "| config | runs | steps | batch | examples seen per language | budget |",
+          "|---|---|---|---|---|---|"]
+    rows = []
+    for t in table:
+        seen = ", ".join(f"{lang} {n:,.0f}" for lang, n in t["examples"].items())
+        md.append(f"| {t['config']} | {t['runs']} | {t['steps']:,.0f} | {t['batch_size']} | "
+                  f"{seen} | {t['budget']} |")
+        rows += [[t["config"], lang, t["steps"], t["batch_size"], n]
+                 for lang, n in t["examples"].items()]
+    md += ["", "Examples seen = steps drawn for each task x batch (one task per step), mean "
+           "over the config's phase-1 runs. With the equal-steps budget a multilingual config "
+           "trains for the steps of the English-only config it is compared with.", ""]
+    return md, _csv(["config", "language", "steps", "batch_size", "examples"], rows)
+
+
 def build_report(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any],
                  example_stats: Mapping[rt.Key, np.ndarray] | None = None, *,
-                 resamples: int = 2000) -> tuple[str, dict[str, str], dict[str, bytes]]:
+                 resamples: int = 2000, budgets: Sequence[Mapping[str, Any]] = ()
+                 ) -> tuple[str, dict[str, str], dict[str, bytes]]:
     """(markdown, {csv name: text}, {png name: bytes})."""
     data = rt.run_data(rows, meta, example_stats)
     configs, tasks = data.configs, data.tasks
@@ -430,6 +452,10 @@ def build_report(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any],
     md += delta_md
     csvs |= delta_csvs
     pngs |= delta_pngs
+    budget_md, budget_csv = budget_section(budgets)
+    if budget_md:
+        md += budget_md
+        csvs["budget.csv"] = budget_csv
     compare_md, compare_csvs, compare_pngs = comparisons(data, configs, resamples=resamples)
     md += compare_md
     csvs |= compare_csvs
@@ -514,7 +540,8 @@ def write_report(run_dir: str | os.PathLike, *, resamples: int = 2000) -> str:
     """Write ``run_dir/report/`` and return the markdown (in a multi-process run every process
     returns it, only the chief, process 0, writes the files)."""
     rows, meta, example_stats = rt.load(run_dir)
-    text, csvs, pngs = build_report(rows, meta, example_stats, resamples=resamples)
+    text, csvs, pngs = build_report(rows, meta, example_stats, resamples=resamples,
+                                    budgets=rt.read_budgets(run_dir))
     if "jax" in sys.modules and sys.modules["jax"].process_index() != 0:
         return text
     out = Path(run_dir) / "report"

@@ -59,6 +59,33 @@ def load(run_dir: str | os.PathLike
     return read_rows(results), meta, read_example_stats(run_dir)
 
 
+def read_budgets(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every phase-1 run's ``budget.json`` (steps, batch, examples seen per language)."""
+    out = []
+    for path in sorted(Path(run_dir).glob("phase1/*/seed*/budget.json")):
+        try:
+            out.append(json.loads(path.read_text(encoding="utf-8")))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not JSON ({e})") from None
+    return out
+
+
+def budget_table(budgets: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per config: mean steps and examples per language over its phase-1 runs."""
+    by_config: dict[str, list[Mapping[str, Any]]] = {}
+    for b in budgets:
+        by_config.setdefault(b["config"], []).append(b)
+    table = []
+    for config, runs in by_config.items():
+        languages = sorted({lang for r in runs for lang in r["examples_per_language"]})
+        table.append({
+            "config": config, "runs": len(runs), "steps": fmean(r["steps"] for r in runs),
+            "batch_size": runs[0]["batch_size"], "budget": runs[0]["budget"],
+            "examples": {lang: fmean(r["examples_per_language"].get(lang, 0) for r in runs)
+                         for lang in languages}})
+    return table
+
+
 # ---------------------------------------------------------------------------- the run's data
 @dataclasses.dataclass(frozen=True)
 class RunData:

@@ -57,10 +57,9 @@ class DryRunResult:
 def recipe_line(job: PhaseJob) -> str:
     """A job's settings without its config and seed (identical across a phase's cells)."""
     s = job.settings
-    size = f"{s.steps} steps" if s.steps is not None else \
-        f"{s.epochs if s.epochs is not None else job.epochs} epochs"
     line = (f"{job.phase} {job.source}{' -> ' + ', '.join(job.targets) if job.targets else ''}"
-            f": {size}, batch {s.batch_size}, length {s.max_length}, lr {s.learning_rate:g}")
+            f": {job.size_text}, batch {s.batch_size}, length {s.max_length}, "
+            f"lr {s.learning_rate:g}")
     if job.phase == "phase2":
         line += (f", select on English dev by {job.selection} every {s.eval_every_steps} "
                  f"steps" if s.eval_every_steps else ", no selection (last step)")

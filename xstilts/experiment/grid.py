@@ -14,6 +14,7 @@ from xstilts.models.xlmr import XLMRConfig
 # phase-0 MLM length when a grid leaves them open.
 INTERMEDIATE_BATCH_SIZE = 32
 PRETRAIN_MAX_LENGTH = 128
+BUDGETS = ("equal_steps", "epochs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +82,12 @@ class Grid:
     # Per English train task (mnli.en) or target (xnli): Phase fields over ``finetune`` and the
     # recipe; every value that differs from the paper's recipe is printed by the dry run.
     finetune_overrides: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    # Phase-1 budget of a multilingual config compared with an English-only one (the primary
+    # pair and more_comparisons): "equal_steps" (default) trains it for the steps the English
+    # config's epochs give, at the same batch, so both arms get the same optimizer updates;
+    # "epochs" counts epochs over its own, larger data (the multilingual arm then gets several
+    # times more updates).
+    intermediate_budget: str = "equal_steps"
     # Phase 1 once per seed (the variance the English-vs-multilingual comparison is about);
     # False: once, with seeds[0], shared by every fine-tuning seed.
     intermediate_per_seed: bool = True
@@ -129,6 +136,9 @@ class Grid:
             if len(pair) != 2:
                 raise ValueError(f"more_comparisons: {pair!r} is not an (English-only, "
                                  f"multilingual) pair of configs")
+        if self.intermediate_budget not in BUDGETS:
+            raise ValueError(f"intermediate_budget {self.intermediate_budget!r}: expected one "
+                             f"of {BUDGETS}")
         if self.pretrain is not None and not self.pretrain_mixture:
             raise ValueError("pretrain is set but pretrain_mixture is not")
         if not self.seeds:
@@ -137,6 +147,12 @@ class Grid:
     @property
     def baseline(self) -> str:
         return next(c for c, m in self.intermediate.items() if m is None)
+
+    def comparisons(self) -> list[tuple[str, str]]:
+        """Every (English-only, multilingual) pair: the primary one first."""
+        pairs = [(self.english_config, self.multilingual_config)] \
+            if self.english_config and self.multilingual_config else []
+        return pairs + [tuple(p) for p in self.more_comparisons if tuple(p) not in pairs]
 
     def phase1_seed(self, seed: int) -> int:
         """The intermediate run a fine-tuning seed starts from."""

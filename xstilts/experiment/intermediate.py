@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
+from typing import Any
 
 from xstilts.data import tasks
+from xstilts.data.feature_converters import ShardInfo
+from xstilts.experiment import rundir
 from xstilts.experiment.inputs import factory
 from xstilts.experiment.plan import PhaseJob
 from xstilts.experiment.rundir import is_done, mark_done
@@ -25,9 +29,7 @@ def run_intermediate(rt: Runtime, job: PhaseJob) -> None:
     if is_done(done):
         return
     lengths = dict(job.lengths)
-    epoch = tasks.mixture_epoch_size(
-        job.source, lambda t: len(rt.inputs.features(t, "train", lengths[t])))
-    steps = job.num_steps(epoch)
+    steps = intermediate_steps(rt, job)
     start = time.perf_counter()
     if job.kind != "multitask":
         first = tasks.get_task(job.lengths[0][0])
@@ -40,9 +42,39 @@ def run_intermediate(rt: Runtime, job: PhaseJob) -> None:
         log.info("phase 1 %s: %d heads %s", job.config, len(heads), heads)
         rt.train(job, train_batches=factory(rt.inputs.mixture_batcher(
             job.source, lengths, job.seed), with_task=True), total_steps=steps, heads=heads)
+    rundir.write_json(rt.run_dir / job.model_dir / "budget.json", budget_record(rt, job, steps))
     mark_done(done)
     log.info("phase 1 %s seed %d (%s, %d steps) took %.0f s", job.config, job.seed, job.source,
              steps, time.perf_counter() - start)
+
+
+def intermediate_steps(rt: Runtime, job: PhaseJob) -> int:
+    """Steps of a phase-1 job: its epochs over the budget mixture's capped supervised data (its
+    own, or the English-only config's under the equal-steps budget)."""
+    lengths = dict(job.budget_lengths or job.lengths)
+    source = job.budget_source or job.source
+    epoch = tasks.mixture_epoch_size(
+        source, lambda t: len(rt.inputs.features(t, "train", lengths[t])))
+    return job.num_steps(epoch)
+
+
+def budget_record(rt: Runtime, job: PhaseJob, steps: int) -> dict[str, Any]:
+    """What one phase-1 run trained on: steps, batch, and per task and language the steps
+    drawn and examples seen (the report's budget table)."""
+    batcher = rt.inputs.mixture_batcher(job.source, dict(job.lengths), job.seed)(
+        ShardInfo(0, 1), int(job.settings.batch_size))
+    draws = Counter(batcher.task_and_step(step)[0] for step in range(steps))
+    per_task = {t: {"language": tasks.get_task(t).language, "steps": n,
+                    "examples": n * int(job.settings.batch_size)}
+                for t, n in sorted(draws.items())}
+    languages: Counter[str] = Counter()
+    for record in per_task.values():
+        languages[record["language"]] += record["examples"]
+    return {"config": job.config, "seed": job.seed, "mixture": job.source, "steps": steps,
+            "batch_size": job.settings.batch_size,
+            "budget": job.size_text if job.equal_budget or job.settings.steps is not None
+            else f"{job.size_text} of {job.source}",
+            "examples_per_language": dict(sorted(languages.items())), "per_task": per_task}
 
 
 def _data_labels(rt: Runtime, job: PhaseJob, head: str) -> int:

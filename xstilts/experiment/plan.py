@@ -38,8 +38,17 @@ class PhaseJob:
     task_heads: tuple[tuple[str, str], ...] = ()  # (task, head) (multi-head)
     targets: tuple[str, ...] = ()  # phase 2: the target datasets scored
     epochs: float | None = None  # the recipe's, when the settings give neither steps nor epochs
+    # Phase 1: the mixture (and each task's length) whose epochs set the steps: its own, or,
+    # with the equal-steps budget, the English-only config's it is compared with.
+    budget_source: str | None = None
+    budget_lengths: tuple[tuple[str, int], ...] = ()
     selection: str | None = None  # phase 2: the metric (TaskSpec.metric) chosen on English dev
     deviations: tuple[str, ...] = ()  # settings that differ from the paper's recipe
+
+    @property
+    def equal_budget(self) -> bool:
+        """Whether the steps come from another (the English-only) config's data."""
+        return self.budget_source is not None and self.budget_source != self.source
 
     def num_steps(self, num_features: float) -> int:
         """Steps of this job: the settings' steps, else epochs (the recipe's if unset)."""
@@ -47,6 +56,17 @@ class PhaseJob:
         epochs = s.epochs if s.epochs is not None else self.epochs
         return dataclasses.replace(s, epochs=epochs).num_steps(
             num_features, f"{self.phase} {self.config} {self.source}")
+
+    @property
+    def size_text(self) -> str:
+        """How long the job trains, in words (the dry run's and budget.json's)."""
+        s = self.settings
+        if s.steps is not None:
+            return f"{s.steps} steps"
+        epochs = s.epochs if s.epochs is not None else self.epochs
+        if self.equal_budget:
+            return f"the steps of {epochs} epochs of {self.budget_source} (equal-steps budget)"
+        return f"{epochs} epochs"
 
     @property
     def checkpoints(self) -> str:
@@ -58,10 +78,9 @@ class PhaseJob:
 
     def describe(self) -> str:
         s = self.settings
-        size = f"{s.steps} steps" if s.steps is not None else \
-            f"{s.epochs if s.epochs is not None else self.epochs} epochs"
         text = (f"{self.phase} {self.config} seed {self.seed}: {self.source} ({self.kind}), "
-                f"{size}, batch {s.batch_size}, length {s.max_length}, lr {s.learning_rate:g}")
+                f"{self.size_text}, batch {s.batch_size}, length {s.max_length}, "
+                f"lr {s.learning_rate:g}")
         if self.selection:
             text += (f", keep-best on English dev by {metrics.primary(self.selection)} "
                      f"({self.selection}), patience {s.patience}")
@@ -206,7 +225,42 @@ def plan_intermediate(grid: Grid) -> list[PhaseJob]:
     return jobs
 
 
+def budget_configs(grid: Grid) -> dict[str, str]:
+    """Multilingual config -> the English-only config whose steps it trains for (equal-steps
+    budget); empty with ``intermediate_budget="epochs"``."""
+    if grid.intermediate_budget != "equal_steps":
+        return {}
+    out: dict[str, str] = {}
+    for english, multilingual in grid.comparisons():
+        if out.setdefault(multilingual, english) != english:
+            raise ValueError(f"config {multilingual} is compared with both {out[multilingual]} "
+                             f"and {english}: its equal-steps budget is ambiguous (set "
+                             f"intermediate_budget='epochs' or compare it once)")
+        if grid.intermediate[english] is None or grid.intermediate[multilingual] is None:
+            raise ValueError(f"comparison ({english}, {multilingual}): both must train phase 1")
+    return out
+
+
+def _task_lengths(mixture: str, cap: int | None) -> tuple[tuple[str, int], ...]:
+    single = mixture_kind(mixture)
+    names = tasks.mixture_tasks(mixture)
+    if single is not None:
+        return tuple((t, cap or single[2]) for t in names)
+    return tuple((t, min(tasks.get_task(t).max_length, cap or math.inf)) for t in names)
+
+
 def intermediate_job(grid: Grid, config: str, mixture: str, seed: int) -> PhaseJob:
+    job = _intermediate_job(grid, config, mixture, seed)
+    english = budget_configs(grid).get(config)
+    if english is None:
+        return dataclasses.replace(job, budget_source=mixture, budget_lengths=job.lengths)
+    source = grid.intermediate[english]
+    return dataclasses.replace(
+        job, budget_source=source, epochs=tasks.get_task(tasks.mixture_tasks(source)[0]).epochs,
+        budget_lengths=_task_lengths(source, grid.intermediate_phase.max_length))
+
+
+def _intermediate_job(grid: Grid, config: str, mixture: str, seed: int) -> PhaseJob:
     phase = grid.intermediate_phase
     settings = dataclasses.replace(phase, batch_size=phase.batch_size or INTERMEDIATE_BATCH_SIZE)
     names = tasks.mixture_tasks(mixture)
