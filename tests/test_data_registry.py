@@ -128,7 +128,12 @@ def test_synthetic_files_feed_the_registry_and_a_mixture(tmp_path, shared_data):
     name = "synthetic.intermediate.nli.multilingual+mlm"
     mixture = PL.mixture_batcher(name, tok, batch_size=4, data_dir=tmp_path, max_length=64, seed=1)
     seen = {name for name, _ in mixture.iterate(0, 200)}
-    assert {"synthetic.nli.xd", "synthetic.mlm.en"} <= seen
+    assert {"synthetic.nli.xc", "synthetic.mlm.en", "synthetic.mlm.xd"} <= seen
+    # Like the real releases, the lowest-resource language has no "translated" NLI train data
+    # (and xc a tenth of English's): the multilingual arm never sees xd's NLI.
+    assert "synthetic.nli.xd" not in seen
+    assert not (tmp_path / "synthetic/nli/train-xd.tsv").exists()
+    assert len((tmp_path / "synthetic/nli/train-xc.tsv").read_text().splitlines()) == 3
     name, batch = mixture.batch(5)
     assert batch["input_ids"].shape == (4, 64)
 

@@ -13,7 +13,7 @@ from xstilts.data.tables.intermediate import (
     SQUAD_TRANSLATE_TRAIN,
     XNLI_TRANSLATE_TRAIN,
 )
-from xstilts.data.tables.synthetic import SYNTHETIC_LANGUAGES
+from xstilts.data.tables.synthetic import SYNTHETIC_LANGUAGES, SYNTHETIC_TRANSLATED
 
 # Defaults (assumptions: the paper leaves them unstated; see docs/mixtures.md): all-9 multi-task
 # training samples proportionally with a 100k-example cap per task (jiant's
@@ -109,7 +109,8 @@ def synthetic_mixtures() -> list[MixtureSpec]:
         pair = (
             MixtureSpec(f"{name}.en", (f"synthetic.{task}.en",)),
             _temperature(
-                f"{name}.multilingual", (f"synthetic.{task}.{lang}" for lang in SYNTHETIC_LANGUAGES)
+                f"{name}.multilingual",
+                (f"synthetic.{task}.{lang}" for lang in SYNTHETIC_TRANSLATED),
             ),
         )
         for variant, mixture in zip(VARIANTS, pair, strict=True):

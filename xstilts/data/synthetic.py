@@ -74,6 +74,9 @@ class LanguageSpec:
     postpositions: bool = False
     script: str = "latin"  # latin | greek | cyrillic
     mlm_sentences: int = 2000  # raw text available: the resource level
+    # Intermediate-task (NLI, QA) train data in this language, as a share of English's: the
+    # real translate-train releases cover high-resource languages and few low-resource ones.
+    translated_train: float = 1.0
     consonants: str = "bdgklmnprstvz"
     vowels: str = "aeiou"
 
@@ -81,10 +84,12 @@ class LanguageSpec:
 DEFAULT_LANGUAGES: tuple[LanguageSpec, ...] = (
     LanguageSpec("en", "SVO", mlm_sentences=4000),
     LanguageSpec("xa", "SOV", adjective_after_noun=True, postpositions=True, mlm_sentences=2000),
-    LanguageSpec("xb", "VSO", consonants="dgklmnrstz", vowels="aeiuo", mlm_sentences=1000),
-    LanguageSpec("xc", "SVO", adjective_after_noun=True, script="greek", mlm_sentences=150),
+    LanguageSpec("xb", "VSO", consonants="dgklmnrstz", vowels="aeiuo", mlm_sentences=1000,
+                 translated_train=0.5),
+    LanguageSpec("xc", "SVO", adjective_after_noun=True, script="greek", mlm_sentences=150,
+                 translated_train=0.1),
     LanguageSpec("xd", "SOV", postpositions=True, script="cyrillic", consonants="bdgkmnprsv",
-                 mlm_sentences=60),
+                 mlm_sentences=60, translated_train=0.0),
 )  # fmt: skip
 LOW_RESOURCE = ("xc", "xd")
 
@@ -367,6 +372,12 @@ class SyntheticWorld:
         ]
 
     # ------------------------------------------------------------------------------- files
+    def intermediate_size(self, lang: str, english_size: int) -> int:
+        """Train examples of the intermediate tasks (NLI, QA) in ``lang``: 0 for a language
+        without "translations", as the real translate-train releases leave most
+        low-resource languages."""
+        return int(english_size * self.languages[lang].translated_train)
+
     def write_files(
         self, directory: str | os.PathLike, sizes: dict[str, int] | None = None
     ) -> dict[str, Path]:
@@ -383,11 +394,14 @@ class SyntheticWorld:
             put(f"mlm/{lang}.txt", "\n".join(self.mlm_corpus(lang)) + "\n")
             for split in SPLITS:
                 n = sizes[split]
-                rows = self.nli(lang, n, split)
-                put(
-                    f"nli/{split}-{lang}.tsv",
-                    "".join(f"{e['text_a']}\t{e['text_b']}\t{e['label']}\n" for e in rows),
-                )
+                # Intermediate train data (NLI, QA) only where "translations" exist.
+                intermediate = self.intermediate_size(lang, n) if split == "train" else n
+                rows = self.nli(lang, intermediate, split)
+                if intermediate:
+                    put(
+                        f"nli/{split}-{lang}.tsv",
+                        "".join(f"{e['text_a']}\t{e['text_b']}\t{e['label']}\n" for e in rows),
+                    )
                 rows = self.paraphrase(lang, n, split)
                 put(
                     f"paraphrase/{split}-{lang}.tsv",
@@ -404,13 +418,13 @@ class SyntheticWorld:
                             for e in sentences
                         ),
                     )
-                qa = self.qa(lang, n, split)
-                put(
-                    f"qa/{split}-{lang}.json",
-                    json.dumps(
-                        {"version": "synthetic", "data": _squad_articles(qa)}, ensure_ascii=False
-                    ),
-                )
+                if intermediate:
+                    qa = self.qa(lang, intermediate, split)
+                    put(
+                        f"qa/{split}-{lang}.json",
+                        json.dumps({"version": "synthetic", "data": _squad_articles(qa)},
+                                   ensure_ascii=False),
+                    )
             if lang != "en":
                 pairs = self.parallel(lang, sizes["test"])
                 put(f"parallel/test.{lang}-en.{lang}", "".join(p["source"] + "\n" for p in pairs))

@@ -5,6 +5,8 @@ from xstilts.data.spec import TaskRow
 from xstilts.data.synthetic import DEFAULT_LANGUAGES, SPLITS
 
 SYNTHETIC_LANGUAGES = tuple(spec.code for spec in DEFAULT_LANGUAGES)
+# Languages with intermediate-task train data (NLI, QA): the multilingual mixtures' languages.
+SYNTHETIC_TRANSLATED = tuple(spec.code for spec in DEFAULT_LANGUAGES if spec.translated_train > 0)
 PLAIN = {"strip_language_prefix": False}  # synthetic tokens carry no "xx:" prefix
 METRIC = {"classification": "accuracy", "tagging": "f1_seqeval", "qa": "squad_em_f1"}
 # task -> (kind, reader, reader arguments); files are synthetic/<task>/<split>-<lang>.tsv (.json)
