@@ -59,7 +59,12 @@ def test_mixture_structure():
     assert multi[0] == "mnli.en" and len(multi) == 15
     assert set(multi[1:]) == {f"mnli.{lang}" for lang in T.LANGUAGES["xnli"] if lang != "en"}
     squad = T.mixture_tasks("intermediate.squad_v1.multilingual")
-    assert "squad_v1.de" in squad and "tydiqa.sw" in squad and "tydiqa.en" in squad
+    assert "squad_v1.de" in squad and not any(t.startswith("tydiqa.") for t in squad)
+    # TyDiQA's own train data only in the opt-in mixture (it makes TyDiQA in-language).
+    opt_in = T.mixture_tasks("intermediate.squad_v1.multilingual+tydiqa")
+    assert "tydiqa.sw" in opt_in and "tydiqa.en" in opt_in and "squad_v1.de" in opt_in
+    all9 = T.mixture_tasks("intermediate.all9.multilingual")
+    assert not any(t.startswith("tydiqa.") for t in all9)
     assert T.mixture_tasks("intermediate.qqp.multilingual") == ["qqp.en"]  # nothing translated
     anli = T.mixture_tasks("intermediate.anli_plus.en")
     assert anli == ["snli.en", "mnli.en", "anli_r1.en", "anli_r2.en", "anli_r3.en"]
@@ -84,7 +89,7 @@ def test_mixture_rates_proportional_capped_temperature_and_mlm_share():
     assert all9["mnli.en"] == pytest.approx(all9["snli.en"]) == pytest.approx(all9["anli_r3.en"])
     assert all9["anli_r1.en"] / all9["mnli.en"] == pytest.approx(16_946 / cap)
     sizes["tydiqa.sw"] = 10
-    multi = T.mixture_rates("intermediate.squad_v1.multilingual", sizes)
+    multi = T.mixture_rates("intermediate.squad_v1.multilingual+tydiqa", sizes)
     raw = {t: sizes[t] ** (1 / T.MULTILINGUAL_TEMPERATURE) for t in multi}
     assert multi["tydiqa.sw"] == pytest.approx(raw["tydiqa.sw"] / sum(raw.values()))
     mlm = T.mixture_rates("intermediate.mnli.en+mlm", sizes)

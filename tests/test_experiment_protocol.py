@@ -12,10 +12,11 @@ import pytest
 from test_experiment import _grid as grid_of_test_experiment
 from test_experiment import data_dir  # noqa: F401  (fixture)
 
-from xstilts import benchmark, experiment, partitioning, report
+from xstilts import benchmark, experiment, partitioning, report, results
 from xstilts import train as train_lib
 from xstilts.data import tasks
 from xstilts.evals import metrics
+from xstilts.experiment.driver import contaminated
 from xstilts.experiment.dry_run import recipe_line
 from xstilts.experiment.intermediate import run_intermediate
 from xstilts.experiment.retrieval import retrieval_length
@@ -157,3 +158,21 @@ def test_equal_steps_budget_trains_both_arms_for_the_same_steps(tmp_path, data_d
     assert len(multi["examples_per_language"]) > 1
     md, csv_text = report.budget_section(list(budgets.values()))
     assert "| nli.multilingual | 1 | " in "\n".join(md) and csv_text.startswith("config,")
+
+
+def test_target_training_data_in_a_mixture_is_marked_not_zero_shot(tmp_path):
+    grid = _grid(tmp_path, intermediate={
+        "baseline": None, "squad": "intermediate.squad_v1.multilingual",
+        "squad_tydiqa": "intermediate.squad_v1.multilingual+tydiqa"})
+    assert contaminated(grid) == {"squad_tydiqa": ["tydiqa"]}  # the default mixture is clean
+    rows = [results.row(c, "tydiqa", lang, "test", "em_f1", v, s, 1)
+            for c, v in (("baseline", 50.0), ("squad", 52.0), ("squad_tydiqa", 70.0))
+            for lang in benchmark.TASK2LANGS["tydiqa"] for s in (0, 1)]
+    meta = {"configs": ["baseline", "squad", "squad_tydiqa"], "baseline": "baseline",
+            "targets": ["tydiqa"], "retrieval": [], "task_metric": {"tydiqa": "squad_em_f1"},
+            "not_zero_shot": contaminated(grid)}
+    text, _, _ = report.build_report(rows, meta, resamples=10)
+    table = text.split("## XTREME-style table (zero-shot test")[1]
+    assert "| squad_tydiqa | 70.0 ± 0.0† |" in table and "| squad | 52.0 ± 0.0 |" in table
+    assert "† not zero-shot: the config's intermediate mixture trains on that target's own " \
+           "data (squad_tydiqa: tydiqa)" in table

@@ -104,7 +104,9 @@ def _table_section(data: RunData, configs: Sequence[str], tasks: Sequence[str], 
                    ) -> tuple[list[str], str]:
     """Markdown lines and CSV of the XTREME table on ``split``."""
     table = rt.xtreme_table(data, configs, tasks, split)
-    rows = [[c, *(_fmt(table[c][t]) for t in [*tasks, "score"])] for c in configs]
+    not_zero_shot = data.meta.get("not_zero_shot") or {}
+    rows = [[c, *(_fmt(table[c][t]) + ("†" if t in not_zero_shot.get(c, ()) else "")
+                  for t in [*tasks, "score"])] for c in configs]
     if split == "test" and any(k[0] == CHANCE for k in data.scores):
         chance = rt.xtreme_table(data, [CHANCE], tasks, "test")[CHANCE]
         rows.append([f"*{CHANCE}*", *(f"*{chance[t].mean:.1f}*" if chance[t].mean is not None
@@ -114,6 +116,10 @@ def _table_section(data: RunData, configs: Sequence[str], tasks: Sequence[str], 
              "target-language dev, never used to select checkpoints")
     md = [f"## XTREME-style table ({title}; mean ± sample std over seeds "
           f"{', '.join(map(str, seeds))})", "", _md_table(["config", *tasks, "score"], rows), ""]
+    if not_zero_shot:
+        md += ["† not zero-shot: the config's intermediate mixture trains on that target's own "
+               "data (" + "; ".join(f"{c}: {', '.join(t)}" for c, t in not_zero_shot.items())
+               + ").", ""]
     csv_rows = [[c, t, _num(table[c][t].mean), _num(table[c][t].std), table[c][t].seeds,
                  table[c][t].note] for c in configs for t in [*tasks, "score"]]
     return md, _csv(["config", "task", "mean", "std", "seeds", "note"], csv_rows)

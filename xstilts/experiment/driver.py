@@ -50,6 +50,19 @@ def seen_languages(grid: Grid) -> dict[str, list[str]]:
             if m else [] for config, m in grid.intermediate.items()}
 
 
+def contaminated(grid: Grid) -> dict[str, list[str]]:
+    """Per config, the targets whose own data its intermediate mixture trains on (those cells
+    are not zero-shot; the report marks them)."""
+    out = {}
+    for config, mixture in grid.intermediate.items():
+        datasets = {tasks.get_task(t).dataset for t in tasks.mixture_tasks(mixture)} \
+            if mixture else set()
+        hit = [t for t in grid.targets if t in datasets]
+        if hit:
+            out[config] = hit
+    return out
+
+
 def experiment_meta(rt: Runtime, jobs: list[plan_lib.PhaseJob]) -> dict[str, Any]:
     """``experiment.json``: what the report needs, and every job as the run resolves it."""
     g = rt.grid
@@ -67,6 +80,7 @@ def experiment_meta(rt: Runtime, jobs: list[plan_lib.PhaseJob]) -> dict[str, Any
         "primary_metric": primary_metrics(g.targets, g.retrieval),
         "task_metric": task_metrics(g.targets, g.retrieval),
         "seen_languages": seen_languages(g),
+        "not_zero_shot": contaminated(g),
         "selection": "english_dev", "use_pooler": g.use_pooler,
         "retrieval_layer": retrieval_layer(rt) if g.retrieval else None,
         "retrieval_length": {n: retrieval_length(rt, task_length(n)) for n in g.retrieval},
