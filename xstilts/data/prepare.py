@@ -12,6 +12,12 @@ verified against pinned SHA-256s. Every other download is recorded on first use 
 changed upstream file is an error, not a silent change. Downloads and extracted files appear
 atomically (temporary name, then rename); a failed run leaves no partial file behind and can be
 rerun. Datasets with a manual step (PAN-X's AmazonPhotos.zip, licensed CCGbank) print what to do.
+
+Labelled test sets: XTREME's own download scripts strip the test labels of XNLI, PAWS-X and UDPOS;
+this command keeps them (XNLI-1.0 ``xnli.test.tsv``, PAWS-X ``x-final/<lang>/test_2k.tsv``, and the
+UD v2.5 treebanks converted by ``xstilts.data.udpos`` exactly as XTREME converts them), so
+``xnli/test-<lang>.tsv``, ``pawsx/test-<lang>.tsv`` and ``udpos/test-<lang>.tsv`` can be scored
+(docs/labelled_test_data.md).
 """
 
 from __future__ import annotations
@@ -29,10 +35,11 @@ import tempfile
 import urllib.request
 import zipfile
 from collections.abc import Callable, Iterable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from xstilts.benchmark import TASK2LANGS as LANGUAGES
 from xstilts.data import readers as r
+from xstilts.data import udpos
 from xstilts.data.checksums import LASER_COMMIT, SHA256, XQUAD_COMMIT
 from xstilts.data.tables.intermediate import SQUAD_TRANSLATE_TRAIN, XNLI_TRANSLATE_TRAIN
 from xstilts.data.tables.xtreme import TATOEBA_ISO3
@@ -125,8 +132,6 @@ def _pawsx(archive: Path, root: Path) -> None:
                 _write_pairs(root / f"pawsx/{split}-{lang}.tsv", r.read_pawsx_original_tsv(source))
 
 
-
-
 def _tydiqa_split(kind: str) -> Callable[[Path, Path], None]:
     """TyDiQA-GoldP release json -> one SQuAD file per language (id prefix = language name)."""
 
@@ -177,6 +182,46 @@ def _panx(archive: Path, root: Path) -> None:
                 _atomic_bytes(root / f"panx/{split}-{lang}.tsv", handle.read())
 
 
+def _udpos(languages: Iterable[str]) -> Callable[[Path, Path], None]:
+    """ud-treebanks-v2.5.tgz -> udpos/{train,dev,test}-<lang>.tsv by XTREME's rule (``udpos.py``),
+    the test split with its tags (XTREME's own script strips them)."""
+    wanted = tuple(languages)
+
+    def post(archive: Path, root: Path) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            found = _udpos_members(archive, Path(tmp), wanted)
+            missing = [lang for lang in wanted if lang not in found]
+            if missing:
+                raise r.DataFormatError(
+                    archive,
+                    None,
+                    "expected members ud-treebanks-v2.x/<treebank>/<lang>_*.conllu "
+                    f"for languages {missing}; found them for {sorted(found)}",
+                )
+            report = udpos.convert_treebanks(tmp, root / "udpos", wanted)
+            for line in report.skipped:  # as in XTREME, whose conversion fails on these files
+                print(f"udpos: skipped {line.replace(tmp, f'{archive}!')}", flush=True)
+
+    return post
+
+
+def _udpos_members(archive: Path, into: Path, languages: tuple[str, ...]) -> set[str]:
+    """Extract the ``<release>/<treebank>/<lang>_*.conllu`` members of ``languages``."""
+    found = set()
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            parts = PurePosixPath(member.name).parts
+            if not (member.isfile() and len(parts) == 3 and parts[2].endswith(".conllu")):
+                continue
+            lang = udpos.language_of(parts[2])
+            handle = tar.extractfile(member) if lang in languages else None
+            if handle is not None:
+                (into / parts[1]).mkdir(exist_ok=True)
+                (into / parts[1] / parts[2]).write_bytes(handle.read())
+                found.add(lang)
+    return found
+
+
 # -------------------------------------------------------------------------------- manifest
 
 
@@ -212,8 +257,7 @@ def resources() -> list[Resource]:
             "udpos",
             "https://lindat.mff.cuni.cz/repository/xmlui/bitstream/handle/11234/1-3105/ud-treebanks-v2.5.tgz",
             "downloads/ud-treebanks-v2.5.tgz",
-            manual="convert with XTREME's utils_preprocess.py udpos (it merges treebanks) "
-            "into udpos/{train,dev,test}-<lang>.tsv; xstilts reads that token<TAB>UPOS layout",
+            post=_udpos(LANGUAGES["udpos"]),  # labelled test split: docs/labelled_test_data.md
         )
     )
     add(
