@@ -31,6 +31,14 @@ def test_xtreme_pawsx_tsv(shared_data):
     for lang in ("de", "es", "fr", "ja", "ko", "zh"):
         path = shared_data(f"pawsx/xtreme_format/dev-{lang}.tsv")
         assert len(list(r.read_xtreme_pair_tsv(path, r.BINARY_LABELS))) == 500
+    # XTREME writes these files with csv.writer: a text holding a quote is quoted, inner quotes
+    # doubled (line 10 of dev-es: "...en ""Rang De Basanti""."), and reads back unquoted
+    es = list(
+        r.read_xtreme_pair_tsv(shared_data("pawsx/xtreme_format/dev-es.tsv"), r.BINARY_LABELS)
+    )
+    assert es[9]["text_a"].endswith('de Mehra en "Rang De Basanti".')
+    assert es[9]["text_b"].startswith("Mehra aceptó actuar en \"Rang De Basanti'' inmediatamente")
+    assert es[9]["label"] == "0"
 
 
 def test_pawsx_release_tsv(shared_data):

@@ -15,10 +15,14 @@ expected; a missing file raises :class:`FileNotFoundError` naming the path.
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 import re
-from collections.abc import Iterator, Sequence
+import tarfile
+import zipfile
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,15 +88,66 @@ def _existing(path: str | Path) -> Path:
     return path
 
 
+def _decode(where: str | Path, number: int, raw: bytes) -> str:
+    """One line of UTF-8; other bytes are a ``DataFormatError`` naming the line and column."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        byte = raw[error.start : error.start + 1].hex()
+        raise DataFormatError(
+            where,
+            number,
+            f"byte 0x{byte} at column {error.start + 1} is not UTF-8; expected UTF-8 text "
+            "(re-encode the file, e.g. `iconv -f <encoding> -t utf-8`)",
+        ) from None
+
+
+def _decoded_lines(where: str | Path, raw_lines: Iterable[bytes]) -> Iterator[tuple[int, str]]:
+    """(1-based line number, decoded line with its line ending); a UTF-8 BOM is dropped."""
+    for number, raw in enumerate(raw_lines, start=1):
+        if number == 1 and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8) :]
+        yield number, _decode(where, number, raw)
+
+
+def _raw_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    path = _existing(path)
+    with open(path, "rb") as handle:
+        yield from _decoded_lines(path, handle)
+
+
 def _lines(path: str | Path) -> Iterator[tuple[int, str]]:
     """(1-based line number, line without its line ending); a UTF-8 BOM is dropped."""
-    path = _existing(path)
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        for number, line in enumerate(handle, start=1):
-            yield number, line.rstrip("\r\n")
+    for number, line in _raw_lines(path):
+        yield number, line.rstrip("\r\n")
+
+
+def _read_text(path: str | Path) -> str:
+    """A whole UTF-8 file (JSON documents); bad bytes name their line."""
+    data = _existing(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        number = data.count(b"\n", 0, error.start) + 1
+        line_start = data.rfind(b"\n", 0, error.start) + 1
+        line_end = data.find(b"\n", error.start)
+        _decode(path, number, data[line_start : None if line_end < 0 else line_end])
+        raise  # unreachable: _decode raised
+
+
+def _looks_like_json(path: Path | str, number: int, line: str, expected: str) -> None:
+    """A JSON document handed to a tab-separated reader is a file of another task."""
+    if number == 1 and line.lstrip().startswith(("{", "[")):
+        raise DataFormatError(
+            path,
+            number,
+            f"this is a JSON file, not a tab-separated one; expected {expected} "
+            "(a file of another task? SQuAD-style JSON goes to read_squad_json)",
+        )
 
 
 def _split_tsv(path: Path | str, number: int, line: str, min_fields: int, what: str) -> list[str]:
+    _looks_like_json(path, number, line, what)
     fields = line.split("\t")
     if len(fields) < min_fields:
         raise DataFormatError(
@@ -130,45 +185,208 @@ def _field(path: Path | str, where: int | str, record: dict, key: str) -> Any:
 
 
 def _csv_rows(path: str | Path) -> Iterator[tuple[int, dict[str, str]]]:
-    """Rows of a CSV with a header; the number is the physical line the row starts on."""
-    path = _existing(path)
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.DictReader(handle)
+    """Rows of a CSV with a header; the number is the physical line the row starts on.
+
+    A row whose field count differs from the header's, or a quoted field still open at the end
+    of the file, is an unbalanced quote (or a malformed row): a ``DataFormatError`` naming the
+    line the row starts on and the line it ran to.
+    """
+    lines = (line for _, line in _raw_lines(path))
+    reader = csv.DictReader(lines, strict=True)
+    start = 1
+    try:
         if reader.fieldnames is None:
             raise DataFormatError(path, 1, "empty CSV file; expected a header line")
         start = reader.line_num + 1
         for row in reader:
-            if None in row:
-                raise DataFormatError(
-                    path, start, f"more fields than the header {reader.fieldnames}"
-                )
+            _check_csv_row(path, reader, start, row)
             yield start, row
             start = reader.line_num + 1
+    except csv.Error as error:
+        raise DataFormatError(
+            path,
+            start,
+            f"malformed CSV ({error}): a quoted field opened here is not closed properly "
+            f"(read to line {reader.reader.line_num}); expected balanced double quotes",
+        ) from None
+
+
+def _check_csv_row(path: Path | str, reader: csv.DictReader, start: int, row: dict) -> None:
+    header = reader.fieldnames or []
+    extra, missing = None in row, any(value is None for value in row.values())
+    if not (extra or missing):
+        return
+    if extra:
+        got = len(header) + len(row[None])
+    else:
+        got = sum(value is not None for value in row.values())
+    spans = ""
+    if reader.line_num > start:
+        spans = (
+            f" (the row runs from line {start} to line {reader.line_num}: "
+            "an unbalanced double quote?)"
+        )
+    raise DataFormatError(
+        path, start, f"expected {len(header)} comma-separated fields {header}, got {got}{spans}"
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # pair classification
 
 
+def _labelled(path: str | Path, labelled: bool | None) -> bool:
+    """Whether every line must carry a label: given, else every split but ``test*`` files (XTREME
+    strips test labels: ``test-xx.tsv``; its ``train-``/``dev-`` files always have them)."""
+    return labelled if labelled is not None else not Path(path).name.startswith("test")
+
+
+def _quoted_tsv_fields(path: Path | str, number: int, line: str) -> list[str]:
+    """Fields of one line of XTREME's processed TSV files.
+
+    XTREME writes them with ``csv.writer(delimiter="\\t")``: a text holding a double quote is
+    wrapped in quotes with inner quotes doubled (``"Album "", weil"``). Files written without
+    quoting (plain tab-joined text) read as they are. A field that opens a quote, escapes inner
+    quotes by doubling them, and never closes is a broken quoted field.
+    """
+    if '"' not in line:
+        return line.split("\t")
+    try:
+        (fields,) = csv.reader([line], delimiter="\t", strict=True)
+        return fields
+    except csv.Error:
+        fields = line.split("\t")
+    for index, field in enumerate(fields, start=1):
+        if field.startswith('"') and '""' in field and not field.endswith('"'):
+            raise DataFormatError(
+                path,
+                number,
+                f"unbalanced double quote in field {index}: it opens a quoted field and doubles "
+                "inner quotes (CSV escaping) but never closes it; expected a closing quote "
+                "before the tab",
+            )
+    return fields
+
+
 def read_xtreme_pair_tsv(
-    path: str | Path, labels: Sequence[str] = NLI_LABELS, *, id_prefix: str = ""
+    path: str | Path,
+    labels: Sequence[str] = NLI_LABELS,
+    *,
+    id_prefix: str = "",
+    labelled: bool | None = None,
 ) -> Iterator[Example]:
-    """XTREME's XNLI / PAWS-X files: ``text_a<TAB>text_b[<TAB>label]`` (test: no label)."""
+    """XTREME's XNLI / PAWS-X files: ``text_a<TAB>text_b[<TAB>label]`` (test: no label).
+
+    ``labelled``: whether every line must carry a label (default: all but ``test*`` files).
+    """
     aliases = _NLI_ALIASES if tuple(labels) == NLI_LABELS else _BINARY_ALIASES
+    required = _labelled(path, labelled)
+    what = "text_a, text_b, label" if required else "text_a, text_b[, label]"
+    with_label: bool | None = None
     for number, line in _lines(path):
         if not line.strip():
             continue
-        fields = _split_tsv(path, number, line, 2, "text_a, text_b[, label]")
+        _looks_like_json(path, number, line, what)
+        fields = _quoted_tsv_fields(path, number, line)
+        if len(fields) < 2:
+            raise DataFormatError(
+                path, number, f"expected 2 tab-separated fields ({what}), got {len(fields)}"
+            )
         if len(fields) > 3:
-            raise DataFormatError(path, number, f"expected at most 3 fields, got {len(fields)}")
-        label = (
-            _canonical_label(path, number, fields[2], labels, aliases) if len(fields) == 3 else None
-        )
+            hint = (
+                "; 5 fields is XTREME's translate-train layout (read_translate_train_tsv)"
+                if len(fields) == 5
+                else ""
+            )
+            raise DataFormatError(
+                path, number, f"expected at most 3 fields ({what}), got {len(fields)}{hint}"
+            )
+        has_label = len(fields) == 3 and fields[2].strip() != ""
+        if required and not has_label:
+            raise DataFormatError(
+                path, number, f"missing label on a labelled split; expected one of {list(labels)}"
+            )
+        if with_label is None:
+            with_label = has_label
+        elif has_label != with_label:
+            raise DataFormatError(path, number, "some lines have a label and others do not")
         yield {
             "id": f"{id_prefix}{number}",
             "text_a": fields[0],
             "text_b": fields[1],
-            "label": label,
+            "label": _canonical_label(path, number, fields[2], labels, aliases)
+            if has_label
+            else None,
+        }
+
+
+TRANSLATE_TRAIN_FIELDS = (
+    "English premise/sentence1, English hypothesis/sentence2, "
+    "translated premise/sentence1, translated hypothesis/sentence2, label"
+)
+
+
+def read_translate_train_tsv(
+    path: str | Path, labels: Sequence[str] = NLI_LABELS, *, id_prefix: str = ""
+) -> Iterator[Example]:
+    """XTREME's translate-train TSV (``XNLI/translate-train/en-<lang>-translated.tsv``,
+    ``PAWSX/translate-train/en-<lang>-translated.tsv``): five tab-separated fields, no header,
+    no quoting (TFDS ``xtreme_xnli`` / ``xtreme_pawsx`` read it with ``csv.QUOTE_NONE``)::
+
+        English text_a, English text_b, translated text_a, translated text_b, label
+
+    XNLI spells contradiction ``contradictory``. ``text_a``/``text_b`` are the translation, the
+    English side stays in ``text_a_en``/``text_b_en`` (for paired or code-switched mixtures).
+    Every line needs a label: this is a training set.
+    """
+    aliases = _NLI_ALIASES if tuple(labels) == NLI_LABELS else _BINARY_ALIASES
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        _looks_like_json(path, number, line, TRANSLATE_TRAIN_FIELDS)
+        fields = line.split("\t")
+        if len(fields) != 5:
+            hint = (
+                "; 2-3 fields is XTREME's target-task layout (text_a, text_b[, label]), "
+                "not its translate-train release"
+                if len(fields) in (2, 3)
+                else ""
+            )
+            raise DataFormatError(
+                path,
+                number,
+                f"expected 5 tab-separated fields ({TRANSLATE_TRAIN_FIELDS}), "
+                f"got {len(fields)}{hint}",
+            )
+        if not fields[4].strip():
+            raise DataFormatError(
+                path, number, f"missing label (field 5); expected one of {list(labels)}"
+            )
+        yield {
+            "id": f"{id_prefix}{number}",
+            "text_a": fields[2],
+            "text_b": fields[3],
+            "label": _canonical_label(path, number, fields[4], labels, aliases),
+            "text_a_en": fields[0],
+            "text_b_en": fields[1],
+        }
+
+
+def read_xnli_mt_tsv(path: str | Path) -> Iterator[Example]:
+    """XNLI-MT-1.0 (``XNLI-MT-1.0/multinli/multinli.train.<lang>.tsv``, XNLI's own machine
+    translation of MNLI train): header ``premise<TAB>hypo<TAB>label``, no quoting, label
+    ``contradictory`` for contradiction. The English file (``.en``) is MNLI train itself; rows of
+    the per-language files are line-aligned with it."""
+    for number, row in _read_headed_tsv(path, ("premise", "hypo", "label")):
+        if not row["label"].strip():
+            raise DataFormatError(
+                path, number, f"missing label on a labelled split; expected one of {NLI_LABELS}"
+            )
+        yield {
+            "id": str(number - 1),
+            "text_a": row["premise"],
+            "text_b": row["hypo"],
+            "label": _canonical_label(path, number, row["label"], NLI_LABELS, _NLI_ALIASES),
         }
 
 
@@ -178,6 +396,7 @@ def _read_headed_tsv(
     header: list[str] | None = None
     for number, line in _lines(path):
         if header is None:
+            _looks_like_json(path, number, line, f"a header line naming {list(required)}")
             header = line.split("\t")
             missing = [name for name in required if name not in header]
             if missing:
@@ -355,12 +574,33 @@ def read_token_tag_file(
     *,
     strip_language_prefix: bool = True,
     id_prefix: str = "",
+    labelled: bool | None = None,
 ) -> Iterator[Example]:
     """XTREME token files (UDPOS ``dev-xx.tsv``, PAN-X ``xx:token<TAB>B-PER``), blank-separated.
 
-    Test files may carry tokens only (``tags`` is then None). PAN-X tokens keep a ``lang:`` prefix
-    in the release; it is stripped when every token of the file carries the same one.
+    Test files may carry tokens only (``tags`` is then None); ``labelled`` (default: every file
+    but ``test*``) requires a tag on every token. PAN-X tokens keep a ``lang:`` prefix in the
+    release; it is stripped when every token of the file carries the same one.
     """
+    return _token_tag_examples(
+        path,
+        _lines(path),
+        tags,
+        strip_language_prefix=strip_language_prefix,
+        id_prefix=id_prefix,
+        labelled=_labelled(path, labelled),
+    )
+
+
+def _token_tag_examples(
+    where: str | Path,
+    lines: Iterable[tuple[int, str]],
+    tags: Sequence[str] | None,
+    *,
+    strip_language_prefix: bool,
+    id_prefix: str,
+    labelled: bool,
+) -> Iterator[Example]:
     tokens: list[str] = []
     labels: list[str] = []
     start = 1
@@ -376,7 +616,7 @@ def read_token_tag_file(
             "line": start,
         }
 
-    for number, line in _lines(path):
+    for number, line in lines:
         if not line.strip():
             if tokens:
                 yield emit()
@@ -384,18 +624,23 @@ def read_token_tag_file(
                 tokens.clear()
                 labels.clear()
             continue
+        _looks_like_json(where, number, line, "'token<TAB>tag' lines")
         if not tokens:
             start = number
         fields = line.split("\t")
         if len(fields) > 2 or not fields[0]:
             raise DataFormatError(
-                path, number, f"expected 'token[<TAB>tag]', got {len(fields)} fields"
+                where, number, f"expected 'token[<TAB>tag]', got {len(fields)} fields"
             )
-        has_tag = len(fields) == 2
+        has_tag = len(fields) == 2 and fields[1].strip() != ""
+        if labelled and not has_tag:
+            raise DataFormatError(
+                where, number, "missing tag on a labelled split; expected 'token<TAB>tag'"
+            )
         if with_tags is None:
             with_tags = has_tag
         elif has_tag != with_tags:
-            raise DataFormatError(path, number, "some lines have a tag and others do not")
+            raise DataFormatError(where, number, "some lines have a tag and others do not")
         token = fields[0]
         if strip_language_prefix:
             if prefix is None:
@@ -404,7 +649,7 @@ def read_token_tag_file(
             if prefix:
                 if not token.startswith(prefix):
                     raise DataFormatError(
-                        path, number, f"token {token!r} lacks the {prefix!r} prefix"
+                        where, number, f"token {token!r} lacks the {prefix!r} prefix"
                     )
                 token = token[len(prefix) :]
         tokens.append(token)
@@ -412,11 +657,99 @@ def read_token_tag_file(
             tag = fields[1].strip()
             if tags is not None and tag not in tags:
                 raise DataFormatError(
-                    path, number, f"unknown tag {tag!r}; expected one of {list(tags)}"
+                    where, number, f"unknown tag {tag!r}; expected one of {list(tags)}"
                 )
             labels.append(tag)
     if tokens:
         yield emit()
+
+
+PANX_SPLITS = ("train", "dev", "test")
+
+
+def read_panx_archive(
+    path: str | Path, split: str = "train", *, language: str | None = None
+) -> Iterator[Example]:
+    """PAN-X (WikiANN, Rahimi et al. split) straight from its release archives.
+
+    * a per-language archive ``<lang>.tar.gz`` whose members are exactly ``train``, ``dev`` and
+      ``test`` (``./train`` also accepted): lines ``<lang>:<token><TAB><BIO tag>``, a blank line
+      between sentences, test labelled too;
+    * the bundle holding those archives (``language`` picks one): XTREME's ``AmazonPhotos.zip``
+      and the rehosted ``panx_dataset.zip`` / ``panx_dataset.tar`` (members
+      ``panx_dataset/<lang>.tar.gz`` or ``<lang>.tar.gz``).
+
+    An archive with other member names is a ``DataFormatError`` naming the member.
+    """
+    if split not in PANX_SPLITS:
+        raise ValueError(f"split must be one of {PANX_SPLITS}, got {split!r}")
+    path = _existing(path)
+    if language is not None:
+        inner_name, data = _panx_bundle_member(path, language)
+        return _panx_language_archive(f"{path}!{inner_name}", data, split)
+    return _panx_language_archive(str(path), path.read_bytes(), split)
+
+
+def _archive_names(path: Path) -> tuple[list[str], Any]:
+    if zipfile.is_zipfile(path):
+        archive = zipfile.ZipFile(path)
+        return [n for n in archive.namelist() if not n.endswith("/")], archive
+    try:
+        archive = tarfile.open(path)
+    except tarfile.TarError as error:
+        raise DataFormatError(
+            path, None, f"not a zip or tar archive ({error}); expected the PAN-X bundle"
+        ) from None
+    return [m.name for m in archive.getmembers() if m.isfile()], archive
+
+
+def _panx_bundle_member(path: Path, language: str) -> tuple[str, bytes]:
+    names, archive = _archive_names(path)
+    with archive:
+        wanted = (f"panx_dataset/{language}.tar.gz", f"{language}.tar.gz")
+        for name in names:
+            if name.removeprefix("./") in wanted:
+                if isinstance(archive, zipfile.ZipFile):
+                    return name, archive.read(name)
+                return name, archive.extractfile(name).read()
+        odd = [n for n in names if not n.removeprefix("./").endswith(".tar.gz")]
+        if odd:
+            raise DataFormatError(
+                path,
+                odd[0],
+                f"unexpected member {odd[0]!r}; expected per-language archives "
+                "panx_dataset/<lang>.tar.gz (XTREME's AmazonPhotos.zip / panx_dataset.tar)",
+            )
+        raise DataFormatError(
+            path, None, f"no member {wanted[0]} or {wanted[1]}; members: {sorted(names)[:10]}"
+        )
+
+
+def _panx_language_archive(where: str, data: bytes, split: str) -> Iterator[Example]:
+    try:
+        archive = tarfile.open(fileobj=io.BytesIO(data))
+    except tarfile.TarError as error:
+        raise DataFormatError(
+            where, None, f"not a tar archive ({error}); expected <lang>.tar.gz of PAN-X"
+        ) from None
+    with archive:
+        members = {m.name.removeprefix("./"): m for m in archive.getmembers() if m.isfile()}
+        unexpected = sorted(set(members) - set(PANX_SPLITS))
+        if unexpected:
+            raise DataFormatError(
+                where,
+                unexpected[0],
+                f"unexpected member {unexpected[0]!r}; expected exactly the split files "
+                f"{list(PANX_SPLITS)} of a PAN-X <lang>.tar.gz",
+            )
+        if split not in members:
+            raise DataFormatError(where, split, f"no member {split!r}; members: {sorted(members)}")
+        raw = archive.extractfile(members[split]).read()
+    member = f"{where}!{split}"
+    lines = ((n, line.rstrip("\r\n")) for n, line in _decoded_lines(member, raw.splitlines(True)))
+    yield from _token_tag_examples(
+        member, lines, PANX_TAGS, strip_language_prefix=True, id_prefix="", labelled=True
+    )
 
 
 def read_conllu(path: str | Path, *, column: str = "upos") -> Iterator[Example]:
@@ -444,7 +777,7 @@ def read_conllu(path: str | Path, *, column: str = "upos") -> Iterator[Example]:
             continue
         if line.startswith("#"):
             if line.startswith("# sent_id"):
-                sent_id = line.split("=", 1)[1].strip()
+                sent_id = line.partition("=")[2].strip() or None
             continue
         fields = line.split("\t")
         if len(fields) != 10:
@@ -546,14 +879,7 @@ def read_squad_json(
     if on_misaligned not in ("error", "drop"):
         raise ValueError(f"on_misaligned must be 'error' or 'drop', got {on_misaligned!r}")
     path = _existing(path)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            document = json.load(handle)
-    except json.JSONDecodeError as error:
-        raise DataFormatError(path, error.lineno, f"invalid JSON ({error.msg})") from None
-    data = _field(path, "$", document, "data") if isinstance(document, dict) else None
-    if not isinstance(data, list):
-        raise DataFormatError(path, "$.data", "expected a list of articles")
+    data = _squad_articles(path)
     for a, article in enumerate(data):
         if "paragraphs" not in article and "context" in article:  # flat HF layout
             answers = article.get("answers", {"text": [], "answer_start": []})
@@ -590,6 +916,34 @@ def read_squad_json(
                 )
                 if example is not None:
                     yield example
+
+
+def _squad_articles(path: Path) -> list:
+    """``$.data`` of a SQuAD-style JSON document; anything else names what it found."""
+    text = _read_text(path)
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        hint = ""
+        if error.pos == 0 or "\t" in text.split("\n", 1)[0]:
+            hint = "; this is not a JSON document (a tab-separated file of another task?)"
+        raise DataFormatError(
+            path,
+            error.lineno,
+            f"invalid JSON ({error.msg}); expected SQuAD-style JSON "
+            f'{{"data": [{{"paragraphs": [...]}}]}}{hint}',
+        ) from None
+    if not isinstance(document, dict) or "data" not in document:
+        found = sorted(document) if isinstance(document, dict) else type(document).__name__
+        raise DataFormatError(
+            path,
+            "$",
+            f'expected SQuAD-style JSON {{"data": [articles]}}, found {found} '
+            "(a file of another task?)",
+        )
+    if not isinstance(document["data"], list):
+        raise DataFormatError(path, "$.data", "expected a list of articles")
+    return document["data"]
 
 
 def _qa_example(

@@ -59,12 +59,14 @@ MNLI = TaskRow(
     tfds_name="multi_nli",
     tfds_splits={"train": "train", "dev": "validation_matched"},
 )
-MNLI_TRANSLATED = TaskRow(  # XNLI's machine-translated MNLI train set
+MNLI_TRANSLATED = TaskRow(  # XTREME's machine translation of MNLI train (gs://xtreme_translations)
     dataset="mnli",
     languages=XNLI_TRANSLATE_TRAIN,
     **NLI,
     source="translate-train",
-    reader=r.read_xtreme_pair_tsv,
+    # five columns: English premise/hypothesis, translated premise/hypothesis, label (the
+    # English side stays in text_a_en/text_b_en); TFDS xtreme_xnli reads the same files
+    reader=r.read_translate_train_tsv,
     reader_kwargs={"labels": r.NLI_LABELS},
     splits={
         "train": (

@@ -25,6 +25,13 @@ TAGGING_SPLITS = {
     ),
     "train": ("{dataset}/train-{lang}.tsv", "{dataset}/hf_dummy/{lang}/train"),
 }
+# PAN-X also reads a per-language release archive (panx_dataset/<lang>.tar.gz: train, dev, test)
+# extracted into panx/<lang>/ as TFDS wikiann and HF xtreme do; readers.read_panx_archive reads
+# the archives themselves
+PANX_SPLITS = {
+    split: (*candidates, f"{{dataset}}/{{lang}}/{split}")
+    for split, candidates in TAGGING_SPLITS.items()
+}
 QA = dict(role="target", kind="qa", reader=r.read_squad_json, head="span_qa")
 
 
@@ -95,7 +102,7 @@ PANX = TaskRow(
     kind="tagging",
     reader=r.read_token_tag_file,
     reader_kwargs={"tags": r.PANX_TAGS, "strip_language_prefix": True},
-    splits=TAGGING_SPLITS,
+    splits=PANX_SPLITS,
     labels=r.PANX_TAGS,
     metric=METRIC["panx"],
     max_length=MAX_LENGTH["panx"],
