@@ -176,3 +176,13 @@ def test_target_training_data_in_a_mixture_is_marked_not_zero_shot(tmp_path):
     assert "| squad_tydiqa | 70.0 ± 0.0† |" in table and "| squad | 52.0 ± 0.0 |" in table
     assert "† not zero-shot: the config's intermediate mixture trains on that target's own " \
            "data (squad_tydiqa: tydiqa)" in table
+
+
+def test_missing_gold_names_the_file(tmp_path):
+    spec = tasks.get_task("xnli.de")
+    path = tmp_path / spec.splits["test"][0].split("|")[0]
+    path.parent.mkdir(parents=True)
+    path.write_text("a\tb\t\n")
+    examples = [{"id": "0", "label": None}]
+    with pytest.raises(MissingGoldError, match=f"xnli.de test \\({path}\\): example 0"):
+        check_gold(spec, "test", examples, str(tmp_path))

@@ -97,7 +97,7 @@ def target_chance_rows(rt: Runtime) -> list[dict[str, Any]]:
     for target in rt.grid.targets:
         for spec in tasks.tasks_for(target):
             examples = rt.inputs.examples(spec.name, "test")
-            check_gold(spec, "test", examples)
+            check_gold(spec, "test", examples, rt.grid.data_dir)
             train = rt.inputs.examples(spec.train_task, "train")
             rows += [row(CHANCE, target, spec.language, "test", m, v, 0, 0)
                      for m, v in chance_scores(spec, examples, train).items()]

@@ -30,7 +30,7 @@ def english_dev_evaluator(rt: Runtime, job: PhaseJob, spec: tasks.TaskSpec, num_
     """``params -> {primary key: value}`` on the train task's own dev split, scored exactly as
     the test splits are (seqeval F1, (EM + F1) / 2 after answer extraction, accuracy)."""
     examples = rt.inputs.examples(spec.name, "dev")
-    check_gold(spec, "dev", examples)
+    check_gold(spec, "dev", examples, rt.grid.data_dir)
     features = rt.inputs.features(spec.name, "dev", job.length)
     key = metrics.primary(job.selection)
 
@@ -47,7 +47,7 @@ def score_split(rt: Runtime, job: PhaseJob, spec: tasks.TaskSpec, split: str, pa
                 num_labels: int) -> tuple[dict[str, float], np.ndarray]:
     """Scores and per-example statistics of one task-language split."""
     examples = rt.inputs.examples(spec.name, split)
-    check_gold(spec, split, examples)
+    check_gold(spec, split, examples, rt.grid.data_dir)
     features = rt.inputs.features(spec.name, split, job.length)
     outputs = rt.predictor.outputs(params, rt.inputs.eval_batches(
         features, job.kind, job.length), job.kind, num_labels, len(features))

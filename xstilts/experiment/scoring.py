@@ -15,10 +15,21 @@ class MissingGoldError(ValueError):
     """A split to be scored has examples without their gold label (never scored as 0)."""
 
 
-def check_gold(spec: tasks.TaskSpec, split: str, examples: Sequence[Mapping[str, Any]]) -> None:
-    """Every example of a scored split carries its gold; else an error naming task and split."""
+def _files(spec: tasks.TaskSpec, split: str, data_dir: str | None) -> str:
+    """The file(s) the split was read from, for error messages."""
+    try:
+        return ", ".join(str(p) for p in spec.path(split, data_dir))
+    except (KeyError, FileNotFoundError):
+        return f"data_dir {data_dir} (read from TFDS or not found)"
+
+
+def check_gold(spec: tasks.TaskSpec, split: str, examples: Sequence[Mapping[str, Any]],
+               data_dir: str | None = None) -> None:
+    """Every example of a scored split carries its gold; else an error naming the task, split,
+    file and example."""
     if not examples:
-        raise MissingGoldError(f"{spec.name} {split}: no examples to score")
+        raise MissingGoldError(f"{spec.name} {split} ({_files(spec, split, data_dir)}): no "
+                               f"examples to score")
     for number, e in enumerate(examples):
         if spec.kind == "classification":
             missing = e.get("label") in (None, "", -1) or (
@@ -31,7 +42,7 @@ def check_gold(spec: tasks.TaskSpec, split: str, examples: Sequence[Mapping[str,
             missing = False
         if missing:
             raise MissingGoldError(
-                f"{spec.name} {split} (data_dir files of {spec.name}): example {number} "
+                f"{spec.name} {split} ({_files(spec, split, data_dir)}): example {number} "
                 f"(id {e.get('id')!r}) has no gold label; XTREME's scripts strip test labels "
                 f"(XNLI, PAWS-X, UDPOS): point the task at the labelled release")
 
