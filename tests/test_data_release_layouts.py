@@ -236,6 +236,13 @@ def test_file_of_the_wrong_task(tmp_path):
         r.DataFormatError, match=r"train-de\.tsv:1: expected at most 3 fields .* got 5; 5 fields"
     ):
         list(r.read_xtreme_pair_tsv(five))
+    release = FIXTURES / "pawsx/x-final/de/translated_train.tsv"  # headed PAWS-X release
+    with pytest.raises(
+        r.DataFormatError,
+        match=r"translated_train\.tsv:1: expected at most 3 fields .* got 4; 'id, sentence1, "
+        r"sentence2, label' is PAWS-X's release layout \(read_pawsx_original_tsv\)",
+    ):
+        list(r.read_xtreme_pair_tsv(release, r.BINARY_LABELS))
     squad_json = FIXTURES / "squad/translate-train/squad.translate.train.en-de.json"
     with pytest.raises(
         r.DataFormatError,

@@ -124,9 +124,9 @@ def _lines(path: str | Path) -> Iterator[tuple[int, str]]:
 
 def _read_text(path: str | Path) -> str:
     """A whole UTF-8 file (JSON documents); bad bytes name their line."""
-    data = _existing(path).read_bytes()
+    data = _existing(path).read_bytes().removeprefix(codecs.BOM_UTF8)
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8")
     except UnicodeDecodeError as error:
         number = data.count(b"\n", 0, error.start) + 1
         line_start = data.rfind(b"\n", 0, error.start) + 1
@@ -293,11 +293,11 @@ def read_xtreme_pair_tsv(
                 path, number, f"expected 2 tab-separated fields ({what}), got {len(fields)}"
             )
         if len(fields) > 3:
-            hint = (
-                "; 5 fields is XTREME's translate-train layout (read_translate_train_tsv)"
-                if len(fields) == 5
-                else ""
-            )
+            hint = {
+                4: "; 'id, sentence1, sentence2, label' is PAWS-X's release layout "
+                "(read_pawsx_original_tsv)",
+                5: "; 5 fields is XTREME's translate-train layout (read_translate_train_tsv)",
+            }.get(len(fields), "")
             raise DataFormatError(
                 path, number, f"expected at most 3 fields ({what}), got {len(fields)}{hint}"
             )
