@@ -212,3 +212,38 @@ def test_ja_pairs_and_offsets(tok, shared_data):
             covered[begin:end] = True
         assert all(covered[i] or text[i].isspace() for i in range(len(text)))
         assert [b for b, _ in offsets] == sorted(b for b, _ in offsets)
+
+
+def test_counts_name_every_cut_and_unusable_example(tok):
+    """Each function counts, per example, what it cut (``TRUNCATION_REASONS``) or what leaves
+    the example without a target (``DROP_REASONS``); truncation itself is unchanged."""
+    counts: dict[str, int] = {}
+    long_pair = {"id": "1", "text_a": "many words " * 30, "text_b": "more", "label": "neutral"}
+    short = P.classification_features(long_pair, tok, 16, r.NLI_LABELS, counts=counts)
+    assert short["input_ids"].tolist() == tok.encode_pair(long_pair["text_a"], "more", 16)
+    P.classification_features({**long_pair, "text_a": "ok"}, tok, 16, r.NLI_LABELS, counts=counts)
+    choices = {"id": "m", "context": "a " * 40, "question": "", "choices": ["x", "y"], "label": 1}
+    P.multiple_choice_features(choices, tok, 16, counts=counts)
+    assert counts == {P.TOO_LONG: 2}  # one per example, not per choice row
+    tagged = {"id": "t", "tokens": ["supercalifragilistic", " ", "ok"],
+              "tags": ["NOUN", "X", "ADJ"]}  # fmt: skip
+    counts.clear()
+    P.tagging_features(tagged, tok, 6, r.UPOS_TAGS, counts=counts)
+    assert counts == {P.WORD_TOO_LONG: 1, P.EMPTY_WORD: 1}
+    context = "The cat sat on the mat . "
+    question = {"id": "q", "context": context, "question": "where " * 70, "is_impossible": False,
+                "answers": [{"text": "mat", "answer_start": context.index("mat")}]}  # fmt: skip
+    counts.clear()
+    assert P.qa_features(question, tok, max_length=96, counts=counts)[0]["start_positions"] > 0
+    assert counts == {P.QUESTION_TOO_LONG: 1}
+    blank = {**question, "question": "where ?",
+             "answers": [{"text": " ", "answer_start": len(context) - 1}]}  # fmt: skip
+    counts.clear()
+    kept = P.qa_features(blank, tok, counts=counts)
+    assert counts == {P.MISALIGNED_ANSWER: 1} and kept[0]["start_positions"] == 0
+    assert P.qa_features(blank, tok, drop_misaligned=True) == []  # training: BERT skips it
+    assert P.example_problem("classification", {**long_pair, "label": None}) == P.MISSING_LABEL
+    assert P.example_problem("classification", {**long_pair, "text_b": " "}) == P.EMPTY
+    assert P.example_problem("qa", {**question, "answers": []}) == P.MISSING_LABEL
+    assert P.example_problem("qa", {**question, "answers": [], "is_impossible": True}) is None
+    assert P.example_problem("tagging", {"tokens": ["a"], "tags": None}) == P.MISSING_LABEL

@@ -8,16 +8,28 @@ Example::
                               batch_size=32, seed=0, shard_info=ShardInfo(jax.process_index(),
                                                                           jax.process_count()))
     task_name, batch = batcher.batch(step)       # a pure function of step: exact resume
+
+Nothing is dropped silently. ``task_features(..., stats=d)`` fills ``d`` with what featurization
+did to the split (``featurization_stats``); the same record is kept in memory for the process
+(``cached_stats``) and, with ``cache_dir``, pickled in the feature cache file ahead of the
+features (so reading the counts back does not load the features). On the ``train`` split an
+example without a usable target (``preprocessors.DROP_REASONS``) is dropped and counted under
+``dropped``; on other splits it is kept (evaluation sees every example) and counted under
+``flagged``. ``truncated`` counts examples kept but cut (``preprocessors.TRUNCATION_REASONS``).
+Files are read through ``sources.resolve``: the prepared file of the split, a sample file only
+with ``allow_samples=True``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import pickle
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,25 +37,51 @@ from typing import Any
 import tqdm
 
 from xstilts.data import preprocessors as P
+from xstilts.data import sources
 from xstilts.data.feature_converters import FeatureBatcher, MixtureBatcher
 from xstilts.data.tasks import TaskSpec, get_task, mixture_rates, mixture_tasks
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: training splits drop examples without a usable target
+TRAIN_SPLIT = "train"
+FEATURIZED_KINDS = ("classification", "tagging", "qa", "multiple_choice", "mlm")
+_STATS: dict[str, dict[str, Any]] = {}  # cache key -> featurization stats of this process
 
 
 UNKNOWN_TAG = "<other>"
 
 
-def task_labels(spec: TaskSpec, data_dir: str | os.PathLike | None = None) -> tuple[str, ...]:
+def task_labels(
+    spec: TaskSpec, data_dir: str | os.PathLike | None = None, *, allow_samples: bool = False
+) -> tuple[str, ...]:
     """The task's label list; for an open tag set (``labels=None``, e.g. CCG supertags) the
     sorted tags of the train split plus ``UNKNOWN_TAG`` for tags never seen in training."""
     if spec.labels is not None:
         return tuple(spec.labels)
     if spec.kind != "tagging":
         raise ValueError(f"task {spec.name} has no label list")
-    seen = {tag for e in spec.examples("train", data_dir) for tag in e.get("tags") or ()}
+    train = sources.read(spec, TRAIN_SPLIT, data_dir, allow_samples=allow_samples)
+    seen = {tag for e in train for tag in e.get("tags") or ()}
     return (*sorted(seen), UNKNOWN_TAG)
+
+
+def usable_examples(
+    spec: TaskSpec,
+    examples: Sequence[Mapping[str, Any]],
+    *,
+    training: bool,
+    counts: P.Counts | None = None,
+) -> list[Mapping[str, Any]]:
+    """``examples`` less, when ``training``, those without a usable target
+    (``preprocessors.example_problem``); every problem is counted by reason either way."""
+    kept = []
+    for example in examples:
+        problem = P.example_problem(spec.kind, example)
+        if problem is not None:
+            P.count(counts, problem)
+        if problem is None or not training:
+            kept.append(example)
+    return kept
 
 
 def featurize(
@@ -52,34 +90,66 @@ def featurize(
     tokenizer: Any,
     max_length: int | None = None,
     labels: Sequence[str] | None = None,
+    *,
+    counts: P.Counts | None = None,
+    training: bool = False,
 ) -> list[dict[str, Any]]:
     """Features of ``examples`` for the task's kind (see ``preprocessors.py``); ``labels``
-    overrides the task's label list (see ``task_labels``)."""
+    overrides the task's label list (see ``task_labels``). ``counts`` gets one count per example
+    and reason (``preprocessors.DROP_REASONS`` and ``TRUNCATION_REASONS``); with ``training``
+    the examples without a usable target are dropped (see ``usable_examples``)."""
     length = max_length or spec.max_length
     labels = labels or spec.labels
+    examples = usable_examples(spec, examples, training=training, counts=counts)
     if spec.kind == "classification":
-        return [P.classification_features(e, tokenizer, length, labels) for e in examples]
+        return [P.classification_features(e, tokenizer, length, labels, counts=counts)
+                for e in examples]  # fmt: skip
     if spec.kind == "tagging":
         unknown = UNKNOWN_TAG if labels and labels[-1] == UNKNOWN_TAG else None
         out: list[dict[str, Any]] = []
         for e in examples:
-            out.extend(P.tagging_features(e, tokenizer, length, labels, unknown_tag=unknown))
+            out.extend(P.tagging_features(e, tokenizer, length, labels, unknown_tag=unknown,
+                                          counts=counts))  # fmt: skip
         return out
     if spec.kind == "qa":
-        return P.qa_features_for_examples(examples, tokenizer, max_length=length)
+        return P.qa_features_for_examples(examples, tokenizer, max_length=length, counts=counts,
+                                          drop_misaligned=training)  # fmt: skip
     if spec.kind == "multiple_choice":
-        return [P.multiple_choice_features(e, tokenizer, length) for e in examples]
+        return [P.multiple_choice_features(e, tokenizer, length, counts=counts) for e in examples]
     if spec.kind == "mlm":
         return P.mlm_sequences([e["text"] for e in examples], tokenizer, length)
     raise ValueError(f"task {spec.name}: kind {spec.kind!r} has no training features")
 
 
+def featurization_stats(
+    examples: int, features: int, counts: Mapping[str, int], *, training: bool
+) -> dict[str, Any]:
+    """The record of one featurized split: ``examples`` read, ``features`` made, and the
+    counts by reason split into ``dropped`` (training: removed), ``flagged`` (other splits:
+    kept) and ``truncated`` (kept, cut), each sorted by reason."""
+    problems = {r: n for r, n in sorted(counts.items()) if r in P.DROP_REASONS and n}
+    cut = {r: n for r, n in sorted(counts.items()) if r not in P.DROP_REASONS and n}
+    return {
+        "examples": examples,
+        "features": features,
+        "dropped": problems if training else {},
+        "flagged": {} if training else problems,
+        "truncated": cut,
+    }
+
+
 def _cache_key(
-    spec: TaskSpec, split: str, data_dir: Any, tokenizer: Any, length: int, labels: Any
+    spec: TaskSpec,
+    split: str,
+    data_dir: Any,
+    tokenizer: Any,
+    length: int,
+    labels: Any,
+    allow_samples: bool = False,
 ) -> str:
     digest = hashlib.sha256()
     digest.update(f"{CACHE_VERSION}|{spec.name}|{split}|{length}|{labels}".encode())
-    for path in spec.path(split, data_dir):
+    for path in sources.resolve(spec, split, data_dir, allow_samples=allow_samples):
         stat = path.stat()
         digest.update(f"|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     model_file = getattr(tokenizer, "model_file", None)
@@ -96,22 +166,30 @@ def task_features(
     data_dir: str | os.PathLike | None = None,
     max_length: int | None = None,
     cache_dir: str | os.PathLike | None = None,
+    stats: dict[str, Any] | None = None,
+    allow_samples: bool = False,
 ) -> list[dict[str, Any]]:
     """Featurized ``split`` of task ``name``; with ``cache_dir``, read from / written to a pickle
-    keyed by the data files, tokenizer and length (written to a temporary file, then renamed)."""
+    keyed by the data files, tokenizer and length (written to a temporary file, then renamed).
+    ``stats`` (a dict) is filled with ``featurization_stats`` (see the module docstring)."""
     spec = get_task(name)
     length = max_length or spec.max_length
-    labels = task_labels(spec, data_dir) if spec.kind in ("classification", "tagging") else None
+    labels = _labels(spec, data_dir, allow_samples)
+    key = _cache_key(spec, split, data_dir, tokenizer, length, labels, allow_samples)
     cache_path = None
     if cache_dir is not None:
-        key = _cache_key(spec, split, data_dir, tokenizer, length, labels)
-        cache_path = Path(cache_dir) / f"{name}.{split}.{length}.{key}.pkl"
+        cache_path = _cache_file(cache_dir, name, split, length, key)
         if cache_path.is_file():
-            with open(cache_path, "rb") as handle:
-                return pickle.load(handle)
-    examples = list(spec.examples(split, data_dir))
+            recorded, features = _read_cache(cache_path, with_features=True)
+            _STATS[key] = recorded
+            _fill(stats, recorded)
+            return features
+    examples = list(sources.read(spec, split, data_dir, allow_samples=allow_samples))
     if not examples:
-        raise ValueError(f"task {name} split {split!r} is empty ({spec.path(split, data_dir)})")
+        paths = sources.resolve(spec, split, data_dir, allow_samples=allow_samples)
+        raise ValueError(f"task {name} split {split!r} is empty ({paths})")
+    training = split == TRAIN_SPLIT
+    counts: Counter[str] = Counter()
     start = time.perf_counter()
     features: list[dict[str, Any]] = []
     # chunks only drive the progress bar; MLM packing needs the whole stream at once
@@ -121,23 +199,87 @@ def task_features(
                          disable=len(chunks) <= 4)  # fmt: skip
     for offset in progress:
         part = examples[offset : offset + chunk]
-        features.extend(featurize(spec, part, tokenizer, length, labels))
+        features.extend(featurize(spec, part, tokenizer, length, labels, counts=counts,
+                                  training=training))  # fmt: skip
     elapsed = time.perf_counter() - start
+    if not features:
+        raise ValueError(f"task {name} split {split!r}: every example was dropped "
+                         f"({dict(counts)})")  # fmt: skip
+    record = featurization_stats(len(examples), len(features), counts, training=training)
     if cache_path is not None:
-        _atomic_pickle(cache_path, features)
+        _atomic_pickle(cache_path, record, features)
+    _STATS[key] = record
+    _fill(stats, record)
     log.info(
-        "%s/%s: %d examples -> %d features in %.1f s (%.0f examples/s)",
-        name, split, len(examples), len(features), elapsed, len(examples) / max(elapsed, 1e-9),
+        "%s/%s: %d examples -> %d features in %.1f s (%.0f examples/s); dropped %s, flagged %s, "
+        "truncated %s", name, split, len(examples), len(features), elapsed,
+        len(examples) / max(elapsed, 1e-9), record["dropped"], record["flagged"],
+        record["truncated"],
     )  # fmt: skip
     return features
 
 
-def _atomic_pickle(path: Path, value: Any) -> None:
+def _labels(spec: TaskSpec, data_dir: Any, allow_samples: bool) -> tuple[str, ...] | None:
+    if spec.kind not in ("classification", "tagging"):
+        return None
+    return task_labels(spec, data_dir, allow_samples=allow_samples)
+
+
+def _fill(stats: dict[str, Any] | None, record: Mapping[str, Any]) -> None:
+    if stats is not None:
+        stats.clear()
+        stats.update(json.loads(json.dumps(record)))  # a deep copy
+
+
+def _cache_file(cache_dir: str | os.PathLike, name: str, split: str, length: int, key: str
+                ) -> Path:
+    return Path(cache_dir) / f"{name}.{split}.{length}.{key}.pkl"
+
+
+def _read_cache(cache_path: Path, *, with_features: bool) -> tuple[dict[str, Any], Any]:
+    """(stats, features or None) of a feature cache file: two pickles, the stats first."""
+    with open(cache_path, "rb") as handle:
+        recorded = pickle.load(handle)
+        return recorded, pickle.load(handle) if with_features else None
+
+
+def cached_stats(
+    name: str,
+    split: str,
+    tokenizer: Any,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    max_length: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    allow_samples: bool = False,
+) -> dict[str, Any]:
+    """``featurization_stats`` of a split, cheaply: from this process's memory, else from the
+    stats file beside the feature cache, else by featurizing (and caching) the split."""
+    spec = get_task(name)
+    length = max_length or spec.max_length
+    labels = _labels(spec, data_dir, allow_samples)
+    key = _cache_key(spec, split, data_dir, tokenizer, length, labels, allow_samples)
+    if key in _STATS:
+        return json.loads(json.dumps(_STATS[key]))
+    cache_path = None if cache_dir is None else _cache_file(cache_dir, name, split, length, key)
+    if cache_path is not None and cache_path.is_file():
+        _STATS[key], _ = _read_cache(cache_path, with_features=False)
+        return json.loads(json.dumps(_STATS[key]))
+    stats: dict[str, Any] = {}
+    task_features(name, split, tokenizer, data_dir=data_dir, max_length=length,
+                  cache_dir=cache_dir, stats=stats, allow_samples=allow_samples)  # fmt: skip
+    return stats
+
+
+def _atomic_pickle(path: Path, *values: Any) -> None:
+    """``values`` pickled one after another into ``path`` through a temporary file and a
+    rename: nothing half-written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as out:
-            pickle.dump(value, out, protocol=pickle.HIGHEST_PROTOCOL)
+            for value in values:
+                pickle.dump(value, out, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -156,12 +298,12 @@ def task_batcher(
     shuffle: bool = True,
     shard_info: Any = None,
     cache_dir: str | os.PathLike | None = None,
+    allow_samples: bool = False,
 ) -> FeatureBatcher:
     spec = get_task(name)
     length = max_length or spec.max_length
-    features = task_features(
-        name, split, tokenizer, data_dir=data_dir, max_length=length, cache_dir=cache_dir
-    )
+    features = task_features(name, split, tokenizer, data_dir=data_dir, max_length=length,
+                             cache_dir=cache_dir, allow_samples=allow_samples)  # fmt: skip
     mlm = {"mask_id": tokenizer.mask_id} if spec.kind == "mlm" else None
     return FeatureBatcher(
         features, spec.kind, batch_size=batch_size, length=length, seed=seed, shuffle=shuffle,
@@ -180,6 +322,7 @@ def mixture_batcher(
     shard_info: Any = None,
     max_length: int | Mapping[str, int] | None = None,
     cache_dir: str | os.PathLike | None = None,
+    allow_samples: bool = False,
 ) -> MixtureBatcher:
     """Per-step task choice by the mixture's rates (sizes = featurized training examples).
     ``max_length``: one length for every task, or a length per task (multi-head training)."""
@@ -194,6 +337,7 @@ def mixture_batcher(
             seed=seed,
             shard_info=shard_info,
             cache_dir=cache_dir,
+            allow_samples=allow_samples,
         )  # fmt: skip
         for task in mixture_tasks(mixture)
     }

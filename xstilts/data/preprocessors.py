@@ -8,11 +8,17 @@ several windows (QA, long tagging sentences). Feature keys follow DESIGN.md: ``i
 ``labels``, ``label_mask``, ``start_positions``/``end_positions``; bookkeeping keys
 (``example_id``, ``offsets``, ``word_ids``, ...) stay on the host for answer extraction and
 scoring.
+
+Nothing is dropped or cut silently: every function takes an optional ``counts`` mapping
+(``collections.Counter``) and adds one to ``counts[reason]`` per example for each reason below
+that applies to it. ``example_problem`` names, without a tokenizer, why an example carries no
+usable training target; ``pipeline.featurize`` drops such examples from a training split and
+keeps (and counts) them elsewhere.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,6 +26,20 @@ import numpy as np
 from xstilts.data.readers import DataFormatError
 
 Feature = dict[str, Any]
+Counts = MutableMapping[str, int]
+
+# Why an example carries no usable training target (dropped from a training split).
+MISSING_LABEL = "missing_label"  # no label / tags / answer on the example
+EMPTY = "empty"  # a text field (sentence, context, question, choices, tokens) is empty
+MISALIGNED_ANSWER = "misaligned_answer_span"  # the answer covers no context token
+DROP_REASONS = (MISSING_LABEL, EMPTY, MISALIGNED_ANSWER)
+# Why a kept example was cut or altered.
+TOO_LONG = "too_long"  # a pair / choice truncated longest-first to max_length
+QUESTION_TOO_LONG = "question_too_long"  # question cut to max_query_length tokens
+ANSWER_BEYOND_WINDOW = "answer_beyond_window"  # the answer fits no window: every target is <s>
+WORD_TOO_LONG = "word_too_long"  # a word longer than a tagging window keeps its first pieces
+EMPTY_WORD = "empty_word"  # a word that tokenizes to nothing becomes <unk>
+TRUNCATION_REASONS = (TOO_LONG, QUESTION_TOO_LONG, ANSWER_BEYOND_WINDOW, WORD_TOO_LONG, EMPTY_WORD)
 
 # QA protocol defaults (DESIGN.md; jiant / BERT run_squad)
 QA_MAX_LENGTH = 384
@@ -42,6 +62,54 @@ def label_index(labels: Sequence[str], label: Any, where: str) -> int:
         ) from None
 
 
+def count(counts: Counts | None, reason: str, when: bool = True) -> None:
+    """``counts[reason] += 1`` when ``when`` (and ``counts`` is given)."""
+    if counts is not None and when:
+        counts[reason] = counts.get(reason, 0) + 1
+
+
+def _blank(text: Any) -> bool:
+    return not isinstance(text, str) or not text.strip()
+
+
+def example_problem(kind: str, example: Mapping[str, Any]) -> str | None:
+    """Why ``example`` (a reader dict of a ``kind`` task) has no usable training target, or None:
+    ``EMPTY`` (a text field is empty) or ``MISSING_LABEL``. Needs no tokenizer."""
+    if kind == "classification":
+        texts = [example.get("text_a"), *([] if example.get("text_b") is None
+                                          else [example["text_b"]])]  # fmt: skip
+        labelled = example.get("label") is not None
+    elif kind == "tagging":
+        texts, labelled = [" ".join(example.get("tokens") or ())], example.get("tags") is not None
+    elif kind == "qa":
+        texts = [example.get("context"), example.get("question")]
+        labelled = bool(example.get("answers")) or bool(example.get("is_impossible"))
+    elif kind == "multiple_choice":
+        texts = [" ".join(example.get("choices") or ())]
+        labelled = example.get("label") is not None
+    elif kind == "mlm":
+        texts, labelled = [example.get("text")], True
+    else:
+        return None
+    if any(_blank(text) for text in texts):
+        return EMPTY
+    return None if labelled else MISSING_LABEL
+
+
+def _truncated_pair(
+    tokenizer: Tokenizer, text_a: str, text_b: str | None, max_length: int, counts: Counts | None
+) -> list[int]:
+    """``tokenizer.encode``/``encode_pair`` with ``max_length``, counting ``TOO_LONG``."""
+    a = tokenizer.encode_text(text_a)
+    b = None if text_b is None else tokenizer.encode_text(text_b)
+    special = tokenizer.num_special_tokens(b is not None)
+    too_long = len(a) + len(b or ()) + special > max_length
+    count(counts, TOO_LONG, too_long)
+    if too_long:
+        a, b = tokenizer.truncate(a, b, max_length)
+    return tokenizer.build_inputs(a, b)
+
+
 # ------------------------------------------------------------------------------ classification
 
 
@@ -50,14 +118,14 @@ def classification_features(
     tokenizer: Tokenizer,
     max_length: int,
     labels: Sequence[str],
+    *,
+    counts: Counts | None = None,
 ) -> Feature:
-    """``<s> A </s></s> B </s>`` (or ``<s> A </s>`` without ``text_b``), truncated longest-first."""
-    if example.get("text_b") is None:
-        input_ids = tokenizer.encode(example["text_a"], max_length=max_length)
-    else:
-        input_ids = tokenizer.encode_pair(
-            example["text_a"], example["text_b"], max_length=max_length
-        )
+    """``<s> A </s></s> B </s>`` (or ``<s> A </s>`` without ``text_b``), truncated longest-first
+    (counted as ``TOO_LONG``)."""
+    input_ids = _truncated_pair(
+        tokenizer, example["text_a"], example.get("text_b"), max_length, counts
+    )
     label = example.get("label")
     return {
         "input_ids": np.asarray(input_ids, np.int32),
@@ -69,16 +137,21 @@ def classification_features(
 
 
 def multiple_choice_features(
-    example: Mapping[str, Any], tokenizer: Tokenizer, max_length: int
+    example: Mapping[str, Any],
+    tokenizer: Tokenizer,
+    max_length: int,
+    *,
+    counts: Counts | None = None,
 ) -> Feature:
-    """One ``<s> context question </s></s> choice </s>`` row per choice (``input_ids`` [C, *])."""
+    """One ``<s> context question </s></s> choice </s>`` row per choice (``input_ids`` [C, *]);
+    an example with any row truncated counts once as ``TOO_LONG``."""
     prompt = " ".join(
         part for part in (example.get("context", ""), example.get("question", "")) if part
     )
-    rows = [
-        tokenizer.encode_pair(prompt, choice, max_length=max_length)
-        for choice in example["choices"]
-    ]
+    cut: dict[str, int] = {}
+    rows = [_truncated_pair(tokenizer, prompt, choice, max_length, cut)
+            for choice in example["choices"]]  # fmt: skip
+    count(counts, TOO_LONG, bool(cut))
     label = example.get("label")
     return {
         "input_ids": [np.asarray(row, np.int32) for row in rows],
@@ -97,6 +170,7 @@ def tagging_features(
     tags: Sequence[str] | None,
     *,
     unknown_tag: str | None = None,
+    counts: Counts | None = None,
 ) -> list[Feature]:
     """Word-by-word tokenization, the tag on each word's first sub-token (``label_mask`` 1 there).
 
@@ -106,7 +180,8 @@ def tagging_features(
     A sentence longer than ``max_length`` is split into consecutive windows of whole words, not
     truncated, so every word is labelled exactly once; ``word_ids`` maps every token back to its
     word in the original sentence (-1 for specials). A word that tokenizes to nothing becomes
-    ``<unk>``; a single word longer than a window keeps only its first pieces.
+    ``<unk>`` (counted as ``EMPTY_WORD``); a single word longer than a window keeps only its
+    first pieces (``WORD_TOO_LONG``).
     """
     words = list(example["tokens"])
     gold = example.get("tags")
@@ -116,7 +191,10 @@ def tagging_features(
     budget = max_length - 2
     if budget < 1:
         raise ValueError(f"max_length {max_length} leaves no room between <s> and </s>")
-    pieces = [tokenizer.encode_text(word) or [tokenizer.unk_id] for word in words]
+    encoded = [tokenizer.encode_text(word) for word in words]
+    count(counts, EMPTY_WORD, any(not word_pieces for word_pieces in encoded))
+    count(counts, WORD_TOO_LONG, any(len(word_pieces) > budget for word_pieces in encoded))
+    pieces = [word_pieces or [tokenizer.unk_id] for word_pieces in encoded]
     windows: list[tuple[int, int]] = []  # [first word, last word) per window
     start, used = 0, 0
     for index, word_pieces in enumerate(pieces):
@@ -199,6 +277,8 @@ def qa_features(
     max_query_length: int = QA_MAX_QUERY_LENGTH,
     *,
     context_encoding: tuple[list[int], list[tuple[int, int]]] | None = None,
+    counts: Counts | None = None,
+    drop_misaligned: bool = False,
 ) -> list[Feature]:
     """SQuAD-style windows ``<s> question </s></s> context window </s>`` (BERT/jiant protocol).
 
@@ -209,10 +289,16 @@ def qa_features(
     inside the window, else at index 0 (``<s>``), which is also the target for SQuAD v2
     unanswerable questions. ``context_encoding`` reuses a tokenized context shared by several
     questions.
+
+    Counted in ``counts``: ``QUESTION_TOO_LONG``; ``MISALIGNED_ANSWER`` when the answer covers no
+    context token (with ``drop_misaligned``, training, the example gives no windows, as BERT's
+    ``run_squad`` skips it); ``ANSWER_BEYOND_WINDOW`` when no window holds the whole answer.
     """
     if doc_stride < 1:
         raise ValueError(f"doc_stride must be positive, got {doc_stride}")
-    question_ids = tokenizer.encode_text(example["question"].strip())[:max_query_length]
+    question_ids = tokenizer.encode_text(example["question"].strip())
+    count(counts, QUESTION_TOO_LONG, len(question_ids) > max_query_length)
+    question_ids = question_ids[:max_query_length]
     context = example["context"]
     context_ids, context_offsets = context_encoding or tokenizer.encode_with_offsets(
         context, add_special_tokens=False
@@ -229,6 +315,9 @@ def qa_features(
         answer = answers[0]
         begin = answer["answer_start"]
         answer_tokens = char_span_to_tokens(context_offsets, begin, begin + len(answer["text"]))
+        count(counts, MISALIGNED_ANSWER, answer_tokens is None)
+        if answer_tokens is None and drop_misaligned:
+            return []
     features = []
     window_start = 0
     prefix = [tokenizer.bos_id, *question_ids, tokenizer.eos_id, tokenizer.eos_id]
@@ -261,6 +350,8 @@ def qa_features(
         if window_start + length >= len(context_ids):
             break
         window_start += min(length, doc_stride)
+    count(counts, ANSWER_BEYOND_WINDOW,
+          answer_tokens is not None and all(f["start_positions"] == 0 for f in features))
     return features
 
 

@@ -1,35 +1,104 @@
-"""Where a task's examples come from: its native files, its TFDS builder, or the synthetic world."""
+"""Where a task's examples come from: its native files, its TFDS builder, or the synthetic world.
+
+No silent fallbacks: ``resolve`` reads the prepared file of a split (the first of its candidate
+paths that exists, skipping sample files) or fails naming every path it looked for. A sample
+(a candidate under ``english/`` or with ``sample``, ``head300`` or ``hf_dummy`` in its path, as
+the shared test samples are laid out) is read only when the caller passes ``allow_samples=True``.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 from xstilts.data.registry import get_task
-from xstilts.data.spec import TaskSpec
+from xstilts.data.spec import TaskSpec, data_directory
 from xstilts.data.tfds_sources import tfds_examples
 
 SOURCES = ("files", "tfds")
+SAMPLE_MARKERS = ("sample", "head300", "hf_dummy")
+SAMPLE_DIRS = ("english",)  # the shared samples of the English intermediate tasks
+
+
+def is_sample(candidate: str) -> bool:
+    """Whether a split's candidate path (relative, ``|``-joined) names a sample file."""
+    parts = [part for path in candidate.split("|") for part in Path(path).parts]
+    return (bool(parts) and parts[0] in SAMPLE_DIRS) or any(
+        marker in part for part in parts for marker in SAMPLE_MARKERS
+    )
+
+
+def resolve(
+    spec: TaskSpec,
+    split: str,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    allow_samples: bool = False,
+) -> list[Path]:
+    """The file(s) of ``split``: the first candidate whose files all exist, sample candidates
+    only with ``allow_samples``; else ``FileNotFoundError`` naming every path looked for."""
+    if split not in spec.splits:
+        raise KeyError(f"task {spec.name} has no split {split!r}; splits: {sorted(spec.splits)}")
+    root = data_directory(data_dir)
+    candidates = spec.splits[split]
+    for candidate in candidates:
+        paths = [root / part for part in candidate.split("|")]
+        if (allow_samples or not is_sample(candidate)) and all(p.is_file() for p in paths):
+            return paths
+    tried = [str(root / c) for c in candidates if allow_samples or not is_sample(c)]
+    samples = [str(root / c) for c in candidates if not allow_samples and is_sample(c)
+               and all((root / part).is_file() for part in c.split("|"))]  # fmt: skip
+    hint = f"; a sample exists ({', '.join(samples)}): pass allow_samples=True to read it" \
+        if samples else ""  # fmt: skip
+    raise FileNotFoundError(
+        f"task {spec.name} split {split!r}: no data file found (looked for "
+        f"{', '.join(tried) or 'no prepared file: only samples are listed'}){hint}; fetch it "
+        f"with `python -m xstilts.data.prepare --data_dir {root}`"
+    )
+
+
+def read(
+    spec: TaskSpec,
+    split: str,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    allow_samples: bool = False,
+) -> Iterator[dict]:
+    """Examples of ``split`` from the file(s) ``resolve`` picks, as the reader yields them."""
+    return spec.reader(*resolve(spec, split, data_dir, allow_samples=allow_samples),
+                       **spec.reader_kwargs)  # fmt: skip
 
 
 def examples(
-    spec: TaskSpec, split: str, data_dir: str | os.PathLike | None = None, source: str = "files"
+    spec: TaskSpec,
+    split: str,
+    data_dir: str | os.PathLike | None = None,
+    source: str = "files",
+    *,
+    allow_samples: bool = False,
 ) -> Iterator[dict]:
     """Examples of ``split`` as plain dicts (see ``readers.py``): from the native files under
     ``data_dir`` (``source="files"``; the synthetic world's files too, written by
     ``SyntheticWorld.write_files``), or from the prepared TFDS builder ``spec.tfds_name`` in the
-    TFDS data dir ``data_dir`` (``source="tfds"``, needs tensorflow-datasets)."""
+    TFDS data dir ``data_dir`` (``source="tfds"``, needs tensorflow-datasets). Sample files are
+    read only with ``allow_samples`` (see ``resolve``)."""
     if source == "files":
-        return spec.examples(split, data_dir)
+        return read(spec, split, data_dir, allow_samples=allow_samples)
     if source == "tfds":
         return tfds_examples(spec, split, data_dir)
     raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
 
 
 def num_examples(
-    spec: TaskSpec, split: str, data_dir: str | os.PathLike | None = None, source: str = "files"
+    spec: TaskSpec,
+    split: str,
+    data_dir: str | os.PathLike | None = None,
+    source: str = "files",
+    *,
+    allow_samples: bool = False,
 ) -> int:
-    return sum(1 for _ in examples(spec, split, data_dir, source))
+    return sum(1 for _ in examples(spec, split, data_dir, source, allow_samples=allow_samples))
 
 
 def load_retrieval(
