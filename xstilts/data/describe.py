@@ -94,6 +94,13 @@ def _counts(counts: Mapping[str, int]) -> str:
     return " ".join(f"{reason}={n}" for reason, n in counts.items()) or "-"
 
 
+def _dropped(record: Mapping[str, Any]) -> str:
+    """Dropped counts, and the flagged ones (kept on a non-training split) marked as such."""
+    flagged = record["flagged"]
+    dropped = _counts(record["dropped"])
+    return f"{dropped} flagged: {_counts(flagged)}" if flagged else dropped
+
+
 def _share(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
@@ -106,7 +113,7 @@ def table(described: Mapping[str, Any]) -> str:
         for index, f in enumerate(r["files"]):
             head = (r["task"], str(r["examples"]), "-" if r["features"] is None else
                     str(r["features"]), _share(r["rate"]), _share(r["share"]),
-                    _counts({**r["dropped"], **r["flagged"]}), _counts(r["truncated"]))  # fmt: skip
+                    _dropped(r), _counts(r["truncated"]))  # fmt: skip
             sample = " (SAMPLE)" if f["sample"] else ""
             rows.append((*(head if index == 0 else ("",) * len(head)), f["path"] + sample,
                          str(f["bytes"]), f["sha256"][:16]))  # fmt: skip
