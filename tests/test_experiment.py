@@ -260,5 +260,14 @@ def test_paper_scale_dry_run(clean_gin):
     rates = multi.mixtures["intermediate.mnli.multilingual"]
     assert set(rates) == {"mnli.en", *(f"mnli.{x}" for x in tasks.XNLI_TRANSLATE_TRAIN)}
     assert sum(rates.values()) == pytest.approx(1.0)
-    assert "squad_v1.de" in multi.tasks and "tydiqa.sw" in multi.tasks
-    assert "dry run:" in multi.summary()
+    assert "squad_v1.de" in multi.tasks and "tydiqa.sw" in multi.tasks  # tydiqa: a target
+    assert "tydiqa.sw" not in multi.mixtures["intermediate.squad_v1.multilingual"]
+    summary = multi.summary()
+    # Equal steps per arm: each multilingual config trains for its English config's steps, and
+    # all9.multilingual keeps all9.en's share per task family.
+    assert ("recipe: phase1 intermediate.mnli.multilingual: the steps of 3 epochs of "
+            "intermediate.mnli.en (equal-steps budget), batch 32") in summary
+    assert ("recipe: phase1 intermediate.all9.multilingual: the steps of 3 epochs of "
+            "intermediate.all9.en (equal-steps budget)") in summary
+    assert "note: intermediate.all9.multilingual: each task family at its share in " \
+           "intermediate.all9.en" in summary

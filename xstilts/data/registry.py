@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -58,7 +59,8 @@ def register_mixture(spec: MixtureSpec, *, replace: bool = False) -> MixtureSpec
         raise ValueError(f"mixture {spec.name} is already registered (pass replace=True)")
     for task in spec.tasks:
         get_task(task)  # unknown task -> KeyError naming it
-    for sub, _ in spec.submixtures:
+    for sub in (*(s for s, _ in spec.submixtures), *(m for pair in spec.families for m in pair),
+                *([spec.match] if spec.match else [])):
         get_mixture(sub)
     MIXTURES[spec.name] = spec
     return spec
@@ -75,7 +77,7 @@ def mixture_tasks(name: str) -> list[str]:
     """Every task of mixture ``name``, its sub-mixtures' included, in first-seen order."""
     spec = get_mixture(name)
     tasks = list(spec.tasks)
-    for sub, _ in spec.submixtures:
+    for sub in (*(s for s, _ in spec.submixtures), *(f for f, _ in spec.families)):
         tasks.extend(t for t in mixture_tasks(sub) if t not in tasks)
     return tasks
 
@@ -86,6 +88,15 @@ def _size_of(sizes: Sizes) -> Callable[[str], int]:
 
 def _own_rates(spec: MixtureSpec, size_of: Callable[[str], int]) -> dict[str, float]:
     """Rates of the mixture's own tasks by its rate rule (summing to one)."""
+    if spec.english_share is not None:
+        english = [t for t in spec.tasks if get_task(t).language == "en"]
+        others = [t for t in spec.tasks if t not in english]
+        if english and others:
+            rates = {t: spec.english_share * p for t, p in _own_rates(dataclasses.replace(
+                spec, tasks=tuple(english), english_share=None), size_of).items()}
+            return rates | {t: (1 - spec.english_share) * p for t, p in _own_rates(
+                dataclasses.replace(spec, tasks=tuple(others), english_share=None),
+                size_of).items()}
     counts = {task: int(size_of(task)) for task in spec.tasks}
     if spec.rate == "equal":
         return {task: 1.0 / len(counts) for task in counts}
@@ -102,11 +113,32 @@ def mixture_rates(name: str, sizes: Sizes, split: str = "train") -> dict[str, fl
     rates: dict[str, float] = {}
     own_share = 1.0 - sum(share for _, share in spec.submixtures)
     shares = [(_own_rates(spec, size_of), own_share)] if spec.tasks and own_share > 0 else []
-    shares += [(mixture_rates(sub, size_of, split), share) for sub, share in spec.submixtures]
+    shares += [(mixture_rates(sub, size_of, split), share)
+               for sub, share in (*spec.submixtures, *family_shares(name, size_of))]
     for sub_rates, share in shares:
         for task, p in sub_rates.items():
             rates[task] = rates.get(task, 0.0) + share * p
     return rates
+
+
+def family_shares(name: str, sizes: Sizes) -> list[tuple[str, float]]:
+    """(family mixture, share) of a mixture with ``families``: each family gets the share its
+    reference mixture's tasks have in ``match`` (e.g. all9.en's share of MNLI goes to
+    mnli.multilingual), so adding translations does not reweight the task families. A task in
+    several references (mnli.en is in MNLI and ANLI+) counts for the first of them."""
+    spec = get_mixture(name)
+    if not spec.families:
+        return []
+    reference = mixture_rates(spec.match, sizes)
+    shares, assigned = [], set()
+    for family, ref in spec.families:  # a task shared by references counts for the first
+        own = [t for t in mixture_tasks(ref) if t not in assigned]
+        assigned.update(own)
+        shares.append((family, sum(reference.get(t, 0.0) for t in own)))
+    total = sum(s for _, s in shares)
+    if total <= 0:
+        raise ValueError(f"mixture {name}: its families have no share in {spec.match}")
+    return [(family, share / total) for family, share in shares]
 
 
 def _supervised(name: str, size_of: Callable[[str], int]) -> tuple[float, float]:
@@ -115,7 +147,7 @@ def _supervised(name: str, size_of: Callable[[str], int]) -> tuple[float, float]
     own = [t for t in spec.tasks if get_task(t).kind != "mlm"]
     count = float(sum(min(int(size_of(t)), spec.cap or math.inf) for t in own))
     share = 1.0 - sum(s for _, s in spec.submixtures) if own else 0.0
-    for sub, sub_share in spec.submixtures:
+    for sub, sub_share in (*spec.submixtures, *family_shares(name, size_of)):
         sub_count, sub_fraction = _supervised(sub, size_of)
         count, share = count + sub_count, share + sub_share * sub_fraction
     return count, share

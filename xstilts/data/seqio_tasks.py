@@ -16,6 +16,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
         "the rest of xstilts.data works without them"
     ) from error
 
+from xstilts.data.registry import family_shares
 from xstilts.data.registry import register_mixture as register_spec
 from xstilts.data.tasks import (
     MIXTURES,
@@ -108,7 +109,7 @@ def register_mixture(name: str, data_dir: str | os.PathLike | None = None) -> se
     """Register mixture ``name`` (and its tasks and sub-mixtures) with seqio. Task rates are
     computed from the number of training examples exactly as ``registry.mixture_rates``."""
     spec = get_mixture(name)
-    for sub, _ in spec.submixtures:
+    for sub in (*(s for s, _ in spec.submixtures), *(f for f, _ in spec.families)):
         if sub not in seqio.MixtureRegistry.names():
             register_mixture(sub, data_dir)
     for task in spec.tasks:
@@ -129,8 +130,15 @@ def register_mixture(name: str, data_dir: str | os.PathLike | None = None) -> se
     own_share = 1.0 - sum(share for _, share in spec.submixtures)
     components: list[tuple[str, Any]] = [(t, _scaled(own_rate, own_share)) for t in spec.tasks]
     components += [(sub, share) for sub, share in spec.submixtures]
+    # Family shares come from the reference's sizes when seqio asks for a rate (read lazily,
+    # as the own-task rates are; seqio calls a rate with the sub-mixture).
+    components += [(family, _family_rate(name, family, size)) for family, _ in spec.families]
     seqio.MixtureRegistry.remove(name)
     return seqio.MixtureRegistry.add(name, components)
+
+
+def _family_rate(name: str, family: str, size: Any) -> Any:
+    return lambda _mixture: dict(family_shares(name, size))[family]
 
 
 def _scaled(rate: Any, factor: float) -> Any:

@@ -172,10 +172,23 @@ class MixtureSpec:
     temperature: float = 1.0
     submixtures: tuple[tuple[str, float], ...] = ()
     description: str = ""
+    # Families: (mixture, reference mixture) pairs whose shares are those the reference's tasks
+    # get in mixture ``match`` (all9.multilingual keeps all9.en's share per intermediate task).
+    families: tuple[tuple[str, str], ...] = ()
+    match: str | None = None
+    # The share of the English tasks among the mixture's own tasks (None: the rate rule decides).
+    english_share: float | None = None
 
     def __post_init__(self):
         if self.rate not in RATES:
             raise ValueError(f"mixture {self.name}: unknown rate rule {self.rate!r}")
+        if bool(self.families) != bool(self.match) or (
+                self.families and (self.tasks or self.submixtures)):
+            raise ValueError(f"mixture {self.name}: families need match, and neither tasks nor "
+                             f"submixtures beside them")
+        if self.english_share is not None and not 0 < self.english_share < 1:
+            raise ValueError(f"mixture {self.name}: english_share {self.english_share} is not "
+                             f"in (0, 1)")
         share = sum(s for _, s in self.submixtures)
         if not 0 <= share <= 1 or (share == 1 and self.tasks):
             raise ValueError(f"mixture {self.name}: sub-mixture shares sum to {share}, need < 1")

@@ -22,12 +22,14 @@ from xstilts import partitioning
 from xstilts import train as train_lib
 from xstilts import trainer as trainer_lib
 from xstilts.data import tasks
+from xstilts.data.registry import family_shares
 from xstilts.experiment import plan as plan_lib
 from xstilts.experiment.grid import Grid
 from xstilts.experiment.plan import PhaseJob
 from xstilts.models.heads import XLMRMultiTask
 
 PLACEHOLDER_LABELS = 2  # tasks whose label set is read from the data (CCG supertags)
+DRY_RUN_SIZE = 1000  # examples per task for mixture rates (the dry run reads no data)
 StepShape = trainer_lib.StepShape
 
 
@@ -67,6 +69,17 @@ def recipe_line(job: PhaseJob) -> str:
     if job.deviations:
         line += f"; DEVIATES from the paper: {'; '.join(job.deviations)}"
     return line
+
+
+def family_notes(mixture: str) -> list[str]:
+    """The per-family shares of a mixture that matches another's (all9.multilingual)."""
+    spec = tasks.get_mixture(mixture)
+    if not spec.families:
+        return []
+    shares = family_shares(mixture, lambda _: DRY_RUN_SIZE)
+    text = ", ".join(f"{family.split('.')[1]} {share:.3f}" for family, share in shares)
+    return [f"{mixture}: each task family at its share in {spec.match} (with {DRY_RUN_SIZE} "
+            f"examples per task here; the run uses the real sizes): {text}"]
 
 
 def _labels(labels: int | None, name: str, notes: list[str]) -> int:
@@ -142,10 +155,11 @@ def dry_run(grid: Grid, partitioner: partitioning.Partitioner | None = None,
     notes: list[str] = []
     mixtures = {}
     for mixture in dict.fromkeys(j.source for j in jobs if j.phase != "phase2"):
-        rates = tasks.mixture_rates(mixture, lambda _: 1000)
+        rates = tasks.mixture_rates(mixture, lambda _: DRY_RUN_SIZE)
         if not np.isclose(sum(rates.values()), 1.0):
             raise AssertionError(f"mixture {mixture}: rates sum to {sum(rates.values())}")
         mixtures[mixture] = rates
+        notes += family_notes(mixture)
     steps: dict[StepShape, dict[str, Any]] = {}
     for job in jobs:
         users = [f"phase2 {t}" for t in job.targets] or [f"{job.phase} {job.config}"]
