@@ -4,6 +4,7 @@ the paper-scale dry run (every Task, Mixture and train step of xstilts_large*.gi
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import shutil
 import tempfile
@@ -129,6 +130,17 @@ def test_grid_table_resume_and_skip(tmp_path, data_dir, monkeypatch, one_device)
     assert meta["seen_languages"] == {"baseline": []} and meta["use_pooler"] is True
     assert meta["retrieval_length"]["synthetic.bucc"] == min(
         tasks.tasks_for("synthetic.parallel")[0].max_length, 256)  # tiny: 258 positions
+    # Provenance: every file read, with its hash, counts and drops (data_manifest.json).
+    records = json.loads((run / "data_manifest.json").read_text())["records"]
+    read = {(r["task"], r["split"]) for r in records}
+    assert {("synthetic.paraphrase.en", "train"), ("synthetic.paraphrase.en", "dev"),
+            ("synthetic.paraphrase.xd", "test"), ("synthetic.mlm.xa", "train")} <= read
+    train = next(r for r in records if (r["task"], r["split"]) == ("synthetic.paraphrase.en",
+                                                                    "train"))
+    (file,) = train["files"]
+    assert file["sha256"] == hashlib.sha256((data_dir / file["path"]).read_bytes()).hexdigest()
+    assert (train["examples"], train["dropped"]) == (48, {})
+    assert (run / KILLED_CELL / "data_manifest.json").is_file()
     # The cell records its selection and per-example statistics that give back every score.
     selection = json.loads((run / KILLED_CELL / "selection.json").read_text())
     assert selection["metric"] == "accuracy" and selection["key"] == "eval/accuracy"

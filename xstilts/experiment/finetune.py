@@ -98,6 +98,10 @@ def run_finetune(rt: Runtime, job: PhaseJob) -> list[dict[str, Any]]:
         "key": best, "best_step": step, "trained_steps": result.step, "total_steps": steps,
         "patience": job.settings.patience, "eval_every_steps": job.settings.eval_every_steps})
     rundir.write_example_stats(cell / rundir.STATS_FILENAME, stats)
+    read = [(job.source, "train")] + ([(job.source, "dev")] if select else [])
+    read += [(spec.name, split) for target in job.targets for spec in tasks.tasks_for(target)
+             for split in SPLITS if split in spec.splits]
+    rt.record_data(job.model_dir, splits=read, max_length=job.length)
     rundir.write_rows(results, rows)
     barrier(f"phase2 {cell}")
     log.info("phase 2 %s/%s seed %d: %d steps (best %d by %s), scored in %.0f s", job.config,

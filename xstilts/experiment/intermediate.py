@@ -43,6 +43,7 @@ def run_intermediate(rt: Runtime, job: PhaseJob) -> None:
         rt.train(job, train_batches=factory(rt.inputs.mixture_batcher(
             job.source, lengths, job.seed), with_task=True), total_steps=steps, heads=heads)
     rundir.write_json(rt.run_dir / job.model_dir / "budget.json", budget_record(rt, job, steps))
+    rt.record_data(job.model_dir, mixture=job.source, max_length=dict(job.lengths))
     mark_done(done)
     log.info("phase 1 %s seed %d (%s, %d steps) took %.0f s", job.config, job.seed, job.source,
              steps, time.perf_counter() - start)

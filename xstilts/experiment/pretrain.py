@@ -21,6 +21,7 @@ def run_pretrain(rt: Runtime, job: PhaseJob) -> None:
     start = time.perf_counter()
     rt.train(job, train_batches=factory(rt.inputs.mixture_batcher(job.source, job.length, 0)),
              total_steps=int(job.settings.steps))
+    rt.record_data(job.model_dir, mixture=job.source, max_length=job.length)
     mark_done(done)
     log.info("phase 0 (MLM on %s, %d steps) took %.0f s", job.source, job.settings.steps,
              time.perf_counter() - start)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +11,15 @@ from xstilts import checkpoints as ckpt_lib
 from xstilts import partitioning
 from xstilts import train as train_lib
 from xstilts import trainer as trainer_lib
+from xstilts.data import manifest
 from xstilts.experiment.grid import Grid
 from xstilts.experiment.inputs import Inputs
 from xstilts.experiment.plan import PhaseJob
 from xstilts.experiment.predict import Predictor
 from xstilts.models.xlmr import XLMRConfig
+from xstilts.multihost import is_chief
+
+MANIFEST = "data_manifest.json"
 
 
 class Preempted(RuntimeError):
@@ -54,6 +58,22 @@ class Runtime:
             if self.model_config.vocab_size != size:
                 self.predictor = Predictor(self.model_config.replace(vocab_size=size),
                                            self.partitioner, self.grid.use_pooler)
+
+    def record_data(self, job_dir: str, *, mixture: str | None = None,
+                    splits: Sequence[tuple[str, str]] = (),
+                    max_length: int | Mapping[str, int] | None = None) -> None:
+        """Provenance of what a job read (``data.manifest``): per task and split the files
+        (bytes, sha256), examples, drops by reason and the mixing share, written as
+        ``data_manifest.json`` in the job's directory and merged into the run directory's
+        (chief only; the counts come from the features already cached)."""
+        if not is_chief():
+            return
+        common = {"data_dir": self.grid.data_dir, "tokenizer": self.inputs.tokenizer,
+                  "max_length": max_length, "cache_dir": self.run_dir / "cache"}
+        records = manifest.records_for_mixture(mixture, **common) if mixture else []
+        records += manifest.records_for_tasks(splits, **common)
+        manifest.write_manifest(self.run_dir / job_dir / MANIFEST, records)
+        manifest.write_manifest(self.run_dir / MANIFEST, records, merge=True)
 
     def path(self, relative: str | None) -> str | None:
         return None if relative is None else str(self.run_dir / relative)
