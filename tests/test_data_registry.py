@@ -59,10 +59,13 @@ def test_mixture_structure():
     assert multi[0] == "mnli.en" and len(multi) == 15
     assert set(multi[1:]) == {f"mnli.{lang}" for lang in T.LANGUAGES["xnli"] if lang != "en"}
     squad = T.mixture_tasks("intermediate.squad_v1.multilingual")
-    assert "squad_v1.de" in squad and not any(t.startswith("tydiqa.") for t in squad)
+    assert "squad_v1.de" in squad and not any(t.startswith("tydiqa") for t in squad)
     # TyDiQA's own train data only in the opt-in mixture (it makes TyDiQA in-language).
     opt_in = T.mixture_tasks("intermediate.squad_v1.multilingual+tydiqa")
     assert "tydiqa.sw" in opt_in and "tydiqa.en" in opt_in and "squad_v1.de" in opt_in
+    # TyDiQA-GoldP translate-train is TyDiQA's English train translated: opt-in too
+    tt = T.mixture_tasks("intermediate.squad_v1.multilingual+tydiqa_tt")
+    assert tt[: len(squad)] == squad and "tydiqa_tt.te" in tt and "tydiqa.en" not in tt
     all9 = T.mixture_tasks("intermediate.all9.multilingual")
     assert not any(t.startswith("tydiqa.") for t in all9)
     assert T.mixture_tasks("intermediate.qqp.multilingual") == ["qqp.en"]  # nothing translated

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from xstilts.benchmark import TASK2LANGS
 from xstilts.data.spec import MixtureSpec
 from xstilts.data.tables.intermediate import (
     ANLI_PLUS,
+    DERIVED_FROM_TARGET,
     INTERMEDIATE_TASKS,
     MLM_LANGUAGES,
+    PAWSX_TRANSLATE_TRAIN,
     SQUAD_TRANSLATE_TRAIN,
+    TYDIQA_TRANSLATE_TRAIN,
+    XNLI_MT,
     XNLI_TRANSLATE_TRAIN,
 )
 from xstilts.data.tables.synthetic import SYNTHETIC_LANGUAGES, SYNTHETIC_TRANSLATED
+from xstilts.evals.xtreme_score import LANGUAGES
 
 # Defaults (assumptions: the paper leaves them unstated; see docs/mixtures.md): all-9 multi-task
 # training samples proportionally with a 100k-example cap per task (jiant's
@@ -37,7 +42,8 @@ def english_tasks(task: str) -> tuple[str, ...]:
 def multilingual_tasks(task: str) -> tuple[str, ...]:
     """English plus the translated / native corpora of ``task``; () when none exists. Never an
     XTREME target's own training data: that would make the target in-language, not zero-shot
-    (``SQUAD_WITH_TYDIQA`` is the opt-in exception)."""
+    (the ``OPT_IN`` mixtures are the exceptions; TyDiQA's and PAWS-X's translated train sets are
+    a target's own data too)."""
     if task == "mnli":
         return ("mnli.en", *(f"mnli.{lang}" for lang in XNLI_TRANSLATE_TRAIN))
     if task == "squad_v1":
@@ -48,13 +54,39 @@ def multilingual_tasks(task: str) -> tuple[str, ...]:
 # Opt-in: SQuAD's translations plus TyDiQA-GoldP's own train data in its nine languages. TyDiQA
 # is then no longer zero-shot; the report marks every TyDiQA cell of a config trained on it.
 SQUAD_WITH_TYDIQA = "intermediate.squad_v1.multilingual+tydiqa"
+# Opt-in: SQuAD's translations plus XTREME's TyDiQA-GoldP translate-train (TyDiQA's English train
+# set machine-translated): TyDiQA is then translate-train, not zero-shot.
+SQUAD_WITH_TYDIQA_TT = "intermediate.squad_v1.multilingual+tydiqa_tt"
+# Opt-in: QQP plus PAWS-X's translated train (paraphrase data in 6 languages): PAWS-X is then
+# translate-train, not zero-shot.
+QQP_WITH_PAWSX_TT = "intermediate.qqp.multilingual+pawsx_tt"
+# An alternative MNLI arm: English + XNLI-MT-1.0 (XNLI's own MT) instead of XTREME's translations
+MNLI_XNLI_MT = "intermediate.mnli.multilingual.xnli_mt"
+OPT_IN = (SQUAD_WITH_TYDIQA, SQUAD_WITH_TYDIQA_TT, QQP_WITH_PAWSX_TT)
 
 
-def _squad_with_tydiqa() -> MixtureSpec:
-    return _temperature(
-        SQUAD_WITH_TYDIQA,
-        (*multilingual_tasks("squad_v1"), *(f"tydiqa.{lang}" for lang in TASK2LANGS["tydiqa"])),
-        "squad_v1 translations + TyDiQA-GoldP train (TyDiQA is then not zero-shot)")
+def _per_language(dataset: str, languages: Iterable[str]) -> tuple[str, ...]:
+    return tuple(f"{dataset}.{lang}" for lang in languages)
+
+
+def _more_sources() -> list[MixtureSpec]:
+    """The opt-in mixtures (a target's own data, native or translated) and the XNLI-MT arm."""
+    squad = multilingual_tasks("squad_v1")
+    return [
+        _temperature(SQUAD_WITH_TYDIQA, (*squad, *_per_language("tydiqa", TASK2LANGS["tydiqa"])),
+                     "squad_v1 translations + TyDiQA-GoldP train (TyDiQA is then not zero-shot)"),
+        _temperature(SQUAD_WITH_TYDIQA_TT,
+                     (*squad, *_per_language("tydiqa_tt", TYDIQA_TRANSLATE_TRAIN)),
+                     "squad_v1 translations + TyDiQA-GoldP translate-train (TyDiQA's English "
+                     "train, machine-translated: TyDiQA is then translate-train, not zero-shot)"),
+        _temperature(QQP_WITH_PAWSX_TT,
+                     (*english_tasks("qqp"), *_per_language("pawsx_tt", PAWSX_TRANSLATE_TRAIN)),
+                     "qqp + PAWS-X translated train (PAWS-X is then translate-train, not "
+                     "zero-shot)"),
+        _temperature(MNLI_XNLI_MT, (*english_tasks("mnli"), *_per_language("mnli_mt", XNLI_MT)),
+                     "mnli: English + XNLI-MT-1.0 (XNLI's own MT of MNLI train) in 14 languages",
+                     MULTILINGUAL_ENGLISH_SHARE),
+    ]
 
 
 def _temperature(name: str, tasks: Iterable[str], description: str = "",
@@ -117,7 +149,7 @@ def intermediate_mixtures() -> list[MixtureSpec]:
     with_mlm = [
         _with_mlm(m.name, mlm.name, f"{m.name} with multilingual MLM mixed in") for m in base
     ]
-    return [mlm, *base, *with_mlm, _squad_with_tydiqa()]
+    return [mlm, *base, *with_mlm, *_more_sources()]
 
 
 def synthetic_mixtures() -> list[MixtureSpec]:
@@ -150,3 +182,44 @@ def synthetic_mixtures() -> list[MixtureSpec]:
 def all_mixtures() -> list[MixtureSpec]:
     """Every recipe, in registration order (a mixture after the mixtures it nests)."""
     return [*intermediate_mixtures(), *synthetic_mixtures()]
+
+
+# ------------------------------------------------------------------------- reach and provenance
+
+
+def recipe_tasks(name: str, recipes: Mapping[str, MixtureSpec] | None = None) -> list[str]:
+    """Every task of mixture ``name`` (sub-mixtures and families included, first-seen order),
+    from ``recipes`` (default: this module's recipes); no registry needed."""
+    recipes = recipes if recipes is not None else {m.name: m for m in all_mixtures()}
+    if name not in recipes:
+        raise KeyError(f"unknown mixture {name!r}")
+    spec, tasks = recipes[name], list(recipes[name].tasks)
+    for sub in (*(s for s, _ in spec.submixtures), *(f for f, _ in spec.families)):
+        tasks.extend(t for t in recipe_tasks(sub, recipes) if t not in tasks)
+    return tasks
+
+
+def low_resource_reach(name: str, recipes: Mapping[str, MixtureSpec] | None = None) -> list[str]:
+    """The low-resource XTREME languages (tier ``low`` of ``evals.xtreme_score``: under 5 GiB of
+    CC-100) that mixture ``name`` trains on, sorted (a task's language ends its name)."""
+    languages = {task.rpartition(".")[2] for task in recipe_tasks(name, recipes)}
+    return sorted(lang for lang in languages
+                  if lang in LANGUAGES and LANGUAGES[lang].tier == "low")
+
+
+def derived_targets(name: str, recipes: Mapping[str, MixtureSpec] | None = None) -> list[str]:
+    """The XTREME targets whose own data (native, or translated: ``DERIVED_FROM_TARGET``)
+    mixture ``name`` trains on: those targets are not zero-shot after it."""
+    datasets = {task.rpartition(".")[0] for task in recipe_tasks(name, recipes)}
+    hit = {DERIVED_FROM_TARGET.get(d, d) for d in datasets}
+    return sorted(hit & set(TASK2LANGS))
+
+
+def reach_table() -> list[tuple[str, list[str]]]:
+    """(mixture, low-resource languages reached) for ``mlm.xtreme`` and every intermediate
+    mixture but the English-only ones and the ``+mlm`` variants (each of those reaches its
+    base's languages plus ``mlm.xtreme``'s): the table of docs/mixtures.md."""
+    recipes = {m.name: m for m in all_mixtures()}
+    names = [m.name for m in intermediate_mixtures()
+             if not m.name.endswith((".en", "+mlm"))]
+    return [(name, low_resource_reach(name, recipes)) for name in names]

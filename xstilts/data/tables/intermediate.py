@@ -20,7 +20,22 @@ INTERMEDIATE_TASKS = (
 # XTREME's translate-train releases (gs://xtreme_translations): XNLI's MNLI and SQuAD v1.1
 XNLI_TRANSLATE_TRAIN = tuple(lang for lang in TASK2LANGS["xnli"] if lang != "en")
 SQUAD_TRANSLATE_TRAIN = tuple("ar de el es hi ru th tr vi zh".split())
-MLM_LANGUAGES = tuple(sorted(set(TASK2LANGS["panx"])))
+# XNLI-MT-1.0 (Conneau et al. 2018): XNLI's own machine translation of MNLI train, the same 14
+# languages as XTREME's translate-train but another MT system, so a dataset of its own (mnli_mt)
+XNLI_MT = XNLI_TRANSLATE_TRAIN
+# gs://xtreme_translations/TyDiQA-GoldP/translate-train: TyDiQA-GoldP's *English* train set
+# machine-translated into TyDiQA's other eight languages (XTREME README "Translations"; TFDS
+# tydi_qa translate-train-<lang> splits). TyDiQA's own data, translated: opt-in only.
+TYDIQA_TRANSLATE_TRAIN = tuple(lang for lang in TASK2LANGS["tydiqa"] if lang != "en")
+# PAWS-X x-final/<lang>/translated_train.tsv: PAWS (English) train machine-translated by the
+# PAWS-X authors. PAWS-X is an XTREME target: opt-in only.
+PAWSX_TRANSLATE_TRAIN = tuple(lang for lang in TASK2LANGS["pawsx"] if lang != "en")
+# MLM text for every XTREME language (the union of all task languages)
+MLM_LANGUAGES = tuple(sorted({lang for langs in TASK2LANGS.values() for lang in langs}))
+# Intermediate datasets derived from an XTREME target's own data (translated): a mixture holding
+# one makes that target translate-train, not zero-shot. (A target's own dataset name, e.g.
+# tydiqa, is such a source too; see mixtures.derived_targets.)
+DERIVED_FROM_TARGET: dict[str, str] = {"tydiqa_tt": "tydiqa", "pawsx_tt": "pawsx"}
 # ANLI+ = SNLI + MNLI + ANLI R1-R3 (jiant's anli_plus), one shared NLI head
 ANLI_PLUS = ("snli.en", "mnli.en", "anli_r1.en", "anli_r2.en", "anli_r3.en")
 
@@ -141,6 +156,38 @@ SQUAD_V1_TRANSLATED = TaskRow(  # XTREME's translate-train SQuAD
     tfds_name="xquad/{lang}",
     tfds_splits={"train": "translate-train"},
 )
+MNLI_MT = TaskRow(  # XNLI-MT-1.0.zip, XNLI's own MT of MNLI train (not XTREME's)
+    dataset="mnli_mt",
+    languages=XNLI_MT,
+    **NLI,
+    source="translate-train",
+    reader=r.read_xnli_mt_tsv,
+    splits={"train": ("XNLI-MT-1.0/multinli/multinli.train.{lang}.tsv",)},
+)
+TYDIQA_TRANSLATED = TaskRow(  # TyDiQA-GoldP English train, machine-translated (see above)
+    dataset="tydiqa_tt",
+    languages=TYDIQA_TRANSLATE_TRAIN,
+    **SQUAD,
+    source="translate-train",
+    reader_kwargs={"on_misaligned": "drop"},
+    splits={"train": ("tydiqa/translate-train/tydiqa.translate.train.en-{lang}.json",)},
+    tfds_name="tydi_qa/goldp",
+    tfds_splits={"train": "translate-train-{lang}"},
+)
+PAWSX_TRANSLATED = TaskRow(  # PAWS-X release x-final.tar.gz: id, sentence1, sentence2, label
+    dataset="pawsx_tt",
+    languages=PAWSX_TRANSLATE_TRAIN,
+    role="intermediate",
+    kind="classification",
+    labels=r.BINARY_LABELS,
+    head="qqp",  # binary paraphrase labels, 1 = paraphrase, as QQP's is_duplicate
+    reader=r.read_pawsx_original_tsv,
+    epochs=3,
+    source="translate-train",
+    splits={"train": ("pawsx/x-final/{lang}/translated_train.tsv",)},
+    tfds_name="paws_x_wiki/{lang}",
+    tfds_splits={"train": "train"},
+)
 SQUAD_V2 = TaskRow(
     dataset="squad_v2",
     languages=("en",),
@@ -222,6 +269,9 @@ ROWS = (
     QQP,
     SQUAD_V1,
     SQUAD_V1_TRANSLATED,
+    MNLI_MT,
+    TYDIQA_TRANSLATED,
+    PAWSX_TRANSLATED,
     SQUAD_V2,
     HELLASWAG,
     COSMOSQA,
