@@ -18,7 +18,12 @@ def test_dry_run_lists_every_file_and_fetches_nothing(tmp_path, capsys):
     assert prepare.main(["--data_dir", str(tmp_path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "xquad.th.json" in out and "tatoeba.jpn-eng.jpn" in out and "XNLI-1.0.zip" in out
-    assert out.count("sha256 pinned") == 11 + 72  # XTREME's XQuAD languages (no ro), Tatoeba
+    assert "XNLI-MT-1.0.zip" in out and "tydiqa.translate.train.en-sw.json" in out
+    assert "cc-100/zh-Hans.txt.xz -> " in out and "mlm/zh.txt" in out
+    # every URL pin, XTREME's XQuAD languages (no ro), Tatoeba
+    assert out.count("sha256 pinned") == len(prepare.URL_SHA256) + 11 + 72
+    assert out.count("slice sha256 on first use (first 100000 lines)") == 40  # CC-100 slices
+    assert "anli_v1.0.zip -> " in out
     assert "AmazonPhotos.zip" in out and "[manual:" in out
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(SystemExit):
@@ -42,7 +47,7 @@ def test_fetch_verifies_checksums_and_leaves_nothing_half_written(tmp_path):
     assert prepare.fetch(ok, root, lock).read_text() == "hello\n"
     assert lock[source.as_uri()] == good
     bad = prepare.Resource("demo", source.as_uri(), "demo/bad.txt", sha256="0" * 64)
-    with pytest.raises(ValueError, match="checksum mismatch .* was not kept"):
+    with pytest.raises(prepare.ChecksumMismatch, match="checksum mismatch .* was not kept"):
         prepare.fetch(bad, root, lock)
     assert sorted(p.name for p in (root / "demo").iterdir()) == ["hello.txt"]
     # trust on first use: a later change upstream is caught by the lock
@@ -72,8 +77,8 @@ def test_xnli_and_pawsx_converters(shared_data, tmp_path):
     with tarfile.open(x_final, "w:gz") as tar:
         for lang in T.LANGUAGES["pawsx"]:
             sample = "en" if lang == "en" else "de"
-            for name in ("dev_2k.tsv", "test_2k.tsv", "train.tsv"):
-                if name == "train.tsv" and lang != "en":
+            for name in ("dev_2k.tsv", "test_2k.tsv", "train.tsv", "translated_train.tsv"):
+                if (name == "train.tsv") != (lang == "en") and name.endswith("train.tsv"):
                     continue
                 data = shared_data(f"pawsx/original_format_sample/{sample}/{name}").read_bytes()
                 info = tarfile.TarInfo(f"x-final/{lang}/{name}")
@@ -87,6 +92,11 @@ def test_xnli_and_pawsx_converters(shared_data, tmp_path):
     assert [(e["text_a"], e["label"]) for e in train] == [
         (e["text_a"], e["label"]) for e in release
     ]
+    # the release's translated train sets, byte for byte where the tables read them
+    translated = shared_data("pawsx/original_format_sample/de/translated_train.tsv").read_bytes()
+    for lang in ("de", "ja", "zh"):
+        assert (tmp_path / f"pawsx/x-final/{lang}/translated_train.tsv").read_bytes() == translated
+    assert not (tmp_path / "pawsx/x-final/en").exists()
 
 
 def test_tydiqa_split_by_language(shared_data, tmp_path):

@@ -1,10 +1,247 @@
-"""SHA-256 of release files whose exact bytes the project has seen (byte-for-byte copies in the
-real-data samples, ../shared/data): XQuAD at google-deepmind/xquad@7d30520c and Tatoeba at
-facebookresearch/LASER@74bc6ae7. ``prepare`` verifies these; every other download is pinned on
-first use in ``<data_dir>/checksums.lock.json`` (trust on first use) and verified afterwards."""
+"""Pinned SHA-256 for the downloads of ``xstilts.data.prepare``.
+
+Two kinds of pins:
+
+* ``SHA256`` (by file name): release files whose exact bytes the project has seen (byte-for-byte
+  copies in the real-data samples, ../shared/data): XQuAD at google-deepmind/xquad@7d30520c and
+  Tatoeba at facebookresearch/LASER@74bc6ae7. (TFDS's tensorflow_datasets/text/xtreme/
+  checksums.tsv lists the same hashes for the same files at the repositories' master URLs.)
+* ``URL_SHA256`` (by exact URL): hashes published by TFDS (``checksums.tsv`` /
+  ``url_checksums/*.txt``), Hugging Face datasets (``dataset_infos.json``, ``download_checksums``,
+  sha256) or ParlAI (``DownloadableFile``, sha256) for exactly the URL that ``prepare`` fetches.
+  Each group names its source (repository, path, commit read).
+
+Every other download (``TRUST_ON_FIRST_USE``) is pinned on first use in
+``<data_dir>/checksums.lock.json`` and verified afterwards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Pin:
+    sha256: str
+    source: str  # where the hash was published: "owner/repo path@commit"
+
 
 XQUAD_COMMIT = "7d30520c717524000f0d9d2f9c10a069acd9d285"
 LASER_COMMIT = "74bc6ae7ffb7cba670fe0f428d0ede9f666fb821"
+XTREME_TRANSLATIONS = "https://storage.googleapis.com/xtreme_translations"
+_TFDS = "tensorflow/datasets tensorflow_datasets"
+_HF = "huggingface/datasets datasets"
+
+
+def _group(source: str, hashes: dict[str, str]) -> dict[str, Pin]:
+    return {url: Pin(sha256, source) for url, sha256 in hashes.items()}
+
+
+_XT = XTREME_TRANSLATIONS
+# hash tables of the BUCC and SQuAD groups below (sources named there)
+_BUCC = {
+    "de-en.sample": "8e16ba8b02ef8d648b06adfbd6dfb188f43524e18f97b2b12a14a086caac62f3",
+    "de-en.training": "766e0fdebbd1438fb87c21254828eb13c8b997d8fbab002103dd060dcac50c5c",
+    "fr-en.sample": "df9eb3966954e163c9264076f7c9c1eb56d9d8a91855f9d3afbf2c0fdaef0a08",
+    "fr-en.training": "53c0d0e7dd97dc89593a2db25a26c5f0ccdc7113e8451263bb0c80e4c4c7dc30",
+    "ru-en.sample": "fce3cabc7ee50ddb4b18aa6fb090e2669c8383d2a29fc97eed6ae70fed9a23e5",
+    "ru-en.training": "1895df56e936ca3d4f5b12299ceffe0b7ff4806584c40bdaa3ae1d445f25afa5",
+    "zh-en.sample": "a3425be5c0320ee131a0927b66c3e29befb3b481ebf1b87257e660e514bc16ac",
+    "zh-en.training": "3facb71798277c8f44dc78c1f8ae2110f254d0e14799f3508eedd54b4236877a",
+}
+_SQUAD = {
+    "train-v1.1.json": "3527663986b8295af4f7fcdff1ba1ff3f72d07d61a20f487cb238a6ef92fd955",
+    "dev-v1.1.json": "95aa6a52d5d6a735563366753ca50492a658031da74f301ac5238b03966972c9",
+    "train-v2.0.json": "68dcfbb971bd3e96d5b46c7177b16c1a4e7d4bdef19fb204502738552dede002",
+    "dev-v2.0.json": "80a5225e94905956a6446d296ca1093975c4d3b3260f1d6c8f68bc2ab77182d8",
+}
+URL_SHA256: dict[str, Pin] = {
+    # XNLI-1.0 / XNLI-MT-1.0 at dl.fbaipublicfiles.com (TFDS pins XNLI-1.0 at cims.nyu.edu, with the
+    # same sha256 4ba1d5e1... and size)
+    **_group(
+        f"{_HF}/xnli/dataset_infos.json@0006d14cecbac8ac58265977ecdb3aea8cdd97c6",
+        {
+            "https://dl.fbaipublicfiles.com/XNLI/XNLI-1.0.zip": (
+                "4ba1d5e1afdb7161f0f23c66dc787802ccfa8a25a3ddd3b165a35e50df346ab1"
+            ),
+            "https://dl.fbaipublicfiles.com/XNLI/XNLI-MT-1.0.zip": (
+                "f732517ba2fb1d550e9f3c2aabaef6017c91ee2dcec90e878f138764d224db05"
+            ),
+        },
+    ),
+    # XTREME's translate-train MNLI (gs://xtreme_translations/XNLI)
+    **_group(
+        f"{_TFDS}/text/xtreme_xnli/checksums.tsv@31f1255e57e519a6c004f0b097a2f5cfcf0dde7d",
+        {
+            f"{_XT}/XNLI/translate-train/en-{lang}-translated.tsv": sha256
+            for lang, sha256 in {
+                "ar": "b80e02435620d35fda53d2cad725b051b26478877f205275f4234d18a32a0e00",
+                "bg": "e6c14f0357f8eb61faa296c47172935b67ab9d4793503716a9aa965fab740e5b",
+                "de": "4d7eb61d1bace1b29cad2527a052c458962cef5dac6a440fe39564ade8cb39d7",
+                "el": "7d7ee059fc96454e64e36ee4a839de372b0244a90a24c6ac5540c14f07a45ce2",
+                "es": "f02c8f041cc38ba8e812740a49aa6c9be1437288ad869d377c4fdf1b3f6e8365",
+                "fr": "3b978d250d33cc20fd1ea0651a07fd4d41aadc80257f48ff99db2cb5784c27cd",
+                "hi": "4b32d7a946358173d2b6ea9337a303c79a01ff4a1e05235bd63c8822f3484bcf",
+                "ru": "5907a9c44dca51401a326644eee8e68c3bcc7456469a095da64239653a8230fb",
+                "sw": "993a47548ebced55f6a44c0a89cb467c0843ad8f3488af5800573849d1e93866",
+                "th": "5eb7854cbf19ded49e73774110f0ebca4d9e71afc18dbe870efdf889d3710241",
+                "tr": "fffd13ab8c9c91278e910e8a9b54766533d3cf274834397924ad173630c80e19",
+                "ur": "c0f0e4ff891afec4096c5d6a95ac7499b9811fc62ff4e9165103275bd2028d35",
+                "vi": "83ecdf7ce8b2e3440db7508ee56c428fa2ac284d8e8e8a28c02df20743568416",
+                "zh": "36cb072de450de2fdae213e4fd14e563d0af2697acf8a805fb674714c1c14046",
+            }.items()
+        },
+    ),
+    # PAWS-X x-final.tar.gz, UD v2.5 (both also in text/xtreme/checksums.tsv@367c5dfa)
+    **_group(
+        f"{_TFDS}/text/paws_x_wiki/checksums.tsv@24211da0508a86f0a9efd82c69bab9d25cda0a20",
+        {
+            "https://storage.googleapis.com/paws/pawsx/x-final.tar.gz": (
+                "4146db499101d66e68ae4c8ed3cf9dadecd625f44b7d8cf3d4a0fe93afc4fd9f"
+            ),
+        },
+    ),
+    **_group(
+        f"{_TFDS}/text/xtreme/checksums.tsv@367c5dfa74e88a6e4b8224be3767c0029dbe2559",
+        {
+            "https://lindat.mff.cuni.cz/repository/xmlui/bitstream/handle/11234/1-3105/"
+            "ud-treebanks-v2.5.tgz": (
+                "5ff973e44345a5f69b94cc1427158e14e851c967d58773cc2ac5a1d3adaca409"
+            ),
+        },
+    ),
+    # MLQA (also text/xtreme/checksums.tsv)
+    **_group(
+        f"{_TFDS}/url_checksums/mlqa.txt@b5b3b54514857c2f489f7fa65a00a0ddc5a5050a",
+        {
+            "https://dl.fbaipublicfiles.com/MLQA/MLQA_V1.zip": (
+                "246e8089933d13007fe80684d5c5c0713d6834cf8b3b4a0ec7c66f0a0d2baac8"
+            ),
+        },
+    ),
+    # TyDiQA-GoldP v1.1 and XTREME's TyDiQA-GoldP translate-train
+    **_group(
+        f"{_TFDS}/url_checksums/tydi_qa.txt@02606185e5c302bbcb9f7a2a5546aaa897d3fba0",
+        {
+            "https://storage.googleapis.com/tydiqa/v1.1/tydiqa-goldp-v1.1-train.json": (
+                "cefc8e09ff2548d9b10a678d3a6bbbe5bc036be543f92418819ea676c97be23b"
+            ),
+            "https://storage.googleapis.com/tydiqa/v1.1/tydiqa-goldp-v1.1-dev.json": (
+                "b286e0f34bc7f52259359989716f369b160565bd12ad8f3a3e311f9b0dbad1c0"
+            ),
+        }
+        | {
+            f"{_XT}/TyDiQA-GoldP/translate-train/tydiqa.translate.train.en-{lang}.json": sha256
+            for lang, sha256 in {
+                "ar": "80afeb07f3794f8740d580ec2b27f44149e431ba36696ef86d175c2add6a53dd",
+                "bn": "4cfbb849d550f69145789b291511c2a78320d96499c59062659148d8d4552754",
+                "fi": "a6dd3caaa2118cd8975a1db288da90dc34d96a76ad5a1b7b0d9f521a2feb5726",
+                "id": "4342aa3beabba5b014f70dd0ccf9ca496ade85eae28c260032db6ad6a7ab22e6",
+                "ko": "e3b92339564a02095da6eb0641ca107a2ee38c53703158fb0eb0d3bec496ddfd",
+                "ru": "d12fea5f5b54741e83288bba51dde29ad263863909f09336152aafc3ba51c34c",
+                "sw": "791eca4d59c67827108997d4a5b4949055cd2e358ff8417d4d82081f960cc692",
+                "te": "a86908174a36da1d0d9ffa223900159dafbda299a1b13be7721a2822bd5a69e5",
+            }.items()
+        },
+    ),
+    # BUCC 2018 sample (dev) and training (test) gold archives
+    **_group(
+        f"{_TFDS}/datasets/bucc/checksums.tsv@90b66237ad09c9e5b9b1bc61b646db7b1fb0713c",
+        {
+            f"https://comparable.limsi.fr/bucc2018/bucc2018-{pair}-gold.tar.bz2": sha256
+            for pair, sha256 in _BUCC.items()
+        },
+    ),
+    # GLUE MNLI and QQP (TFDS's glue pins older firebase URLs; its MNLI hash is the same)
+    **_group(
+        f"{_HF}/glue/dataset_infos.json@040102f100964a33fd334e2695f1c493fa6b92db",
+        {
+            "https://dl.fbaipublicfiles.com/glue/data/MNLI.zip": (
+                "e7c1d896d26ed6caf700110645df426cc2d8ebf02a5ab743d5a5c68ac1c83633"
+            ),
+            "https://dl.fbaipublicfiles.com/glue/data/QQP-clean.zip": (
+                "40e7c862c04eb26ee04b67fd900e76c45c6ba8e6d8fab4f8f1f8072a1a3fbae0"
+            ),
+        },
+    ),
+    **_group(
+        f"{_TFDS}/url_checksums/snli.txt@333639b37af6c6fedf3610a4a2d42f1c6ef6f7d5",
+        {
+            "https://nlp.stanford.edu/projects/snli/snli_1.0.zip": (
+                "afb3d70a5af5d8de0d9d81e2637e0fb8c22d1235c2749d83125ca43dab0dbd3e"
+            ),
+        },
+    ),
+    **_group(
+        f"{_TFDS}/question_answering/squad/checksums.tsv@333639b37af6c6fedf3610a4a2d42f1c6ef6f7d5",
+        {
+            f"https://rajpurkar.github.io/SQuAD-explorer/dataset/{name}": sha256
+            for name, sha256 in _SQUAD.items()
+        },
+    ),
+    # XTREME's translate-train SQuAD v1.1
+    **_group(
+        f"{_TFDS}/url_checksums/xquad.txt@24211da0508a86f0a9efd82c69bab9d25cda0a20",
+        {
+            f"{_XT}/SQuAD/translate-train/squad.translate.train.en-{lang}.json": sha256
+            for lang, sha256 in {
+                "ar": "d2d01110aa646b547eec88b14b3930dc027c9d149c4962376a1551e251ec3f9b",
+                "de": "3c125cb2a31e8ad167c4590ece8fdfd16018a5bbf9475dbfac034c1816a4ab02",
+                "el": "9d648f92883a88b27bb0d9ab502a0512bf5ffe7f8ce00bc205b19d66029dab04",
+                "es": "cb8f68b8e4cff696209a5ec249a5dc9e2a75a5c7f9dbbfa8a8be1dcf1f91c81a",
+                "hi": "fdfd8c59359943c6a55022403e7dfa047e7ee1dea734086a3c73c1adbb44d254",
+                "ru": "075818cce7ca8d6efe2c783b125d91bd79add93ddfe8c2b0f45fb610d7552f48",
+                "th": "3ae03fd7a9d51a6f45e74a70b8d6168eb365114fcf5de21f34f212197e085eab",
+                "tr": "7c618d3f5e0c19d878686a9874b15a10d6f842ae9451e12d8d7d51531bfe79e6",
+                "vi": "ad6d3ba17b8e672e7066708ce5795f0f933f3ce18b7442ee11d6e3072f44f60b",
+                "zh": "411e4023e4f3627ccb4873edfb77b36e97470b4226a076e6a632544c92353d24",
+            }.items()
+        },
+    ),
+    **_group(
+        f"{_TFDS}/url_checksums/hellaswag.txt@24211da0508a86f0a9efd82c69bab9d25cda0a20",
+        {
+            f"https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_{s}.jsonl": h
+            for s, h in {
+                "train": "dae5e69249868cb9fe4e23ff925c60b66169564cfb7072d793cd7356a2b69f8d",
+                "val": "0aa3b88843990f3f10a97b9575c94d7b71fb2205240ba04ae4884d9e9c992588",
+                "test": "da082b00543e422b8d25394614d102944586986def4de5cd1bd36d86bcb76261",
+            }.items()
+        },
+    ),
+    **_group(
+        f"{_TFDS}/url_checksums/cosmos_qa.txt@333639b37af6c6fedf3610a4a2d42f1c6ef6f7d5",
+        {
+            "https://raw.githubusercontent.com/wilburOne/cosmosqa/master/data/train.csv": (
+                "d8d5ca1f9f6534b6530550718591af89372d976a8fc419360fab4158dee4d0b2"
+            ),
+            "https://raw.githubusercontent.com/wilburOne/cosmosqa/master/data/valid.csv": (
+                "a6a94fc1463ca82bb10f98ef68ed535405e6f5c36e044ff8e136b5c19dea63f3"
+            ),
+        },
+    ),
+    **_group(
+        "facebookresearch/ParlAI parlai/tasks/commonsenseqa/build.py"
+        "@f92534209119e4166f0e346fdae79208f4143e9d",
+        {
+            "https://s3.amazonaws.com/commensenseqa/train_rand_split.jsonl": (
+                "58ffa3c8472410e24b8c43f423d89c8a003d8284698a6ed7874355dedd09a2fb"
+            ),
+            "https://s3.amazonaws.com/commensenseqa/dev_rand_split.jsonl": (
+                "3210497fdaae614ac085d9eb873dd7f4d49b6f965a93adadc803e1229fd8a02a"
+            ),
+        },
+    ),
+}
+
+# Downloads without a published hash for their exact URL: pinned on first use in the lock file.
+TRUST_ON_FIRST_USE = {
+    "anli": "anli_v1.0.zip: TFDS, HF datasets and ParlAI pin only anli_v0.1.zip",
+    "panx": "AmazonPhotos.zip is placed by hand (rehosted copies); TFDS pins the older "
+    "dropbox panx_dataset.tar, a different file",
+    "mlm": "CC-100 is read as a bounded slice (the first --mlm_lines lines), never whole, so the "
+    "lock pins the slice written, keyed by URL and line cap",
+}
 
 SHA256 = {  # by file name
     "xquad.ar.json": "abdabd7afed5c635d99cca0f3f0d0c9d9ed0bc77451e963c2e4e0638c29e486d",

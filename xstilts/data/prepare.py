@@ -4,14 +4,22 @@ xstilts downloads.
 
     python -m xstilts.data.prepare --data_dir data --dry-run          # what would be fetched
     python -m xstilts.data.prepare --data_dir data --only xnli,xquad  # some datasets
+    python -m xstilts.data.prepare --data_dir data --only mlm --mlm_lines 20000  # MLM slices
     python -m xstilts.data.prepare --data_dir data                    # everything
 
-Checksums: files whose exact bytes the project has seen (XQuAD, Tatoeba; ``checksums.py``) are
-verified against pinned SHA-256s. Every other download is recorded on first use in
-``<data_dir>/checksums.lock.json`` and verified on every later run (trust on first use), so a
-changed upstream file is an error, not a silent change. Downloads and extracted files appear
-atomically (temporary name, then rename); a failed run leaves no partial file behind and can be
-rerun. Datasets with a manual step (PAN-X's AmazonPhotos.zip, licensed CCGbank) print what to do.
+Checksums: every download whose exact URL has a published SHA-256 (TFDS ``checksums.tsv``, Hugging
+Face ``dataset_infos.json``, ParlAI; ``checksums.URL_SHA256``, each with its source) or whose bytes
+the project has seen (XQuAD, Tatoeba; ``checksums.SHA256``) is verified against that pin. The rest
+(``checksums.TRUST_ON_FIRST_USE``: ANLI v1.0, the hand-placed PAN-X archive, the CC-100 slices) is
+recorded on first use in ``<data_dir>/checksums.lock.json`` and verified on every later run, so a
+changed upstream file is an error, not a silent change. A mismatch stops the run with both hashes
+and leaves every file already in place untouched. Downloads and extracted files appear atomically
+(temporary name, then rename); a failed run leaves no partial file behind and can be rerun.
+Datasets with a manual step (PAN-X's AmazonPhotos.zip, licensed CCGbank) print what to do.
+
+MLM text (``mlm/<lang>.txt``, the ``+mlm`` mixtures) is the first ``--mlm_lines`` non-empty lines
+of CC-100's ``<lang>.txt.xz`` (https://data.statmt.org/cc-100/), decompressed while streaming: a
+bounded slice is fetched, never the multi-GB file.
 
 Labelled test sets: XTREME's own download scripts strip the test labels of XNLI, PAWS-X and UDPOS;
 this command keeps them (XNLI-1.0 ``xnli.test.tsv``, PAWS-X ``x-final/<lang>/test_2k.tsv``, and the
@@ -23,10 +31,12 @@ UD v2.5 treebanks converted by ``xstilts.data.udpos`` exactly as XTREME converts
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import io
 import json
+import lzma
 import os
 import shutil
 import sys
@@ -34,18 +44,32 @@ import tarfile
 import tempfile
 import urllib.request
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from xstilts.benchmark import TASK2LANGS as LANGUAGES
 from xstilts.data import readers as r
 from xstilts.data import udpos
-from xstilts.data.checksums import LASER_COMMIT, SHA256, XQUAD_COMMIT
+from xstilts.data.checksums import (
+    LASER_COMMIT,
+    SHA256,
+    TRUST_ON_FIRST_USE,
+    URL_SHA256,
+    XQUAD_COMMIT,
+    XTREME_TRANSLATIONS,
+)
 from xstilts.data.tables.intermediate import SQUAD_TRANSLATE_TRAIN, XNLI_TRANSLATE_TRAIN
 from xstilts.data.tables.xtreme import TATOEBA_ISO3
 
 LOCK_FILE = "checksums.lock.json"
-XTREME_TRANSLATIONS = "https://storage.googleapis.com/xtreme_translations"
+CC100 = "https://data.statmt.org/cc-100"
+CC100_CODES = {"zh": "zh-Hans"}  # CC-100's file names that differ from the XTREME code
+MLM_LINES = 100_000  # default --mlm_lines: non-empty lines per language
+# every XTREME language (PAN-X covers them all): the languages of mlm/<lang>.txt
+XTREME_LANGUAGES = tuple(sorted(set().union(*LANGUAGES.values())))
+TYDIQA_TRANSLATE_TRAIN = tuple(lang for lang in LANGUAGES["tydiqa"] if lang != "en")
+PROJECT_SAMPLES = "project samples (checksums.SHA256, byte-identical files in ../shared/data)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,17 +84,43 @@ class Resource:
     post: Callable[[Path, Path], None] | None = None  # (downloaded file, data_dir)
     manual: str | None = None  # a step the user must do (printed; see ``manual_only``)
     manual_only: bool = False  # the file cannot be downloaded: the user places it
+    pin_source: str | None = None  # where the pinned sha256 was published
+    lines: int | None = None  # a streamed slice: the first ``lines`` non-empty lines of an .xz
+
+    @property
+    def lock_key(self) -> str:
+        """The lock file's key: the URL, or the URL and line cap of a slice."""
+        key = self.url or self.target
+        return f"{key}#lines={self.lines}" if self.lines is not None else key
+
+
+class ChecksumMismatch(ValueError):
+    """A file's sha256 is not the pinned or locked one; nothing was replaced."""
+
+
+class MissingMember(r.DataFormatError):
+    """An archive lacks a member of the release layout."""
+
+
+def open_url(url: str) -> IO[bytes]:
+    """The download stream (monkeypatched in tests; ``file://`` URLs work too)."""
+    return urllib.request.urlopen(url, timeout=60)
 
 
 # ------------------------------------------------------------------------ post-processing
 
 
 def _atomic_bytes(path: Path, data: bytes) -> None:
+    _atomic_copy(path, io.BytesIO(data))
+
+
+def _atomic_copy(path: Path, source: IO[bytes]) -> None:
+    """Stream ``source`` to ``path`` through a temporary file in the same folder, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as out:
-            out.write(data)
+            shutil.copyfileobj(source, out, 1 << 20)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -83,23 +133,51 @@ def _write_pairs(path: Path, examples: Iterable[dict]) -> None:
 
 
 def _members(mapping: dict[str, str]) -> Callable[[Path, Path], None]:
-    """Copy archive members (zip or tar) to paths under the data dir."""
+    """Copy archive members (zip or tar) to paths under the data dir, streaming."""
 
     def post(archive: Path, root: Path) -> None:
         for member, target in mapping.items():
-            _atomic_bytes(root / target, _read_member(archive, member))
+            with _open_member(archive, member) as handle:
+                _atomic_copy(root / target, handle)
 
     return post
 
 
-def _read_member(archive: Path, member: str) -> bytes:
+def _missing(archive: Path, member: str, names: list[str]) -> MissingMember:
+    shown = ", ".join(repr(name) for name in names[:5]) or "nothing"
+    return MissingMember(
+        archive,
+        None,
+        f"no member {member!r}, which the release layout has; the archive holds {shown}"
+        f"{' ...' if len(names) > 5 else ''}",
+    )
+
+
+@contextlib.contextmanager
+def _open_member(archive: Path, member: str) -> Iterator[IO[bytes]]:
+    """A member of a zip or tar archive as a binary stream; a missing one is ``MissingMember``."""
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as z:
-            return z.read(member)
-    with tarfile.open(archive) as t:
-        handle = t.extractfile(member)
+            try:
+                info = z.getinfo(member)
+            except KeyError:
+                raise _missing(archive, member, z.namelist()) from None
+            with z.open(info) as handle:
+                yield handle
+        return
+    with tarfile.open(archive) as tar:
+        try:
+            handle = tar.extractfile(member)
+        except KeyError:
+            raise _missing(archive, member, tar.getnames()) from None
         if handle is None:
-            raise KeyError(f"{archive}: {member} is not a file")
+            raise MissingMember(archive, None, f"member {member!r} is not a file")
+        with handle:
+            yield handle
+
+
+def _read_member(archive: Path, member: str) -> bytes:
+    with _open_member(archive, member) as handle:
         return handle.read()
 
 
@@ -117,7 +195,9 @@ def _xnli(archive: Path, root: Path) -> None:
 
 
 def _pawsx(archive: Path, root: Path) -> None:
-    """x-final.tar.gz -> pawsx/{train-en,dev-<lang>,test-<lang>}.tsv (XTREME's layout)."""
+    """x-final.tar.gz -> pawsx/{train-en,dev-<lang>,test-<lang>}.tsv (XTREME's layout), and the
+    release's machine-translated train sets as they are:
+    pawsx/x-final/<lang>/translated_train.tsv."""
     with tempfile.TemporaryDirectory() as tmp:
         for lang in LANGUAGES["pawsx"]:
             for split, name in (
@@ -130,6 +210,20 @@ def _pawsx(archive: Path, root: Path) -> None:
                 source = Path(tmp) / f"{lang}-{name}"
                 source.write_bytes(_read_member(archive, f"x-final/{lang}/{name}"))
                 _write_pairs(root / f"pawsx/{split}-{lang}.tsv", r.read_pawsx_original_tsv(source))
+    _members(PAWSX_TRANSLATED_TRAIN)(archive, root)
+
+
+PAWSX_TRANSLATED_TRAIN = {
+    f"x-final/{lang}/translated_train.tsv": f"pawsx/x-final/{lang}/translated_train.tsv"
+    for lang in LANGUAGES["pawsx"]
+    if lang != "en"
+}
+XNLI_MT = {  # XNLI's own machine translation of MNLI train (en: MNLI itself)
+    f"XNLI-MT-1.0/multinli/multinli.train.{lang}.tsv": (
+        f"XNLI-MT-1.0/multinli/multinli.train.{lang}.tsv"
+    )
+    for lang in LANGUAGES["xnli"]
+}
 
 
 def _tydiqa_split(kind: str) -> Callable[[Path, Path], None]:
@@ -163,7 +257,7 @@ def _bucc(lang: str) -> Callable[[Path, Path], None]:
                 member = f"bucc2018/{lang}-en/{lang}-en.{release}.{suffix}"
                 try:
                     data = _read_member(archive, member)
-                except KeyError:
+                except MissingMember:
                     continue  # the test (training) gold is withheld by XTREME's protocol anyway
                 _atomic_bytes(root / f"bucc2018/{lang}-en.{split}.{suffix}", data)
 
@@ -225,7 +319,31 @@ def _udpos_members(archive: Path, into: Path, languages: tuple[str, ...]) -> set
 # -------------------------------------------------------------------------------- manifest
 
 
-def resources() -> list[Resource]:
+def _pinned(resource: Resource) -> Resource:
+    """``resource`` with the sha256 published for its exact URL (``checksums.URL_SHA256``)."""
+    if resource.sha256 is not None:
+        return dataclasses.replace(resource, pin_source=resource.pin_source or PROJECT_SAMPLES)
+    pin = URL_SHA256.get(resource.url)
+    if pin is None:
+        return resource
+    return dataclasses.replace(resource, sha256=pin.sha256, pin_source=pin.source)
+
+
+def _mlm(lines: int) -> list[Resource]:
+    """CC-100 slices: the first ``lines`` non-empty lines of <lang>.txt.xz -> mlm/<lang>.txt."""
+    return [
+        Resource(
+            "mlm",
+            f"{CC100}/{CC100_CODES.get(lang, lang)}.txt.xz",
+            f"mlm/{lang}.txt",
+            lines=lines,
+        )
+        for lang in XTREME_LANGUAGES
+    ]
+
+
+def resources(mlm_lines: int = MLM_LINES) -> list[Resource]:
+    """Every file ``prepare`` fetches, with its pinned sha256 where one is published."""
     out: list[Resource] = []
     add = out.append
     add(
@@ -234,6 +352,14 @@ def resources() -> list[Resource]:
             "https://dl.fbaipublicfiles.com/XNLI/XNLI-1.0.zip",
             "downloads/XNLI-1.0.zip",
             post=_xnli,
+        )
+    )
+    add(
+        Resource(
+            "xnli_mt",
+            "https://dl.fbaipublicfiles.com/XNLI/XNLI-MT-1.0.zip",
+            "downloads/XNLI-MT-1.0.zip",
+            post=_members(XNLI_MT),
         )
     )
     for lang in XNLI_TRANSLATE_TRAIN:
@@ -295,7 +421,7 @@ def resources() -> list[Resource]:
                 }
             ),
         )
-    )  # noqa: E741
+    )
     add(
         Resource(
             "tydiqa",
@@ -312,6 +438,15 @@ def resources() -> list[Resource]:
             post=_tydiqa_split("dev"),
         )
     )
+    for lang in TYDIQA_TRANSLATE_TRAIN:
+        name = f"tydiqa.translate.train.en-{lang}.json"
+        add(
+            Resource(
+                "tydiqa_translate_train",
+                f"{XTREME_TRANSLATIONS}/TyDiQA-GoldP/translate-train/{name}",
+                f"tydiqa/translate-train/{name}",
+            )
+        )
     for lang in LANGUAGES["bucc2018"]:
         for release in ("sample", "training"):
             add(
@@ -420,6 +555,7 @@ def resources() -> list[Resource]:
                 f"commonsenseqa/{name}",
             )
         )
+    out.extend(_mlm(mlm_lines))
     add(
         Resource(
             "ccg",
@@ -430,7 +566,7 @@ def resources() -> list[Resource]:
             "sentence per line as 'tokens<TAB>supertags' (jiant) or 'word|POS|tag ...'",
         )
     )
-    return out
+    return [_pinned(res) for res in out]
 
 
 # ---------------------------------------------------------------------------------- fetch
@@ -449,40 +585,54 @@ def _load_lock(root: Path) -> dict[str, str]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _mismatch(what: str | Path, expected: str, actual: str, kept: str) -> ChecksumMismatch:
+    return ChecksumMismatch(
+        f"checksum mismatch for {what}: expected sha256 {expected}, got {actual}; {kept}"
+    )
+
+
+def _download(url: str, target: Path) -> Path:
+    """``url`` -> a temporary file next to ``target`` (removed again if anything fails)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(
+        dir=target.parent, prefix=f".{target.name}.", suffix=".part"
+    )
+    try:
+        with os.fdopen(handle, "wb") as out, open_url(url) as response:
+            shutil.copyfileobj(response, out, 1 << 20)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return Path(temporary)
+
+
+def _install(temporary: Path, target: Path, expected: str | None, url: str) -> str:
+    """Rename a verified download into place; a mismatch removes it and keeps ``target``."""
+    try:
+        actual = sha256_of(temporary)
+        if expected and actual != expected:
+            raise _mismatch(url, expected, actual, "the download was not kept")
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return actual
+
+
 def fetch(resource: Resource, root: Path, lock: dict[str, str]) -> Path:
     """Download ``resource`` (if absent), verify its checksum, run its post-processing."""
+    if resource.lines is not None:
+        return fetch_slice(resource, root, lock)
     target = root / resource.target
-    expected = resource.sha256 or lock.get(resource.url)
-    if not target.is_file():
-        if resource.manual_only:
-            raise FileNotFoundError(f"{resource.dataset}: {target} is missing; {resource.manual}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(
-            dir=target.parent, prefix=f".{target.name}.", suffix=".part"
-        )
-        try:
-            with (
-                os.fdopen(handle, "wb") as out,
-                urllib.request.urlopen(resource.url, timeout=60) as response,
-            ):
-                shutil.copyfileobj(response, out, 1 << 20)
-            actual = sha256_of(Path(temporary))
-            if expected and actual != expected:
-                raise ValueError(
-                    f"checksum mismatch for {resource.url}: expected sha256 {expected}, "
-                    f"got {actual}; "
-                    "the file was not kept"
-                )
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-    actual = sha256_of(target)
-    if expected and actual != expected:
-        raise ValueError(
-            f"checksum mismatch for {target}: expected sha256 {expected}, got {actual}"
-        )
-    lock[resource.url or resource.target] = actual
+    expected = resource.sha256 or lock.get(resource.lock_key)
+    if target.is_file():
+        actual = sha256_of(target)
+        if expected and actual != expected:
+            raise _mismatch(target, expected, actual, "the file was left in place")
+    elif resource.manual_only:
+        raise FileNotFoundError(f"{resource.dataset}: {target} is missing; {resource.manual}")
+    else:
+        actual = _install(_download(resource.url, target), target, expected, resource.url)
+    lock[resource.lock_key] = actual
     if resource.post is not None:
         resource.post(target, root)
     if resource.manual and not resource.manual_only:
@@ -490,43 +640,108 @@ def fetch(resource: Resource, root: Path, lock: dict[str, str]) -> Path:
     return target
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m xstilts.data.prepare", description=__doc__.split("\n\n")[0]
+# ------------------------------------------------------------------------ MLM text slices
+
+
+def _slice_lines(url: str, stream: IO[bytes], lines: int) -> Iterator[bytes]:
+    """Lines of the .xz ``stream`` until ``lines`` non-empty ones; each checked to be UTF-8."""
+    kept = 0
+    try:
+        with lzma.open(stream) as text:
+            for number, raw in enumerate(text, start=1):
+                if kept >= lines:
+                    return
+                _check_utf8(url, number, raw)
+                kept += bool(raw.strip())
+                yield raw
+    except lzma.LZMAError as error:
+        raise r.DataFormatError(url, None, f"expected an .xz stream: {error}") from None
+
+
+def _check_utf8(where: str, number: int, raw: bytes) -> None:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        byte = raw[error.start : error.start + 1].hex()
+        raise r.DataFormatError(
+            where,
+            number,
+            f"byte 0x{byte} at column {error.start + 1} is not UTF-8; expected UTF-8 text",
+        ) from None
+
+
+def _write_slice(resource: Resource, target: Path) -> Path:
+    """The slice of ``resource`` -> a temporary file next to ``target`` (removed on failure)."""
+    assert resource.lines is not None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(
+        dir=target.parent, prefix=f".{target.name}.", suffix=".part"
     )
-    parser.add_argument("--data_dir", default=os.environ.get("XSTILTS_DATA_DIR", "data"))
-    parser.add_argument("--only", default="", help="comma-separated datasets (default: all)")
-    parser.add_argument(
-        "--dry-run", action="store_true", help="list what would be fetched; fetch nothing"
+    try:
+        with os.fdopen(handle, "wb") as out, open_url(resource.url) as response:
+            for raw in _slice_lines(resource.url, response, resource.lines):
+                out.write(raw)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return Path(temporary)
+
+
+def fetch_slice(resource: Resource, root: Path, lock: dict[str, str]) -> Path:
+    """A bounded slice of a large .xz text file (CC-100), written atomically; its sha256 is locked
+    per URL and line cap on first use (trust on first use) and verified afterwards."""
+    target = root / resource.target
+    expected = lock.get(resource.lock_key)
+    if target.is_file() and expected:
+        actual = sha256_of(target)
+        if actual != expected:
+            raise _mismatch(target, expected, actual, "the file was left in place")
+    else:  # absent, or cut with another --mlm_lines: slice again
+        what = f"{resource.url} (first {resource.lines} lines)"
+        actual = _install(_write_slice(resource, target), target, expected, what)
+    lock[resource.lock_key] = actual
+    return target
+
+
+# ------------------------------------------------------------------------------- command
+
+
+def _status(res: Resource, lock: dict[str, str]) -> str:
+    if res.sha256:
+        return f"sha256 pinned ({res.pin_source})"
+    if res.lines is not None:
+        state = "locked" if res.lock_key in lock else "on first use"
+        return f"slice sha256 {state} (first {res.lines} lines)"
+    return "sha256 locked" if res.lock_key in lock else "sha256 on first use"
+
+
+def _dry_run(items: list[Resource], root: Path, lock: dict[str, str]) -> int:
+    for res in items:
+        present = "present" if (root / res.target).is_file() else "missing"
+        note = f"  [manual: {res.manual}]" if res.manual else ""
+        source = res.url or "(local only)"
+        print(
+            f"{res.dataset:22s} {present:7s} {source} -> {root / res.target}  "
+            f"[{_status(res, lock)}]{note}"
+        )
+    pinned = sum(bool(res.sha256) for res in items)
+    print(
+        f"{len(items)} files for {len({res.dataset for res in items})} datasets under {root}; "
+        f"{pinned} with a pinned sha256, {len(items) - pinned} trusted on first use "
+        f"({', '.join(sorted(TRUST_ON_FIRST_USE))}, manual files)"
     )
-    args = parser.parse_args(argv)
-    root = Path(args.data_dir)
-    chosen = [x for x in args.only.split(",") if x]
-    items = resources()
-    known = sorted({res.dataset for res in items})
-    unknown = [x for x in chosen if x not in known]
-    if unknown:
-        parser.error(f"unknown dataset(s) {unknown}; known: {', '.join(known)}")
-    items = [res for res in items if not chosen or res.dataset in chosen]
-    lock = _load_lock(root)
-    if args.dry_run:
-        for res in items:
-            present = "present" if (root / res.target).is_file() else "missing"
-            pin = (
-                "sha256 pinned"
-                if res.sha256
-                else ("sha256 locked" if res.url in lock else "sha256 on first use")
-            )
-            note = f"  [manual: {res.manual}]" if res.manual else ""
-            source = res.url or "(local only)"
-            print(f"{res.dataset:22s} {present:7s} {pin:20s} {source} -> {root / res.target}{note}")
-        print(f"{len(items)} files for {len({res.dataset for res in items})} datasets under {root}")
-        return 0
+    return 0
+
+
+def _run(items: list[Resource], root: Path, lock: dict[str, str]) -> int:
     failures = []
     for number, res in enumerate(items, start=1):
         try:
             fetch(res, root, lock)
             print(f"[{number}/{len(items)}] {res.dataset}: {res.target} ok", flush=True)
+        except ChecksumMismatch as error:  # stop: nothing after it runs on unverified bytes
+            print(f"[{number}/{len(items)}] {res.dataset}: STOPPED {error}", file=sys.stderr)
+            return 2
         except Exception as error:  # report and go on: the run is resumable
             failures.append(f"{res.dataset}: {error}")
             print(
@@ -540,6 +755,38 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(failures)} of {len(items)} files failed; rerun to resume", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m xstilts.data.prepare", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--data_dir", default=os.environ.get("XSTILTS_DATA_DIR", "data"))
+    parser.add_argument("--only", default="", help="comma-separated datasets (default: all)")
+    parser.add_argument(
+        "--mlm_lines",
+        type=int,
+        default=MLM_LINES,
+        help=f"non-empty lines of CC-100 per language for mlm/<lang>.txt (default {MLM_LINES})",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="list what would be fetched; fetch nothing"
+    )
+    args = parser.parse_args(argv)
+    if args.mlm_lines < 1:
+        parser.error("--mlm_lines must be at least 1")
+    root = Path(args.data_dir)
+    chosen = [x for x in args.only.split(",") if x]
+    items = resources(mlm_lines=args.mlm_lines)
+    known = sorted({res.dataset for res in items})
+    unknown = [x for x in chosen if x not in known]
+    if unknown:
+        parser.error(f"unknown dataset(s) {unknown}; known: {', '.join(known)}")
+    items = [res for res in items if not chosen or res.dataset in chosen]
+    lock = _load_lock(root)
+    if args.dry_run:
+        return _dry_run(items, root, lock)
+    return _run(items, root, lock)
 
 
 if __name__ == "__main__":
