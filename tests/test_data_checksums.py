@@ -233,6 +233,11 @@ def test_mlm_slice_is_capped_streamed_and_locked(tmp_path, monkeypatch):
         f"{url}#lines=100",
         f"{url}#lines=10",
     }
+    # a file prepare did not cut (the user's own MLM text) is never replaced
+    own = root / "mlm/own.txt"
+    own.write_text("my own corpus\n")
+    prepare.fetch(prepare.Resource("mlm", url + "?other", "mlm/own.txt", lines=5), root, lock)
+    assert own.read_text() == "my own corpus\n" and f"{url}?other#lines=5" not in lock
 
 
 def test_mlm_slice_from_a_local_xz_file_and_the_command_line(tmp_path, monkeypatch):
@@ -254,14 +259,14 @@ def test_mlm_slice_rejects_non_utf8_naming_file_and_line(tmp_path):
     root = tmp_path / "data"
     old = root / "mlm/sw.txt"
     old.parent.mkdir(parents=True)
-    old.write_text("previous slice\n")
+    old.write_text("previous slice\n")  # cut earlier with another cap: sliced again
     res = prepare.Resource("mlm", xz.as_uri(), "mlm/sw.txt", lines=10)
     with pytest.raises(r.DataFormatError, match=r"ur\.txt\.xz:3: byte 0xff at column 5"):
-        prepare.fetch(res, root, {})
-    assert old.read_text() == "previous slice\n" and _leftovers(root) == []
+        prepare.fetch(res, root, {f"{xz.as_uri()}#lines=1": _sha(b"line one\n")})
+    assert old.read_text() == "previous slice\n" and _leftovers(tmp_path) == []
     not_xz = tmp_path / "plain.txt.xz"
     not_xz.write_bytes(b"plain text, not xz\n")
     res = prepare.Resource("mlm", not_xz.as_uri(), "mlm/sw.txt", lines=10)
     with pytest.raises(r.DataFormatError, match=r"plain\.txt\.xz: expected an \.xz stream"):
-        prepare.fetch(res, root, {})
-    assert old.read_text() == "previous slice\n" and _leftovers(root) == []
+        prepare.fetch(res, tmp_path / "fresh", {})
+    assert not (tmp_path / "fresh/mlm/sw.txt").exists() and _leftovers(tmp_path) == []

@@ -687,15 +687,24 @@ def _write_slice(resource: Resource, target: Path) -> Path:
     return Path(temporary)
 
 
+def _sliced_before(resource: Resource, lock: dict[str, str]) -> bool:
+    """Whether the lock holds a slice of ``resource``'s URL (with any line cap)."""
+    return any(key.startswith(f"{resource.url}#lines=") for key in lock)
+
+
 def fetch_slice(resource: Resource, root: Path, lock: dict[str, str]) -> Path:
     """A bounded slice of a large .xz text file (CC-100), written atomically; its sha256 is locked
-    per URL and line cap on first use (trust on first use) and verified afterwards."""
+    per URL and line cap on first use (trust on first use) and verified afterwards. A file this
+    command did not cut (e.g. the user's own text) is left as it is."""
     target = root / resource.target
     expected = lock.get(resource.lock_key)
     if target.is_file() and expected:
         actual = sha256_of(target)
         if actual != expected:
             raise _mismatch(target, expected, actual, "the file was left in place")
+    elif target.is_file() and not _sliced_before(resource, lock):
+        print(f"{resource.dataset}: {target} was not cut by prepare; left as it is", flush=True)
+        return target
     else:  # absent, or cut with another --mlm_lines: slice again
         what = f"{resource.url} (first {resource.lines} lines)"
         actual = _install(_write_slice(resource, target), target, expected, what)
