@@ -122,9 +122,6 @@ def test_the_driver_marks_no_default_mixture():
     assert _contaminated({"t": M.SQUAD_WITH_TYDIQA}) == {"t": ["tydiqa"]}
 
 
-@pytest.mark.xfail(strict=True, reason="experiment/driver.contaminated() matches dataset names "
-                   "only; translated target data (tydiqa_tt, pawsx_tt) needs "
-                   "mixtures.derived_targets (the lead's module)")
 def test_the_driver_marks_translated_target_data():
     marked = _contaminated({"tt": M.SQUAD_WITH_TYDIQA_TT, "px": M.QQP_WITH_PAWSX_TT})
     assert marked == {"tt": ["tydiqa"], "px": ["pawsx"]}

@@ -9,6 +9,7 @@ from typing import Any
 
 from xstilts import partitioning
 from xstilts.data import tasks
+from xstilts.data.mixtures import derived_targets
 from xstilts.evals import metrics
 from xstilts.experiment import plan as plan_lib
 from xstilts.experiment import rundir
@@ -55,9 +56,8 @@ def contaminated(grid: Grid) -> dict[str, list[str]]:
     are not zero-shot; the report marks them)."""
     out = {}
     for config, mixture in grid.intermediate.items():
-        datasets = {tasks.get_task(t).dataset for t in tasks.mixture_tasks(mixture)} \
-            if mixture else set()
-        hit = [t for t in grid.targets if t in datasets]
+        hit = [t for t in derived_targets(mixture, tasks.MIXTURES) if t in grid.targets] \
+            if mixture else []
         if hit:
             out[config] = hit
     return out
