@@ -156,6 +156,8 @@ def test_equal_steps_budget_trains_both_arms_for_the_same_steps(tmp_path, data_d
     assert set(english["examples_per_language"]) == {"en"}
     assert sum(multi["examples_per_language"].values()) == multi["steps"] * 8
     assert len(multi["examples_per_language"]) > 1
+    assert set(multi["tokens_per_language_estimate"]) == set(multi["examples_per_language"])
+    assert 0 < english["tokens_per_language_estimate"]["en"] <= english["steps"] * 8 * 32
     md, csv_text = report.budget_section(list(budgets.values()))
     assert "| nli.multilingual | 1 | " in "\n".join(md) and csv_text.startswith("config,")
 

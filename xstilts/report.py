@@ -411,17 +411,18 @@ def budget_section(budgets: Sequence[Mapping[str, Any]]) -> tuple[list[str], str
     if not table:
         return [], ""
     md = ["## Intermediate-training budget per arm", "",
-          "| config | runs | steps | batch | examples seen per language | budget |",
-          "|---|---|---|---|---|---|"]
+          "| config | runs | steps | batch | tokens (est.) | examples seen per language | budget |",
+          "|---|---|---|---|---|---|---|"]
     rows = []
     for t in table:
         seen = ", ".join(f"{lang} {n:,.0f}" for lang, n in t["examples"].items())
         md.append(f"| {t['config']} | {t['runs']} | {t['steps']:,.0f} | {t['batch_size']} | "
-                  f"{seen} | {t['budget']} |")
+                  f"{t['tokens']:,.0f} | {seen} | {t['budget']} |")
         rows += [[t["config"], lang, t["steps"], t["batch_size"], n]
                  for lang, n in t["examples"].items()]
     md += ["", "Examples seen = steps drawn for each task x batch (one task per step), mean "
-           "over the config's phase-1 runs. With the equal-steps budget a multilingual config "
+           "over the config's phase-1 runs; tokens (est.) = examples seen x each task's mean "
+           "real tokens per feature. With the equal-steps budget a multilingual config "
            "trains for the steps of the English-only config it is compared with.", ""]
     return md, _csv(["config", "language", "steps", "batch_size", "examples"], rows)
 

@@ -82,7 +82,9 @@ def budget_table(budgets: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "config": config, "runs": len(runs), "steps": fmean(r["steps"] for r in runs),
             "batch_size": runs[0]["batch_size"], "budget": runs[0]["budget"],
             "examples": {lang: fmean(r["examples_per_language"].get(lang, 0) for r in runs)
-                         for lang in languages}})
+                         for lang in languages},
+            "tokens": fmean(sum(r.get("tokens_per_language_estimate", {}).values())
+                            for r in runs)})
     return table
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from xstilts import train as train_lib
-from xstilts.data import pipeline, tasks
+from xstilts.data import pipeline, sources, tasks
 from xstilts.data.feature_converters import FeatureBatcher, ShardInfo
 from xstilts.experiment.grid import Grid
 from xstilts.experiment.plan import task_kind
@@ -86,7 +86,7 @@ class Inputs:
         if not self.grid.pretrain_mixture:
             raise ValueError("spm_vocab_size needs pretrain_mixture (the text to train on)")
         lines = [e["text"] for name in tasks.mixture_tasks(self.grid.pretrain_mixture)
-                 for e in tasks.get_task(name).examples("train", self.grid.data_dir)]
+                 for e in self.examples(name, "train")]
         buffer = io.BytesIO()
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(lines), model_writer=buffer,
@@ -111,7 +111,9 @@ class Inputs:
         return self._features[key]
 
     def examples(self, name: str, split: str) -> list[dict[str, Any]]:
-        return list(tasks.get_task(name).examples(split, self.grid.data_dir))
+        """The examples of a split from its prepared file (never a sample file: an error
+        naming every path looked for instead), as the pipeline reads them."""
+        return list(sources.read(tasks.get_task(name), split, self.grid.data_dir))
 
     def num_labels(self, spec: tasks.TaskSpec) -> int:
         """``task_kind``'s label count, read from the train split for an open tag set (CCG)."""

@@ -65,17 +65,33 @@ def budget_record(rt: Runtime, job: PhaseJob, steps: int) -> dict[str, Any]:
     batcher = rt.inputs.mixture_batcher(job.source, dict(job.lengths), job.seed)(
         ShardInfo(0, 1), int(job.settings.batch_size))
     draws = Counter(batcher.task_and_step(step)[0] for step in range(steps))
-    per_task = {t: {"language": tasks.get_task(t).language, "steps": n,
-                    "examples": n * int(job.settings.batch_size)}
-                for t, n in sorted(draws.items())}
+    lengths = dict(job.lengths)
+    per_task = {}
+    for t, n in sorted(draws.items()):
+        examples = n * int(job.settings.batch_size)
+        per_task[t] = {"language": tasks.get_task(t).language, "steps": n, "examples": examples,
+                       "tokens_estimate": round(examples * mean_tokens(
+                           rt.inputs.features(t, "train", lengths[t])))}
     languages: Counter[str] = Counter()
+    tokens: Counter[str] = Counter()
     for record in per_task.values():
         languages[record["language"]] += record["examples"]
+        tokens[record["language"]] += record["tokens_estimate"]
     return {"config": job.config, "seed": job.seed, "mixture": job.source, "steps": steps,
             "batch_size": job.settings.batch_size,
             "budget": job.size_text if job.equal_budget or job.settings.steps is not None
             else f"{job.size_text} of {job.source}",
-            "examples_per_language": dict(sorted(languages.items())), "per_task": per_task}
+            "examples_per_language": dict(sorted(languages.items())),
+            "tokens_per_language_estimate": dict(sorted(tokens.items())), "per_task": per_task}
+
+
+def mean_tokens(features: list[dict[str, Any]]) -> float:
+    """Mean real (unpadded) tokens per feature; the budget estimates tokens seen as examples
+    seen x this (the batches drawn are not materialised)."""
+    def size(ids: Any) -> int:
+        return sum(len(x) for x in ids) if len(ids) and hasattr(ids[0], "__len__") else len(ids)
+
+    return sum(size(f["input_ids"]) for f in features) / max(1, len(features))
 
 
 def _data_labels(rt: Runtime, job: PhaseJob, head: str) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from xstilts.data import tasks
+from xstilts.data import sources, tasks
 from xstilts.evals import retrieval
 from xstilts.experiment.rundir import row
 from xstilts.experiment.runtime import Runtime
@@ -65,8 +65,8 @@ def task_length(name: str) -> int:
 def retrieval_sets(name: str, data_dir: str | None) -> Iterator[tuple[str, dict[str, Any]]]:
     """(language, {"kind", "length", "dev", "test"}) where dev/test hold source/target/gold."""
     if name == SYNTHETIC_BUCC:
-        english = [e["text"] for e in tasks.get_task("synthetic.mlm.en").examples(
-            "train", data_dir)]
+        english = [e["text"] for e in sources.read(tasks.get_task("synthetic.mlm.en"), "train",
+                                                   data_dir)]
         for spec in tasks.tasks_for("synthetic.parallel"):
             full = tasks.load_retrieval(spec.name, "test", data_dir)
             yield spec.language, {"kind": "bucc", "length": spec.max_length,
