@@ -58,17 +58,7 @@ class DryRunResult:
 
 def recipe_line(job: PhaseJob) -> str:
     """A job's settings without its config and seed (identical across a phase's cells)."""
-    s = job.settings
-    line = (f"{job.phase} {job.source}{' -> ' + ', '.join(job.targets) if job.targets else ''}"
-            f": {job.size_text}, batch {s.batch_size}, length {s.max_length}, "
-            f"lr {s.learning_rate:g}")
-    if job.phase == "phase2":
-        line += (f", select on English dev by {job.selection} every {s.eval_every_steps} "
-                 f"steps" if s.eval_every_steps else ", no selection (last step)")
-        line += f", patience {s.patience}" if s.patience else ""
-    if job.deviations:
-        line += f"; DEVIATES from the paper: {'; '.join(job.deviations)}"
-    return line
+    return job.recipe()
 
 
 def family_notes(mixture: str) -> list[str]:

@@ -29,29 +29,25 @@ def english_dev_evaluator(rt: Runtime, job: PhaseJob, spec: tasks.TaskSpec, num_
                           ) -> Callable[[Any], Mapping[str, float]]:
     """``params -> {primary key: value}`` on the train task's own dev split, scored exactly as
     the test splits are (seqeval F1, (EM + F1) / 2 after answer extraction, accuracy)."""
-    examples = rt.inputs.examples(spec.name, "dev")
-    check_gold(spec, "dev", examples, rt.grid.data_dir)
-    features = rt.inputs.features(spec.name, "dev", job.length)
+    scorer = split_scorer(rt, job, spec, "dev", num_labels)  # read and checked once
     key = metrics.primary(job.selection)
-
-    def evaluate(params: Any) -> dict[str, float]:
-        outputs = rt.predictor.outputs(params, rt.inputs.eval_batches(
-            features, job.kind, job.length), job.kind, num_labels, len(features))
-        scores, _ = score_outputs(spec, examples, features, outputs)
-        return {key: scores[key]}
-
-    return evaluate
+    return lambda params: {key: scorer(params)[0][key]}
 
 
-def score_split(rt: Runtime, job: PhaseJob, spec: tasks.TaskSpec, split: str, params: Any,
-                num_labels: int) -> tuple[dict[str, float], np.ndarray]:
-    """Scores and per-example statistics of one task-language split."""
+def split_scorer(rt: Runtime, job: PhaseJob, spec: tasks.TaskSpec, split: str,
+                 num_labels: int) -> Callable[[Any], tuple[dict[str, float], np.ndarray]]:
+    """``params -> (scores, per-example statistics)`` of one task-language split, its examples
+    read (and their gold checked) and its features built once."""
     examples = rt.inputs.examples(spec.name, split)
     check_gold(spec, split, examples, rt.grid.data_dir)
     features = rt.inputs.features(spec.name, split, job.length)
-    outputs = rt.predictor.outputs(params, rt.inputs.eval_batches(
-        features, job.kind, job.length), job.kind, num_labels, len(features))
-    return score_outputs(spec, examples, features, outputs)
+
+    def score(params: Any) -> tuple[dict[str, float], np.ndarray]:
+        outputs = rt.predictor.outputs(params, rt.inputs.eval_batches(
+            features, job.kind, job.length), job.kind, num_labels, len(features))
+        return score_outputs(spec, examples, features, outputs)
+
+    return score
 
 
 def score_targets(rt: Runtime, job: PhaseJob, params: Any, num_labels: int, step: int
@@ -65,8 +61,8 @@ def score_targets(rt: Runtime, job: PhaseJob, params: Any, num_labels: int, step
                 raise ValueError(f"target {target}: task {spec.name} has no test split "
                                  f"(splits {list(spec.splits)})")
             for split in (s for s in SPLITS if s in spec.splits):
-                scores, stats[rundir.stats_key(target, spec.language, split)] = score_split(
-                    rt, job, spec, split, params, num_labels)
+                scores, stats[rundir.stats_key(target, spec.language, split)] = split_scorer(
+                    rt, job, spec, split, num_labels)(params)
                 rows += [row(job.config, target, spec.language, split, m, v, job.seed, step)
                          for m, v in scores.items()]
     return rows, stats

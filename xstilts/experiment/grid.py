@@ -15,6 +15,8 @@ from xstilts.models.xlmr import XLMRConfig
 INTERMEDIATE_BATCH_SIZE = 32
 PRETRAIN_MAX_LENGTH = 128
 BUDGETS = ("equal_steps", "epochs")
+# A BUCC-style mining set built from the synthetic parallel test sentences (retrieval.bucc_like).
+SYNTHETIC_BUCC = "synthetic.bucc"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +127,7 @@ class Grid:
             if not tasks.tasks_for(target):
                 raise ValueError(f"target {target!r}: no registered tasks of that dataset")
         for name in self.retrieval:
-            if name != "synthetic.bucc" and not tasks.tasks_for(name):
+            if name != SYNTHETIC_BUCC and not tasks.tasks_for(name):
                 raise ValueError(f"retrieval task {name!r}: no registered tasks of that "
                                  f"dataset (or synthetic.bucc)")
         for name in (self.english_config, self.multilingual_config,

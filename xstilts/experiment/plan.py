@@ -13,7 +13,6 @@ from typing import Any
 
 from xstilts import benchmark
 from xstilts.data import tasks
-from xstilts.evals import metrics
 from xstilts.experiment.grid import INTERMEDIATE_BATCH_SIZE, PRETRAIN_MAX_LENGTH, Grid, Phase
 
 PAPER_LEARNING_RATE = 1e-5  # jiant d_write_configs.sh, every target
@@ -76,15 +75,23 @@ class PhaseJob:
     def length(self) -> int:
         return int(self.settings.max_length)
 
-    def describe(self) -> str:
+    def recipe(self) -> str:
+        """The job's settings without its config and seed (the same for a phase's cells)."""
         s = self.settings
-        text = (f"{self.phase} {self.config} seed {self.seed}: {self.source} ({self.kind}), "
-                f"{self.size_text}, batch {s.batch_size}, length {s.max_length}, "
-                f"lr {s.learning_rate:g}")
-        if self.selection:
-            text += (f", keep-best on English dev by {metrics.primary(self.selection)} "
-                     f"({self.selection}), patience {s.patience}")
-        return text
+        targets = f" -> {', '.join(self.targets)}" if self.targets else ""
+        line = (f"{self.phase} {self.source}{targets}: {self.size_text}, batch {s.batch_size}, "
+                f"length {s.max_length}, lr {s.learning_rate:g}")
+        if self.phase == "phase2":
+            line += (f", select on English dev by {self.selection} every "
+                     f"{s.eval_every_steps} steps" if s.eval_every_steps
+                     else ", no selection (last step)")
+            line += f", patience {s.patience}" if s.patience else ""
+        if self.deviations:
+            line += f"; DEVIATES from the paper: {'; '.join(self.deviations)}"
+        return line
+
+    def describe(self) -> str:
+        return f"{self.config} seed {self.seed}: {self.recipe()}"
 
 
 # ---------------------------------------------------------------------------------- task facts
@@ -242,6 +249,8 @@ def budget_configs(grid: Grid) -> dict[str, str]:
 
 
 def _task_lengths(mixture: str, cap: int | None) -> tuple[tuple[str, int], ...]:
+    """Each task's max length: one head, the phase's (else the longest task's) for all; mixed
+    kinds, each task's own, capped by the phase's."""
     single = mixture_kind(mixture)
     names = tasks.mixture_tasks(mixture)
     if single is not None:
@@ -268,19 +277,14 @@ def _intermediate_job(grid: Grid, config: str, mixture: str, seed: int) -> Phase
     common = {"phase": "phase1", "config": config, "seed": seed, "source": mixture,
               "model_dir": f"phase1/{config}/seed{seed}", "init_from": _encoder_source(grid),
               "epochs": first.epochs}
+    lengths = _task_lengths(mixture, phase.max_length)
+    settings = dataclasses.replace(settings, max_length=max(n for _, n in lengths))
     single = mixture_kind(mixture)
     if single is not None:  # one head
-        kind, labels, task_length = single
-        length = phase.max_length or task_length
-        return PhaseJob(**common, kind=kind, num_labels=task_kind(first)[1] or None,
-                        settings=dataclasses.replace(settings, max_length=length),
-                        lengths=tuple((t, length) for t in names))
+        return PhaseJob(**common, kind=single[0], num_labels=task_kind(first)[1] or None,
+                        settings=settings, lengths=lengths)
     heads, task_heads = mixture_heads(mixture)  # kinds mixed: each task at its own length
-    lengths = tuple((t, min(tasks.get_task(t).max_length, phase.max_length or math.inf))
-                    for t in names)
-    return PhaseJob(**common, kind="multitask", num_labels=None,
-                    settings=dataclasses.replace(settings,
-                                                 max_length=max(n for _, n in lengths)),
+    return PhaseJob(**common, kind="multitask", num_labels=None, settings=settings,
                     lengths=lengths, heads=tuple((h, k, n) for h, (k, n) in heads.items()),
                     task_heads=tuple(task_heads.items()))
 

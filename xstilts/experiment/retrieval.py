@@ -12,6 +12,7 @@ import numpy as np
 
 from xstilts.data import sources, tasks
 from xstilts.evals import retrieval
+from xstilts.experiment.grid import SYNTHETIC_BUCC
 from xstilts.experiment.rundir import row
 from xstilts.experiment.runtime import Runtime
 
@@ -41,10 +42,6 @@ def bucc_like(parallel: Mapping[str, list], english_pool: Sequence[str], keep: f
         target += [(f"{split}-d{j}", pool.pop()) for j in range(missing) if pool]
         out[split] = {"source": source, "target": target, "gold": gold}
     return out
-
-
-# A BUCC-style mining set built from the synthetic parallel test sentences (``bucc_like``).
-SYNTHETIC_BUCC = "synthetic.bucc"
 
 
 def retrieval_metric(name: str) -> str:
