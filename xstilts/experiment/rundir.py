@@ -4,13 +4,16 @@ Cells and their directories under ``run_dir``::
 
     tokenizer/                       SentencePiece model (trained here when asked)
     phase0/                          MLM pre-training (train.train model dir)
-    phase1/<config>/seed<k>/         intermediate training on a Mixture; retrieval.jsonl
+    phase1/<config>/seed<k>/         intermediate training on a Mixture; retrieval.jsonl,
+                                     budget.json (steps, examples and tokens per language)
     phase2/<config>/<train task>/seed<k>/   fine-tune from the phase-1 encoder + a fresh head:
                                      checkpoints kept by the English-dev selection metric,
                                      selection.json, results.jsonl (dev and test of every
                                      target language), example_stats.npz (per-example metric
                                      statistics for the report's bootstrap)
     chance.jsonl                     constant predictors (``config == "chance"``)
+    data_manifest.json               every file read (bytes, sha256), examples, drops by reason,
+                                     mixing shares; each phase directory has its own too
     results.jsonl, results.csv       the tidy table: config, task, language, split, metric,
                                      value, seed, step
     experiment.json                  what the report needs: configs, comparisons, tiers,
