@@ -289,3 +289,22 @@ def test_missing_encoder_weight_is_named(tmp_path):
 def test_not_a_checkpoint_path():
     with pytest.raises(FileNotFoundError, match="no such folder"):
         load_hf_checkpoint("/nonexistent/dir/for/xstilts")
+
+
+def test_input_longer_than_the_positions_is_an_error():
+    """Tiny model: 258 positions - 2 (padding offset) = 256 tokens; 300 used to give all-NaN."""
+    config = XLMRConfig.tiny()
+    model = XLMRModel(config)
+    params = model.init_params(jax.random.key(0))
+    ids, mask = padded_batch(lengths=(256, 40), max_len=256)
+    assert np.isfinite(np.asarray(model.apply({"params": params}, ids, mask))).all()
+    long_ids, long_mask = padded_batch(lengths=(300, 40), max_len=300)
+    message = (r"input length 300 exceeds the model's 256 positions \(max_position_embeddings "
+               r"258 minus the padding offset 2\): truncate inputs to at most 256 tokens")
+    with pytest.raises(ValueError, match=message):
+        model.apply({"params": params}, long_ids, long_mask)
+    with pytest.raises(ValueError, match=message):  # at trace time: nothing is compiled
+        jax.jit(model.apply).lower({"params": params}, long_ids, long_mask)
+    with pytest.raises(ValueError, match=message):  # every head goes through the encoder
+        heads.XLMRForMultipleChoice(config).init(jax.random.key(0), long_ids[None],
+                                                 long_mask[None])

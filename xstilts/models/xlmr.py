@@ -17,8 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xstilts.models import attention as attention_lib
+
 Array = jax.Array
 RematPolicy = Literal["none", "full", "dots", "dots_no_batch"]
+DropoutRng = Literal["threefry", "rbg", "unsafe_rbg"]
+DROPOUT_RNGS: tuple[str, ...] = ("threefry", "rbg", "unsafe_rbg")
 
 # Logical axis names used by the model (rules map them to mesh axes, xstilts.partitioning).
 BATCH, LENGTH, EMBED, MLP, HEADS, KV, VOCAB, LAYERS = (
@@ -50,6 +54,12 @@ class XLMRConfig:
     dtype: str = "float32"  # compute dtype; parameters are always float32
     remat: RematPolicy = "none"
     scan_layers: bool = False
+    # einsum | xla | cudnn | splash, or auto (per backend; xstilts.models.attention).
+    attention: attention_lib.AttentionImpl = "auto"
+    # PRNG of dropout masks in training: threefry (JAX's default), or rbg / unsafe_rbg (the
+    # hardware RNG on TPU, much cheaper; maxtext's default is unsafe_rbg). The train state's key
+    # stays threefry; each step's dropout key is derived from it (xstilts.trainer).
+    dropout_rng: DropoutRng = "threefry"
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_attention_heads:
@@ -61,6 +71,11 @@ class XLMRConfig:
                 f"hidden_act {self.hidden_act!r}: expected one of {sorted(_ACTIVATIONS)}")
         if self.remat not in ("none", "full", "dots", "dots_no_batch"):
             raise ValueError(f"remat {self.remat!r}: expected none, full, dots or dots_no_batch")
+        if self.attention not in attention_lib.IMPLEMENTATIONS:
+            raise ValueError(f"attention {self.attention!r}: expected one of "
+                             f"{attention_lib.IMPLEMENTATIONS}")
+        if self.dropout_rng not in DROPOUT_RNGS:
+            raise ValueError(f"dropout_rng {self.dropout_rng!r}: expected one of {DROPOUT_RNGS}")
         jnp.dtype(self.dtype)  # raises on an unknown dtype name
 
     @property
@@ -180,6 +195,8 @@ class DenseGeneral(nn.Module):
     kernel_axes: tuple[str | None, ...]
     config: XLMRConfig
     axis: int | tuple[int, ...] = -1
+    # float32: the matmul accumulates and returns float32 whatever the compute dtype (logits).
+    preferred_element_type: str | None = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -192,9 +209,12 @@ class DenseGeneral(nn.Module):
         bias = self.param("bias", _param_axes(nn.initializers.zeros_init(),
                                               self.kernel_axes[len(in_shape):]),
                           tuple(self.features), jnp.float32)
+        out = None if self.preferred_element_type is None else \
+            jnp.dtype(self.preferred_element_type)
         y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype),
-                                ((axes, tuple(range(len(in_shape)))), ((), ())))
-        return y + bias.astype(dtype)
+                                ((axes, tuple(range(len(in_shape)))), ((), ())),
+                                preferred_element_type=out)
+        return y + bias.astype(out or dtype)
 
 
 def layer_norm(config: XLMRConfig, name: str | None = None) -> nn.LayerNorm:
@@ -238,12 +258,16 @@ class Embeddings(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention; softmax in float32 whatever the compute dtype."""
+    """Multi-head self-attention; softmax in float32 whatever the compute dtype.
+
+    ``config.attention`` picks the kernel (``xstilts.models.attention``); ``einsum`` is the
+    reference and the only one with dropout on the attention probabilities.
+    """
 
     config: XLMRConfig
 
     @nn.compact
-    def __call__(self, x: Array, mask_bias: Array, *, deterministic: bool) -> Array:
+    def __call__(self, x: Array, attention_mask: Array, *, deterministic: bool) -> Array:
         c = self.config
         heads = (c.num_attention_heads, c.head_dim)
         qkv_axes = (EMBED, HEADS, KV)
@@ -253,11 +277,20 @@ class SelfAttention(nn.Module):
         q = nn.with_logical_constraint(q, (BATCH, LENGTH, HEADS, KV))
         k = nn.with_logical_constraint(k, (BATCH, LENGTH, HEADS, KV))
         v = nn.with_logical_constraint(v, (BATCH, LENGTH, HEADS, KV))
-        q = q / jnp.sqrt(jnp.asarray(c.head_dim, q.dtype))
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) + mask_bias
-        probs = jax.nn.softmax(scores, axis=-1)
-        probs = nn.Dropout(c.attention_probs_dropout_prob)(probs, deterministic=deterministic)
-        ctx = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+        platform = attention_lib.current_platform()
+        impl = attention_lib.resolve(
+            c.attention, platform=platform, dtype=jnp.dtype(c.dtype), length=x.shape[1],
+            head_dim=c.head_dim,
+            dropout_active=not deterministic and c.attention_probs_dropout_prob > 0)
+        if impl == "einsum":
+            q = q / jnp.sqrt(jnp.asarray(c.head_dim, q.dtype))
+            scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+            probs = jax.nn.softmax(scores + attention_lib.mask_bias(attention_mask), axis=-1)
+            probs = nn.Dropout(c.attention_probs_dropout_prob)(
+                probs, deterministic=deterministic)
+            ctx = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+        else:
+            ctx = attention_lib.fused_attention(q, k, v, attention_mask, impl, platform=platform)
         return nn.with_logical_constraint(ctx, (BATCH, LENGTH, HEADS, KV))
 
 
@@ -265,9 +298,9 @@ class Attention(nn.Module):
     config: XLMRConfig
 
     @nn.compact
-    def __call__(self, x: Array, mask_bias: Array, *, deterministic: bool) -> Array:
+    def __call__(self, x: Array, attention_mask: Array, *, deterministic: bool) -> Array:
         c = self.config
-        ctx = SelfAttention(c, name="self")(x, mask_bias, deterministic=deterministic)
+        ctx = SelfAttention(c, name="self")(x, attention_mask, deterministic=deterministic)
         out = AttentionOutput(c, name="output")(ctx, x, deterministic=deterministic)
         return out
 
@@ -311,9 +344,9 @@ class Layer(nn.Module):
     config: XLMRConfig
 
     @nn.compact
-    def __call__(self, x: Array, mask_bias: Array, deterministic: bool) -> Array:
+    def __call__(self, x: Array, attention_mask: Array, deterministic: bool) -> Array:
         c = self.config
-        x = Attention(c, name="attention")(x, mask_bias, deterministic=deterministic)
+        x = Attention(c, name="attention")(x, attention_mask, deterministic=deterministic)
         y = Intermediate(c, name="intermediate")(x)
         return Output(c, name="output")(y, x, deterministic=deterministic)
 
@@ -325,8 +358,8 @@ class _ScannedLayer(nn.Module):
     collect_hidden: bool
 
     @nn.compact
-    def __call__(self, x: Array, mask_bias: Array, deterministic: bool):
-        x = _layer_class(self.config)(self.config, name="layer")(x, mask_bias, deterministic)
+    def __call__(self, x: Array, attention_mask: Array, deterministic: bool):
+        x = _layer_class(self.config)(self.config, name="layer")(x, attention_mask, deterministic)
         return x, (x if self.collect_hidden else None)
 
 
@@ -340,7 +373,7 @@ _REMAT_POLICIES = {
 def _layer_class(config: XLMRConfig) -> type[nn.Module]:
     if config.remat == "none":
         return Layer
-    # static_argnums counts `self` as 0: (x=1, mask_bias=2, deterministic=3).
+    # static_argnums counts `self` as 0: (x=1, attention_mask=2, deterministic=3).
     return nn.remat(Layer, policy=_REMAT_POLICIES[config.remat], static_argnums=(3,),
                     prevent_cse=not config.scan_layers)
 
@@ -351,7 +384,7 @@ class Encoder(nn.Module):
     config: XLMRConfig
 
     @nn.compact
-    def __call__(self, x: Array, mask_bias: Array, *, deterministic: bool,
+    def __call__(self, x: Array, attention_mask: Array, *, deterministic: bool,
                  output_hidden_states: bool) -> tuple[Array, tuple[Array, ...] | None]:
         c = self.config
         if c.scan_layers:
@@ -360,7 +393,8 @@ class Encoder(nn.Module):
                                                                          "dropout": True},
                 in_axes=(nn.broadcast, nn.broadcast), length=c.num_hidden_layers,
                 metadata_params={nn.PARTITION_NAME: LAYERS})
-            x, ys = stack(c, output_hidden_states, name="layers")(x, mask_bias, deterministic)
+            x, ys = stack(c, output_hidden_states, name="layers")(
+                x, attention_mask, deterministic)
             hidden = None
             if output_hidden_states:
                 hidden = tuple(ys[i] for i in range(c.num_hidden_layers))
@@ -368,7 +402,7 @@ class Encoder(nn.Module):
         layer_cls = _layer_class(c)
         hidden: list[Array] = []
         for i in range(c.num_hidden_layers):
-            x = layer_cls(c, name=f"layer_{i}")(x, mask_bias, deterministic)
+            x = layer_cls(c, name=f"layer_{i}")(x, attention_mask, deterministic)
             hidden.append(x)
         return x, (tuple(hidden) if output_hidden_states else None)
 
@@ -385,10 +419,18 @@ class Pooler(nn.Module):
         return jnp.tanh(y)
 
 
-def attention_mask_bias(attention_mask: Array) -> Array:
-    """``[B, L]`` 0/1 mask -> additive float32 bias ``[B, 1, 1, L]`` (finfo.min on padding)."""
-    keep = attention_mask[:, None, None, :].astype(bool)
-    return jnp.where(keep, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
+def check_length(config: XLMRConfig, length: int) -> None:
+    """A ``ValueError`` (at trace time, before compiling) for inputs longer than the positions.
+
+    Position ids run up to ``length + pad_token_id``; past ``max_position_embeddings`` the
+    lookup would read out of range and turn every hidden state into NaN without an error.
+    """
+    if length > config.max_length:
+        raise ValueError(
+            f"input length {length} exceeds the model's {config.max_length} positions "
+            f"(max_position_embeddings {config.max_position_embeddings} minus the padding "
+            f"offset {config.pad_token_id + 1}): truncate inputs to at most "
+            f"{config.max_length} tokens")
 
 
 class XLMRModel(nn.Module):
@@ -411,11 +453,12 @@ class XLMRModel(nn.Module):
 
     def __call__(self, input_ids: Array, attention_mask: Array | None = None, *,
                  deterministic: bool = True, output_hidden_states: bool = False):
+        check_length(self.config, input_ids.shape[-1])
         if attention_mask is None:
             attention_mask = (input_ids != self.config.pad_token_id).astype(jnp.int32)
         input_ids = nn.with_logical_constraint(input_ids, (BATCH, LENGTH))
         x = self.embeddings(input_ids, deterministic=deterministic)
-        last, hidden = self.encoder(x, attention_mask_bias(attention_mask),
+        last, hidden = self.encoder(x, attention_mask,
                                     deterministic=deterministic,
                                     output_hidden_states=output_hidden_states)
         if self.config.add_pooling_layer and self.is_initializing():
