@@ -1,41 +1,222 @@
-"""Input pipeline throughput vs. the model's consumption rate, in one run.
+"""Input pipeline throughput: readers + featurization against Hugging Face's fast tokenizer,
+one host against two, and against what the model consumes; all in one run.
 
-Measures examples/s of two pipelines from files on disk to fixed-shape numpy batches (read ->
-XLM-R featurization -> seeded shuffling -> padding), on one CPU process:
+Sections (each printed as one line, examples/s on this CPU):
 
-* XNLI pairs: the 15 XTREME dev files of ``../shared/data/xnli`` (7,500 pairs);
-* QA windows: XQuAD en (1,190 questions -> windows with stride 128, max query 64);
+* ``tokenize``: the 15 XTREME XNLI dev files of ``../shared/data/xnli`` (7,500 pairs), pair
+  encoding with longest-first truncation to ``--length``: ours per example (``encode_text`` per
+  string), ours batched (``encode_texts``: one SentencePiece call per 2,000 examples, the path
+  ``pipeline.featurize`` takes), and ``transformers``' ``XLMRobertaTokenizerFast`` on the same
+  strings in its own process (``tokenizer(a, b, truncation=True)``, batched, Rust); ids equal.
+* ``pairs``: read + featurize + batch through the registered tasks ``xnli.<lang>`` (the real
+  readers, ``pipeline.task_features`` without a cache, then ``FeatureBatcher``).
+* ``qa``: XQuAD en questions -> 384-token windows (stride 128), read + featurize + batch.
+* ``hosts``: ``synthetic.nli.en`` with ``--hosts_examples`` training examples featurized into a
+  shared cache by one process, then by two processes at once (``shard_info`` 0/2 and 1/2, each
+  featurizes half the parts and reads the other half); wall time of the slower host.
+* ``model``: the base model's fp32 training step (``benchmarks/model_step.py``'s ``ours``, a child
+  process at the same batch and length): the examples/s the pipeline must keep up with.
 
-and the base model's training consumption (examples/s of ``benchmarks/model_step.py``'s
-``ours`` forward+backward+AdamW step, run as a child process at the same batch and length).
-The last line reads ``data_pipeline: <x> ex/s, model consumes <y> ex/s, ratio <x/y>`` with ``x``
-the slower of the two pipelines. The tokenizer is the 1000-piece SentencePiece test model
-(XLM-R's 250k vocabulary is not available offline); SentencePiece encoding cost grows only
-mildly with vocabulary size.
+The last line: ``data_pipeline: <x> ex/s, model consumes <y> ex/s, ratio <x/y>``, ``x`` the
+slower of pairs and qa. The tokenizer is the 1000-piece SentencePiece test model (XLM-R's 250k
+vocabulary is not available offline). Peers and the model each run in their own process.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+ENV = {**os.environ, "USE_TF": "0", "TF_CPP_MIN_LOG_LEVEL": "2", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def _pipeline_rate(build, repeats: int) -> tuple[float, int]:
-    """Median examples/s of ``build()`` (returns the number of examples it produced)."""
+def _median_rate(build, repeats: int) -> tuple[float, int]:
+    """Median examples/s of ``build()`` (returns the number of examples it handled)."""
     rates, count = [], 0
     for _ in range(repeats):
         start = time.perf_counter()
         count = build()
         rates.append(count / (time.perf_counter() - start))
     return statistics.median(rates), count
+
+
+def _xnli_pairs(data: Path) -> tuple[list[str], list[str]]:
+    from xstilts.data import readers
+    from xstilts.data.tasks import LANGUAGES
+
+    rows = [e for lang in LANGUAGES["xnli"]
+            for e in readers.read_xtreme_pair_tsv(data / f"xnli/xtreme_format/dev-{lang}.tsv")]
+    return [e["text_a"] for e in rows], [e["text_b"] for e in rows]
+
+
+def _child_result(command: list[str], what: str, **env: str) -> dict:
+    out = subprocess.run(command, capture_output=True, text=True, env={**ENV, **env},
+                         timeout=1800)
+    for line in out.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise SystemExit(f"{what} child failed (rc {out.returncode}): {out.stderr[-2000:]}")
+
+
+# ---------------------------------------------------------------------------- child processes
+def child_hf(data: Path, length: int, repeats: int) -> None:
+    """HF fast tokenizer on the XNLI pairs (no JAX, no xstilts tokenizer in this process)."""
+    from transformers import XLMRobertaTokenizerFast
+
+    first, second = _xnli_pairs(data)
+    tok = XLMRobertaTokenizerFast(vocab_file=str(data / "spm" / "test_model.model"))
+    ids: list = []
+
+    def run() -> int:
+        nonlocal ids
+        ids = tok(first, second, truncation=True, max_length=length)["input_ids"]
+        return len(ids)
+
+    rate, count = _median_rate(run, repeats)
+    print("RESULT " + json.dumps({"rate": rate, "count": count, "ids": ids}))
+
+
+def child_host(data_dir: str, cache: str, index: int, count: int, part_size: int) -> None:
+    """One host featurizing its parts of synthetic.nli.en train (and reading the others')."""
+    from xstilts.data import pipeline
+    from xstilts.data.feature_converters import ShardInfo
+    from xstilts.tokenization import XLMRTokenizer
+
+    tok = XLMRTokenizer(REPO.parent / "shared" / "data" / "spm" / "test_model.model")
+    start = time.perf_counter()
+    features = pipeline.task_features(
+        "synthetic.nli.en", "train", tok, data_dir=data_dir, cache_dir=cache,
+        shard_info=ShardInfo(index, count), part_size=part_size)
+    print("RESULT " + json.dumps({"seconds": time.perf_counter() - start,
+                                  "features": len(features)}))
+
+
+def _hosts(data_dir: str, count: int, part_size: int) -> tuple[float, int]:
+    """Wall seconds of the slower of ``count`` host processes featurizing into a fresh cache."""
+    with tempfile.TemporaryDirectory() as cache:
+        command = [sys.executable, __file__, "--child", "host", f"--cache={cache}",
+                   f"--data_dir={data_dir}", f"--count={count}", f"--part_size={part_size}"]
+        procs = [subprocess.Popen([*command, f"--index={i}"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=ENV)
+                 for i in range(count)]
+        results = []
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=1800)
+            lines = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")]
+            if not lines:
+                raise SystemExit(f"host child failed (rc {proc.returncode}): {stderr[-2000:]}")
+            results.append(json.loads(lines[0][len("RESULT "):]))
+    assert len({r["features"] for r in results}) == 1, results
+    return max(r["seconds"] for r in results), results[0]["features"]
+
+
+# ------------------------------------------------------------------------------------ sections
+def tokenize_section(data: Path, length: int, repeats: int) -> None:
+    from xstilts.data import preprocessors as P
+    from xstilts.tokenization import XLMRTokenizer
+
+    first, second = _xnli_pairs(data)
+    tok = XLMRTokenizer(data / "spm" / "test_model.model")
+
+    def per_example() -> int:
+        pairs = zip(first, second, strict=True)
+        return len([P.truncated_pair(tok, a, b, length, None) for a, b in pairs])
+
+    batched_ids: list = []
+
+    def batched() -> int:
+        nonlocal batched_ids
+        fast = P.PreEncoded(tok, [*first, *second])
+        pairs = zip(first, second, strict=True)
+        batched_ids = [P.truncated_pair(fast, a, b, length, None) for a, b in pairs]
+        return len(batched_ids)
+
+    slow_rate, n = _median_rate(per_example, repeats)
+    fast_rate, _ = _median_rate(batched, repeats)
+    command = [sys.executable, __file__, "--child", "hf", f"--data={data}",
+               f"--length={length}", f"--repeats={repeats}"]
+    hf = _child_result(command, "HF tokenizer")  # one thread, as ours
+    threads = _child_result(command, "HF tokenizer", TOKENIZERS_PARALLELISM="true")
+    same = sum(a == b for a, b in zip(batched_ids, hf["ids"], strict=True))
+    print(f"tokenize: {n} XNLI pairs, length {length}, one thread each: ours per example "
+          f"{slow_rate:.0f} ex/s, ours batched {fast_rate:.0f} ex/s, HF XLMRobertaTokenizerFast "
+          f"{hf['rate']:.0f} ex/s (own process; {threads['rate']:.0f} ex/s with its Rust "
+          f"threads on {os.cpu_count()} cores); batched / HF fast {fast_rate / hf['rate']:.2f}x "
+          f"(vs threaded {fast_rate / threads['rate']:.2f}x); ids equal on {same}/{n}")
+
+
+def pipeline_sections(data: Path, batch: int, length: int, repeats: int) -> float:
+    from xstilts.data import pipeline
+    from xstilts.data.feature_converters import FeatureBatcher
+    from xstilts.data.tasks import LANGUAGES
+    from xstilts.tokenization import XLMRTokenizer
+
+    tok = XLMRTokenizer(data / "spm" / "test_model.model")
+
+    def drain(features, kind) -> None:
+        batcher = FeatureBatcher(features, kind, batch_size=batch, length=length, seed=0)
+        for _ in batcher.epoch(0):
+            pass
+
+    def pairs() -> int:
+        total = 0
+        for lang in LANGUAGES["xnli"]:
+            features = pipeline.task_features(f"xnli.{lang}", "dev", tok, data_dir=data,
+                                              max_length=length)
+            drain(features, "classification")
+            total += len(features)
+        return total
+
+    def qa() -> int:
+        features = pipeline.task_features("xquad.en", "test", tok, data_dir=data, max_length=384)
+        batcher = FeatureBatcher(features, "qa", batch_size=batch, length=384, seed=0)
+        for _ in batcher.epoch(0):
+            pass
+        return len(features)
+
+    pair_rate, n_pairs = _median_rate(pairs, repeats)
+    qa_rate, windows = _median_rate(qa, repeats)
+    print(f"pairs: {n_pairs} XNLI dev pairs read + featurized + batched, {pair_rate:.0f} ex/s "
+          f"(batch {batch}, length {length})")
+    print(f"qa: {windows} XQuAD en windows (length 384, stride 128) read + featurized + "
+          f"batched, {qa_rate:.0f} windows/s")
+    return min(pair_rate, qa_rate)
+
+
+def hosts_section(examples: int, part_size: int) -> None:
+    from xstilts.data.synthetic import SyntheticWorld
+
+    with tempfile.TemporaryDirectory() as root:
+        SyntheticWorld(seed=0).write_files(Path(root) / "synthetic",
+                                           sizes={"train": examples, "dev": 8, "test": 8})
+        one, n = _hosts(root, 1, part_size)
+        two, _ = _hosts(root, 2, part_size)
+    print(f"hosts: synthetic.nli.en train, {n} examples in parts of {part_size}: 1 host "
+          f"{one:.2f} s ({n / one:.0f} ex/s), 2 hosts {two:.2f} s ({n / two:.0f} ex/s per "
+          f"split), speed-up {one / two:.2f}x")
+
+
+def model_rate(args: argparse.Namespace) -> float:
+    child = [
+        sys.executable, str(REPO / "benchmarks" / "model_step.py"), "--child", "ours",
+        f"--layers={args.layers}", f"--hidden={args.hidden}", f"--vocab={args.vocab}",
+        f"--batch={args.batch}", f"--length={args.length}", "--dtype=float32",
+        f"--steps={args.steps}", "--warmup=1",
+    ]  # fmt: skip
+    times = _child_result(child, "model_step")["times"]
+    step = statistics.median(times)
+    print(f"model: {args.layers} layers x {args.hidden}, vocab {args.vocab}, fp32 train step "
+          f"median {step:.2f} s for batch {args.batch} x {args.length}")
+    return args.batch / step
 
 
 def main() -> None:
@@ -48,74 +229,30 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--hosts_examples", type=int, default=60000)
+    parser.add_argument("--part_size", type=int, default=5000)
     parser.add_argument("--skip-model", action="store_true", help="pipelines only")
+    parser.add_argument("--child", choices=["hf", "host"], help=argparse.SUPPRESS)
+    parser.add_argument("--cache", help=argparse.SUPPRESS)
+    parser.add_argument("--data_dir", help=argparse.SUPPRESS)
+    parser.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
-
-    from xstilts.data import preprocessors as P
-    from xstilts.data import readers as r
-    from xstilts.data.feature_converters import FeatureBatcher
-    from xstilts.data.tasks import LANGUAGES
-    from xstilts.tokenization import XLMRTokenizer
-
     data = Path(args.data)
-    tok = XLMRTokenizer(data / "spm" / "test_model.model")
-    batch, length = args.batch, args.length
+    if args.child == "hf":
+        return child_hf(data, args.length, args.repeats)
+    if args.child == "host":
+        return child_host(args.data_dir, args.cache, args.index, args.count, args.part_size)
 
-    def drain(features, kind) -> None:
-        batcher = FeatureBatcher(features, kind, batch_size=batch, length=length, seed=0)
-        for _ in batcher.epoch(0):
-            pass
-
-    def xnli() -> int:
-        examples = [
-            e
-            for lang in LANGUAGES["xnli"]
-            for e in r.read_xtreme_pair_tsv(data / f"xnli/xtreme_format/dev-{lang}.tsv")
-        ]
-        features = [P.classification_features(e, tok, length, r.NLI_LABELS) for e in examples]
-        drain(features, "classification")
-        return len(features)
-
-    def qa() -> int:
-        examples = list(r.read_squad_json(data / "xquad/xquad.en.json"))
-        features = P.qa_features_for_examples(examples, tok, max_length=length)
-        drain(features, "qa")
-        return len(features)
-
-    pair_rate, pairs = _pipeline_rate(xnli, args.repeats)
-    qa_rate, windows = _pipeline_rate(qa, args.repeats)
-    print(f"xnli pairs: {pairs} examples, {pair_rate:.0f} ex/s (batch {batch}, length {length})")
-    print(f"qa windows: {windows} windows from 1190 questions, {qa_rate:.0f} windows/s")
-    slower = min(pair_rate, qa_rate)
+    tokenize_section(data, args.length, args.repeats)
+    slower = pipeline_sections(data, args.batch, args.length, args.repeats)
+    hosts_section(args.hosts_examples, args.part_size)
     if args.skip_model:
         print(f"data_pipeline: {slower:.1f} ex/s (model not measured)")
         return
-
-    child = [
-        sys.executable, str(REPO / "benchmarks" / "model_step.py"), "--child", "ours",
-        f"--layers={args.layers}", f"--hidden={args.hidden}", f"--vocab={args.vocab}",
-        f"--batch={batch}", f"--length={length}", "--dtype=float32", f"--steps={args.steps}",
-        "--warmup=1",
-    ]  # fmt: skip
-    env = {**os.environ, "USE_TF": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    out = subprocess.run(child, capture_output=True, text=True, env=env, timeout=1800)
-    times = None
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT "):
-            import json
-
-            times = json.loads(line[len("RESULT ") :])["times"]
-    if not times:
-        raise SystemExit(f"model_step child failed (rc {out.returncode}): {out.stderr[-2000:]}")
-    model_rate = batch / statistics.median(times)
-    print(
-        f"model: {args.layers} layers x {args.hidden}, vocab {args.vocab}, fp32 train step "
-        f"median {statistics.median(times):.2f} s for batch {batch} x {length}"
-    )
-    print(
-        f"data_pipeline: {slower:.1f} ex/s, model consumes {model_rate:.2f} ex/s, "
-        f"ratio {slower / model_rate:.1f}"
-    )
+    consumed = model_rate(args)
+    print(f"data_pipeline: {slower:.1f} ex/s, model consumes {consumed:.2f} ex/s, "
+          f"ratio {slower / consumed:.1f}")
 
 
 if __name__ == "__main__":

@@ -157,6 +157,23 @@ def test_ids_match_hf_single_and_pairs(model, tokenizers, tatoeba):
             f"{len(EDGE_CASES)} edge cases")
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_batched_encode_texts_matches_hf_and_encode_text(model, tokenizers, tatoeba):
+    """The batched path (one SentencePiece call for the batch) gives HF's ids for every line,
+    edge case and literal special token, and exactly what ``encode_text`` gives one by one."""
+    tok, hf, _ = tokenizers[model]
+    texts = [line for lines, english in tatoeba.values() for line in (*lines, *english)]
+    texts += [*EDGE_CASES, "a <mask> b", "x</s>y<s>", "", "   ", "\u2603\u2603 snow"]
+    batched = tok.encode_texts(texts)
+    assert batched == [tok.encode_text(t) for t in texts]
+    assert batched == [hf.encode(t, add_special_tokens=False) for t in texts]
+    assert sum(3 in ids for ids in batched) > 0  # unknown runs took the surface-string lookup
+    with pytest.raises(TypeError, match="text 1: expected a str"):
+        tok.encode_texts(["ok", None])
+    with pytest.raises(TypeError, match="not one string"):
+        tok.encode_texts("one string")
+
+
 def test_literal_special_tokens_and_split_special_tokens(tokenizers):
     tok, hf, _ = tokenizers["test_model"]
     text = "Mask <mask> here<s>and</s> there <unk>!"

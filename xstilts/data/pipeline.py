@@ -9,10 +9,16 @@ Example::
                                                                           jax.process_count()))
     task_name, batch = batcher.batch(step)       # a pure function of step: exact resume
 
+Featurization is done once per split and host share: the split is cut into parts of
+``PART_SIZE`` examples, each featurized with the batched tokenizer path (``encode_texts``, one
+SentencePiece call per ``CHUNK`` examples) and, with ``cache_dir``, pickled there; with a
+``shard_info`` (the hosts sharing ``cache_dir``) each host featurizes only its parts and reads
+the others', so every host ends with the same feature list as one host would.
+
 Nothing is dropped silently. ``task_features(..., stats=d)`` fills ``d`` with what featurization
 did to the split (``featurization_stats``); the same record is kept in memory for the process
-(``cached_stats``) and, with ``cache_dir``, pickled in the feature cache file ahead of the
-features (so reading the counts back does not load the features). On the ``train`` split an
+(``cached_stats``) and, with ``cache_dir``, pickled in every part file ahead of its features
+(so reading the counts back does not load the features). On the ``train`` split an
 example without a usable target (``preprocessors.DROP_REASONS``) is dropped and counted under
 ``dropped``; on other splits it is kept (evaluation sees every example) and counted under
 ``flagged``. ``truncated`` counts examples kept but cut (``preprocessors.TRUNCATION_REASONS``).
@@ -22,11 +28,13 @@ with ``allow_samples=True``.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
 import os
 import pickle
+import re
 import tempfile
 import time
 from collections import Counter
@@ -38,11 +46,14 @@ import tqdm
 
 from xstilts.data import preprocessors as P
 from xstilts.data import sources
-from xstilts.data.feature_converters import FeatureBatcher, MixtureBatcher
+from xstilts.data.feature_converters import FeatureBatcher, MixtureBatcher, ShardInfo
 from xstilts.data.tasks import TaskSpec, get_task, mixture_rates, mixture_tasks
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 2  # 2: training splits drop examples without a usable target
+CACHE_VERSION = 3  # 2: training splits drop examples without a usable target; 3: parts
+PART_SIZE = 50_000  # examples per cache part: what one host featurizes (MLM packs within it)
+CHUNK = 2_000  # examples per featurize() call (the batched tokenizer call)
+SHARD_WAIT_SECONDS = 1800.0  # how long a host waits for a part another host featurizes
 TRAIN_SPLIT = "train"
 FEATURIZED_KINDS = ("classification", "tagging", "qa", "multiple_choice", "mlm")
 _STATS: dict[str, dict[str, Any]] = {}  # cache key -> featurization stats of this process
@@ -101,6 +112,7 @@ def featurize(
     length = max_length or spec.max_length
     labels = labels or spec.labels
     examples = usable_examples(spec, examples, training=training, counts=counts)
+    tokenizer = P.pre_encoded(spec.kind, examples, tokenizer)
     if spec.kind == "classification":
         return [P.classification_features(e, tokenizer, length, labels, counts=counts)
                 for e in examples]  # fmt: skip
@@ -158,6 +170,86 @@ def _cache_key(
     return digest.hexdigest()[:20]
 
 
+def _blocks(num_examples: int, part_size: int) -> list[tuple[int, int]]:
+    """``[begin, end)`` of each part: consecutive runs of ``part_size`` examples."""
+    if part_size < 1:
+        raise ValueError(f"part_size must be positive, got {part_size}")
+    return [(b, min(b + part_size, num_examples)) for b in range(0, num_examples, part_size)]
+
+
+def _part_file(cache_dir: str | os.PathLike, stem: str, index: int, count: int) -> Path:
+    return Path(cache_dir) / f"{stem}.part-{index:05d}-of-{count:05d}.pkl"
+
+
+def _complete_parts(cache_dir: str | os.PathLike, stem: str) -> list[Path] | None:
+    """The part files of a complete cache entry in order, or None when any is missing."""
+    pattern = re.compile(re.escape(stem) + r"\.part-(\d{5})-of-(\d{5})\.pkl")
+    found: dict[int, set[int]] = {}
+    for path in Path(cache_dir).glob(glob.escape(stem) + ".part-*-of-*.pkl"):
+        match = pattern.fullmatch(path.name)
+        if match:
+            found.setdefault(int(match[2]), set()).add(int(match[1]))
+    for count, indices in sorted(found.items()):
+        if indices == set(range(count)):
+            return [_part_file(cache_dir, stem, i, count) for i in range(count)]
+    return None
+
+
+def _read_part(path: Path, *, with_features: bool) -> tuple[dict[str, Any], Any]:
+    """(stats, features or None) of a part file: two pickles, the stats first."""
+    with open(path, "rb") as handle:
+        recorded = pickle.load(handle)
+        return recorded, pickle.load(handle) if with_features else None
+
+
+def _wait_for(path: Path, timeout: float) -> None:
+    """Block until another host has written ``path`` (or fail after ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while not path.is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"waited {timeout:.0f} s for {path}, the part another host featurizes: is "
+                f"{path.parent} shared by every host, and does every host featurize this split?")
+        time.sleep(0.5)
+
+
+def merge_stats(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One ``featurization_stats`` record of a split from the records of its parts."""
+    merged: dict[str, Any] = {"examples": 0, "features": 0}
+    for field in ("dropped", "flagged", "truncated"):
+        total: Counter[str] = Counter()
+        for record in records:
+            total.update(record[field])
+        merged[field] = dict(sorted(total.items()))
+    for record in records:
+        merged["examples"] += record["examples"]
+        merged["features"] += record["features"]
+    return {key: merged[key] for key in ("examples", "features", "dropped", "flagged",
+                                         "truncated")}  # fmt: skip
+
+
+def _featurize_part(
+    spec: TaskSpec,
+    examples: Sequence[Mapping[str, Any]],
+    tokenizer: Any,
+    length: int,
+    labels: Any,
+    training: bool,
+    progress: Any,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(stats, features) of one part; chunks of 2,000 examples only drive the progress bar
+    (MLM packs the whole part at once)."""
+    counts: Counter[str] = Counter()
+    features: list[dict[str, Any]] = []
+    chunk = len(examples) if spec.kind == "mlm" else CHUNK
+    for offset in range(0, len(examples), chunk):
+        part = examples[offset : offset + chunk]
+        features.extend(featurize(spec, part, tokenizer, length, labels, counts=counts,
+                                  training=training))  # fmt: skip
+        progress.update(len(part))
+    return featurization_stats(len(examples), len(features), counts, training=training), features
+
+
 def task_features(
     name: str,
     split: str,
@@ -168,54 +260,87 @@ def task_features(
     cache_dir: str | os.PathLike | None = None,
     stats: dict[str, Any] | None = None,
     allow_samples: bool = False,
+    shard_info: Any = None,
+    part_size: int = PART_SIZE,
 ) -> list[dict[str, Any]]:
-    """Featurized ``split`` of task ``name``; with ``cache_dir``, read from / written to a pickle
-    keyed by the data files, tokenizer and length (written to a temporary file, then renamed).
-    ``stats`` (a dict) is filled with ``featurization_stats`` (see the module docstring)."""
+    """Featurized ``split`` of task ``name``, the same list on every host.
+
+    The split is cut into parts of ``part_size`` examples. With ``cache_dir`` each part is
+    pickled there (to a temporary file, then renamed) and a complete set of parts is read back
+    instead of featurizing again; with ``cache_dir`` and ``shard_info`` (``seqio.ShardInfo`` or
+    ours: this host's index among the hosts sharing ``cache_dir``), host ``i`` featurizes only
+    the parts ``p`` with ``p % num_shards == i`` and reads the others' parts when they appear.
+    ``stats`` (a dict) is filled with ``featurization_stats`` (see the module docstring).
+    """
     spec = get_task(name)
     length = max_length or spec.max_length
     labels = _labels(spec, data_dir, allow_samples)
     key = _cache_key(spec, split, data_dir, tokenizer, length, labels, allow_samples)
-    cache_path = None
+    stem = f"{name}.{split}.{length}.{key}"
     if cache_dir is not None:
-        cache_path = _cache_file(cache_dir, name, split, length, key)
-        if cache_path.is_file():
-            recorded, features = _read_cache(cache_path, with_features=True)
-            _STATS[key] = recorded
-            _fill(stats, recorded)
-            return features
+        complete = _complete_parts(cache_dir, stem)
+        if complete is not None:
+            read = [_read_part(path, with_features=True) for path in complete]
+            return _finish(spec, split, key, [r for r, _ in read], [f for _, f in read], stats)
     examples = list(sources.read(spec, split, data_dir, allow_samples=allow_samples))
     if not examples:
         paths = sources.resolve(spec, split, data_dir, allow_samples=allow_samples)
         raise ValueError(f"task {name} split {split!r} is empty ({paths})")
     training = split == TRAIN_SPLIT
-    counts: Counter[str] = Counter()
+    blocks = _blocks(len(examples), part_size)
+    info = shard_info or ShardInfo()
+    shard = ShardInfo(int(info.index), int(info.num_shards)) if cache_dir else ShardInfo()
+    own = [b for b in range(len(blocks)) if b % shard.num_shards == shard.index]
+    parts: dict[int, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
     start = time.perf_counter()
-    features: list[dict[str, Any]] = []
-    # chunks only drive the progress bar; MLM packing needs the whole stream at once
-    chunk = len(examples) if spec.kind == "mlm" else 2000
-    chunks = range(0, len(examples), chunk)
-    progress = tqdm.tqdm(chunks, desc=f"featurize {name}/{split}", unit="chunk", leave=False,
-                         disable=len(chunks) <= 4)  # fmt: skip
-    for offset in progress:
-        part = examples[offset : offset + chunk]
-        features.extend(featurize(spec, part, tokenizer, length, labels, counts=counts,
-                                  training=training))  # fmt: skip
+    total = sum(blocks[b][1] - blocks[b][0] for b in own)
+    with tqdm.tqdm(total=total, desc=f"featurize {name}/{split}", unit="ex", leave=False,
+                   disable=total <= 4 * CHUNK) as progress:  # fmt: skip
+        for b in own:
+            path = _part_file(cache_dir, stem, b, len(blocks)) if cache_dir else None
+            if path is not None and path.is_file():  # left by an interrupted run
+                parts[b] = _read_part(path, with_features=True)
+                progress.update(blocks[b][1] - blocks[b][0])
+                continue
+            begin, end = blocks[b]
+            parts[b] = _featurize_part(spec, examples[begin:end], tokenizer, length, labels,
+                                       training, progress)  # fmt: skip
+            if path is not None:
+                _atomic_pickle(path, *parts[b])
     elapsed = time.perf_counter() - start
+    log.info("%s/%s: featurized %d of %d parts (%d examples) in %.1f s (%.0f examples/s)%s",
+             name, split, len(own), len(blocks), total, elapsed, total / max(elapsed, 1e-9),
+             f" as host {shard.index} of {shard.num_shards}" if shard.num_shards > 1 else "")
+    for b in range(len(blocks)):
+        if b not in parts:
+            path = _part_file(cache_dir, stem, b, len(blocks))  # type: ignore[arg-type]
+            _wait_for(path, SHARD_WAIT_SECONDS)
+            parts[b] = _read_part(path, with_features=True)
+    ordered = [parts[b] for b in range(len(blocks))]
+    return _finish(spec, split, key, [r for r, _ in ordered], [f for _, f in ordered], stats)
+
+
+def _finish(
+    spec: TaskSpec,
+    split: str,
+    key: str,
+    records: Sequence[Mapping[str, Any]],
+    parts: Sequence[list[dict[str, Any]]],
+    stats: dict[str, Any] | None,
+) -> list[dict[str, Any]]:
+    """The parts' features concatenated (MLM rows renumbered) and their merged stats."""
+    record = merge_stats(records)
+    features = [feature for part in parts for feature in part]
     if not features:
-        raise ValueError(f"task {name} split {split!r}: every example was dropped "
-                         f"({dict(counts)})")  # fmt: skip
-    record = featurization_stats(len(examples), len(features), counts, training=training)
-    if cache_path is not None:
-        _atomic_pickle(cache_path, record, features)
+        raise ValueError(f"task {spec.name} split {split!r}: every example was dropped "
+                         f"({record['dropped'] or record['flagged']})")  # fmt: skip
+    if spec.kind == "mlm":
+        features = [{**feature, "example_id": i} for i, feature in enumerate(features)]
     _STATS[key] = record
     _fill(stats, record)
-    log.info(
-        "%s/%s: %d examples -> %d features in %.1f s (%.0f examples/s); dropped %s, flagged %s, "
-        "truncated %s", name, split, len(examples), len(features), elapsed,
-        len(examples) / max(elapsed, 1e-9), record["dropped"], record["flagged"],
-        record["truncated"],
-    )  # fmt: skip
+    log.info("%s/%s: %d examples -> %d features; dropped %s, flagged %s, truncated %s",
+             spec.name, split, record["examples"], record["features"], record["dropped"],
+             record["flagged"], record["truncated"])  # fmt: skip
     return features
 
 
@@ -231,18 +356,6 @@ def _fill(stats: dict[str, Any] | None, record: Mapping[str, Any]) -> None:
         stats.update(json.loads(json.dumps(record)))  # a deep copy
 
 
-def _cache_file(cache_dir: str | os.PathLike, name: str, split: str, length: int, key: str
-                ) -> Path:
-    return Path(cache_dir) / f"{name}.{split}.{length}.{key}.pkl"
-
-
-def _read_cache(cache_path: Path, *, with_features: bool) -> tuple[dict[str, Any], Any]:
-    """(stats, features or None) of a feature cache file: two pickles, the stats first."""
-    with open(cache_path, "rb") as handle:
-        recorded = pickle.load(handle)
-        return recorded, pickle.load(handle) if with_features else None
-
-
 def cached_stats(
     name: str,
     split: str,
@@ -254,16 +367,17 @@ def cached_stats(
     allow_samples: bool = False,
 ) -> dict[str, Any]:
     """``featurization_stats`` of a split, cheaply: from this process's memory, else from the
-    stats file beside the feature cache, else by featurizing (and caching) the split."""
+    stats pickled ahead of each cached part, else by featurizing (and caching) the split."""
     spec = get_task(name)
     length = max_length or spec.max_length
     labels = _labels(spec, data_dir, allow_samples)
     key = _cache_key(spec, split, data_dir, tokenizer, length, labels, allow_samples)
     if key in _STATS:
         return json.loads(json.dumps(_STATS[key]))
-    cache_path = None if cache_dir is None else _cache_file(cache_dir, name, split, length, key)
-    if cache_path is not None and cache_path.is_file():
-        _STATS[key], _ = _read_cache(cache_path, with_features=False)
+    complete = None if cache_dir is None else _complete_parts(cache_dir,
+                                                             f"{name}.{split}.{length}.{key}")
+    if complete is not None:
+        _STATS[key] = merge_stats([_read_part(p, with_features=False)[0] for p in complete])
         return json.loads(json.dumps(_STATS[key]))
     stats: dict[str, Any] = {}
     task_features(name, split, tokenizer, data_dir=data_dir, max_length=length,
@@ -303,7 +417,8 @@ def task_batcher(
     spec = get_task(name)
     length = max_length or spec.max_length
     features = task_features(name, split, tokenizer, data_dir=data_dir, max_length=length,
-                             cache_dir=cache_dir, allow_samples=allow_samples)  # fmt: skip
+                             cache_dir=cache_dir, allow_samples=allow_samples,
+                             shard_info=shard_info)  # fmt: skip
     mlm = {"mask_id": tokenizer.mask_id} if spec.kind == "mlm" else None
     return FeatureBatcher(
         features, spec.kind, batch_size=batch_size, length=length, seed=seed, shuffle=shuffle,

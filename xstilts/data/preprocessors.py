@@ -96,7 +96,7 @@ def example_problem(kind: str, example: Mapping[str, Any]) -> str | None:
     return None if labelled else MISSING_LABEL
 
 
-def _truncated_pair(
+def truncated_pair(
     tokenizer: Tokenizer, text_a: str, text_b: str | None, max_length: int, counts: Counts | None
 ) -> list[int]:
     """``tokenizer.encode``/``encode_pair`` with ``max_length``, counting ``TOO_LONG``."""
@@ -108,6 +108,51 @@ def _truncated_pair(
     if too_long:
         a, b = tokenizer.truncate(a, b, max_length)
     return tokenizer.build_inputs(a, b)
+
+
+# ------------------------------------------------------------------------ batched tokenization
+
+
+def texts_to_encode(kind: str, example: Mapping[str, Any]) -> list[str]:
+    """The strings the featurizer of ``kind`` passes to ``encode_text`` for ``example``."""
+    if kind == "classification":
+        texts = [example.get("text_a"), example.get("text_b")]
+    elif kind == "multiple_choice":
+        texts = [multiple_choice_prompt(example), *(example.get("choices") or ())]
+    elif kind == "tagging":
+        texts = list(example.get("tokens") or ())
+    elif kind == "qa":
+        texts = [(example.get("question") or "").strip()]
+    else:
+        texts = [example.get("text")]
+    return [text for text in texts if isinstance(text, str)]
+
+
+class PreEncoded:
+    """``tokenizer`` with ``encode_text`` answered from ids encoded up front in one batch
+    (``XLMRTokenizer.encode_texts``: one C++ SentencePiece call instead of one per string);
+    strings not encoded up front go to the tokenizer. Callers must not mutate the lists."""
+
+    def __init__(self, tokenizer: Tokenizer, texts: Sequence[str]):
+        self.tokenizer = tokenizer
+        unique = list(dict.fromkeys(texts))
+        self._ids = dict(zip(unique, tokenizer.encode_texts(unique), strict=True))
+
+    def encode_text(self, text: str) -> list[int]:
+        ids = self._ids.get(text)
+        return ids if ids is not None else self.tokenizer.encode_text(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tokenizer, name)
+
+
+def pre_encoded(kind: str, examples: Sequence[Mapping[str, Any]], tokenizer: Tokenizer
+                ) -> Tokenizer:
+    """``PreEncoded`` over the strings of ``examples`` when the tokenizer has the batched path
+    (``encode_texts``), else ``tokenizer`` itself."""
+    if not hasattr(tokenizer, "encode_texts"):
+        return tokenizer
+    return PreEncoded(tokenizer, [t for e in examples for t in texts_to_encode(kind, e)])
 
 
 # ------------------------------------------------------------------------------ classification
@@ -123,7 +168,7 @@ def classification_features(
 ) -> Feature:
     """``<s> A </s></s> B </s>`` (or ``<s> A </s>`` without ``text_b``), truncated longest-first
     (counted as ``TOO_LONG``)."""
-    input_ids = _truncated_pair(
+    input_ids = truncated_pair(
         tokenizer, example["text_a"], example.get("text_b"), max_length, counts
     )
     label = example.get("label")
@@ -136,6 +181,13 @@ def classification_features(
     }
 
 
+def multiple_choice_prompt(example: Mapping[str, Any]) -> str:
+    """The first segment of every choice row: context and question joined by a space."""
+    return " ".join(
+        part for part in (example.get("context", ""), example.get("question", "")) if part
+    )
+
+
 def multiple_choice_features(
     example: Mapping[str, Any],
     tokenizer: Tokenizer,
@@ -145,11 +197,9 @@ def multiple_choice_features(
 ) -> Feature:
     """One ``<s> context question </s></s> choice </s>`` row per choice (``input_ids`` [C, *]);
     an example with any row truncated counts once as ``TOO_LONG``."""
-    prompt = " ".join(
-        part for part in (example.get("context", ""), example.get("question", "")) if part
-    )
+    prompt = multiple_choice_prompt(example)
     cut: dict[str, int] = {}
-    rows = [_truncated_pair(tokenizer, prompt, choice, max_length, cut)
+    rows = [truncated_pair(tokenizer, prompt, choice, max_length, cut)
             for choice in example["choices"]]  # fmt: skip
     count(counts, TOO_LONG, bool(cut))
     label = example.get("label")

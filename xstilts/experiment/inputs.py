@@ -9,6 +9,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from xstilts import train as train_lib
@@ -105,9 +106,12 @@ class Inputs:
         length = max_length or tasks.get_task(name).max_length
         key = (name, split, length)
         if key not in self._features:
+            # every process calls this for the same splits: each featurizes its share of the
+            # parts and reads the others' from the shared cache
             self._features[key] = pipeline.task_features(
                 name, split, self.tokenizer, data_dir=self.grid.data_dir, max_length=length,
-                cache_dir=self.run_dir / "cache")
+                cache_dir=self.run_dir / "cache",
+                shard_info=ShardInfo(jax.process_index(), jax.process_count()))
         return self._features[key]
 
     def examples(self, name: str, split: str) -> list[dict[str, Any]]:
