@@ -1,4 +1,5 @@
-"""Task and mixture registry (pure Python), the cached pipeline, and the seqio registration."""
+"""Task and mixture registry (pure Python), the cached pipeline, and the seqio registration
+(its batches and rates: tests/test_data_seqio.py)."""
 
 import pickle
 
@@ -146,25 +147,25 @@ def test_synthetic_files_feed_the_registry_and_a_mixture(tmp_path, shared_data):
     assert batch["input_ids"].shape == (4, 64)
 
 
-def test_seqio_registration_matches_our_rates(shared_data):
+def test_seqio_registration_is_tokenized(shared_data):
     seqio = pytest.importorskip("seqio")
     from xstilts.data import seqio_tasks
+    from xstilts.tokenization import XLMRTokenizer
 
     root = shared_data("xnli").parent
-    tasks, mixtures = seqio_tasks.register_all(root)
+    spm = shared_data("spm/test_model.model")
+    tasks, mixtures = seqio_tasks.register_all(root, spm)
     assert "intermediate.all9.multilingual+mlm" in mixtures and "xnli.de" in tasks
     task = seqio.get_mixture_or_task("xnli.de")
     assert task.metadata["train_task"] == "mnli.en"
-    first = next(task.get_dataset(None, split="dev", shuffle=False).as_numpy_iterator())
-    assert first["text_b"] == b"Er rief seine Mutter an, sobald er aus dem Schulbus stieg."
-    assert first["label"] == b"neutral"
+    first = next(task.get_dataset({"inputs": 256}, split="dev", shuffle=False)
+                 .as_numpy_iterator())  # fmt: skip
+    tok = XLMRTokenizer(spm)
+    assert first["inputs_b"].tolist() == tok.encode_text(
+        "Er rief seine Mutter an, sobald er aus dem Schulbus stieg.")
+    assert first["targets"] == T.get_task("xnli.de").labels.index("neutral")
     with_mlm = seqio.get_mixture_or_task("intermediate.anli_plus.en+mlm")
     assert {"mnli.en", "mlm.sw"} <= {t.name for t in with_mlm.tasks}
-    expected = T.mixture_rates("intermediate.anli_plus.en",
-                               lambda n: T.get_task(n).num_examples("train", root))  # fmt: skip
-    anli = seqio.get_mixture_or_task("intermediate.anli_plus.en")
-    total = sum(anli.get_rate(t) for t in anli.tasks)
-    assert {t.name: anli.get_rate(t) / total for t in anli.tasks} == pytest.approx(expected)
     assert seqio.ShardInfo(1, 2) == seqio.ShardInfo(index=1, num_shards=2)
     batcher = PL.FeatureBatcher([{"input_ids": np.array([0, 2]), "labels": 0}] * 4,
                                 "classification", batch_size=1, length=4,

@@ -1,10 +1,34 @@
-"""seqio Tasks and Mixtures built from the task and mixture registry (needs seqio + TF)."""
+"""seqio Tasks and Mixtures for every registered task and mixture, tokenized on ``XLMRVocabulary``
+(needs seqio + TF), and ``seqio_batches``, the one entry the trainer calls.
+
+A Task reads the prepared files through the project's readers (``ReaderDataSource``, a
+``seqio.FunctionDataSource`` with per-split ``num_input_examples``, so
+``seqio.mixing_rate_num_examples`` works), and its preprocessors (``seqio.map_over_dataset``,
+``seqio.preprocessors.rekey`` / ``tokenize``) build the task features that
+``seqio_converters.py`` documents per kind; the converters turn them into the model's batches.
+Examples without a usable target are dropped from the ``train`` split and kept elsewhere, as
+``pipeline.featurize`` does. Example::
+
+    from xstilts.data import seqio_tasks
+    seqio_tasks.register_all(data_dir="data", vocabulary="xlmr/sentencepiece.bpe.model")
+    ds = seqio.get_mixture_or_task("intermediate.mnli.multilingual").get_dataset(
+        {"inputs": 128}, split="train", seed=0)
+    for task_name, batch in seqio_tasks.seqio_batches(
+            "intermediate.all9.en", sequence_length=128, batch_size=32, seed=0):
+        ...
+
+Names are the registry's; retrieval tasks are not registered (they are evaluated, not trained).
+A mixture whose tasks differ in kind (``all9``, every ``+mlm``) is a ``MultiKindMixture``: its
+rates are seqio's (``get_rate``, equal to ``registry.mixture_rates``), its batches one task per
+step (``seqio_batches``); seqio's per-example mixing (``get_dataset``) needs one feature set.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 try:  # the data extra
@@ -16,8 +40,20 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
         "the rest of xstilts.data works without them"
     ) from error
 
+import numpy as np
+
+from xstilts.data import preprocessors as P
+from xstilts.data import sources
+from xstilts.data.feature_converters import MixtureBatcher
+from xstilts.data.pipeline import TRAIN_SPLIT, UNKNOWN_TAG, task_labels, usable_examples
 from xstilts.data.registry import family_shares
 from xstilts.data.registry import register_mixture as register_spec
+from xstilts.data.seqio_converters import (
+    INPUTS,
+    converter_for,
+    mask_mlm_batch,
+    padding_rows,
+)
 from xstilts.data.tasks import (
     MIXTURES,
     TASKS,
@@ -25,102 +61,399 @@ from xstilts.data.tasks import (
     get_mixture,
     get_task,
     mixture_rates,
+    mixture_tasks,
 )
+from xstilts.tokenization import BOS_ID, EOS_ID, PAD_ID, xlmr_vocabulary
 
-_VOCAB = seqio.PassThroughVocabulary(size=0)
+LABELS = seqio.PassThroughVocabulary(size=0)  # the vocabulary of label / position features
+TRAINING = "is_training"  # QA only: the source's split is train (misaligned answers dropped)
+
+# ------------------------------------------------------------------------------ features
 
 
-def _feature(dtype: Any, rank: int) -> seqio.Feature:
-    return seqio.Feature(_VOCAB, add_eos=False, required=True, dtype=dtype, rank=rank)
+def token_feature(vocabulary: Any, rank: int = 1) -> seqio.Feature:
+    """A token-id feature on ``vocabulary`` (no EOS added: specials are the converter's)."""
+    return seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32, rank=rank)
 
 
-# One schema for every task (seqio Mixtures need equal output features): the fields a task's kind
-# does not use hold "" / [] / false. A multiple-choice label is the choice index as a string.
-SCHEMA: dict[str, tuple[Any, int]] = {
-    "id": (tf.string, 0), "kind": (tf.string, 0),
-    "text_a": (tf.string, 0), "text_b": (tf.string, 0), "label": (tf.string, 0),
-    "tokens": (tf.string, 1), "tags": (tf.string, 1),
-    "context": (tf.string, 0), "question": (tf.string, 0),
-    "answers_text": (tf.string, 1), "answers_start": (tf.int32, 1), "is_impossible": (tf.bool, 0),
-    "choices": (tf.string, 1), "text": (tf.string, 0),
+def label_feature(rank: int = 0) -> seqio.Feature:
+    """A label / position feature (int32, passed through)."""
+    return seqio.Feature(LABELS, add_eos=False, dtype=tf.int32, rank=rank)
+
+
+def output_features(kind: str, vocabulary: Any) -> dict[str, seqio.Feature]:
+    """The task features of ``kind`` (see ``seqio_converters.py``). A user's Task that joins a
+    project Mixture declares the same keys, dtypes and vocabulary."""
+    token, label = functools.partial(token_feature, vocabulary), label_feature
+    features = {
+        "classification": {INPUTS: token(), "inputs_b": token(), "targets": label()},
+        "tagging": {INPUTS: token(), "targets": label(1), "label_mask": label(1)},
+        "qa": {INPUTS: token(), "start_positions": label(), "end_positions": label()},
+        "multiple_choice": {INPUTS: token(), "choices": token(2), "targets": label()},
+        "mlm": {INPUTS: token()},
+    }
+    if kind not in features:
+        raise ValueError(f"kind {kind!r} has no seqio task features; expected one of "
+                         f"{sorted(features)}")
+    return features[kind]
+
+
+def _vocabulary(vocabulary: Any) -> Any:
+    if vocabulary is None:
+        raise ValueError("seqio tasks need an XLMRVocabulary or the path of an XLM-R "
+                         "SentencePiece model (vocabulary=...)")
+    if not isinstance(vocabulary, seqio.Vocabulary):
+        vocabulary = xlmr_vocabulary(vocabulary)
+    return warm_up(vocabulary)
+
+
+# ---------------------------------------------------------------------------------- source
+
+_SIGNATURES: dict[str, dict[str, tf.TensorSpec]] = {
+    "classification": {"text_a": tf.TensorSpec([], tf.string),
+                       "text_b": tf.TensorSpec([], tf.string),
+                       "label": tf.TensorSpec([], tf.string)},
+    "tagging": {"tokens": tf.TensorSpec([None], tf.string),
+                "tags": tf.TensorSpec([None], tf.string),
+                "has_tags": tf.TensorSpec([], tf.bool)},
+    "qa": {"id": tf.TensorSpec([], tf.string), "context": tf.TensorSpec([], tf.string),
+           "question": tf.TensorSpec([], tf.string),
+           "answers_text": tf.TensorSpec([None], tf.string),
+           "answers_start": tf.TensorSpec([None], tf.int32),
+           "is_impossible": tf.TensorSpec([], tf.bool), TRAINING: tf.TensorSpec([], tf.bool)},
+    "multiple_choice": {"context": tf.TensorSpec([], tf.string),
+                        "question": tf.TensorSpec([], tf.string),
+                        "choices": tf.TensorSpec([None], tf.string),
+                        "label": tf.TensorSpec([], tf.int32)},
+    "mlm": {"text": tf.TensorSpec([], tf.string)},
 }  # fmt: skip
-_EMPTY = {
-    key: [] if rank else (False if dtype == tf.bool else "")
-    for key, (dtype, rank) in SCHEMA.items()
-}
 
 
-def _flatten(kind: str, example: dict) -> dict:
-    """Reader example -> the shared schema (None becomes "")."""
-    row = dict(_EMPTY, id=str(example["id"]), kind=kind)
+def _row(kind: str, example: Mapping[str, Any], training: bool) -> dict[str, Any]:
+    """A reader example -> the source's fields of ``kind`` (None: "" / -1 / no tags)."""
     if kind == "classification":
-        row.update(text_a=example["text_a"], text_b=example.get("text_b") or "",
-                   label=example.get("label") or "")  # fmt: skip
-    elif kind == "tagging":
-        row.update(tokens=example["tokens"], tags=example.get("tags") or [])
-    elif kind == "qa":
-        answers = example.get("answers") or []
-        row.update(context=example["context"], question=example["question"],
-                   answers_text=[a["text"] for a in answers],
-                   answers_start=[a["answer_start"] for a in answers],
-                   is_impossible=bool(example.get("is_impossible")))  # fmt: skip
-    elif kind == "multiple_choice":
         label = example.get("label")
-        row.update(context=example.get("context", ""), question=example.get("question", ""),
-                   choices=example["choices"])  # fmt: skip
-        row["label"] = "" if label is None else str(label)
-    else:
-        row.update(text=example["text"])
-    return row
+        return {"text_a": example["text_a"], "text_b": example.get("text_b") or "",
+                "label": "" if label is None else str(label)}
+    if kind == "tagging":
+        tags = example.get("tags")
+        return {"tokens": list(example["tokens"]), "tags": list(tags or ()),
+                "has_tags": tags is not None}
+    if kind == "qa":
+        answers = example.get("answers") or []
+        return {"id": str(example.get("id", "")), "context": example["context"],
+                "question": example["question"],
+                "answers_text": [a["text"] for a in answers],
+                "answers_start": [int(a["answer_start"]) for a in answers],
+                "is_impossible": bool(example.get("is_impossible")), TRAINING: training}
+    if kind == "multiple_choice":
+        label = example.get("label")
+        return {"context": example.get("context", "") or "",
+                "question": example.get("question", "") or "",
+                "choices": list(example["choices"]), "label": -1 if label is None else int(label)}
+    return {"text": example["text"]}
 
 
-def _source(spec: TaskSpec, data_dir: Any) -> seqio.FunctionDataSource:
-    signature = {key: tf.TensorSpec([None] * rank, dtype) for key, (dtype, rank) in SCHEMA.items()}
+class ReaderDataSource(seqio.FunctionDataSource):
+    """A task's prepared files through its reader (``sources.read``): one file per split, so
+    seqio shards it at the examples (``Task.get_dataset(shard_info=...)``).
+    ``num_input_examples(split)`` counts the examples the split yields (the train split less
+    those without a usable target), once, when first asked."""
 
-    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
-        del shuffle_files, seed  # one file per split; shuffling is the consumer's
-        spec.path(split, data_dir)  # fail early, naming the missing file
+    def __init__(self, spec: TaskSpec, data_dir: Any = None, *, allow_samples: bool = False):
+        self.spec, self.data_dir, self.allow_samples = spec, data_dir, allow_samples
+        self._counts: dict[str, int] = {}
+        super().__init__(self._dataset_fn, splits=tuple(spec.splits))
 
-        def generate() -> Iterable[dict]:
-            for example in spec.examples(split, data_dir):
-                yield _flatten(spec.kind, example)
+    def examples(self, split: str) -> list[Mapping[str, Any]]:
+        """The split's reader examples, the unusable ones dropped from ``train``."""
+        read = sources.read(self.spec, split, self.data_dir, allow_samples=self.allow_samples)
+        return usable_examples(self.spec, list(read), training=split == TRAIN_SPLIT)
 
-        return tf.data.Dataset.from_generator(generate, output_signature=signature)
+    def _dataset_fn(self, split: str, shuffle_files: bool, seed: int | None = None
+                    ) -> tf.data.Dataset:
+        del shuffle_files, seed  # one file per split; Task.get_dataset shuffles examples
+        split = str(split)  # seqio's default is tfds.Split.TRAIN
+        sources.resolve(self.spec, split, self.data_dir, allow_samples=self.allow_samples)
+        kind, training = self.spec.kind, split == TRAIN_SPLIT
 
-    return seqio.FunctionDataSource(dataset_fn, splits=tuple(spec.splits))
+        def generate() -> Iterable[dict[str, Any]]:
+            for example in self.examples(split):
+                yield _row(kind, example, training)
+
+        return tf.data.Dataset.from_generator(generate, output_signature=_SIGNATURES[kind])
+
+    def num_input_examples(self, split: str) -> int:
+        split = str(split)
+        if split not in self._counts:
+            self._counts[split] = len(self.examples(split))
+        return self._counts[split]
 
 
-def register_task(spec: TaskSpec, data_dir: str | os.PathLike | None = None) -> seqio.Task:
-    """Register ``spec`` as a seqio Task (replacing an earlier registration of that name)."""
+# --------------------------------------------------------------------------- preprocessors
+
+
+def _length(spec: TaskSpec, sequence_length: Mapping[str, Any] | None) -> int:
+    """The window / row length: ``sequence_length["inputs"]``, else the task's max_length."""
+    if sequence_length and sequence_length.get(INPUTS) is not None:
+        return int(sequence_length[INPUTS])
+    return spec.max_length
+
+
+def label_index(dataset: tf.data.Dataset, *, labels: Sequence[str], task: str
+                ) -> tf.data.Dataset:
+    """``targets``: the index of the ``label`` string in ``labels`` ("" -> -1); an unknown
+    label stops the pipeline with an error naming the task and the labels expected."""
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(list(labels)),
+                                            tf.range(len(labels), dtype=tf.int32)), -2)
+
+    @seqio.map_over_dataset
+    def lookup(ex: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        index = tf.where(ex["label"] == "", P.IGNORE_LABEL, table.lookup(ex["label"]))
+        check = tf.debugging.assert_greater_equal(
+            index, P.IGNORE_LABEL,
+            message=f"task {task}: unknown label; expected one of {list(labels)}")
+        with tf.control_dependencies([check]):
+            ex = {k: v for k, v in ex.items() if k != "label"}
+            ex["targets"] = tf.identity(index)
+        return ex
+
+    return lookup(dataset)
+
+
+@seqio.map_over_dataset
+def multiple_choice_prompt(ex: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """``inputs``: context and question joined by a space (the empty one left out)."""
+    parts = tf.stack([ex["context"], ex["question"]])
+    prompt = tf.strings.reduce_join(tf.boolean_mask(parts, tf.strings.length(parts) > 0),
+                                    separator=" ")
+    return {INPUTS: prompt, "choices": ex["choices"], "targets": ex["label"]}
+
+
+@seqio.map_over_dataset
+def dense_choices(ex: dict[str, Any]) -> dict[str, Any]:
+    """``choices`` ragged [C, None] -> dense [C, m] padded with ``<pad>``."""
+    choices = ex["choices"]
+    if isinstance(choices, tf.RaggedTensor):
+        choices = choices.to_tensor(default_value=PAD_ID)
+    return {**ex, "choices": tf.cast(choices, tf.int32)}
+
+
+def pack_mlm(dataset: tf.data.Dataset, sequence_length: Mapping[str, Any] | None = None, *,
+             default_length: int = 512) -> tf.data.Dataset:
+    """Concatenate the token stream of the ``inputs`` and cut it into ``<s> ... </s>`` rows of
+    at most ``sequence_length["inputs"]`` tokens (``preprocessors.mlm_sequences`` in TF ops)."""
+    length = int((sequence_length or {}).get(INPUTS) or default_length)
+    body = length - 2
+    if body < 1:
+        raise ValueError(f"sequence length {length} leaves no room between <s> and </s>")
+    tokens = dataset.map(lambda ex: tf.cast(ex[INPUTS], tf.int32)).unbatch()
+    return tokens.batch(body).map(
+        lambda ids: {INPUTS: tf.concat([[BOS_ID], ids, [EOS_ID]], axis=0)})
+
+
+def _padded(rows: Sequence[np.ndarray], fill: int) -> np.ndarray:
+    out = np.full((len(rows), max((len(r) for r in rows), default=0)), fill, np.int32)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = row
+    return out
+
+
+def _slices(fields: dict[str, tf.Tensor]) -> tf.data.Dataset:
+    """Window rows (padded [W, w] + ``length`` [W]) -> one example per window, unpadded."""
+    def trim(row: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        n = row.pop("length")
+        return {k: v[:n] if v.shape.rank == 1 else v for k, v in row.items()}
+
+    return tf.data.Dataset.from_tensor_slices(fields).map(trim)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+# Tagging and QA windows call the native featurizer (tf.numpy_function), not TF ops: their
+# windows follow word boundaries (tagging) and SentencePiece's character offsets mapped to
+# Python characters (QA answer spans), which ``XLMRTokenizer`` computes exactly as HF's fast
+# tokenizer; re-deriving them in TF would be a second implementation to keep equal.
+
+
+def tagging_windows(dataset: tf.data.Dataset, sequence_length: Mapping[str, Any] | None = None,
+                    *, spec: TaskSpec, tokenizer: Any, labels: Callable[[], Sequence[str]]
+                    ) -> tf.data.Dataset:
+    """``tokens``/``tags`` -> windows of whole words (``preprocessors.tagging_features``):
+    ``inputs``, ``targets`` (tag index on first sub-tokens, else -1), ``label_mask``."""
+    length = _length(spec, sequence_length)
+    tags = tuple(labels())
+    unknown = UNKNOWN_TAG if tags and tags[-1] == UNKNOWN_TAG else None
+
+    def featurize(tokens: np.ndarray, gold: np.ndarray, has_tags: bool
+                  ) -> tuple[np.ndarray, ...]:
+        example = {"id": spec.name, "tokens": [_text(t) for t in tokens],
+                   "tags": [_text(t) for t in gold] if has_tags else None}
+        features = P.tagging_features(example, tokenizer, length, tags, unknown_tag=unknown)
+        return (np.array([len(f["input_ids"]) for f in features], np.int32),
+                _padded([f["input_ids"] for f in features], PAD_ID),
+                _padded([f["labels"] for f in features], P.IGNORE_LABEL),
+                _padded([f["label_mask"] for f in features], 0))
+
+    def expand(ex: dict[str, tf.Tensor]) -> tf.data.Dataset:
+        lengths, ids, targets, mask = tf.numpy_function(
+            featurize, [ex["tokens"], ex["tags"], ex["has_tags"]], [tf.int32] * 4,
+            stateful=False)
+        rows = tf.size(lengths)
+        return _slices({"length": tf.reshape(lengths, [-1]),
+                        INPUTS: tf.reshape(ids, [rows, -1]),
+                        "targets": tf.reshape(targets, [rows, -1]),
+                        "label_mask": tf.reshape(mask, [rows, -1])})
+
+    return dataset.flat_map(expand)
+
+
+def qa_windows(dataset: tf.data.Dataset, sequence_length: Mapping[str, Any] | None = None, *,
+               spec: TaskSpec, tokenizer: Any) -> tf.data.Dataset:
+    """Question + context -> SQuAD windows (``preprocessors.qa_features``: stride 128, query 64):
+    ``inputs``, ``start_positions``, ``end_positions``; on the train split an answer that covers
+    no context token drops the question (BERT's ``run_squad``)."""
+    length = _length(spec, sequence_length)
+    cache: dict[str, Any] = {}  # the last context's encoding (questions share contexts)
+
+    def featurize(qid: bytes, context: bytes, question: bytes, texts: np.ndarray,
+                  starts: np.ndarray, impossible: bool, training: bool
+                  ) -> tuple[np.ndarray, ...]:
+        context = _text(context)
+        if context not in cache:
+            cache.clear()
+            cache[context] = tokenizer.encode_with_offsets(context, add_special_tokens=False)
+        example = {"id": _text(qid), "context": context, "question": _text(question),
+                   "answers": [{"text": _text(t), "answer_start": int(s)}
+                               for t, s in zip(texts, starts, strict=True)],
+                   "is_impossible": bool(impossible)}
+        features = P.qa_features(example, tokenizer, max_length=length,
+                                 context_encoding=cache[context], drop_misaligned=bool(training))
+        return (np.array([len(f["input_ids"]) for f in features], np.int32),
+                _padded([f["input_ids"] for f in features], PAD_ID),
+                np.array([f["start_positions"] for f in features], np.int32),
+                np.array([f["end_positions"] for f in features], np.int32))
+
+    def expand(ex: dict[str, tf.Tensor]) -> tf.data.Dataset:
+        keys = ("id", "context", "question", "answers_text", "answers_start", "is_impossible",
+                TRAINING)
+        lengths, ids, start, end = tf.numpy_function(
+            featurize, [ex[k] for k in keys], [tf.int32] * 4, stateful=False)
+        return _slices({"length": tf.reshape(lengths, [-1]),
+                        INPUTS: tf.reshape(ids, [tf.size(lengths), -1]),
+                        "start_positions": tf.reshape(start, [-1]),
+                        "end_positions": tf.reshape(end, [-1])})
+
+    return dataset.flat_map(expand)
+
+
+def warm_up(vocabulary: Any) -> Any:
+    """Build ``vocabulary``'s TF state eagerly (``tf.init_scope``): ``XLMRVocabulary`` builds
+    it on first use and keeps it, and state first built inside a dataset's map function belongs
+    to that graph, so a second dataset could not use it."""
+    with tf.init_scope():
+        vocabulary.encode_tf(tf.constant("a"))
+    return vocabulary
+
+
+def _tokenize(dataset: tf.data.Dataset, output_features: Mapping[str, seqio.Feature]
+              ) -> tf.data.Dataset:
+    for feature in output_features.values():
+        if not isinstance(feature.vocabulary, seqio.PassThroughVocabulary):
+            warm_up(feature.vocabulary)
+    return seqio.preprocessors.tokenize(dataset, output_features, copy_pretokenized=False)
+
+
+def task_preprocessors(spec: TaskSpec, vocabulary: Any, data_dir: Any = None, *,
+                       allow_samples: bool = False) -> list[Callable[..., tf.data.Dataset]]:
+    """The seqio preprocessors of ``spec``'s kind (source fields -> task features)."""
+    tokenizer = vocabulary.tokenizer
+    if spec.kind == "classification":
+        labels = spec.labels or task_labels(spec, data_dir, allow_samples=allow_samples)
+        return [functools.partial(label_index, labels=tuple(labels), task=spec.name),
+                functools.partial(seqio.preprocessors.rekey,
+                                  key_map={INPUTS: "text_a", "inputs_b": "text_b",
+                                           "targets": "targets"}),
+                _tokenize]
+    if spec.kind == "tagging":
+        labels = functools.cache(lambda: spec.labels or task_labels(
+            spec, data_dir, allow_samples=allow_samples))  # CCG: read train's tags when needed
+        return [functools.partial(tagging_windows, spec=spec, tokenizer=tokenizer,
+                                  labels=labels)]
+    if spec.kind == "qa":
+        return [functools.partial(qa_windows, spec=spec, tokenizer=tokenizer)]
+    if spec.kind == "multiple_choice":
+        return [multiple_choice_prompt, _tokenize, dense_choices]
+    if spec.kind == "mlm":
+        return [functools.partial(seqio.preprocessors.rekey, key_map={INPUTS: "text"}),
+                _tokenize, functools.partial(pack_mlm, default_length=spec.max_length)]
+    raise ValueError(f"task {spec.name}: kind {spec.kind!r} has no seqio Task")
+
+
+# ------------------------------------------------------------------------ registration
+
+
+def register_task(spec: TaskSpec, data_dir: str | os.PathLike | None = None,
+                  vocabulary: Any = None, *, allow_samples: bool = False) -> seqio.Task:
+    """Register ``spec`` as a seqio Task (replacing an earlier registration of that name):
+    its prepared files under ``data_dir`` (sample files only with ``allow_samples``), task
+    features on ``vocabulary`` (an ``XLMRVocabulary`` or an XLM-R SentencePiece path)."""
     if spec.kind == "retrieval":
         raise ValueError(f"{spec.name} is a retrieval task; seqio Tasks are for training data")
+    vocabulary = _vocabulary(vocabulary)
     seqio.TaskRegistry.remove(spec.name)
-    features = {key: _feature(dtype, rank) for key, (dtype, rank) in SCHEMA.items()}
     task = seqio.TaskRegistry.add(
         spec.name,
-        source=_source(spec, data_dir),
-        output_features=features,
+        source=ReaderDataSource(spec, data_dir, allow_samples=allow_samples),
+        preprocessors=task_preprocessors(spec, vocabulary, data_dir,
+                                         allow_samples=allow_samples),
+        output_features=output_features(spec.kind, vocabulary),
+        shuffle_buffer_size=10_000,
     )
     task.metadata = spec.metadata  # languages, metric, max length, epochs, train task, ...
     return task
 
 
-def register_mixture(name: str, data_dir: str | os.PathLike | None = None) -> seqio.Mixture:
+class MultiKindMixture(seqio.Mixture):
+    """A seqio Mixture of tasks of different kinds (feature sets), e.g. all9 or a ``+mlm``
+    mixture: registered for its names and rates (``get_rate``); its batches are drawn one task
+    per step (``seqio_batches``), jiant's way. Per-example mixing (``get_dataset``) needs one
+    feature set and is refused with an error saying so."""
+
+    def __init__(self, name: str, tasks: Any, **kwargs: Any):
+        try:
+            super().__init__(name, tasks, **kwargs)
+        except ValueError as error:  # seqio refuses different feature sets (after setting up)
+            if "different output features" not in str(error):
+                raise
+
+    def get_dataset(self, *args: Any, **kwargs: Any) -> tf.data.Dataset:
+        kinds = sorted({task_kind(t) for t in self.tasks})
+        if len(kinds) == 1:
+            return super().get_dataset(*args, **kwargs)
+        raise ValueError(f"mixture {self.name} mixes task kinds {kinds}: seqio's per-example "
+                         f"mixing needs one feature set; use seqio_tasks.seqio_batches("
+                         f"{self.name!r}, ...) (one task per step)")
+
+
+def register_mixture(name: str, data_dir: str | os.PathLike | None = None,
+                     vocabulary: Any = None, *, allow_samples: bool = False) -> seqio.Mixture:
     """Register mixture ``name`` (and its tasks and sub-mixtures) with seqio. Task rates are
-    computed from the number of training examples exactly as ``registry.mixture_rates``."""
+    ``registry.mixture_rates`` over the tasks' ``num_input_examples("train")``, read lazily."""
+    vocabulary = _vocabulary(vocabulary)
     spec = get_mixture(name)
     for sub in (*(s for s, _ in spec.submixtures), *(f for f, _ in spec.families)):
         if sub not in seqio.MixtureRegistry.names():
-            register_mixture(sub, data_dir)
+            register_mixture(sub, data_dir, vocabulary, allow_samples=allow_samples)
     for task in spec.tasks:
         if task not in seqio.TaskRegistry.names():
-            register_task(get_task(task), data_dir)
-    sizes: dict[str, int] = {}
+            register_task(get_task(task), data_dir, vocabulary, allow_samples=allow_samples)
 
     def size(task: str) -> int:
-        if task not in sizes:
-            sizes[task] = get_task(task).num_examples("train", data_dir)
-        return sizes[task]
+        return seqio.get_mixture_or_task(task).num_input_examples(TRAIN_SPLIT)
 
     def own_rate(task: seqio.Task) -> float:
         own = {t: 0.0 for t in spec.tasks}
@@ -134,7 +467,7 @@ def register_mixture(name: str, data_dir: str | os.PathLike | None = None) -> se
     # as the own-task rates are; seqio calls a rate with the sub-mixture).
     components += [(family, _family_rate(name, family, size)) for family, _ in spec.families]
     seqio.MixtureRegistry.remove(name)
-    return seqio.MixtureRegistry.add(name, components)
+    return seqio.MixtureRegistry.add(name, components, mixture_cls=MultiKindMixture)
 
 
 def _family_rate(name: str, family: str, size: Any) -> Any:
@@ -156,27 +489,193 @@ def _own_only(name: str) -> str:
     return own
 
 
-def register_all(data_dir: str | os.PathLike | None = None) -> tuple[list[str], list[str]]:
-    """Every non-retrieval task and every mixture of the registry (lazy: nothing is read yet).
-
-    Kept at arm's length: a seqio Task here is a source of raw reader fields (strings, labels)
-    plus metadata; tokenization and batching stay in ``preprocessors.py`` /
-    ``feature_converters.py``, because seqio's ``SentencePieceVocabulary`` assumes PAD=0, EOS=1,
-    UNK=2 (google/seqio ``seqio/vocabularies.py``), which gives wrong ids for XLM-R, and its
-    feature converters (``seqio/feature_converters.py``) are built for T5 inputs/targets, not an
-    encoder classifier. What seqio adds is the registry mixture authors know,
-    ``seqio.get_mixture_or_task(...).get_dataset(...)`` for tf.data users, and the same rates as
-    ``registry.mixture_rates``. Names are the registry's; retrieval tasks are not registered
-    (they are evaluated, not trained)::
-
-        from xstilts.data import seqio_tasks
-        seqio_tasks.register_all(data_dir="data")
-        seqio.get_mixture_or_task("intermediate.mnli.multilingual").get_dataset(None, split="train")
-    """
+def register_all(data_dir: str | os.PathLike | None = None, vocabulary: Any = None, *,
+                 allow_samples: bool = False) -> tuple[list[str], list[str]]:
+    """Every non-retrieval task and every mixture of the registry, on ``vocabulary`` (an
+    ``XLMRVocabulary`` or an XLM-R SentencePiece path). Lazy: files are read when a dataset
+    or a rate is asked for. Returns (task names, mixture names)."""
+    vocabulary = _vocabulary(vocabulary)
     tasks = [spec.name for spec in TASKS.values() if spec.kind != "retrieval"]
     for name in tasks:
-        register_task(TASKS[name], data_dir)
+        register_task(TASKS[name], data_dir, vocabulary, allow_samples=allow_samples)
     mixtures = [name for name in list(MIXTURES) if not name.endswith("#own")]
     for name in mixtures:
-        register_mixture(name, data_dir)
+        register_mixture(name, data_dir, vocabulary, allow_samples=allow_samples)
     return tasks, mixtures
+
+
+# ------------------------------------------------------------------------------ batches
+
+_KIND_BY_FEATURES = {
+    frozenset({INPUTS, "inputs_b", "targets"}): "classification",
+    frozenset({INPUTS, "targets", "label_mask"}): "tagging",
+    frozenset({INPUTS, "start_positions", "end_positions"}): "qa",
+    frozenset({INPUTS, "choices", "targets"}): "multiple_choice",
+    frozenset({INPUTS}): "mlm",
+}
+
+
+def task_kind(task: seqio.Task) -> str:
+    """A seqio Task's kind: its ``metadata["kind"]`` (project tasks), else read off its
+    output features (a user's Task; see ``output_features``)."""
+    kind = (getattr(task, "metadata", None) or {}).get("kind")
+    if kind:
+        return kind
+    keys = frozenset(task.output_features)
+    if keys not in _KIND_BY_FEATURES:
+        raise ValueError(f"seqio task {task.name}: output features {sorted(keys)} match no "
+                         f"encoder kind; expected one of "
+                         f"{ {v: sorted(k) for k, v in _KIND_BY_FEATURES.items()} }")
+    return _KIND_BY_FEATURES[keys]
+
+
+def _provider(name: str) -> seqio.Task | seqio.Mixture:
+    if name in seqio.TaskRegistry.names() or name in seqio.MixtureRegistry.names():
+        return seqio.get_mixture_or_task(name)
+    raise KeyError(f"{name!r} is neither a registered seqio Task nor Mixture; register the "
+                   f"project's with seqio_tasks.register_all(data_dir, vocabulary), or import "
+                   f"the module that registers yours")
+
+
+def seqio_task_kind(name: str) -> str:
+    """The kind (``classification``, ``tagging``, ``qa``, ``multiple_choice``, ``mlm``) of a
+    seqio Task, or of a Mixture whose tasks share one (else ValueError naming the kinds)."""
+    provider = _provider(name)
+    if isinstance(provider, seqio.Task):
+        return task_kind(provider)
+    kinds = sorted({task_kind(t) for t in provider.tasks})
+    if len(kinds) != 1:
+        raise ValueError(f"mixture {name} mixes task kinds {kinds}")
+    return kinds[0]
+
+
+def _head(task: seqio.Task) -> Any:
+    metadata = getattr(task, "metadata", None) or {}
+    return metadata.get("head"), metadata.get("labels")
+
+
+def mixes_per_example(mixture: seqio.Mixture) -> bool:
+    """Whether ``mixture``'s batches mix tasks per example (seqio): one kind and one head (and
+    label set) among its project tasks. Otherwise one task per step (jiant)."""
+    if len({task_kind(t) for t in mixture.tasks}) != 1:
+        return False
+    heads = {_head(t) for t in mixture.tasks if getattr(t, "metadata", None)}
+    return len(heads) <= 1
+
+
+def _num_choices(name: str, dataset: tf.data.Dataset) -> int:
+    if name in TASKS and TASKS[name].num_choices:
+        return int(TASKS[name].num_choices)
+    for example in dataset.take(1):
+        return int(example["choices"].shape[0])
+    raise ValueError(f"{name}: empty split, cannot tell the number of choices")
+
+
+def _stream(name: str, *, lengths: Mapping[str, int], batch_size: int, split: str,
+            shard_info: Any, seed: int, start_step: int, shuffle: bool,
+            num_epochs: int | None, use_cached: bool) -> Iterator[dict[str, np.ndarray]]:
+    """Fixed-shape numpy batches of one Task, or one per-example Mixture, from ``start_step``."""
+    provider = _provider(name)
+    kind = seqio_task_kind(name)
+    for task in [provider] if isinstance(provider, seqio.Task) else provider.tasks:
+        for feature in task.output_features.values():  # a user's Task's vocabulary too
+            if not isinstance(feature.vocabulary, seqio.PassThroughVocabulary):
+                warm_up(feature.vocabulary)
+    info = seqio.ShardInfo(int(shard_info.index), int(shard_info.num_shards)) \
+        if shard_info is not None and shard_info.num_shards > 1 else None  # fmt: skip
+    dataset = provider.get_dataset(lengths, split=split, shuffle=shuffle, seed=seed,
+                                   shard_info=info, num_epochs=num_epochs,
+                                   use_cached=use_cached)  # fmt: skip
+    choices = _num_choices(name if isinstance(provider, seqio.Task) else provider.tasks[0].name,
+                           dataset) if kind == "multiple_choice" else None  # fmt: skip
+    converter = converter_for(kind, num_choices=choices)
+    batches = converter(dataset, lengths).batch(batch_size).skip(start_step)
+    shards = info.num_shards if info else 1
+    index = info.index if info else 0
+    mask_id = provider.output_features[INPUTS].vocabulary.mask_id if kind == "mlm" else None
+    for step, batch in enumerate(batches.as_numpy_iterator(), start=start_step):
+        rows = len(batch["example_mask"])
+        if rows < batch_size:
+            batch = padding_rows(batch, batch_size - rows)
+        if kind == "mlm":
+            batch = mask_mlm_batch(batch, step=step, first_row=(step * shards + index)
+                                   * batch_size, seed=seed, mask_id=mask_id)  # fmt: skip
+        yield batch
+
+
+def _steps_before(chooser: MixtureBatcher, step: int) -> dict[str, int]:
+    """How many steps each task of ``chooser`` had before global ``step``."""
+    block, within = divmod(step, chooser.BLOCK)
+    choices, before = chooser._block(block)
+    counts = before + np.bincount(choices[:within], minlength=len(chooser.names))
+    return {name: int(n) for name, n in zip(chooser.names, counts, strict=True)}
+
+
+def seqio_batches(
+    name: str,
+    *,
+    sequence_length: int | Mapping[str, int],
+    batch_size: int,
+    split: str = "train",
+    shard_info: Any = None,
+    seed: int = 0,
+    start_step: int = 0,
+    shuffle: bool | None = None,
+    num_epochs: int | None = None,
+    use_cached: bool = False,
+) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+    """``(task or mixture name, batch)`` from seqio Task or Mixture ``name``, one per step.
+
+    ``sequence_length``: the model length ``L`` (or t5x's ``{"inputs": L}``); every batch holds
+    ``batch_size`` rows of fixed shape (this host's: ``shard_info`` with ``index`` and
+    ``num_shards`` fields, ``seqio.ShardInfo`` or ours, shards the examples seqio's way) with
+    ``feature_converters.pad_batch``'s keys for the kind (``seqio_task_kind``). Training
+    (``split="train"``): shuffled with ``seed``, repeated forever (``num_epochs`` to stop);
+    other splits: file order, one pass, the last batch filled with padding examples
+    (``example_mask`` 0).
+
+    A Task, or a Mixture of one kind and head (``mixes_per_example``), yields seqio's stream
+    (per-example mixing at the Mixture's rates) under its own name. Any other Mixture draws one
+    task per step (the project's ``MixtureBatcher`` choice, by the Mixture's seqio rates) and
+    yields that task's name with its next batch.
+
+    Deterministic given ``seed``: tf.data runs in order (seqio's shuffle and sampling are
+    seeded). Resume: ``start_step=k`` gives exactly the batches from step ``k`` of the run
+    from 0, by skipping ``k`` batches of the same pipeline (per task: the steps it had before
+    ``k``); seqio's deterministic-pipeline index is not used. MLM masks come from the native
+    generator per (step, global row), so they do not depend on where a run resumed.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if start_step < 0:
+        raise ValueError(f"start_step must be >= 0, got {start_step}")
+    lengths = {INPUTS: int(sequence_length)} if isinstance(sequence_length, int) \
+        else {INPUTS: int(sequence_length[INPUTS])}  # fmt: skip
+    training = split == TRAIN_SPLIT
+    options = dict(lengths=lengths, batch_size=batch_size, split=split, shard_info=shard_info,
+                   seed=seed, shuffle=training if shuffle is None else shuffle,
+                   num_epochs=num_epochs if num_epochs is not None or not training else None,
+                   use_cached=use_cached)  # fmt: skip
+    provider = _provider(name)
+    if isinstance(provider, seqio.Task) or mixes_per_example(provider):
+        for batch in _stream(name, start_step=start_step, **options):
+            yield name, batch
+        return
+    leaves = {t.name for t in provider.tasks}
+    order = [t for t in (mixture_tasks(name) if name in MIXTURES else []) if t in leaves] \
+        or sorted(leaves)  # fmt: skip
+    rates = {t: provider.get_rate(seqio.get_mixture_or_task(t)) for t in order}
+    chooser = MixtureBatcher(dict.fromkeys(order), rates, seed=seed)
+    done = _steps_before(chooser, start_step)
+    streams: dict[str, Iterator[dict[str, np.ndarray]]] = {}
+    step = start_step
+    while True:
+        task, _ = chooser.task_and_step(step)
+        if task not in streams:
+            streams[task] = _stream(task, start_step=done[task], **options)
+        batch = next(streams[task], None)
+        if batch is None:
+            return  # a task ran out (num_epochs set): the mixture's pass ends
+        yield task, batch
+        step += 1
+

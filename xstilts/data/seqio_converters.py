@@ -1,0 +1,286 @@
+"""seqio ``FeatureConverter``s for the XLM-R encoder: task features -> the model's fixed shapes.
+
+The encoder counterpart of t5x's ``EncDecFeatureConverter``: a Task (``seqio_tasks.py``) yields
+token ids of variable length; a converter turns ``task_feature_lengths = {"inputs": L}`` into
+the batch keys of ``feature_converters.pad_batch`` (DESIGN.md), one example at a time:
+
+* classification: ``inputs`` [n] (text A pieces), ``inputs_b`` [m] (text B pieces; empty:
+  single sentence), ``targets`` (label index, -1: none) -> ``input_ids``, ``attention_mask``
+  [L], ``labels``, ``example_mask``;
+* tagging: ``inputs`` [n] (one window, ``<s>``/``</s>`` included), ``targets`` [n] (tag index
+  on first sub-tokens, else -1), ``label_mask`` [n] -> ``input_ids``, ``attention_mask``,
+  ``labels``, ``label_mask`` [L], ``example_mask``;
+* qa: ``inputs`` [n] (one window), ``start_positions``, ``end_positions`` -> ``input_ids``,
+  ``attention_mask`` [L], ``start_positions``, ``end_positions``, ``example_mask``;
+* multiple_choice: ``inputs`` [n] (prompt pieces), ``choices`` [C, m] (choice pieces padded
+  with ``<pad>``), ``targets`` -> ``input_ids``, ``attention_mask`` [C, L], ``labels``,
+  ``example_mask``;
+* mlm: ``inputs`` [n] (one packed row, specials included) -> ``input_ids``,
+  ``attention_mask`` [L], ``example_mask``.
+
+Length handling lives here, once: ``fit_length`` is the seam (truncation today; the length
+buckets of the accelerator issue replace it by rounding ``L`` up to a bucket). Pairs are cut
+longest-first from the right, exactly as ``XLMRTokenizer.truncate`` (HF ``longest_first``),
+so a batch equals the native pipeline's (``preprocessors.py``, ``feature_converters.pad_batch``).
+Windowed kinds (tagging, QA) and packed MLM rows are cut to ``L`` by the Task's preprocessors
+(their windows depend on ``L``; see ``seqio_tasks.py``); here they are only padded (and cut,
+should a user's Task hand over a longer row).
+
+MLM masking is not a converter step: it is random per step and global row, and is applied to
+the numpy batch by ``mask_mlm_batch`` with the native pipeline's generator, so the seqio path's
+MLM batches equal the native ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from xstilts.data.feature_converters import PAD_ID
+from xstilts.data.preprocessors import IGNORE_LABEL, mask_tokens
+from xstilts.tokenization import BOS_ID, EOS_ID
+
+Spec = seqio.FeatureConverter.FeatureSpec
+INPUTS = "inputs"
+
+
+def fit_length(task_feature_lengths: Mapping[str, Any]) -> int:
+    """The model's sequence length for ``task_feature_lengths`` (the length-bucket seam)."""
+    if INPUTS not in task_feature_lengths or task_feature_lengths[INPUTS] is None:
+        raise ValueError(f"task_feature_lengths needs an int for {INPUTS!r}, got "
+                         f"{dict(task_feature_lengths)}")
+    length = int(task_feature_lengths[INPUTS])
+    if length < 4:
+        raise ValueError(f"sequence length {length} cannot hold <s> A </s></s> B </s>")
+    return length
+
+
+def _need(features: Mapping[str, tf.Tensor], keys: tuple[str, ...], converter: str) -> None:
+    missing = [k for k in keys if k not in features]
+    if missing:
+        raise ValueError(f"{converter}: the task's examples lack {missing} (have "
+                         f"{sorted(features)}); see xstilts.data.seqio_converters for the "
+                         f"task features each kind needs")
+
+
+def longest_first(len_a: tf.Tensor, len_b: tf.Tensor, budget: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Kept lengths of A and B after HF ``longest_first`` truncation to ``budget`` tokens
+    (``XLMRTokenizer.truncate``'s arithmetic, in TF ops; works on scalars and vectors)."""
+    remove = tf.maximum(len_a + len_b - budget, 0)
+    first = tf.minimum(tf.abs(len_b - len_a), remove)
+    second = remove - first
+    a_longer = len_a > len_b
+    cut_a = tf.where(a_longer, first + second // 2, second // 2)
+    cut_b = tf.where(a_longer, second - second // 2, first + second - second // 2)
+    return len_a - cut_a, len_b - cut_b
+
+
+def _pad(ids: tf.Tensor, length: int, value: int) -> tf.Tensor:
+    ids = ids[:length]
+    padded = tf.pad(ids, [[0, length - tf.shape(ids)[0]]], constant_values=value)
+    return tf.ensure_shape(padded, [length])
+
+
+def _mask(ids: tf.Tensor, length: int) -> tf.Tensor:
+    return _pad(tf.ones_like(ids[:length]), length, 0)
+
+
+def pair_row(a: tf.Tensor, b: tf.Tensor, length: int) -> tf.Tensor:
+    """``<s> A </s></s> B </s>`` (``<s> A </s>`` when B is empty), cut longest-first to
+    ``length`` and padded with ``<pad>`` to ``[length]``."""
+    pair = tf.size(b) > 0
+    budget = tf.where(pair, length - 4, length - 2)
+    keep_a, keep_b = longest_first(tf.size(a), tf.where(pair, tf.size(b), 0), budget)
+    keep_a = tf.where(pair, keep_a, tf.minimum(tf.size(a), budget))  # single: cut from the right
+    separator = tf.where(pair, tf.constant([EOS_ID, EOS_ID]), tf.zeros([2], tf.int32) - 1)
+    row = tf.concat([[BOS_ID], a[:keep_a], separator, b[:keep_b], [EOS_ID]], axis=0)
+    return tf.boolean_mask(row, row >= 0)
+
+
+class _EncoderConverter(seqio.FeatureConverter):
+    """Shared scaffolding: no packing, ``inputs`` is the one length-carrying task feature."""
+
+    TASK_FEATURES = {INPUTS: Spec(dtype=tf.int32)}
+    MODEL_FEATURES: Mapping[str, Spec] = {}
+    PACKING_FEATURE_DTYPES: Mapping[str, tf.dtypes.DType] = {}
+    KIND = ""
+
+    def __init__(self, pack: bool = False, **kwargs: Any):
+        if pack:
+            raise ValueError(f"{type(self).__name__}: packing is not supported for the "
+                             f"{self.KIND} encoder (each row is one example)")
+        super().__init__(pack=False, **kwargs)
+
+    def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]
+                                  ) -> dict[str, int]:
+        length = fit_length(task_feature_lengths)
+        return {key: length for key in self.MODEL_FEATURES}
+
+    def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
+                          ) -> tf.data.Dataset:
+        length = fit_length(task_feature_lengths)
+        _need(ds.element_spec, self.TASK_FEATURES_READ, type(self).__name__)
+        return ds.map(lambda ex: self._convert(ex, length),
+                      num_parallel_calls=tf.data.AUTOTUNE)
+
+    TASK_FEATURES_READ: tuple[str, ...] = (INPUTS,)
+
+    def _convert(self, ex: Mapping[str, tf.Tensor], length: int) -> dict[str, tf.Tensor]:
+        raise NotImplementedError
+
+
+class ClassificationConverter(_EncoderConverter):
+    """Pair or single-sentence classification: ``<s> A </s></s> B </s>``, scalar ``labels``."""
+
+    KIND = "classification"
+    TASK_FEATURES_READ = (INPUTS, "inputs_b", "targets")
+    MODEL_FEATURES = {
+        "input_ids": Spec(dtype=tf.int32), "attention_mask": Spec(dtype=tf.int32),
+        "labels": Spec(dtype=tf.int32, rank=0), "example_mask": Spec(dtype=tf.int32, rank=0),
+    }  # fmt: skip
+
+    def _convert(self, ex: Mapping[str, tf.Tensor], length: int) -> dict[str, tf.Tensor]:
+        row = pair_row(tf.cast(ex[INPUTS], tf.int32), tf.cast(ex["inputs_b"], tf.int32), length)
+        return {"input_ids": _pad(row, length, PAD_ID), "attention_mask": _mask(row, length),
+                "labels": tf.cast(ex["targets"], tf.int32), "example_mask": tf.constant(1)}
+
+
+class TaggingConverter(_EncoderConverter):
+    """Token tagging: per-token ``labels`` (-1 off the first sub-token) and ``label_mask``."""
+
+    KIND = "tagging"
+    TASK_FEATURES_READ = (INPUTS, "targets", "label_mask")
+    MODEL_FEATURES = {
+        "input_ids": Spec(dtype=tf.int32), "attention_mask": Spec(dtype=tf.int32),
+        "labels": Spec(dtype=tf.int32), "label_mask": Spec(dtype=tf.int32),
+        "example_mask": Spec(dtype=tf.int32, rank=0),
+    }  # fmt: skip
+
+    def _convert(self, ex: Mapping[str, tf.Tensor], length: int) -> dict[str, tf.Tensor]:
+        ids = tf.cast(ex[INPUTS], tf.int32)
+        return {"input_ids": _pad(ids, length, PAD_ID), "attention_mask": _mask(ids, length),
+                "labels": _pad(tf.cast(ex["targets"], tf.int32), length, IGNORE_LABEL),
+                "label_mask": _pad(tf.cast(ex["label_mask"], tf.int32), length, 0),
+                "example_mask": tf.constant(1)}  # fmt: skip
+
+
+class SpanQAConverter(_EncoderConverter):
+    """Span QA windows: ``start_positions``/``end_positions`` (0 = ``<s>``: no answer here)."""
+
+    KIND = "qa"
+    TASK_FEATURES_READ = (INPUTS, "start_positions", "end_positions")
+    MODEL_FEATURES = {
+        "input_ids": Spec(dtype=tf.int32), "attention_mask": Spec(dtype=tf.int32),
+        "start_positions": Spec(dtype=tf.int32, rank=0),
+        "end_positions": Spec(dtype=tf.int32, rank=0),
+        "example_mask": Spec(dtype=tf.int32, rank=0),
+    }  # fmt: skip
+
+    def _convert(self, ex: Mapping[str, tf.Tensor], length: int) -> dict[str, tf.Tensor]:
+        ids = tf.cast(ex[INPUTS], tf.int32)
+        return {"input_ids": _pad(ids, length, PAD_ID), "attention_mask": _mask(ids, length),
+                "start_positions": tf.cast(ex["start_positions"], tf.int32),
+                "end_positions": tf.cast(ex["end_positions"], tf.int32),
+                "example_mask": tf.constant(1)}  # fmt: skip
+
+
+class MultipleChoiceConverter(_EncoderConverter):
+    """``[C, L]`` rows ``<s> prompt </s></s> choice </s>``, each cut longest-first."""
+
+    KIND = "multiple_choice"
+    TASK_FEATURES_READ = (INPUTS, "choices", "targets")
+    MODEL_FEATURES = {
+        "input_ids": Spec(dtype=tf.int32, rank=2, sequence_dim=1),
+        "attention_mask": Spec(dtype=tf.int32, rank=2, sequence_dim=1),
+        "labels": Spec(dtype=tf.int32, rank=0), "example_mask": Spec(dtype=tf.int32, rank=0),
+    }  # fmt: skip
+
+    def __init__(self, num_choices: int, **kwargs: Any):
+        if num_choices < 1:
+            raise ValueError(f"num_choices must be positive, got {num_choices}")
+        self.num_choices = num_choices
+        super().__init__(**kwargs)
+
+    def _convert(self, ex: Mapping[str, tf.Tensor], length: int) -> dict[str, tf.Tensor]:
+        prompt = tf.cast(ex[INPUTS], tf.int32)
+        choices = tf.cast(ex["choices"], tf.int32)
+        tf.debugging.assert_equal(
+            tf.shape(choices)[0], self.num_choices,
+            message=f"an example's number of choices differs from num_choices="
+                    f"{self.num_choices}")  # fmt: skip
+
+        def row(choice: tf.Tensor) -> tf.Tensor:
+            return _pad(pair_row(prompt, tf.boolean_mask(choice, choice != PAD_ID), length),
+                        length, PAD_ID)
+
+        ids = tf.map_fn(row, choices, fn_output_signature=tf.TensorSpec([length], tf.int32))
+        ids = tf.ensure_shape(ids, [self.num_choices, length])
+        return {"input_ids": ids, "attention_mask": tf.cast(ids != PAD_ID, tf.int32),
+                "labels": tf.cast(ex["targets"], tf.int32), "example_mask": tf.constant(1)}
+
+
+class MLMConverter(_EncoderConverter):
+    """Packed MLM rows, padded; masking is ``mask_mlm_batch`` (see the module docstring)."""
+
+    KIND = "mlm"
+    MODEL_FEATURES = {
+        "input_ids": Spec(dtype=tf.int32), "attention_mask": Spec(dtype=tf.int32),
+        "example_mask": Spec(dtype=tf.int32, rank=0),
+    }  # fmt: skip
+
+    def _convert(self, ex: Mapping[str, tf.Tensor], length: int) -> dict[str, tf.Tensor]:
+        ids = tf.cast(ex[INPUTS], tf.int32)
+        return {"input_ids": _pad(ids, length, PAD_ID), "attention_mask": _mask(ids, length),
+                "example_mask": tf.constant(1)}
+
+
+CONVERTERS: dict[str, type[_EncoderConverter]] = {
+    "classification": ClassificationConverter,
+    "tagging": TaggingConverter,
+    "qa": SpanQAConverter,
+    "multiple_choice": MultipleChoiceConverter,
+    "mlm": MLMConverter,
+}
+
+
+def converter_for(kind: str, *, num_choices: int | None = None) -> seqio.FeatureConverter:
+    """The converter of ``kind`` (``num_choices`` for multiple choice)."""
+    if kind not in CONVERTERS:
+        raise ValueError(f"no seqio feature converter for kind {kind!r}; expected one of "
+                         f"{sorted(CONVERTERS)}")
+    if kind == "multiple_choice":
+        if num_choices is None:
+            raise ValueError("the multiple_choice converter needs num_choices")
+        return MultipleChoiceConverter(num_choices)
+    return CONVERTERS[kind]()
+
+
+def padding_rows(batch: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+    """``batch`` with ``rows`` padding examples appended (``example_mask`` 0, ``<pad>`` ids,
+    labels -1, masks and positions 0), as ``pad_batch`` fills the last batch of a split."""
+    fill = {"input_ids": PAD_ID, "labels": IGNORE_LABEL}
+    out = {}
+    for key, value in batch.items():
+        # scalar labels are -1 on padding too; tag labels -1; positions and masks 0
+        pad = np.full((rows, *value.shape[1:]), fill.get(key, 0), value.dtype)
+        out[key] = np.concatenate([value, pad])
+    return out
+
+
+def mask_mlm_batch(batch: Mapping[str, np.ndarray], *, step: int, first_row: int, seed: int,
+                   mask_id: int) -> dict[str, np.ndarray]:
+    """BERT masking of an MLM batch, row ``r`` with the generator the native
+    ``FeatureBatcher`` uses for global row ``first_row + r`` at ``step``; adds ``labels`` and
+    ``label_mask`` (0 on padding examples)."""
+    out = dict(batch)
+    rows = [mask_tokens(batch["input_ids"][r:r + 1],
+                        np.random.default_rng([seed, step, first_row + r, 7]), mask_id=mask_id)
+            for r in range(len(batch["input_ids"]))]  # fmt: skip
+    for key in ("input_ids", "labels", "label_mask"):
+        out[key] = np.concatenate([m[key] for m in rows])
+    out["label_mask"] = out["label_mask"] * batch["example_mask"][:, None]
+    return out
