@@ -6,6 +6,7 @@ from collections import Counter
 import pytest
 
 from xstilts.data import readers as r
+from xstilts.data import udpos
 
 
 def test_xtreme_xnli_tsv(shared_data):
@@ -141,17 +142,27 @@ def test_xtreme_udpos_tsv(shared_data):
 
 
 def test_conllu_matches_xtreme_tokens(shared_data):
-    conllu = list(r.read_conllu(shared_data("udpos/conllu/en_ewt-ud-dev.conllu")))
+    conllu = list(udpos.read_conllu(shared_data("udpos/conllu/en_ewt-ud-dev.conllu")))
     xtreme = list(r.read_token_tag_file(shared_data("udpos/xtreme_format/dev-en.tsv")))
     assert len(conllu) == 300
     # XTREME's en dev is EWT dev: same words (multiword ranges and empty nodes skipped).
     assert all(a["tokens"] == b["tokens"] for a, b in zip(conllu, xtreme, strict=True))
     assert conllu[0]["id"].endswith("-0001")
-    yo = list(r.read_conllu(shared_data("udpos/conllu/yo_ytb-ud-test.conllu")))
+    yo = list(udpos.read_conllu(shared_data("udpos/conllu/yo_ytb-ud-test.conllu")))
     assert (len(yo), sum(len(e["tokens"]) for e in yo)) == (317, 8243)
     assert yo[0]["tokens"][:2] == ["Ní", "ìbẹ̀rẹ̀"] and yo[0]["tags"][:2] == ["ADP", "NOUN"]
-    tl = list(r.read_conllu(shared_data("udpos/conllu/tl_trg-ud-test.conllu")))
+    tl = list(udpos.read_conllu(shared_data("udpos/conllu/tl_trg-ud-test.conllu")))
     assert tl[0]["tokens"] == ["Gumising", "ang", "bata", "."]
+
+
+def test_conllu_unknown_upos_names_file_and_line(tmp_path):
+    path = tmp_path / "xx-ud-dev.conllu"
+    path.write_text("# sent_id = s1\n1\tA\ta\tNOUN\tNN\t_\t0\troot\t_\t_\n"
+                    "2\tb\tb\tNOM\tNN\t_\t1\tdep\t_\t_\n\n", encoding="utf-8")
+    with pytest.raises(r.DataFormatError, match=r"xx-ud-dev\.conllu:3: unknown UPOS 'NOM'"):
+        list(udpos.read_conllu(path))
+    (sentence,) = udpos.read_conllu(path, column="xpos")
+    assert sentence == {"id": "s1", "tokens": ["A", "b"], "tags": ["NN", "NN"], "line": 2}
 
 
 def test_panx_files(shared_data):

@@ -16,6 +16,7 @@ import pytest
 from tests.conftest import REPO_ROOT
 from xstilts.data import readers as r
 from xstilts.data import tasks as T
+from xstilts.data import udpos
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "release_layouts"
 COSMOS_HEADER = "id,context,question,answer0,answer1,answer2,answer3,label\n"
@@ -137,11 +138,14 @@ def test_conllu_release_with_multiword_tokens_and_empty_nodes():
     conversion, which uses the fused forms, is data/udpos.py's.)"""
     # the French fixture of the udpos tests (one hand-written file; ../shared/data has no
     # French or Spanish treebank)
-    first, _, third = r.read_conllu(FIXTURES.parent / "conllu/fr_fixture-ud-test.conllu")
+    first, _, third = udpos.read_conllu(FIXTURES.parent / "conllu/fr_fixture-ud-test.conllu")
     assert first["id"] == "fr-fixture-1"
     assert first["tokens"] == ["Le", "chat", "de", "le", "voisin", "dort", "à", "le", "soleil", "."]
     assert first["tags"][2:4] == ["ADP", "DET"]
     assert third["tokens"] == ["Marie", "mange", "une", "pomme", "et", "Paul", "une", "poire", "."]
+    # XTREME's conversion of the same file keeps the fused form "du" (one token, one tag)
+    fused, _ = next(udpos.conllu_sentences(FIXTURES.parent / "conllu/fr_fixture-ud-test.conllu"))
+    assert fused[:4] == ["Le", "chat", "du", "voisin"]
 
 
 # ---------------------------------------------------------------------------------- bad input

@@ -752,54 +752,6 @@ def _panx_language_archive(where: str, data: bytes, split: str) -> Iterator[Exam
     )
 
 
-def read_conllu(path: str | Path, *, column: str = "upos") -> Iterator[Example]:
-    """CoNLL-U (UD): syntactic words with their UPOS (or ``xpos``); multiword ranges and empty
-    nodes are skipped, as XTREME's UD conversion does."""
-    index = {"upos": 3, "xpos": 4}[column]
-    tokens: list[str] = []
-    labels: list[str] = []
-    sent_id: str | None = None
-    start = 1
-    count = 0
-    for number, line in _lines(path):
-        if not line.strip():
-            if tokens:
-                yield {
-                    "id": sent_id or str(count),
-                    "tokens": list(tokens),
-                    "tags": list(labels),
-                    "line": start,
-                }
-                count += 1
-                tokens.clear()
-                labels.clear()
-                sent_id = None
-            continue
-        if line.startswith("#"):
-            if line.startswith("# sent_id"):
-                sent_id = line.partition("=")[2].strip() or None
-            continue
-        fields = line.split("\t")
-        if len(fields) != 10:
-            raise DataFormatError(
-                path, number, f"expected 10 tab-separated CoNLL-U fields, got {len(fields)}"
-            )
-        if "-" in fields[0] or "." in fields[0]:
-            continue
-        if not fields[0].isdigit():
-            raise DataFormatError(path, number, f"expected an integer word id, got {fields[0]!r}")
-        if not tokens:
-            start = number
-        if column == "upos" and fields[index] not in UPOS_TAGS:
-            raise DataFormatError(
-                path, number, f"unknown UPOS {fields[index]!r}; expected one of {list(UPOS_TAGS)}"
-            )
-        tokens.append(fields[1])
-        labels.append(fields[index])
-    if tokens:
-        yield {"id": sent_id or str(count), "tokens": tokens, "tags": labels, "line": start}
-
-
 def read_panx_rahimi_csv(path: str | Path) -> Iterator[Example]:
     """WikiANN (Rahimi et al. split) CSV: ``sent_idx,word_idx,word,word_id,truth``; ``word`` keeps
     its ``lang:`` prefix, which is stripped."""

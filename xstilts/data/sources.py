@@ -13,20 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from xstilts.data.registry import get_task
-from xstilts.data.spec import TaskSpec, data_directory
+from xstilts.data.spec import SAMPLE_DIRS, SAMPLE_MARKERS, TaskSpec, is_sample
 from xstilts.data.tfds_sources import tfds_examples
 
 SOURCES = ("files", "tfds")
-SAMPLE_MARKERS = ("sample", "head300", "hf_dummy")
-SAMPLE_DIRS = ("english",)  # the shared samples of the English intermediate tasks
-
-
-def is_sample(candidate: str) -> bool:
-    """Whether a split's candidate path (relative, ``|``-joined) names a sample file."""
-    parts = [part for path in candidate.split("|") for part in Path(path).parts]
-    return (bool(parts) and parts[0] in SAMPLE_DIRS) or any(
-        marker in part for part in parts for marker in SAMPLE_MARKERS
-    )
+__all__ = ["SAMPLE_DIRS", "SAMPLE_MARKERS", "examples", "is_sample", "load_retrieval",
+           "num_examples", "read", "resolve"]
 
 
 def resolve(
@@ -36,26 +28,10 @@ def resolve(
     *,
     allow_samples: bool = False,
 ) -> list[Path]:
-    """The file(s) of ``split``: the first candidate whose files all exist, sample candidates
-    only with ``allow_samples``; else ``FileNotFoundError`` naming every path looked for."""
-    if split not in spec.splits:
-        raise KeyError(f"task {spec.name} has no split {split!r}; splits: {sorted(spec.splits)}")
-    root = data_directory(data_dir)
-    candidates = spec.splits[split]
-    for candidate in candidates:
-        paths = [root / part for part in candidate.split("|")]
-        if (allow_samples or not is_sample(candidate)) and all(p.is_file() for p in paths):
-            return paths
-    tried = [str(root / c) for c in candidates if allow_samples or not is_sample(c)]
-    samples = [str(root / c) for c in candidates if not allow_samples and is_sample(c)
-               and all((root / part).is_file() for part in c.split("|"))]  # fmt: skip
-    hint = f"; a sample exists ({', '.join(samples)}): pass allow_samples=True to read it" \
-        if samples else ""  # fmt: skip
-    raise FileNotFoundError(
-        f"task {spec.name} split {split!r}: no data file found (looked for "
-        f"{', '.join(tried) or 'no prepared file: only samples are listed'}){hint}; fetch it "
-        f"with `python -m xstilts.data.prepare --data_dir {root}`"
-    )
+    """The file(s) of ``split`` (``TaskSpec.path``): the first candidate whose files all exist,
+    sample candidates only with ``allow_samples``; else ``FileNotFoundError`` naming every path
+    looked for."""
+    return spec.path(split, data_dir, allow_samples=allow_samples)
 
 
 def read(
@@ -102,7 +78,8 @@ def num_examples(
 
 
 def load_retrieval(
-    name: str, split: str = "test", data_dir: str | os.PathLike | None = None
+    name: str, split: str = "test", data_dir: str | os.PathLike | None = None, *,
+    allow_samples: bool = False,
 ) -> dict[str, list]:
     """A retrieval task's two sides and gold pairs: ``{"source": [(id, text)], "target":
     [(id, text)], "gold": [(source_id, target_id)]}``. Tatoeba's gold is line ``i`` <-> line
@@ -111,7 +88,7 @@ def load_retrieval(
     if spec.kind != "retrieval":
         raise ValueError(f"task {name} is a {spec.kind} task, not a retrieval task")
     out: dict[str, list] = {"source": [], "target": [], "gold": []}
-    for e in spec.examples(split, data_dir):
+    for e in read(spec, split, data_dir, allow_samples=allow_samples):
         if "source" in e:  # Tatoeba layout
             out["source"].append((e["id"], e["source"]))
             out["target"].append((e["id"], e["target"]))

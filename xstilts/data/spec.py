@@ -70,30 +70,56 @@ class TaskSpec:
             "splits": tuple(self.splits),
         }
 
-    def path(self, split: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
-        """The file(s) of ``split``: the first candidate whose files all exist."""
+    def path(self, split: str, data_dir: str | os.PathLike | None = None, *,
+             allow_samples: bool = False) -> list[Path]:
+        """The file(s) of ``split``: the first candidate whose files all exist, sample candidates
+        (``is_sample``) only with ``allow_samples``; else ``FileNotFoundError`` naming every
+        path looked for. Never another split or a sample in place of the prepared file."""
         if split not in self.splits:
             raise KeyError(
                 f"task {self.name} has no split {split!r}; splits: {sorted(self.splits)}"
             )
         root = data_directory(data_dir)
-        for candidate in self.splits[split]:
+        candidates = self.splits[split]
+        for candidate in candidates:
             paths = [root / part for part in candidate.split("|")]
-            if all(p.is_file() for p in paths):
+            if (allow_samples or not is_sample(candidate)) and all(p.is_file() for p in paths):
                 return paths
-        tried = ", ".join(str(root / c) for c in self.splits[split])
+        tried = [str(root / c) for c in candidates if allow_samples or not is_sample(c)]
+        samples = [str(root / c) for c in candidates if not allow_samples and is_sample(c)
+                   and all((root / part).is_file() for part in c.split("|"))]  # fmt: skip
+        hint = f"; a sample exists ({', '.join(samples)}): pass allow_samples=True to read it" \
+            if samples else ""  # fmt: skip
         raise FileNotFoundError(
-            f"task {self.name} split {split!r}: no data file found (tried {tried}); "
-            f"fetch it with `python -m xstilts.data.prepare --data_dir {root}`"
+            f"task {self.name} split {split!r}: no data file found (looked for "
+            f"{', '.join(tried) or 'no prepared file: only samples are listed'}){hint}; fetch "
+            f"it with `python -m xstilts.data.prepare --data_dir {root}`"
         )
 
-    def examples(self, split: str, data_dir: str | os.PathLike | None = None) -> Iterator[dict]:
-        """Examples of ``split`` read from the native files under ``data_dir`` (plain dicts, see
+    def examples(self, split: str, data_dir: str | os.PathLike | None = None, *,
+                 allow_samples: bool = False) -> Iterator[dict]:
+        """Examples of ``split`` read from the file(s) ``path`` picks (plain dicts, see
         ``readers.py``). ``sources.examples`` also reads the TFDS builder."""
-        yield from self.reader(*self.path(split, data_dir), **self.reader_kwargs)
+        yield from self.reader(*self.path(split, data_dir, allow_samples=allow_samples),
+                               **self.reader_kwargs)  # fmt: skip
 
-    def num_examples(self, split: str, data_dir: str | os.PathLike | None = None) -> int:
-        return sum(1 for _ in self.examples(split, data_dir))
+    def num_examples(self, split: str, data_dir: str | os.PathLike | None = None, *,
+                     allow_samples: bool = False) -> int:
+        return sum(1 for _ in self.examples(split, data_dir, allow_samples=allow_samples))
+
+
+def is_sample(candidate: str) -> bool:
+    """Whether a split's candidate path (relative, ``|``-joined) names a sample file: under
+    ``english/`` or with ``sample``, ``head300`` or ``hf_dummy`` in its path, as the shared test
+    samples are laid out."""
+    parts = [part for path in candidate.split("|") for part in Path(path).parts]
+    return (bool(parts) and parts[0] in SAMPLE_DIRS) or any(
+        marker in part for part in parts for marker in SAMPLE_MARKERS
+    )
+
+
+SAMPLE_MARKERS = ("sample", "head300", "hf_dummy")
+SAMPLE_DIRS = ("english",)  # the shared samples of the English intermediate tasks
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,7 +30,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from xstilts.data.readers import DataFormatError
+from xstilts.data.readers import UPOS_TAGS, DataFormatError
 
 # conllu_to_conll.py POSRANKPRECEDENCEDICT (the default list ends with '' from its trailing space;
 # "fr" still says CONJ, UD v1's name of CCONJ).
@@ -62,6 +62,7 @@ class _Word:
     form: str
     upos: str
     line: int
+    xpos: str = "_"
 
 
 @dataclasses.dataclass
@@ -69,6 +70,7 @@ class _Block:
     """One sentence as ``read_conll_u`` sees it: words, multi-word tokens, graph edges."""
 
     start: int
+    sent_id: str | None = None  # the "# sent_id = ..." comment, if any
     words: dict[int, _Word] = dataclasses.field(default_factory=dict)
     # first id -> (last id, surface form, line)
     fused: dict[int, tuple[int, str, int]] = dataclasses.field(default_factory=dict)
@@ -133,7 +135,7 @@ def _add_line(block: _Block, path: Path, number: int, line: str) -> None:
         block.fused[ident[0]] = (ident[1], fields[1], number)
     elif ident is not None:
         head = _parse_head(path, number, fields[6])
-        block.words[ident] = _Word(fields[1], fields[3], number)
+        block.words[ident] = _Word(fields[1], fields[3], number, fields[4])
         parents = block.parents.setdefault(ident, set())
         parents.add(head)
         parents.update(_parse_deps(path, number, fields[8]))
@@ -152,6 +154,8 @@ def _blocks(path: Path) -> Iterator[_Block]:
             block = _Block(start=number)
         if not line.startswith("#"):
             _add_line(block, path, number, line)
+        elif line.startswith("# sent_id"):
+            block.sent_id = line.partition("=")[2].strip() or None
     if block is not None and block.words:
         yield block
 
@@ -248,6 +252,26 @@ def conllu_sentences(path: str | Path, lang: str | None = None) -> Iterator[Sent
         tokens, tags = _fused_sentence(block, path, lang)
         if _keeps([t.strip() for t in tokens]):
             yield [_clean(t) for t in tokens], [t.strip() for t in tags]
+
+
+def read_conllu(path: str | Path, *, column: str = "upos") -> Iterator[dict]:
+    """The syntactic words of each sentence of a CoNLL-U file with their UPOS (or ``xpos``):
+    multi-word ranges (``3-4 du``) and empty nodes (``8.1``) are not words (UD's own view, as
+    TFDS and Hugging Face read treebanks; XTREME's udpos conversion, which keeps the fused
+    forms, is ``conllu_sentences``). Example dicts ``{"id", "tokens", "tags", "line"}``."""
+    if column not in ("upos", "xpos"):
+        raise ValueError(f"column must be 'upos' or 'xpos', got {column!r}")
+    path = Path(path)
+    for count, block in enumerate(_blocks(path)):
+        words = [block.words[i] for i in sorted(block.words)]
+        if column == "upos":
+            for word in words:
+                if word.upos not in UPOS_TAGS:
+                    raise DataFormatError(path, word.line, f"unknown UPOS {word.upos!r}; "
+                                          f"expected one of {list(UPOS_TAGS)}")  # fmt: skip
+        yield {"id": block.sent_id or str(count), "tokens": [w.form for w in words],
+               "tags": [w.upos if column == "upos" else w.xpos for w in words],
+               "line": min(w.line for w in words)}
 
 
 # ------------------------------------------------------------------------------ writing
