@@ -19,7 +19,6 @@ from xstilts.data import pipeline as PL
 from xstilts.data import readers as r
 from xstilts.data import sources
 from xstilts.data import tasks as T
-from xstilts.data.readers import DataFormatError
 from xstilts.data.spec import TaskSpec
 from xstilts.data.synthetic import SyntheticWorld
 
@@ -225,21 +224,8 @@ def test_write_manifest_is_atomic_and_merges(tmp_path, monkeypatch):
     assert M.read_manifest(path)[0]["examples"] == 1
 
 
-def _translate_train_readable(sample: Path) -> str | None:
-    spec = T.get_task("mnli.bg")
-    try:
-        next(iter(spec.reader(sample, **spec.reader_kwargs)))
-    except DataFormatError as error:
-        return str(error)
-    return None
-
-
 def test_describe_mnli_multilingual_on_translate_train_layout(shared_data, tmp_path):
     sample = shared_data("xnli/translate_train_sample/en-bg-translated.tsv")
-    problem = _translate_train_readable(sample)
-    if problem is not None:
-        pytest.skip(f"mnli.bg's reader cannot read XTREME's 5-column translate-train file yet "
-                    f"(issue 14 item 1): {problem}")  # fmt: skip
     (tmp_path / "mnli").mkdir()
     shutil.copy(shared_data("english/mnli/glue_format/train.tsv"), tmp_path / "mnli/train.tsv")
     target = tmp_path / "xnli/translate-train"
