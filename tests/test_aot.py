@@ -2,11 +2,14 @@
 
 XLM-R Large at 32 x 256 on fsdp=8 takes minutes to compile on the 2-core CI machine, so pytest
 compiles the tiny model through the same code path; `python -m xstilts.aot --model large ...`
-is run by hand (its figure is in the issue note).
+is run by hand (its figure is in the issue note). The tiny model also compiles for a TPU v5e
+2x2 slice through libtpu, without a TPU.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 
 import jax
@@ -72,3 +75,58 @@ def test_aot_rejects_bad_shapes():
         aot.compile_train_step(model="tiny", mesh_shape={"fsdp": 8}, batch=8, length=600)
     with pytest.raises(ValueError, match=r"needs 6 devices but 8 are available"):
         aot.compile_train_step(model="tiny", mesh_shape={"fsdp": 6}, batch=12, length=16)
+
+
+# Deviceless TPU compile (libtpu, the `tpu` extra; the test extra installs it so CI runs this) --
+def _require_libtpu() -> None:
+    try:
+        import libtpu  # noqa: F401
+    except ImportError:
+        message = "libtpu is not installed (pip install -e '.[tpu]'): no deviceless TPU compile"
+        if os.environ.get("XSTILTS_CI") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def test_tiny_train_step_compiles_for_tpu_v5e_2x2_with_splash_attention():
+    _require_libtpu()
+    compiled, report = aot.compile_train_step(
+        model="tiny", mesh_shape={"fsdp": 4}, batch=8, length=128, topology="v5e:2x2",
+        config_overrides={"dtype": "bfloat16", "attention": "splash",
+                          "attention_probs_dropout_prob": 0.0, "dropout_rng": "unsafe_rbg"})
+    assert report.platform == "tpu v5e:2x2" and report.devices == 4
+    assert report.attention == "splash"
+    hlo = compiled.as_text()
+    assert "tpu_custom_call" in hlo  # the Pallas splash kernels (forward and backward)
+    state_shardings, _ = compiled.input_shardings[0]
+    kernel = state_shardings.params["roberta"]["encoder"]["layer_0"]["intermediate"]["dense"][
+        "kernel"]
+    assert {d.device_kind for d in kernel.mesh.devices.flat} == {"TPU v5 lite"}
+    # The TPU compiler's figures, per chip. cost_analysis() cannot see into the splash kernels:
+    # their FLOPs (the model count of attention) are added; then the total is above the model's
+    # (softmax, norms, optimizer). The state is donated; far below v5e's 16 GiB.
+    r = report.roofline
+    model_flops = trainer.train_flops_per_example(XLMRConfig.tiny(), 128) * 8 / 4
+    assert r.model_flops == model_flops
+    assert r.kernel_flops == 12 * 2 * 64 * 128**2 * 8 / 4
+    assert r.hlo_flops < model_flops < r.flops < 10 * model_flops
+    assert r.bytes_accessed > report.argument_bytes
+    assert r.step_seconds == max(r.flops / 197e12, r.bytes_accessed / 819e9)
+    assert 0 < r.mfu < 1 and report.fits and 0 < report.total_bytes < 2**30
+    assert report.alias_bytes > 0 and report.temp_bytes > 0
+    as_json = report.to_json()
+    assert as_json["chip"] == "TPU v5e" and as_json["fits"] is True
+    assert as_json["hlo_flops_per_chip"] == r.hlo_flops
+    assert json.loads(json.dumps(as_json))["roofline_mfu"] == pytest.approx(r.mfu)
+    lines = report.lines()
+    assert lines[0] == "platform: tpu v5e:2x2 (4 devices), attention splash"
+    assert any(re.fullmatch(r"fits in the 16 GiB of HBM per TPU v5e chip", x) for x in lines)
+    assert re.fullmatch(r"aot: tiny fsdp=4 batch 8x128: \d+\.\d\d GiB per device", lines[-1])
+
+
+def test_topology_names_are_checked():
+    with pytest.raises(ValueError, match=r"topology 'v9x:2x2': unknown TPU generation 'v9x', "
+                                         r"expected one of \['v4', 'v5e'"):
+        aot.chip_spec("v9x:2x2")
+    assert aot.chip_spec("v5p:2x2x1").hbm_gib == 95
+    assert aot.main(["--topology", "v9x:2x2", "--model", "tiny"]) == 2

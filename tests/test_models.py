@@ -308,3 +308,103 @@ def test_input_longer_than_the_positions_is_an_error():
     with pytest.raises(ValueError, match=message):  # every head goes through the encoder
         heads.XLMRForMultipleChoice(config).init(jax.random.key(0), long_ids[None],
                                                  long_mask[None])
+
+
+# --- MLM logits at masked positions only; dropout RNG -----------------------------------------
+
+
+def _mlm_batch(length: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
+    ids, mask = padded_batch(lengths=(32, 20, 9, 30), max_len=length, seed=seed)
+    rng = np.random.default_rng(seed)
+    label_mask = ((rng.random(ids.shape) < 0.15) & (mask == 1)).astype(np.int32)
+    label_mask[:, 0], label_mask[:, 1] = 0, 1  # <s> is never a target
+    label_mask[3, 2:14] = 1  # 13 masked tokens in row 3: more than max_predictions (8)
+    return {"input_ids": np.where(label_mask == 1, 1001, ids).astype(np.int32),
+            "attention_mask": mask, "labels": ids, "label_mask": label_mask,
+            "example_mask": np.array([1, 1, 1, 0], np.int32)}
+
+
+def test_mlm_logits_at_masked_positions_give_the_full_logits_loss():
+    from xstilts import trainer
+
+    config = XLMRConfig.tiny()
+    model = heads.XLMRForMaskedLM(config)
+    batch = {k: jnp.asarray(v) for k, v in _mlm_batch().items()}
+    params = __import__("flax").linen.unbox(
+        model.init(jax.random.key(0), batch["input_ids"], batch["attention_mask"])["params"])
+    loss = trainer.MaskedLMLoss(max_predictions=8)
+
+    def full(p):
+        logits = model.apply({"params": p}, batch["input_ids"], batch["attention_mask"])
+        out = trainer.token_loss(logits, batch)
+        return out.loss_sum, out
+
+    def masked(p):
+        b = loss.prepare(batch)
+        logits = model.apply({"params": p}, b["input_ids"], b["attention_mask"],
+                             masked_positions=b["masked_positions"])
+        assert logits.shape == (4, 8, config.vocab_size) and logits.dtype == jnp.float32
+        out = loss(logits, b)
+        return out.loss_sum, out
+
+    # Rows 0-2 hold at most 8 masked tokens: with row 3 a padding example, identical.
+    (_, ref), ref_grads = jax.value_and_grad(full, has_aux=True)(params)
+    (_, ours), grads = jax.value_and_grad(masked, has_aux=True)(params)
+    assert int(ref.weight) == int(batch["label_mask"][:3].sum()) > 8
+    for a, b in zip(ours, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+    # The positions are each row's first masked ones, in order, weight 0 past the last.
+    prepared = loss.prepare(batch)
+    row0 = np.flatnonzero(np.asarray(batch["label_mask"][0]))
+    assert prepared["masked_positions"][0, :len(row0)].tolist() == row0.tolist()
+    assert prepared["masked_weights"][0].tolist() == [1] * len(row0) + [0] * (8 - len(row0))
+    # A row with more masked tokens than max_predictions keeps its first 8 (BERT's cap).
+    assert prepared["masked_positions"][3].tolist() == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert int(prepared["masked_weights"][3].sum()) == 8
+
+
+def test_mlm_max_predictions_and_flops():
+    from xstilts import trainer
+
+    assert [trainer.mlm_max_predictions(n) for n in (16, 32, 128, 256, 512)] == \
+        [16, 16, 40, 72, 120]
+    assert trainer.task_loss("mlm").predictions(128) == 40
+    config = XLMRConfig.tiny()
+    base = trainer.train_flops_per_example(config, 128)
+    assert trainer.train_flops_per_example(config, 128, mlm=True, mlm_predictions=40) == \
+        base + 6 * 64 * 1002 * 40
+    with pytest.raises(ValueError, match=r"max_predictions 200: expected 1\.\.128"):
+        trainer.MaskedLMLoss(200).prepare({"label_mask": jnp.zeros((2, 128), jnp.int32),
+                                           "labels": jnp.zeros((2, 128), jnp.int32)})
+
+
+@pytest.mark.parametrize("impl", ["rbg", "unsafe_rbg"])
+def test_dropout_rng_setting(impl):
+    """``dropout_rng``: the step key (threefry bits) seeds an RBG key; dropout draws from it."""
+    from xstilts import partitioning, trainer
+
+    ids, mask = padded_batch()
+    config = XLMRConfig.tiny(dropout_rng=impl)
+    tx, sched = trainer.make_optimizer(total_steps=10)
+    part = partitioning.Partitioner(partitioning.create_mesh(data=-1))
+    tr = trainer.Trainer(heads.XLMRForSequenceClassification(config, 3), trainer.task_loss(
+        "classification"), tx, sched, part)
+    state_key = jax.random.PRNGKey(5)  # the train state's uint32[2] threefry key
+    key = tr._dropout_key(state_key)
+    assert str(jax.random.key_impl(key)) == impl
+    model = XLMRModel(config)
+    params = model.init_params(jax.random.key(0))
+
+    def run(k):
+        return model.apply({"params": params}, ids, mask, deterministic=False,
+                           rngs={"dropout": k})
+
+    a, b = run(key), run(tr._dropout_key(state_key))
+    np.testing.assert_array_equal(a, b)  # same step key, same masks
+    assert float(jnp.abs(a - run(tr._dropout_key(jax.random.PRNGKey(6)))).max()) > 1e-3
+    assert float(jnp.abs(a - run(state_key)).max()) > 1e-3  # not threefry's masks
+    with pytest.raises(ValueError, match=r"dropout_rng 'philox': expected one of"):
+        XLMRConfig.tiny(dropout_rng="philox")

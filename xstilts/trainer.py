@@ -16,6 +16,7 @@ numbers of real tokens).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -138,11 +139,67 @@ def span_loss(outputs: tuple[Array, Array], batch: Batch) -> LossOutput:
     return LossOutput(jnp.sum(per_example * w), jnp.sum(w), jnp.sum(correct * w))
 
 
+def mlm_max_predictions(length: int, mask_probability: float = 0.15) -> int:
+    """Masked positions per row that the MLM head computes logits for (BERT's
+    ``max_predictions_per_seq``): ``p*L`` plus 5 standard deviations of the Binomial(L, p)
+    count of Bernoulli masking, rounded up to a multiple of 8 (at most ``L``).
+
+    A row with more masked tokens than this (probability < 1e-6 per row under Bernoulli(0.15)
+    masking) loses its last ones from the loss; masking that caps at this number is exact.
+    L=128 -> 40 (31%), L=256 -> 72, L=512 -> 120 (23%).
+    """
+    if length < 1:
+        raise ValueError(f"length must be positive, got {length}")
+    mean = mask_probability * length
+    bound = mean + 5.0 * math.sqrt(length * mask_probability * (1.0 - mask_probability))
+    return min(length, 8 * math.ceil(bound / 8))
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskedLMLoss:
+    """MLM loss with logits only at masked positions (no 250k-way projection of the rest).
+
+    ``prepare`` (inside the jitted step) turns ``label_mask [B, L]`` into the first
+    ``max_predictions`` masked positions of each row, in order (``masked_positions``,
+    ``masked_labels``, ``masked_weights [B, P]``); the model's MLM head gathers its hidden
+    states there; ``__call__`` is ``token_loss`` over those ``[B, P, vocab]`` logits, equal to the
+    full-logits loss on the same masks (up to ``max_predictions`` masked tokens per row).
+    """
+
+    max_predictions: int | None = None  # None: mlm_max_predictions(L)
+
+    def predictions(self, length: int) -> int:
+        p = self.max_predictions or mlm_max_predictions(length)
+        if not 1 <= p <= length:
+            raise ValueError(f"max_predictions {p}: expected 1..{length} (the length)")
+        return p
+
+    def prepare(self, batch: Batch) -> dict[str, Array]:
+        label_mask = batch["label_mask"]
+        length = label_mask.shape[-1]
+        p = self.predictions(length)
+        # top_k of (L - position) on masked tokens = the first p masked positions, in order.
+        order = jnp.where(label_mask > 0, length - jnp.arange(length, dtype=jnp.int32), 0)
+        _, positions = jax.lax.top_k(order, p)
+        positions = positions.astype(jnp.int32)
+        return {**batch, "masked_positions": positions,
+                "masked_labels": jnp.take_along_axis(batch["labels"], positions, axis=1),
+                "masked_weights": jnp.take_along_axis(label_mask, positions, axis=1)}
+
+    def __call__(self, logits: Array, batch: Batch) -> LossOutput:
+        if "masked_positions" not in batch:
+            return token_loss(logits, batch)  # a model called on every position
+        return token_loss(logits, {"labels": batch["masked_labels"],
+                                   "label_mask": batch["masked_weights"],
+                                   **({"example_mask": batch["example_mask"]}
+                                      if "example_mask" in batch else {})})
+
+
 TASK_LOSSES: dict[str, LossFn] = {
     "classification": classification_loss,
     "multiple_choice": classification_loss,
     "tagging": token_loss,
-    "mlm": token_loss,
+    "mlm": MaskedLMLoss(),
     "qa": span_loss,
 }
 
@@ -155,12 +212,19 @@ def task_loss(task_type: str) -> LossFn:
 
 # FLOPs ----------------------------------------------------------------------------------------
 def train_flops_per_example(config: XLMRConfig, length: int, *, num_choices: int = 1,
-                            mlm: bool = False) -> float:
-    """Model FLOPs of one training example (maxtext's count: matmuls x 6, attention x 12)."""
+                            mlm: bool = False, mlm_predictions: int | None = None) -> float:
+    """Model FLOPs of one training example (maxtext's count: matmuls x 6, attention x 12).
+
+    With ``mlm`` the tied vocabulary projection counts at ``mlm_predictions`` positions (the
+    masked ones the MLM head computes), or at every position when that is None.
+    """
     h, i, n = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    matmul_params = n * (4 * h * h + 2 * h * i) + (h * config.vocab_size if mlm else 0)
     tokens = length * num_choices
-    return 6.0 * matmul_params * tokens + 12.0 * n * h * length * tokens
+    flops = 6.0 * n * (4 * h * h + 2 * h * i) * tokens + 12.0 * n * h * length * tokens
+    if mlm:
+        positions = tokens if mlm_predictions is None else mlm_predictions
+        flops += 6.0 * h * config.vocab_size * positions
+    return flops
 
 
 # Trainer --------------------------------------------------------------------------------------
@@ -291,9 +355,29 @@ class Trainer:
     # Steps --------------------------------------------------------------------------------
     def _forward(self, params: PyTree, batch: Batch, *, deterministic: bool,
                  rng: Array | None) -> Any:
-        rngs = None if deterministic else {"dropout": rng}
+        rngs = None if deterministic else {"dropout": self._dropout_key(rng)}
+        extra = {"masked_positions": batch["masked_positions"]} \
+            if "masked_positions" in batch else {}
         return self.model.apply({"params": params}, batch["input_ids"],
-                                batch["attention_mask"], deterministic=deterministic, rngs=rngs)
+                                batch["attention_mask"], deterministic=deterministic, rngs=rngs,
+                                **extra)
+
+    def _prepare(self, batch: Batch) -> Batch:
+        """The loss's own inputs derived inside the step (MLM: the masked positions)."""
+        prepare = getattr(self.loss_fn, "prepare", None)
+        return batch if prepare is None else prepare(batch)
+
+    def _dropout_key(self, rng: Array) -> Array:
+        """The step's dropout key in the model config's ``dropout_rng`` implementation.
+
+        The state's key stays a threefry ``uint32[2]`` (checkpoints and resume are unchanged);
+        for ``rbg`` / ``unsafe_rbg`` its bits seed a key of that implementation, so dropout
+        masks come from the (TPU hardware) RBG generator instead of threefry.
+        """
+        impl = getattr(getattr(self.model, "config", None), "dropout_rng", "threefry")
+        if impl == "threefry":
+            return rng
+        return jax.random.wrap_key_data(jax.random.bits(rng, (4,), jnp.uint32), impl=impl)
 
     def _split_microbatches(self, batch: Batch) -> Batch:
         """``[B, ...]`` -> ``[k, B/k, ...]`` with slice j = rows j, j+k, ... (keeps rows local)."""
@@ -313,6 +397,7 @@ class Trainer:
         step_rng = jax.random.fold_in(state.rng, state.step)
 
         def loss_and_sums(params: PyTree, mb: Batch, rng: Array):
+            mb = self._prepare(mb)
             out = self.loss_fn(self._forward(params, mb, deterministic=False, rng=rng), mb)
             return out.loss_sum, _metric_sums(out, mb)
 
@@ -347,6 +432,7 @@ class Trainer:
         return new_state, metrics
 
     def _eval_step(self, params: PyTree, batch: Batch) -> dict[str, Array]:
+        batch = self._prepare(batch)
         out = self.loss_fn(self._forward(params, batch, deterministic=True, rng=None), batch)
         return _metric_sums(out, batch)
 

@@ -139,6 +139,12 @@ def splash_attention(q: Array, k: Array, v: Array, attention_mask: Array, *,
     if mesh.empty:
         return local(q, k, v, attention_mask)
     batch, _, heads, _ = nn.logical_to_mesh_axes(("batch", "length", "heads", "kv"))
+
+    def whole(axes, size: int):  # shard a dimension only where the mesh axes divide it
+        names = axes if isinstance(axes, tuple) else (axes,) if axes else ()
+        return axes if size % int(np.prod([mesh.shape[a] for a in names])) == 0 else None
+
+    batch, heads = whole(batch, q.shape[0]), whole(heads, q.shape[2])
     qkv = P(batch, None, heads, None)
     return jax.shard_map(local, mesh=mesh, in_specs=(qkv, qkv, qkv, P(batch, None)),
                          out_specs=qkv, check_vma=False)(q, k, v, attention_mask)

@@ -36,6 +36,7 @@ from xstilts.models.xlmr import (
 
 Array = jax.Array
 ENCODER_KEY = "roberta"
+F32 = "float32"  # logits: float32 accumulation and output whatever the compute dtype
 LABELS = "labels"  # logical axis of a head's output units (replicated by the default rules)
 
 
@@ -55,36 +56,40 @@ class ClassificationHead(nn.Module):
         x = nn.Dropout(c.hidden_dropout_prob)(features, deterministic=deterministic)
         x = jnp.tanh(DenseGeneral((c.hidden_size,), (EMBED, MLP), c, name="dense")(x))
         x = nn.Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic)
-        return DenseGeneral((self.num_labels,), (MLP, LABELS), c, name="out_proj")(x)
+        return DenseGeneral((self.num_labels,), (MLP, LABELS), c, preferred_element_type=F32,
+                            name="out_proj")(x)
 
 
 def task_head(config: XLMRConfig, kind: str, num_labels: int, use_pooler: bool, hidden: Array,
               *, pooled: Array | None, word_embeddings: Array | None, choices: int,
-              deterministic: bool) -> Any:
+              deterministic: bool, masked_positions: Array | None = None) -> Any:
     """The head of task ``kind`` on the encoder's ``hidden`` states (``[B*C, L, H]`` for multiple
     choice), as submodules of the calling module (``classifier``, ``qa_outputs``, ``lm_head``):
     the single-task models and ``TaskHead`` both call it inside their ``nn.compact`` method.
     ``pooled`` is the RoBERTa pooler's output (classification with the pooler, multiple choice),
-    ``word_embeddings`` the tied decoder (MLM)."""
+    ``word_embeddings`` the tied decoder (MLM), ``masked_positions [B, P]`` the positions the
+    MLM head computes logits at (all ``L`` when None). Output logits are float32 (the last
+    matmul accumulates in float32 whatever the compute dtype)."""
     c = config
     if kind == "classification":
         features = pooled if use_pooler else hidden[:, 0]
         head = ClassificationHead(c, num_labels, name="classifier")
-        return head(features, deterministic=deterministic).astype(jnp.float32)
+        return head(features, deterministic=deterministic)
     if kind == "tagging":
         x = nn.Dropout(c.hidden_dropout_prob)(hidden, deterministic=deterministic)
-        logits = DenseGeneral((num_labels,), (EMBED, LABELS), c, name="classifier")(x)
-        return logits.astype(jnp.float32)
+        return DenseGeneral((num_labels,), (EMBED, LABELS), c, preferred_element_type=F32,
+                            name="classifier")(x)
     if kind == "qa":
-        logits = DenseGeneral((2,), (EMBED, LABELS), c, name="qa_outputs")(hidden)
-        logits = logits.astype(jnp.float32)
+        logits = DenseGeneral((2,), (EMBED, LABELS), c, preferred_element_type=F32,
+                              name="qa_outputs")(hidden)
         return logits[..., 0], logits[..., 1]
     if kind == "multiple_choice":
         x = nn.Dropout(c.hidden_dropout_prob)(pooled, deterministic=deterministic)
-        logits = DenseGeneral((1,), (EMBED, LABELS), c, name="classifier")(x)
-        return logits.reshape(-1, choices).astype(jnp.float32)
+        logits = DenseGeneral((1,), (EMBED, LABELS), c, preferred_element_type=F32,
+                              name="classifier")(x)
+        return logits.reshape(-1, choices)
     if kind == "mlm":
-        return LMHead(c, name="lm_head")(hidden, word_embeddings)
+        return LMHead(c, name="lm_head")(hidden, word_embeddings, masked_positions)
     raise ValueError(f"unknown task kind {kind!r}: expected one of {sorted(TASK_MODELS)}")
 
 
@@ -151,37 +156,50 @@ class XLMRForMultipleChoice(nn.Module):
 
 
 class LMHead(nn.Module):
-    """RoBERTa LM head: dense, GELU, LayerNorm, then the tied word-embedding decoder + bias."""
+    """RoBERTa LM head: dense, GELU, LayerNorm, then the tied word-embedding decoder + bias.
+
+    With ``masked_positions [B, P]`` only those positions' hidden states go through the head
+    (``[B, P, vocab]`` logits): the vocabulary projection is most of an MLM step's FLOPs.
+    """
 
     config: XLMRConfig
 
     @nn.compact
-    def __call__(self, hidden: Array, word_embeddings: Array) -> Array:
+    def __call__(self, hidden: Array, word_embeddings: Array,
+                 masked_positions: Array | None = None) -> Array:
         c = self.config
         dtype = jnp.dtype(c.dtype)
+        if masked_positions is not None:
+            if masked_positions.ndim != 2 or masked_positions.shape[0] != hidden.shape[0]:
+                raise ValueError(f"masked_positions: expected [batch {hidden.shape[0]}, P], "
+                                 f"got shape {masked_positions.shape}")
+            hidden = jnp.take_along_axis(hidden, masked_positions[..., None].astype(jnp.int32),
+                                         axis=1)
         x = gelu_exact(DenseGeneral((c.hidden_size,), (EMBED, MLP), c, name="dense")(hidden))
         x = layer_norm(c, name="layer_norm")(x)
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
                                                                (VOCAB,)),
                           (c.vocab_size,), jnp.float32)
-        logits = jnp.einsum("bld,vd->blv", x.astype(dtype), word_embeddings.astype(dtype))
+        logits = jnp.einsum("bld,vd->blv", x.astype(dtype), word_embeddings.astype(dtype),
+                            preferred_element_type=jnp.float32)
         logits = nn.with_logical_constraint(logits, (BATCH, LENGTH, VOCAB))
-        return (logits + bias.astype(dtype)).astype(jnp.float32)
+        return logits + bias
 
 
 class XLMRForMaskedLM(nn.Module):
-    """Masked language modelling: ``[B, L]`` -> logits ``[B, L, vocab]`` (decoder tied)."""
+    """Masked language modelling: ``[B, L]`` -> logits ``[B, L, vocab]`` (decoder tied), or
+    ``[B, P, vocab]`` at ``masked_positions [B, P]``."""
 
     config: XLMRConfig
 
     @nn.compact
     def __call__(self, input_ids: Array, attention_mask: Array, *,
-                 deterministic: bool = True) -> Array:
+                 deterministic: bool = True, masked_positions: Array | None = None) -> Array:
         encoder = _encoder(self.config)
         hidden = encoder(input_ids, attention_mask, deterministic=deterministic)
         return task_head(self.config, "mlm", 2, False, hidden, pooled=None,
                          word_embeddings=encoder.word_embedding_matrix(), choices=1,
-                         deterministic=deterministic)
+                         deterministic=deterministic, masked_positions=masked_positions)
 
 
 def mean_pool(hidden: Array, attention_mask: Array) -> Array:
@@ -235,10 +253,10 @@ class TaskHead(nn.Module):
 
     @nn.compact
     def __call__(self, hidden: Array, *, pooled: Array | None, word_embeddings: Array | None,
-                 choices: int, deterministic: bool) -> Any:
+                 choices: int, deterministic: bool, masked_positions: Array | None = None) -> Any:
         return task_head(self.config, self.kind, self.num_labels, self.use_pooler, hidden,
                          pooled=pooled, word_embeddings=word_embeddings, choices=choices,
-                         deterministic=deterministic)
+                         deterministic=deterministic, masked_positions=masked_positions)
 
 
 class XLMRMultiTask(nn.Module):
@@ -278,7 +296,7 @@ class XLMRMultiTask(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids: Array, attention_mask: Array, *,
-                 deterministic: bool = True) -> Any:
+                 deterministic: bool = True, masked_positions: Array | None = None) -> Any:
         c = self.config
         chosen = [h for h in self.heads if self.task is None or h[0] == self.task]
         lead = input_ids.shape[:-1]
@@ -296,5 +314,6 @@ class XLMRMultiTask(nn.Module):
         for name, kind, num_labels in chosen:
             head = TaskHead(c, kind, num_labels, self.use_pooler, name=head_key(name))
             outputs[name] = head(hidden, pooled=pooled, word_embeddings=embeddings,
-                                 choices=choices, deterministic=deterministic)
+                                 choices=choices, deterministic=deterministic,
+                                 masked_positions=masked_positions if kind == "mlm" else None)
         return outputs if self.task is None else outputs[self.task]
