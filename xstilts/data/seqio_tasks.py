@@ -411,7 +411,7 @@ def register_task(spec: TaskSpec, data_dir: str | os.PathLike | None = None,
         preprocessors=task_preprocessors(spec, vocabulary, data_dir,
                                          allow_samples=allow_samples),
         output_features=output_features(spec.kind, vocabulary),
-        shuffle_buffer_size=10_000,
+        shuffle_buffer_size=seqio.SHUFFLE_BUFFER_SIZE,  # 1000, seqio's default
     )
     task.metadata = spec.metadata  # languages, metric, max length, epochs, train task, ...
     return task
