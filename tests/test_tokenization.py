@@ -414,3 +414,18 @@ def test_seqio_vocabulary_matches(model, tokenizers, tatoeba, model_dirs):
     assert pickle.loads(pickle.dumps(vocab)) == vocab
     _report(f"{model}: XLMRVocabulary encode/encode_tf/decode/decode_tf == XLMRTokenizer == HF "
             f"on {len(lines)} lines")
+
+
+@pytest.mark.slow
+def test_seqio_vocabulary_first_used_inside_a_dataset_map(model_dirs):
+    """A fresh vocabulary whose TF state is first built inside a tf.data map (as
+    ``seqio.preprocessors.tokenize`` does) serves a second dataset too."""
+    seqio = pytest.importorskip("seqio")
+    tf = pytest.importorskip("tensorflow")
+    vocab = xlmr_vocabulary(model_dirs["test_model"])
+    features = {"inputs": seqio.Feature(vocab)}
+    texts = ["hello world", "a b <mask>"]
+    for _ in range(2):
+        ds = tf.data.Dataset.from_tensor_slices({"inputs": texts})
+        rows = list(seqio.preprocessors.tokenize(ds, features).as_numpy_iterator())
+        assert [r["inputs"].tolist() for r in rows] == [vocab.encode(t) for t in texts]

@@ -544,14 +544,17 @@ def _vocabulary_class() -> type:
 
         def _tf(self) -> tuple[Any, Any, Any]:
             if self._tf_state is None:
-                t = self._tokenizer
-                model = self.model_file.read_bytes()
-                sp_tf = tf_text.SentencepieceTokenizer(model=model, out_type=tf.int32)
-                table = tf.constant(t._table, dtype=tf.int32)
-                pieces = [t.id_to_piece(i) for i in range(t.vocab_size)]
-                for i in t.all_special_ids:
-                    pieces[i] = ""  # decode skips specials
-                self._tf_state = (sp_tf, table, tf.constant(pieces, dtype=tf.string))
+                # Built eagerly even when first used inside a tf.data map or tf.function: state
+                # made in a graph would be a SymbolicTensor, unusable by the next get_dataset.
+                with tf.init_scope():
+                    t = self._tokenizer
+                    model = self.model_file.read_bytes()
+                    sp_tf = tf_text.SentencepieceTokenizer(model=model, out_type=tf.int32)
+                    table = tf.constant(t._table, dtype=tf.int32)
+                    pieces = [t.id_to_piece(i) for i in range(t.vocab_size)]
+                    for i in t.all_special_ids:
+                        pieces[i] = ""  # decode skips specials
+                    self._tf_state = (sp_tf, table, tf.constant(pieces, dtype=tf.string))
             return self._tf_state
 
         def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
