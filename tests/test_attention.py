@@ -42,7 +42,7 @@ def _outputs_and_grads(config: XLMRConfig, params, ids, mask, weights):
         out = XLMRModel(config).apply({"params": p}, ids, mask)
         return jnp.sum(out * weights * real_rows), out
 
-    (_, out), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    (_, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
     return out, grads
 
 
