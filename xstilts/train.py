@@ -13,6 +13,13 @@ host-local dicts with DESIGN.md's keys (the data package supplies real ones;
 TensorBoard at import time, which the core install does not carry), ``train_metrics.jsonl``
 (one line per step), ``config.gin`` and ``operative_config.gin``.
 
+seqio (t5x's way in): ``runs/*.gin`` default ``TRAIN_BATCHES`` to :class:`SeqioBatches`, so a
+seqio Task or Mixture trains by name, its head(s) taken from the task::
+
+    python -m xstilts.train --gin_file=models/xlmr_base.gin --gin_file=runs/intermediate.gin \\
+        --gin.MIXTURE_OR_TASK_NAME="'my_mixture'" --gin.TASK_FEATURE_LENGTHS="{'inputs': 128}" \\
+        --gin.MIXTURE_OR_TASK_MODULE="'my_tasks'" --gin.MODEL_DIR="'/tmp/run'" ...
+
 Multi-task (``heads=``, jiant's multi-task training): one shared encoder with one head per task,
 ``train_batches`` yields ``(task name, batch)`` pairs (one task per step), and every task's step
 is its own jitted function over one shared train state and optimizer.
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import logging
 import math
@@ -166,6 +174,239 @@ def synthetic_batches(*, shard_index: int, num_shards: int, batch_size: int, sta
             raise ValueError(f"synthetic_batches: unknown task_type {task_type!r}")
         yield {k: v[rows] for k, v in batch.items()}
         index += 1
+
+
+# seqio batches ----------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class DataModel:
+    """The model a batch factory's data asks for: one head (``task_type``, ``num_labels``), or,
+    for a mixture drawn one task per step, ``heads`` and ``task_heads`` (``train(heads=...)``)."""
+
+    task_type: str
+    num_labels: int = 2
+    heads: dict[str, tuple[str, int]] | None = None
+    task_heads: dict[str, str] | None = None
+
+
+LABELLED_KINDS = ("classification", "tagging")
+
+
+def _seqio_task_labels(task: Any, data_dir: Any, allow_samples: bool) -> int | None:
+    """A seqio Task's label count: the project's task table (or its data, for an open label
+    set), else the size of the ``targets`` feature's vocabulary (a user's Task declaring
+    ``seqio.PassThroughVocabulary(size=N)``); None when neither tells."""
+    from xstilts.data import pipeline, tasks
+
+    metadata = getattr(task, "metadata", None) or {}
+    if metadata.get("labels"):
+        return len(metadata["labels"])
+    if task.name in tasks.TASKS and "labels" in metadata:  # an open label set (CCG)
+        return len(pipeline.task_labels(tasks.TASKS[task.name], data_dir,
+                                        allow_samples=allow_samples))
+    feature = task.output_features.get("targets")
+    size = getattr(getattr(feature, "vocabulary", None), "vocab_size", 0) if feature else 0
+    return int(size) if size else None
+
+
+def seqio_data_model(name: str, *, kind: str | None = None, num_labels: int | None = None,
+                     data_dir: Any = None, allow_samples: bool = False) -> DataModel:
+    """The model for seqio Task or Mixture ``name`` (registered): one head when its batches mix
+    per example (``seqio_tasks.mixes_per_example``), else one head per head group (a project
+    task's ``metadata["head"]``, a user's Task its own name).
+
+    ``kind``: the kind of a user's Task whose output features match none
+    (``seqio_tasks.output_features``; gin ``TASK_TYPE``); ``num_labels``: the label count of one
+    that declares none (gin ``NUM_LABELS``). Either, when it contradicts the data, is an error.
+    """
+    import seqio
+
+    from xstilts.data import seqio_tasks
+
+    provider = seqio_tasks._provider(name)  # noqa: SLF001 - the KeyError that names the fix
+    leaves = [provider] if isinstance(provider, seqio.Task) else list(provider.tasks)
+    if kind is not None and kind not in heads_lib.TASK_MODELS:
+        raise ValueError(f"TASK_TYPE {kind!r}: expected one of {sorted(heads_lib.TASK_MODELS)}")
+    facts: dict[str, tuple[str, str, int | None]] = {}
+    for task in leaves:
+        try:
+            task_kind = seqio_tasks.task_kind(task)
+        except ValueError as error:
+            if kind is None:
+                raise ValueError(f"{error}; or name its kind with --gin.TASK_TYPE=... (one of "
+                                 f"{sorted(heads_lib.TASK_MODELS)})") from None
+            task.metadata = {**(getattr(task, "metadata", None) or {}), "kind": kind}
+            task_kind = kind
+        head = (getattr(task, "metadata", None) or {}).get("head") or task.name
+        labels = _seqio_task_labels(task, data_dir, allow_samples) \
+            if task_kind in LABELLED_KINDS else 2
+        facts[task.name] = (task_kind, head, labels)
+
+    def resolved(labels: set[int], what: str, task_kind: str) -> int:
+        if task_kind not in LABELLED_KINDS:
+            return 2
+        if num_labels is not None and labels and labels != {int(num_labels)}:
+            raise ValueError(f"{what}: NUM_LABELS={num_labels} but its tasks have "
+                             f"{sorted(labels)} labels")
+        if len(labels) > 1:
+            raise ValueError(f"{what}: its tasks disagree on the number of labels "
+                             f"{sorted(labels)}")
+        if labels:
+            return labels.pop()
+        if num_labels is None:
+            raise ValueError(f"{what}: cannot tell its number of labels ({task_kind}): declare "
+                             f"its 'targets' feature on seqio.PassThroughVocabulary(size=N), "
+                             f"or set --gin.NUM_LABELS=N")
+        return int(num_labels)
+
+    if isinstance(provider, seqio.Task) or seqio_tasks.mixes_per_example(provider):
+        (task_kind,) = {k for k, _, _ in facts.values()}
+        if kind is not None and kind != task_kind:
+            raise ValueError(f"seqio {name}: TASK_TYPE={kind!r} but its tasks are {task_kind}")
+        labels = {n for _, _, n in facts.values() if n is not None}
+        return DataModel(task_kind, resolved(labels, f"seqio {name}", task_kind))
+    if kind is not None:
+        raise ValueError(f"seqio mixture {name} trains one head per head group (its tasks "
+                         f"differ in kind or head); leave TASK_TYPE None")
+    groups: dict[str, tuple[set[str], set[int]]] = {}
+    for task_kind, head, labels in facts.values():
+        kinds, counts = groups.setdefault(head, (set(), set()))
+        kinds.add(task_kind)
+        counts.update({labels} if labels is not None else set())
+    heads = {}
+    for head, (kinds, counts) in groups.items():
+        if len(kinds) != 1:
+            raise ValueError(f"seqio mixture {name}: head {head!r} has tasks of kinds "
+                             f"{sorted(kinds)}")
+        (task_kind,) = kinds
+        heads[head] = (task_kind, resolved(counts, f"seqio mixture {name} head {head!r}",
+                                           task_kind))
+    return DataModel("multitask", 2, heads, {t: head for t, (_, head, _) in facts.items()})
+
+
+def _names(value: str | Sequence[str] | None) -> list[str]:
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
+@dataclasses.dataclass
+class SeqioBatches:
+    """A ``train`` batch factory over any seqio Task or Mixture by name (t5x's
+    ``MIXTURE_OR_TASK_NAME`` / ``TASK_FEATURE_LENGTHS`` / ``MIXTURE_OR_TASK_MODULE`` /
+    ``USE_CACHED_TASKS``), through ``seqio_tasks.seqio_batches``.
+
+    Set-up (once, on first use): the project's Tasks and Mixtures are registered when
+    ``vocabulary`` (an XLM-R SentencePiece model) is given (``data_dir``: their prepared files;
+    ``allow_samples``: sample files too), then each ``mixture_or_task_module`` is imported (it
+    registers a user's Tasks and may mix them with the project's), then ``cache_dirs`` join
+    seqio's cache directories. ``use_cached``: None reads the offline cache
+    (``seqio.scripts.cache_tasks_main`` or ``xstilts.data.seqio_cache``) when every task of
+    ``mixture_or_task_name`` has one; True requires it.
+
+    Each host reads its shard (``seqio.ShardInfo(shard_index, num_shards)``) and a resumed run
+    starts at batch ``start_batch`` of the same stream (exact resume). ``model()`` tells
+    ``train`` the head(s) (``seqio_data_model``; ``kind``/``num_labels`` for a user's Task
+    whose features do not tell); a Mixture drawn one task per step yields ``(task, batch)``.
+    """
+
+    mixture_or_task_name: str
+    task_feature_lengths: int | Mapping[str, int]
+    mixture_or_task_module: str | Sequence[str] | None = None
+    data_dir: str | None = None
+    vocabulary: str | None = None
+    allow_samples: bool = False
+    use_cached: bool | None = None
+    cache_dirs: Sequence[str] = ()
+    split: str = "train"
+    seed: int = 0
+    kind: str | None = None
+    num_labels: int | None = None
+
+    def __post_init__(self) -> None:
+        missing = [macro for macro, value in (
+            ("MIXTURE_OR_TASK_NAME", self.mixture_or_task_name),
+            ("TASK_FEATURE_LENGTHS", self.task_feature_lengths)) if value is gin.REQUIRED]
+        if missing:
+            raise ValueError(f"SeqioBatches: set the gin macros {missing} (e.g. "
+                             f"--gin.MIXTURE_OR_TASK_NAME=\"'my_mixture'\" "
+                             f"--gin.TASK_FEATURE_LENGTHS=\"{{'inputs': 128}}\"), or another "
+                             f"TRAIN_BATCHES")
+        self._model: DataModel | None = None
+        self._cached = False
+
+    def model(self) -> DataModel:
+        """Set up (registration, module imports, cache directories) and the model's head(s)."""
+        if self._model is not None:
+            return self._model
+        try:
+            import seqio
+
+            from xstilts.data import seqio_tasks
+        except ImportError as error:
+            raise ImportError(f"SeqioBatches needs the data extra (pip install "
+                              f"'xstilts[data]'): {error}") from error
+        if self.vocabulary:
+            seqio_tasks.register_all(self.data_dir, self.vocabulary,
+                                     allow_samples=self.allow_samples)
+        for module in _names(self.mixture_or_task_module):
+            try:
+                importlib.import_module(module)
+            except ModuleNotFoundError as error:
+                raise ModuleNotFoundError(
+                    f"MIXTURE_OR_TASK_MODULE {module!r}: {error} (expected an importable module "
+                    f"that registers seqio Tasks/Mixtures; is its folder on PYTHONPATH?)"
+                ) from error
+        if self.cache_dirs:
+            seqio.add_global_cache_dirs([*seqio.get_global_cache_dirs(),
+                                         *_names(self.cache_dirs)])
+        name = self.mixture_or_task_name
+        if name not in seqio.TaskRegistry.names() and name not in seqio.MixtureRegistry.names():
+            from xstilts.data import tasks
+
+            hint = ("it is one of the project's: set VOCABULARY (an XLM-R SentencePiece model) "
+                    "and DATA_DIR to register them" if name in tasks.TASKS or
+                    name in tasks.MIXTURES else "set MIXTURE_OR_TASK_MODULE to the module "
+                    "that registers it")
+            raise KeyError(f"MIXTURE_OR_TASK_NAME {name!r} is neither a registered seqio Task "
+                           f"nor Mixture; {hint}")
+        self._model = seqio_data_model(name, kind=self.kind, num_labels=self.num_labels,
+                                       data_dir=self.data_dir, allow_samples=self.allow_samples)
+        self._cached = self._resolve_cache(seqio)
+        return self._model
+
+    def _resolve_cache(self, seqio: Any) -> bool:
+        provider = seqio.get_mixture_or_task(self.mixture_or_task_name)
+        leaves = [provider] if isinstance(provider, seqio.Task) else list(provider.tasks)
+        uncached = [t.name for t in leaves if not (t.supports_caching and t.cache_dir)]
+        if self.use_cached and uncached:
+            raise ValueError(f"USE_CACHED_TASKS=True but {uncached} have no offline cache in "
+                             f"{seqio.get_global_cache_dirs()} (cache them with "
+                             f"seqio.scripts.cache_tasks_main or xstilts.data.seqio_cache, and "
+                             f"pass --seqio_additional_cache_dirs)")
+        use = bool(leaves) and not uncached and self.use_cached is not False
+        log.info("seqio %s: %s", self.mixture_or_task_name,
+                 "reading the offline cache" if use else "preprocessing on the fly")
+        return use
+
+    @property
+    def reads_cache(self) -> bool:
+        """Whether the batches come from the offline cache (after ``model()``)."""
+        return self._cached
+
+    def __call__(self, *, shard_index: int, num_shards: int, batch_size: int,
+                 start_batch: int) -> Iterator[Any]:
+        model = self.model()
+        import seqio
+
+        from xstilts.data import seqio_tasks
+
+        stream = seqio_tasks.seqio_batches(
+            self.mixture_or_task_name, sequence_length=self.task_feature_lengths,
+            batch_size=batch_size, split=self.split,
+            shard_info=seqio.ShardInfo(int(shard_index), int(num_shards)), seed=self.seed,
+            start_step=int(start_batch), use_cached=self._cached)
+        for task, batch in stream:
+            yield (task, batch) if model.heads else batch
 
 
 # Summaries --------------------------------------------------------------------------------------
@@ -369,8 +610,26 @@ def _check_required(fn_name: str, **values: Any) -> None:
                          f"gin macros {macros} (e.g. --gin.{missing[0].upper()}=...)")
 
 
+def _model_of_data(train_batches: Any, task_type: str | None, num_labels: int | None,
+                   task_heads: Mapping[str, str] | None) -> tuple[Any, Any, Any, Any]:
+    """``(task_type, num_labels, heads, task_heads)``: the given ones, or (``task_type`` None)
+    those of a factory that knows its data (``SeqioBatches.model()``)."""
+    describe = getattr(train_batches, "model", None)
+    if task_type is not None and (num_labels is not None or task_type not in LABELLED_KINDS):
+        return task_type, 2 if num_labels is None else num_labels, None, task_heads
+    if not callable(describe):
+        raise ValueError(f"train(): task_type={task_type!r}, num_labels={num_labels!r}: set the "
+                         f"gin macros TASK_TYPE and NUM_LABELS, or train on a factory that knows "
+                         f"its task (TRAIN_BATCHES = @train_script.SeqioBatches())")
+    model = describe()
+    if model.heads:
+        return "multitask", 2, model.heads, task_heads or model.task_heads
+    return model.task_type, model.num_labels, None, task_heads
+
+
 def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_size: int,
-          train_batches: BatchFactory, task_type: str = "classification", num_labels: int = 2,
+          train_batches: BatchFactory, task_type: str | None = "classification",
+          num_labels: int | None = 2,
           use_pooler: bool = True, partitioner: partitioning.Partitioner | None = None,
           optimizer: Callable[..., Any] = trainer_lib.make_optimizer,
           num_microbatches: int = 1,
@@ -396,6 +655,10 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
     optimizer schedule always spans ``total_steps``; ``stop_at_step`` ends this invocation early
     (with a checkpoint), as a preemption would.
 
+    ``task_type`` None (``num_labels`` None): the head(s) that ``train_batches.model()`` names
+    (``SeqioBatches``: the seqio Task's kind and label count, or one head per head group of a
+    Mixture drawn one task per step).
+
     Multi-task: ``heads`` maps each head's name to ``(task kind, num_labels)`` (``task_type`` and
     ``num_labels`` are then unused); ``train_batches`` (and ``eval_batches``) yield ``(task,
     batch)`` pairs, and ``task_heads`` maps a task to its head (default: the task's own name).
@@ -416,6 +679,9 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
                     task_type=task_type, num_labels=num_labels,
                     init_encoder_from=init_encoder_from,
                     init_pretrained_from=init_pretrained_from)
+    if heads is None:
+        task_type, num_labels, heads, task_heads = _model_of_data(
+            train_batches, task_type, num_labels, task_heads)
     os.makedirs(model_dir, exist_ok=True)
     partitioner = partitioner or partitioning.Partitioner()
     checkpoint = checkpoint or ckpt_lib.CheckpointConfig()
@@ -699,6 +965,9 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
                         help="directories searched for relative --gin_file paths and includes")
     parser.add_argument("--coordinator_address", default=None,
                         help="multi-process: host:port of process 0 (jax.distributed)")
+    parser.add_argument("--seqio_additional_cache_dirs", action="append", default=[],
+                        help="directory searched for offline-cached seqio Tasks (repeatable; "
+                             "t5x's flag; USE_CACHED_TASKS reads them)")
     parser.add_argument("--num_processes", type=int, default=None)
     parser.add_argument("--process_id", type=int, default=None)
     return parser.parse_args(rewrite_gin_args(argv))
@@ -724,6 +993,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         process_id=args.process_id)
     if not args.gin_file:
         raise SystemExit("python -m xstilts.train: at least one --gin_file is required")
+    if args.seqio_additional_cache_dirs:
+        import seqio
+
+        seqio.add_global_cache_dirs([*seqio.get_global_cache_dirs(),
+                                     *args.seqio_additional_cache_dirs])
     parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths)
     result = gin_utils.configured(entry_point)()
     if isinstance(result, TrainResult):
