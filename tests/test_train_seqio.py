@@ -256,3 +256,61 @@ def test_offline_cache_then_a_train_run_reads_it(user, tmp_path):
     with pytest.raises(ValueError, match=r"USE_CACHED_TASKS=True but \['mnli.en'\] have no "
                                          r"offline cache"):
         _batches("user_nli+mnli", use_cached=True).model()
+
+
+# ------------------------------------------------------------------ the experiment's phase 1
+
+
+def _grid(tmp_path, mixture, **phase):
+    from xstilts.experiment.grid import make_grid
+
+    return make_grid(
+        run_dir=str(tmp_path / "exp"), model_config=XLMRConfig.tiny(
+            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+        intermediate={"baseline": None, "user": mixture}, targets=["xnli"],
+        seqio_modules=["seqio_user_tasks"], intermediate_budget="epochs",
+        intermediate_phase={"steps": 3, "batch_size": 8, "max_length": 24,
+                            "learning_rate": 1e-3, **phase})
+
+
+def test_the_grid_plans_and_runs_phase_1_on_a_seqio_name(user, tmp_path):
+    from xstilts.experiment.runtime import Runtime
+
+    plan, dry_run, intermediate = (importlib.import_module(f"xstilts.experiment.{m}")
+                                   for m in ("plan", "dry_run", "intermediate"))
+
+    grid = _grid(tmp_path, "user_nli+mnli")
+    (job,) = plan.plan_intermediate(grid)
+    assert (job.seqio, job.kind, job.num_labels, job.source, job.length) == \
+        (True, "classification", 3, "user_nli+mnli", 24)
+    assert dict(job.lengths) == {"mnli.en": 24, "user_nli": 24}
+    assert plan.seqio_languages(grid, "user_nli+mnli") == ["en"]
+    assert plan.seqio_targets(grid, "user_nli+mnli") == []  # mnli is not xnli's own data
+    result = dry_run.dry_run(grid)
+    assert any("user_nli+mnli: a seqio name" in n for n in result.notes)
+    assert any("phase1 user" in info["used_by"] for info in result.steps.values())
+    rt = Runtime.create(grid)
+    intermediate.run_intermediate(rt, job)
+    run = tmp_path / "exp" / job.model_dir
+    budget = json.loads((run / "budget.json").read_text())
+    assert (run / "DONE").exists() and budget["steps"] == 3 and budget["seqio"] is True
+    assert len((run / "train_metrics.jsonl").read_text().splitlines()) == 3
+    # a seqio name that no module registers: the error names both places looked in
+    bad = _grid(tmp_path, "no_such_mixture")
+    with pytest.raises(ValueError, match=r"'no_such_mixture': neither one of the registry's "
+                                         r".*seqio_modules \['seqio_user_tasks'\]"):
+        plan.plan_intermediate(bad)
+
+
+def test_the_grid_plans_a_mixed_kind_seqio_mixture_one_head_per_group(user, tmp_path):
+    plan = importlib.import_module("xstilts.experiment.plan")
+    S.register_mixture("intermediate.squad_v2.en", user["env"]["XSTILTS_DATA_DIR"],
+                       user["module"].VOCABULARY, allow_samples=True)
+    seqio.MixtureRegistry.remove("squad+mnli")
+    seqio.MixtureRegistry.add("squad+mnli", [("intermediate.squad_v2.en", 1.0),
+                                             ("mnli.en", 1.0)], mixture_cls=S.MultiKindMixture)
+    (job,) = plan.plan_intermediate(_grid(tmp_path, "squad+mnli", max_length=None))
+    assert job.kind == "multitask" and job.length == 384  # squad_v2's length, the longest
+    assert dict((h, (k, n)) for h, k, n in job.heads) == {"span_qa_v2": ("qa", 2),
+                                                          "nli": ("classification", 3)}
+    assert dict(job.task_heads) == {"squad_v2.en": "span_qa_v2", "mnli.en": "nli"}

@@ -48,7 +48,8 @@ def primary_metrics(targets: Any, retrieval_tasks: Any) -> dict[str, str]:
 def seen_languages(grid: Grid) -> dict[str, list[str]]:
     """Per config, the languages its intermediate mixture trains on (the report's covariate)."""
     return {config: sorted({tasks.get_task(t).language for t in tasks.mixture_tasks(m)})
-            if m else [] for config, m in grid.intermediate.items()}
+            if m and not grid.is_seqio(m) else plan_lib.seqio_languages(grid, m)
+            for config, m in grid.intermediate.items()}
 
 
 def contaminated(grid: Grid) -> dict[str, list[str]]:
@@ -57,7 +58,7 @@ def contaminated(grid: Grid) -> dict[str, list[str]]:
     out = {}
     for config, mixture in grid.intermediate.items():
         hit = [t for t in derived_targets(mixture, tasks.MIXTURES) if t in grid.targets] \
-            if mixture else []
+            if mixture and not grid.is_seqio(mixture) else plan_lib.seqio_targets(grid, mixture)
         if hit:
             out[config] = hit
     return out

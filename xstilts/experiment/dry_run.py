@@ -80,13 +80,19 @@ def _labels(labels: int | None, name: str, notes: list[str]) -> int:
     return PLACEHOLDER_LABELS
 
 
+def _choices(task: str) -> int:
+    """A task's number of choices (1: not multiple choice; a user's seqio Task: 1)."""
+    spec = tasks.TASKS.get(task)
+    return (spec.num_choices or 1) if spec else 1
+
+
 def job_shapes(job: PhaseJob, notes: list[str]) -> list[StepShape]:
     """The train steps one job runs (one per task length or head)."""
     s = job.settings
     if job.kind != "multitask":
         labels = _labels(job.num_labels, job.source, notes)
         return list(dict.fromkeys(StepShape(
-            job.kind, labels, s.batch_size, length, tasks.get_task(t).num_choices or 1)
+            job.kind, labels, s.batch_size, length, _choices(t))
             for t, length in job.lengths))
     heads = tuple((h, k, _labels(n, h, notes)) for h, k, n in job.heads)
     kinds = {h: (k, n) for h, k, n in heads}
@@ -95,7 +101,7 @@ def job_shapes(job: PhaseJob, notes: list[str]) -> list[StepShape]:
                  f"{sorted(kinds)}")
     return list(dict.fromkeys(StepShape(
         kinds[task_heads[t]][0], kinds[task_heads[t]][1], s.batch_size, length,
-        tasks.get_task(t).num_choices or 1, head=task_heads[t], heads=heads)
+        _choices(t), head=task_heads[t], heads=heads)
         for t, length in job.lengths))
 
 
@@ -145,6 +151,10 @@ def dry_run(grid: Grid, partitioner: partitioning.Partitioner | None = None,
     notes: list[str] = []
     mixtures = {}
     for mixture in dict.fromkeys(j.source for j in jobs if j.phase != "phase2"):
+        if grid.is_seqio(mixture):
+            notes.append(f"{mixture}: a seqio name (seqio_modules); its rates are seqio's, "
+                         f"read when it trains")
+            continue
         rates = tasks.mixture_rates(mixture, lambda _: DRY_RUN_SIZE)
         if not np.isclose(sum(rates.values()), 1.0):
             raise AssertionError(f"mixture {mixture}: rates sum to {sum(rates.values())}")

@@ -69,7 +69,8 @@ class Grid:
 
     run_dir: str
     model_config: XLMRConfig
-    intermediate: Mapping[str, str | None]  # config name -> Mixture (None: the baseline)
+    intermediate: Mapping[str, str | None]  # config name -> Mixture (None: the baseline); a
+    # name outside the project's registry is a seqio Task or Mixture (``seqio_modules``)
     targets: Sequence[str]  # target datasets (xnli, synthetic.paraphrase, ...)
     retrieval: Sequence[str] = ()  # tatoeba, bucc2018, synthetic.parallel, synthetic.bucc
     seeds: Sequence[int] = (0,)
@@ -110,6 +111,9 @@ class Grid:
     # the 20 GiB CC-100 cut, moved to medium).
     tier_boundary: Mapping[str, str] | None = None
     eval_batch_size: int = 32
+    # Modules imported before planning that register seqio Tasks/Mixtures (t5x's
+    # MIXTURE_OR_TASK_MODULE); an ``intermediate`` entry may name one of theirs.
+    seqio_modules: Sequence[str] = ()
     compilation_cache: bool = True  # JAX's persistent cache in run_dir/jax_cache: every cell
     # compiles the same steps, so all but the first load them
 
@@ -121,8 +125,8 @@ class Grid:
         for name, mixture in self.intermediate.items():
             if "/" in name or not name:
                 raise ValueError(f"intermediate config name {name!r}: must be a plain name")
-            if mixture is not None:
-                tasks.get_mixture(mixture)
+            if mixture is not None and mixture not in tasks.MIXTURES and not self.seqio_modules:
+                tasks.get_mixture(mixture)  # the registry's error: no seqio module to look in
         for target in self.targets:
             if not tasks.tasks_for(target):
                 raise ValueError(f"target {target!r}: no registered tasks of that dataset")
@@ -138,6 +142,8 @@ class Grid:
             if len(pair) != 2:
                 raise ValueError(f"more_comparisons: {pair!r} is not an (English-only, "
                                  f"multilingual) pair of configs")
+        if isinstance(self.seqio_modules, str):
+            object.__setattr__(self, "seqio_modules", (self.seqio_modules,))
         if self.intermediate_budget not in BUDGETS:
             raise ValueError(f"intermediate_budget {self.intermediate_budget!r}: expected one "
                              f"of {BUDGETS}")
@@ -155,6 +161,10 @@ class Grid:
         pairs = [(self.english_config, self.multilingual_config)] \
             if self.english_config and self.multilingual_config else []
         return pairs + [tuple(p) for p in self.more_comparisons if tuple(p) not in pairs]
+
+    def is_seqio(self, mixture: str | None) -> bool:
+        """Whether an ``intermediate`` mixture is a seqio name (not the project's registry)."""
+        return mixture is not None and mixture not in tasks.MIXTURES
 
     def phase1_seed(self, seed: int) -> int:
         """The intermediate run a fine-tuning seed starts from."""
@@ -174,7 +184,7 @@ def make_grid(**kwargs: Any) -> Grid:
     if unknown:
         raise ValueError(f"run_experiment: unknown settings {unknown}; expected some of "
                          f"{sorted(known)}")
-    for key in ("targets", "retrieval", "seeds", "low_resource"):
+    for key in ("targets", "retrieval", "seeds", "low_resource", "seqio_modules"):
         if key in kwargs and kwargs[key] is not None:
             kwargs[key] = tuple(kwargs[key])
     return Grid(**kwargs)

@@ -31,7 +31,9 @@ def run_intermediate(rt: Runtime, job: PhaseJob) -> None:
     lengths = dict(job.lengths)
     steps = intermediate_steps(rt, job)
     start = time.perf_counter()
-    if job.kind != "multitask":
+    if job.seqio:
+        run_seqio_intermediate(rt, job, steps)
+    elif job.kind != "multitask":
         first = tasks.get_task(job.lengths[0][0])
         rt.train(job, train_batches=factory(rt.inputs.mixture_batcher(
             job.source, job.length, job.seed)), total_steps=steps,
@@ -43,17 +45,47 @@ def run_intermediate(rt: Runtime, job: PhaseJob) -> None:
         rt.train(job, train_batches=factory(rt.inputs.mixture_batcher(
             job.source, lengths, job.seed), with_task=True), total_steps=steps, heads=heads)
     rundir.write_json(rt.run_dir / job.model_dir / "budget.json", budget_record(rt, job, steps))
-    rt.record_data(job.model_dir, mixture=job.source, max_length=dict(job.lengths))
+    if not job.seqio:  # a seqio name's files are its DataSources' (not the registry's)
+        rt.record_data(job.model_dir, mixture=job.source, max_length=dict(job.lengths))
     mark_done(done)
     log.info("phase 1 %s seed %d (%s, %d steps) took %.0f s", job.config, job.seed, job.source,
              steps, time.perf_counter() - start)
 
 
+def run_seqio_intermediate(rt: Runtime, job: PhaseJob, steps: int) -> None:
+    """Phase 1 on a seqio Task/Mixture name: ``train.SeqioBatches`` (per-host shards, exact
+    resume), one head, or one head per head group with ``(task, batch)`` pairs."""
+    from xstilts import train as train_lib
+
+    batches = train_lib.SeqioBatches(
+        mixture_or_task_name=job.source, task_feature_lengths={"inputs": job.length},
+        mixture_or_task_module=tuple(rt.grid.seqio_modules), data_dir=rt.grid.data_dir,
+        seed=job.seed, num_labels=job.num_labels)
+    if job.kind != "multitask":
+        rt.train(job, train_batches=batches, total_steps=steps, num_labels=job.num_labels)
+        return
+    heads = {head: (kind, labels) for head, kind, labels in job.heads}
+    log.info("phase 1 %s (seqio %s): %d heads %s", job.config, job.source, len(heads), heads)
+    rt.train(job, train_batches=batches, total_steps=steps, heads=heads)
+
+
+def seqio_epoch_size(name: str) -> int:
+    """Training examples of a seqio Task/Mixture: its tasks' ``num_input_examples("train")``."""
+    import seqio
+
+    provider = seqio.get_mixture_or_task(name)
+    leaves = [provider] if isinstance(provider, seqio.Task) else provider.tasks
+    return sum(int(t.num_input_examples("train")) for t in leaves)
+
+
 def intermediate_steps(rt: Runtime, job: PhaseJob) -> int:
     """Steps of a phase-1 job: its epochs over the budget mixture's capped supervised data (its
-    own, or the English-only config's under the equal-steps budget)."""
+    own, or the English-only config's under the equal-steps budget); a seqio name's epochs
+    count its tasks' training examples."""
     lengths = dict(job.budget_lengths or job.lengths)
     source = job.budget_source or job.source
+    if rt.grid.is_seqio(source):
+        return job.num_steps(seqio_epoch_size(source) if job.settings.steps is None else 0)
     epoch = tasks.mixture_epoch_size(
         source, lambda t: len(rt.inputs.features(t, "train", lengths[t])))
     return job.num_steps(epoch)
@@ -61,7 +93,12 @@ def intermediate_steps(rt: Runtime, job: PhaseJob) -> int:
 
 def budget_record(rt: Runtime, job: PhaseJob, steps: int) -> dict[str, Any]:
     """What one phase-1 run trained on: steps, batch, and per task and language the steps
-    drawn and examples seen (the report's budget table)."""
+    drawn and examples seen (the report's budget table; for a seqio name, the totals)."""
+    if job.seqio:
+        return {"config": job.config, "seed": job.seed, "mixture": job.source, "steps": steps,
+                "batch_size": job.settings.batch_size, "budget": job.size_text,
+                "seqio": True, "examples_per_language": {}, "tokens_per_language_estimate": {},
+                "per_task": {}}
     batcher = rt.inputs.mixture_batcher(job.source, dict(job.lengths), job.seed)(
         ShardInfo(0, 1), int(job.settings.batch_size))
     draws = Counter(batcher.task_and_step(step)[0] for step in range(steps))

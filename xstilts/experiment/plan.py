@@ -43,6 +43,7 @@ class PhaseJob:
     budget_lengths: tuple[tuple[str, int], ...] = ()
     selection: str | None = None  # phase 2: the metric (TaskSpec.metric) chosen on English dev
     deviations: tuple[str, ...] = ()  # settings that differ from the paper's recipe
+    seqio: bool = False  # phase 1: ``source`` is a seqio Task/Mixture name (SeqioBatches)
 
     @property
     def equal_budget(self) -> bool:
@@ -130,6 +131,51 @@ def mixture_heads(mixture: str) -> tuple[dict[str, tuple[str, int | None]], dict
                              f"head {head!r} with a {heads[head][0]}({heads[head][1]}) task")
         task_heads[name] = head
     return heads, task_heads
+
+
+def seqio_facts(grid: Grid, name: str) -> tuple[Any, list[Any]]:
+    """(``train.DataModel``, leaf seqio Tasks) of a seqio intermediate name, after importing
+    ``grid.seqio_modules`` (which register it). Needs the data extra; only seqio names call it."""
+    import importlib
+
+    for module in grid.seqio_modules:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as error:
+            raise ModuleNotFoundError(f"seqio_modules: {error} (expected an importable module "
+                                      f"that registers seqio Tasks/Mixtures)") from error
+    import seqio
+
+    from xstilts import train as train_lib
+
+    if name not in seqio.TaskRegistry.names() and name not in seqio.MixtureRegistry.names():
+        raise ValueError(f"intermediate mixture {name!r}: neither one of the registry's "
+                         f"(xstilts.data.tasks) nor a seqio Task/Mixture registered by "
+                         f"seqio_modules {list(grid.seqio_modules)}")
+    model = train_lib.seqio_data_model(name, data_dir=grid.data_dir)
+    provider = seqio.get_mixture_or_task(name)
+    return model, [provider] if isinstance(provider, seqio.Task) else list(provider.tasks)
+
+
+def _project_leaves(grid: Grid, name: str) -> list[tasks.TaskSpec]:
+    return [tasks.TASKS[t.name] for t in seqio_facts(grid, name)[1] if t.name in tasks.TASKS]
+
+
+def seqio_languages(grid: Grid, name: str | None) -> list[str]:
+    """Languages a seqio intermediate name trains on, as far as its project tasks tell (a user's
+    Task declares none)."""
+    return sorted({spec.language for spec in _project_leaves(grid, name)}) if name else []
+
+
+def seqio_targets(grid: Grid, name: str | None) -> list[str]:
+    """The grid's targets whose own data a seqio name's project tasks are (not zero-shot)."""
+    from xstilts.data.mixtures import DERIVED_FROM_TARGET
+
+    if not name:
+        return []
+    datasets = {DERIVED_FROM_TARGET.get(s.dataset, s.dataset)
+                for s in _project_leaves(grid, name)}
+    return sorted(datasets & set(grid.targets))
 
 
 def train_tasks(grid: Grid) -> dict[str, list[str]]:
@@ -264,6 +310,10 @@ def intermediate_job(grid: Grid, config: str, mixture: str, seed: int) -> PhaseJ
     if english is None:
         return dataclasses.replace(job, budget_source=mixture, budget_lengths=job.lengths)
     source = grid.intermediate[english]
+    if grid.is_seqio(source):
+        raise ValueError(f"config {config}: the equal-steps budget counts the epochs of "
+                         f"{english}'s registered mixture, but {source!r} is a seqio name; set "
+                         f"intermediate_budget='epochs' (or steps)")
     return dataclasses.replace(
         job, budget_source=source, epochs=tasks.get_task(tasks.mixture_tasks(source)[0]).epochs,
         budget_lengths=_task_lengths(source, grid.intermediate_phase.max_length))
@@ -272,6 +322,8 @@ def intermediate_job(grid: Grid, config: str, mixture: str, seed: int) -> PhaseJ
 def _intermediate_job(grid: Grid, config: str, mixture: str, seed: int) -> PhaseJob:
     phase = grid.intermediate_phase
     settings = dataclasses.replace(phase, batch_size=phase.batch_size or INTERMEDIATE_BATCH_SIZE)
+    if grid.is_seqio(mixture):
+        return _seqio_intermediate_job(grid, config, mixture, seed, settings)
     names = tasks.mixture_tasks(mixture)
     first = tasks.get_task(names[0])
     common = {"phase": "phase1", "config": config, "seed": seed, "source": mixture,
@@ -287,6 +339,30 @@ def _intermediate_job(grid: Grid, config: str, mixture: str, seed: int) -> Phase
     return PhaseJob(**common, kind="multitask", num_labels=None, settings=settings,
                     lengths=lengths, heads=tuple((h, k, n) for h, (k, n) in heads.items()),
                     task_heads=tuple(task_heads.items()))
+
+
+def _seqio_intermediate_job(grid: Grid, config: str, name: str, seed: int,
+                            settings: Phase) -> PhaseJob:
+    """Phase 1 on a seqio Task/Mixture: kind and heads from the seqio tasks
+    (``train.seqio_data_model``), one length for all of them (the phase's, else the longest
+    project task's), epochs the first project task's (a user's Task declares none)."""
+    model, leaves = seqio_facts(grid, name)
+    metadata = [getattr(t, "metadata", None) or {} for t in leaves]
+    length = settings.max_length or max(
+        (m["max_length"] for m in metadata if m.get("max_length")), default=None)
+    if length is None:
+        raise ValueError(f"intermediate config {config} ({name}): set intermediate_phase "
+                         f"max_length (its seqio tasks declare none)")
+    epochs = next((m["epochs"] for m in metadata if m.get("epochs")), None)
+    common = {"phase": "phase1", "config": config, "seed": seed, "source": name,
+              "model_dir": f"phase1/{config}/seed{seed}", "init_from": _encoder_source(grid),
+              "epochs": epochs, "settings": dataclasses.replace(settings, max_length=length),
+              "lengths": tuple((t.name, int(length)) for t in leaves), "seqio": True}
+    if not model.heads:
+        return PhaseJob(**common, kind=model.task_type, num_labels=model.num_labels)
+    return PhaseJob(**common, kind="multitask", num_labels=None,
+                    heads=tuple((h, k, n) for h, (k, n) in model.heads.items()),
+                    task_heads=tuple(model.task_heads.items()))
 
 
 def plan_finetune(grid: Grid) -> list[PhaseJob]:
