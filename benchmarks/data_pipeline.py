@@ -14,6 +14,15 @@ Sections (each printed as one line, examples/s on this CPU):
 * ``hosts``: ``synthetic.nli.en`` with ``--hosts_examples`` training examples featurized into a
   shared cache by one process, then by two processes at once (``shard_info`` 0/2 and 1/2, each
   featurizes half the parts and reads the other half); wall time of the slower host.
+* ``streams``: the same task (``synthetic.nli.en`` train, length 128, batch 32 per host) from
+  files to fixed-shape batches by the native path (``pipeline.task_batcher``: featurize into a
+  shared cache, host ``i`` featurizing its parts, then ``FeatureBatcher``) and by the seqio path
+  (``seqio_tasks.seqio_batches``: the registered seqio Task, ``XLMRVocabulary`` in TF, the
+  encoder feature converter), each with 1 host and with 2 hosts (two processes at once, shard
+  0/2 and 1/2); examples/s per host and in all, for one epoch's rows. The paper-scale model
+  figure they are compared with: XLM-R Large, batch 32 x 256, bf16, ``PAPER_STEP_FLOPS`` (the
+  TPU compiler's cost analysis of the train step, issue 16: 4.10e12 FLOPs per chip x 4 chips)
+  at 45% MFU of one H100 (989 TFLOP/s dense bf16), i.e. ~870 examples/s per accelerator.
 * ``model``: the base model's fp32 training step (``benchmarks/model_step.py``'s ``ours``, a child
   process at the same batch and length): the examples/s the pipeline must keep up with.
 
@@ -98,6 +107,68 @@ def child_host(data_dir: str, cache: str, index: int, count: int, part_size: int
         shard_info=ShardInfo(index, count), part_size=part_size)
     print("RESULT " + json.dumps({"seconds": time.perf_counter() - start,
                                   "features": len(features)}))
+
+
+def child_stream(path: str, data_dir: str, cache: str, index: int, count: int, rows: int,
+                 batch: int, length: int) -> None:
+    """One host reading ``rows`` rows of synthetic.nli.en train batches by one path."""
+    from xstilts.tokenization import XLMRTokenizer
+
+    spm = REPO.parent / "shared" / "data" / "spm" / "test_model.model"
+    if path == "native":
+        from xstilts.data import pipeline
+        from xstilts.data.feature_converters import ShardInfo
+
+        tok = XLMRTokenizer(spm)
+        start = time.perf_counter()
+        batcher = pipeline.task_batcher(
+            "synthetic.nli.en", "train", tok, batch_size=batch, data_dir=data_dir,
+            max_length=length, shard_info=ShardInfo(index, count), cache_dir=cache,
+            part_size=5000)
+        stream = (batcher.batch(step) for step in range(10**9))
+    else:
+        import seqio
+
+        from xstilts.data import seqio_tasks
+        from xstilts.tokenization import xlmr_vocabulary
+
+        vocabulary = xlmr_vocabulary(spm)
+        seqio_tasks.register_task(seqio_tasks.get_task("synthetic.nli.en"), data_dir, vocabulary)
+        seqio_tasks.warm_up(vocabulary)
+        start = time.perf_counter()
+        stream = (b for _, b in seqio_tasks.seqio_batches(
+            "synthetic.nli.en", sequence_length=length, batch_size=batch,
+            shard_info=seqio.ShardInfo(index, count), seed=0))
+    seen = int(next(stream)["example_mask"].sum())
+    first = time.perf_counter() - start
+    while seen < rows:
+        seen += int(next(stream)["example_mask"].sum())
+    print("RESULT " + json.dumps({"seconds": time.perf_counter() - start, "rows": seen,
+                                  "first": first}))
+
+
+def _streams(path: str, data_dir: str, count: int, examples: int, batch: int, length: int
+             ) -> tuple[float, float, float]:
+    """(examples/s per host, examples/s in all, seconds to the first batch) of ``count`` host
+    processes reading one epoch from the files."""
+    with tempfile.TemporaryDirectory() as cache:
+        command = [sys.executable, __file__, "--child", "stream", f"--path={path}",
+                   f"--cache={cache}", f"--data_dir={data_dir}", f"--count={count}",
+                   f"--rows={examples // count}", f"--batch={batch}", f"--length={length}"]
+        procs = [subprocess.Popen([*command, f"--index={i}"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=ENV)
+                 for i in range(count)]
+        results = []
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=1800)
+            lines = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")]
+            if not lines:
+                raise SystemExit(f"{path} stream child failed (rc {proc.returncode}): "
+                                 f"{stderr[-2000:]}")
+            results.append(json.loads(lines[0][len("RESULT "):]))
+    per_host = statistics.mean(r["rows"] / r["seconds"] for r in results)
+    return (per_host, sum(r["rows"] for r in results) / max(r["seconds"] for r in results),
+            max(r["first"] for r in results))
 
 
 def _hosts(data_dir: str, count: int, part_size: int) -> tuple[float, int]:
@@ -205,6 +276,43 @@ def hosts_section(examples: int, part_size: int) -> None:
           f"split), speed-up {one / two:.2f}x")
 
 
+PAPER_STEP_FLOPS = 4.10e12 * 4  # XLM-R Large B32xL256 train step (TPU cost analysis, 4 chips)
+PAPER_BATCH = 32
+H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s (NVIDIA H100 SXM datasheet)
+PAPER_MFU = 0.45
+
+
+def paper_model_rate() -> float:
+    """Examples/s one accelerator consumes at paper scale (see the module docstring)."""
+    return PAPER_BATCH / (PAPER_STEP_FLOPS / (PAPER_MFU * H100_BF16_PEAK))
+
+
+def streams_section(examples: int) -> None:
+    from xstilts.data.synthetic import SyntheticWorld
+
+    batch, length = 32, 128
+    rates = {}
+    with tempfile.TemporaryDirectory() as root:
+        SyntheticWorld(seed=0).write_files(Path(root) / "synthetic",
+                                           sizes={"train": examples, "dev": 8, "test": 8})
+        for path in ("native", "seqio"):
+            for count in (1, 2):
+                rates[path, count] = _streams(path, root, count, examples, batch, length)
+    need = 3 * paper_model_rate()
+    for count in (1, 2):
+        native, seqio = rates["native", count], rates["seqio", count]
+        print(f"streams: {count} host(s), synthetic.nli.en train ({examples} examples, batch "
+              f"{batch} x {length} per host, files to batches): native {native[0]:.0f} ex/s per "
+              f"host ({native[1]:.0f} in all, first batch after {native[2]:.1f} s), seqio "
+              f"{seqio[0]:.0f} ex/s per host ({seqio[1]:.0f} in all, first batch after "
+              f"{seqio[2]:.1f} s); seqio / native {seqio[0] / native[0]:.2f}")
+    slowest = min(r[0] for r in rates.values())
+    print(f"streams: paper-scale model {paper_model_rate():.0f} ex/s per accelerator (XLM-R "
+          f"Large B32xL256 bf16, {PAPER_STEP_FLOPS:.2e} FLOPs/step at {PAPER_MFU:.0%} MFU of an "
+          f"H100); the slowest path per host {slowest:.0f} ex/s = "
+          f"{slowest / paper_model_rate():.1f}x it (goal >= 3x: {need:.0f} ex/s)")
+
+
 def model_rate(args: argparse.Namespace) -> float:
     child = [
         sys.executable, str(REPO / "benchmarks" / "model_step.py"), "--child", "ours",
@@ -231,8 +339,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--hosts_examples", type=int, default=60000)
     parser.add_argument("--part_size", type=int, default=5000)
+    parser.add_argument("--streams_examples", type=int, default=100000)
     parser.add_argument("--skip-model", action="store_true", help="pipelines only")
-    parser.add_argument("--child", choices=["hf", "host"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["hf", "host", "stream"], help=argparse.SUPPRESS)
+    parser.add_argument("--path", choices=["native", "seqio"], help=argparse.SUPPRESS)
+    parser.add_argument("--rows", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--cache", help=argparse.SUPPRESS)
     parser.add_argument("--data_dir", help=argparse.SUPPRESS)
     parser.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
@@ -243,10 +354,14 @@ def main() -> None:
         return child_hf(data, args.length, args.repeats)
     if args.child == "host":
         return child_host(args.data_dir, args.cache, args.index, args.count, args.part_size)
+    if args.child == "stream":
+        return child_stream(args.path, args.data_dir, args.cache, args.index, args.count,
+                            args.rows, args.batch, args.length)
 
     tokenize_section(data, args.length, args.repeats)
     slower = pipeline_sections(data, args.batch, args.length, args.repeats)
     hosts_section(args.hosts_examples, args.part_size)
+    streams_section(args.streams_examples)
     if args.skip_model:
         print(f"data_pipeline: {slower:.1f} ex/s (model not measured)")
         return

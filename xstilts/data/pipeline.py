@@ -413,12 +413,15 @@ def task_batcher(
     shard_info: Any = None,
     cache_dir: str | os.PathLike | None = None,
     allow_samples: bool = False,
+    part_size: int = PART_SIZE,
 ) -> FeatureBatcher:
+    """Batches of one task split; its features from ``task_features`` (each host featurizes its
+    parts when ``cache_dir`` is shared, see there)."""
     spec = get_task(name)
     length = max_length or spec.max_length
     features = task_features(name, split, tokenizer, data_dir=data_dir, max_length=length,
                              cache_dir=cache_dir, allow_samples=allow_samples,
-                             shard_info=shard_info)  # fmt: skip
+                             shard_info=shard_info, part_size=part_size)  # fmt: skip
     mlm = {"mask_id": tokenizer.mask_id} if spec.kind == "mlm" else None
     return FeatureBatcher(
         features, spec.kind, batch_size=batch_size, length=length, seed=seed, shuffle=shuffle,
