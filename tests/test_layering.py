@@ -50,12 +50,21 @@ IN_FUNCTIONS = []
 for name, path in MODULES.items():
     found = _imports(ast.parse(path.read_text(encoding="utf-8")))
     GRAPH[name] = {m for _, mods, inner in found if not inner for m in mods if m != name}
-    IN_FUNCTIONS += [f"{path.relative_to(PACKAGE.parent)}:{node.lineno}"
-                     for node, _, inner in found if inner]
+    IN_FUNCTIONS += [(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}", mods)
+                     for node, mods, inner in found if inner]
+
+
+# The only project imports allowed inside a function, each with its reason: modules that need
+# an optional extra, imported where that extra is used.
+DEFERRED = {
+    "xstilts.data.seqio_tasks": "the data extra (TensorFlow, seqio): only seqio names need it",
+    "xstilts.train": "plan.seqio_facts, for seqio intermediate names only: the heads of a user's "
+                     "Task come from train.seqio_data_model; registry names keep plan JAX-free",
+}
 
 
 def test_no_project_import_inside_a_function():
-    assert IN_FUNCTIONS == []
+    assert [where for where, modules in IN_FUNCTIONS if not set(modules) <= set(DEFERRED)] == []
 
 
 def test_module_imports_have_no_cycle():

@@ -48,6 +48,7 @@ import numpy as np
 from xstilts import checkpoints as ckpt_lib
 from xstilts import gin_utils, partitioning
 from xstilts import trainer as trainer_lib
+from xstilts.data import pipeline, tasks
 from xstilts.gin_utils import parse_gin, rewrite_gin_args
 from xstilts.models import convert
 from xstilts.models import heads as heads_lib  # ``train(heads=...)`` is a parameter
@@ -195,8 +196,6 @@ def _seqio_task_labels(task: Any, data_dir: Any, allow_samples: bool) -> int | N
     """A seqio Task's label count: the project's task table (or its data, for an open label
     set), else the size of the ``targets`` feature's vocabulary (a user's Task declaring
     ``seqio.PassThroughVocabulary(size=N)``); None when neither tells."""
-    from xstilts.data import pipeline, tasks
-
     metadata = getattr(task, "metadata", None) or {}
     if metadata.get("labels"):
         return len(metadata["labels"])
@@ -361,8 +360,6 @@ class SeqioBatches:
                                          *_names(self.cache_dirs)])
         name = self.mixture_or_task_name
         if name not in seqio.TaskRegistry.names() and name not in seqio.MixtureRegistry.names():
-            from xstilts.data import tasks
-
             hint = ("it is one of the project's: set VOCABULARY (an XLM-R SentencePiece model) "
                     "and DATA_DIR to register them" if name in tasks.TASKS or
                     name in tasks.MIXTURES else "set MIXTURE_OR_TASK_MODULE to the module "

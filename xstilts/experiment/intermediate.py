@@ -7,6 +7,7 @@ import time
 from collections import Counter
 from typing import Any
 
+from xstilts import train as train_lib
 from xstilts.data import tasks
 from xstilts.data.feature_converters import ShardInfo
 from xstilts.experiment import rundir
@@ -55,8 +56,6 @@ def run_intermediate(rt: Runtime, job: PhaseJob) -> None:
 def run_seqio_intermediate(rt: Runtime, job: PhaseJob, steps: int) -> None:
     """Phase 1 on a seqio Task/Mixture name: ``train.SeqioBatches`` (per-host shards, exact
     resume), one head, or one head per head group with ``(task, batch)`` pairs."""
-    from xstilts import train as train_lib
-
     batches = train_lib.SeqioBatches(
         mixture_or_task_name=job.source, task_feature_lengths={"inputs": job.length},
         mixture_or_task_module=tuple(rt.grid.seqio_modules), data_dir=rt.grid.data_dir,

@@ -13,6 +13,7 @@ from typing import Any
 
 from xstilts import benchmark
 from xstilts.data import tasks
+from xstilts.data.mixtures import DERIVED_FROM_TARGET
 from xstilts.experiment.grid import INTERMEDIATE_BATCH_SIZE, PRETRAIN_MAX_LENGTH, Grid, Phase
 
 PAPER_LEARNING_RATE = 1e-5  # jiant d_write_configs.sh, every target
@@ -169,8 +170,6 @@ def seqio_languages(grid: Grid, name: str | None) -> list[str]:
 
 def seqio_targets(grid: Grid, name: str | None) -> list[str]:
     """The grid's targets whose own data a seqio name's project tasks are (not zero-shot)."""
-    from xstilts.data.mixtures import DERIVED_FROM_TARGET
-
     if not name:
         return []
     datasets = {DERIVED_FROM_TARGET.get(s.dataset, s.dataset)
