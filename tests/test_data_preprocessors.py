@@ -186,6 +186,22 @@ def test_mlm_masking_statistics(tok):
     assert all((again[key] == out[key]).all() for key in out)  # deterministic given the rng
 
 
+def test_mlm_masking_caps_each_row_at_max_predictions(tok):
+    """A row never has more masked positions than the trainer's MLM loss computes logits for
+    (40 at L=128), the first ones kept; rows under the cap are masked as without it."""
+    assert [P.max_predictions(n) for n in (16, 128, 256, 512)] == [16, 40, 72, 120]
+    ids = np.full((2, 128), 50, np.int32)
+    ids[1, 20:] = 1  # a short row: 19 ordinary tokens, never near the cap
+    out = P.mask_tokens(ids, np.random.default_rng(3), mask_id=tok.mask_id,
+                        mask_probability=0.9, max_selected=P.max_predictions(128))
+    rng = np.random.default_rng(3)
+    raw = (rng.random(ids.shape) < 0.9) & (ids != 1)
+    assert raw[0].sum() > 100 and out["label_mask"][0].sum() == 40
+    first = np.flatnonzero(raw[0])[:40]
+    assert (np.flatnonzero(out["label_mask"][0]) == first).all()
+    assert (out["label_mask"][1] == raw[1]).all()  # under the cap: unchanged
+
+
 def test_mlm_packing(tok):
     rows = P.mlm_sequences(["Hello world.", "This is a test."], tok, 8)
     stream = tok.encode_text("Hello world.") + tok.encode_text("This is a test.")

@@ -16,7 +16,6 @@ numbers of real tokens).
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -28,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from xstilts.data.preprocessors import max_predictions
 from xstilts.models.xlmr import XLMRConfig
 from xstilts.partitioning import Partitioner
 
@@ -140,19 +140,10 @@ def span_loss(outputs: tuple[Array, Array], batch: Batch) -> LossOutput:
 
 
 def mlm_max_predictions(length: int, mask_probability: float = 0.15) -> int:
-    """Masked positions per row that the MLM head computes logits for (BERT's
-    ``max_predictions_per_seq``): ``p*L`` plus 5 standard deviations of the Binomial(L, p)
-    count of Bernoulli masking, rounded up to a multiple of 8 (at most ``L``).
-
-    A row with more masked tokens than this (probability < 1e-6 per row under Bernoulli(0.15)
-    masking) loses its last ones from the loss; masking that caps at this number is exact.
-    L=128 -> 40 (31%), L=256 -> 72, L=512 -> 120 (23%).
-    """
-    if length < 1:
-        raise ValueError(f"length must be positive, got {length}")
-    mean = mask_probability * length
-    bound = mean + 5.0 * math.sqrt(length * mask_probability * (1.0 - mask_probability))
-    return min(length, 8 * math.ceil(bound / 8))
+    """Masked positions per row that the MLM head computes logits for: the data's cap
+    (``preprocessors.max_predictions``, BERT's ``max_predictions_per_seq``), so the loss over
+    them equals the loss over full logits. L=128 -> 40, L=256 -> 72, L=512 -> 120."""
+    return max_predictions(length, mask_probability)
 
 
 @dataclasses.dataclass(frozen=True)

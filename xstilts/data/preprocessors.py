@@ -18,6 +18,7 @@ keeps (and counts) them elsewhere.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -438,6 +439,18 @@ def mlm_sequences(texts: Sequence[str], tokenizer: Tokenizer, max_length: int) -
     return rows
 
 
+def max_predictions(length: int, mask_probability: float = 0.15) -> int:
+    """Masked positions per row at most (BERT's ``max_predictions_per_seq``): ``p*L`` plus 5
+    standard deviations of the Binomial(L, p) count, rounded up to a multiple of 8 (at most
+    ``L``); a row of Bernoulli(0.15) masking exceeds it with probability < 1e-6.
+    L=128 -> 40 (31%), L=256 -> 72, L=512 -> 120 (23%)."""
+    if length < 1:
+        raise ValueError(f"length must be positive, got {length}")
+    mean = mask_probability * length
+    bound = mean + 5.0 * math.sqrt(length * mask_probability * (1.0 - mask_probability))
+    return min(length, 8 * math.ceil(bound / 8))
+
+
 def mask_tokens(
     input_ids: np.ndarray,
     rng: np.random.Generator,
@@ -445,14 +458,20 @@ def mask_tokens(
     mask_id: int,
     special_ids: Sequence[int] = (0, 1, 2, 3),
     mask_probability: float = 0.15,
+    max_selected: int | None = None,
 ) -> dict[str, np.ndarray]:
     """BERT masking on a ``[..., L]`` int array: each ordinary token is selected with probability
-    ``mask_probability``; a selected token becomes ``<mask>`` (80%), a random ordinary token (10%)
-    or stays (10%). Specials and padding are never selected. Returns ``input_ids``, ``labels``
-    (the original ids) and ``label_mask`` (1 where selected)."""
+    ``mask_probability``, at most ``max_selected`` per row (the first ones; default
+    ``max_predictions(L)``, BERT's ``max_predictions_per_seq``: the positions the trainer's MLM
+    loss computes logits for); a selected token becomes ``<mask>`` (80%), a random ordinary
+    token (10%) or stays (10%). Specials and padding are never selected. Returns
+    ``input_ids``, ``labels`` (the original ids) and ``label_mask`` (1 where selected)."""
     input_ids = np.asarray(input_ids)
     special = np.isin(input_ids, np.asarray(list(special_ids) + [mask_id]))
     selected = (rng.random(input_ids.shape) < mask_probability) & ~special
+    cap = max_predictions(input_ids.shape[-1], mask_probability) if max_selected is None \
+        else max_selected  # fmt: skip
+    selected &= np.cumsum(selected, axis=-1) <= cap
     action = rng.random(input_ids.shape)
     masked = input_ids.copy()
     masked[selected & (action < 0.8)] = mask_id
