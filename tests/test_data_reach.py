@@ -5,7 +5,6 @@ table in docs/mixtures.md), and zero-shot staying zero-shot (item 6)."""
 from __future__ import annotations
 
 import re
-from types import SimpleNamespace
 
 import pytest
 
@@ -16,6 +15,7 @@ from xstilts.data import readers as r
 from xstilts.data import tasks as T
 from xstilts.evals import xtreme_score
 from xstilts.experiment.driver import contaminated
+from xstilts.experiment.grid import Grid
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "release_layouts"
 GUIDE = REPO_ROOT / "docs" / "mixtures.md"
@@ -113,7 +113,9 @@ def test_zero_shot_stays_zero_shot():
 
 
 def _contaminated(mixtures: dict[str, str]) -> dict[str, list[str]]:
-    return contaminated(SimpleNamespace(intermediate=mixtures, targets=benchmark.TASKS))
+    grid = Grid(run_dir="unused", model_config=None,
+                intermediate={"baseline": None, **mixtures}, targets=tuple(benchmark.TASKS))
+    return contaminated(grid)
 
 
 def test_the_driver_marks_no_default_mixture():

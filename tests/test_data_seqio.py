@@ -40,6 +40,13 @@ def world(tmp_path_factory):
             "mixtures": mixtures}
 
 
+@pytest.fixture(autouse=True)
+def _registered_here(world):
+    """Tests of other modules on the same xdist worker may register the same names on another
+    data dir in between: register this module's again (0.1 s)."""
+    S.register_all(world["root"], world["vocab"], allow_samples=True)
+
+
 def _native(world, name, split, length, batch_size):
     spec = T.get_task(name)
     features = PL.task_features(name, split, world["tok"], data_dir=world["root"],
