@@ -147,14 +147,11 @@ def child_stream(path: str, data_dir: str, cache: str, index: int, count: int, r
                                   "first": first}))
 
 
-def _streams(path: str, data_dir: str, count: int, examples: int, batch: int, length: int
-             ) -> tuple[float, float, float]:
-    """(examples/s per host, examples/s in all, seconds to the first batch) of ``count`` host
-    processes reading one epoch from the files."""
+def _run_hosts(arguments: list[str], count: int, what: str) -> list[dict]:
+    """RESULT dicts of ``count`` child processes (``--index=i``) run at once, with a fresh
+    shared cache directory."""
     with tempfile.TemporaryDirectory() as cache:
-        command = [sys.executable, __file__, "--child", "stream", f"--path={path}",
-                   f"--cache={cache}", f"--data_dir={data_dir}", f"--count={count}",
-                   f"--rows={examples // count}", f"--batch={batch}", f"--length={length}"]
+        command = [sys.executable, __file__, *arguments, f"--cache={cache}", f"--count={count}"]
         procs = [subprocess.Popen([*command, f"--index={i}"], stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True, env=ENV)
                  for i in range(count)]
@@ -163,9 +160,18 @@ def _streams(path: str, data_dir: str, count: int, examples: int, batch: int, le
             stdout, stderr = proc.communicate(timeout=1800)
             lines = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")]
             if not lines:
-                raise SystemExit(f"{path} stream child failed (rc {proc.returncode}): "
-                                 f"{stderr[-2000:]}")
+                raise SystemExit(f"{what} child failed (rc {proc.returncode}): {stderr[-2000:]}")
             results.append(json.loads(lines[0][len("RESULT "):]))
+    return results
+
+
+def _streams(path: str, data_dir: str, count: int, examples: int, batch: int, length: int
+             ) -> tuple[float, float, float]:
+    """(examples/s per host, examples/s in all, seconds to the first batch) of ``count`` host
+    processes reading one epoch from the files."""
+    results = _run_hosts(["--child", "stream", f"--path={path}", f"--data_dir={data_dir}",
+                          f"--rows={examples // count}", f"--batch={batch}",
+                          f"--length={length}"], count, f"{path} stream")
     per_host = statistics.mean(r["rows"] / r["seconds"] for r in results)
     return (per_host, sum(r["rows"] for r in results) / max(r["seconds"] for r in results),
             max(r["first"] for r in results))
@@ -173,19 +179,8 @@ def _streams(path: str, data_dir: str, count: int, examples: int, batch: int, le
 
 def _hosts(data_dir: str, count: int, part_size: int) -> tuple[float, int]:
     """Wall seconds of the slower of ``count`` host processes featurizing into a fresh cache."""
-    with tempfile.TemporaryDirectory() as cache:
-        command = [sys.executable, __file__, "--child", "host", f"--cache={cache}",
-                   f"--data_dir={data_dir}", f"--count={count}", f"--part_size={part_size}"]
-        procs = [subprocess.Popen([*command, f"--index={i}"], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, env=ENV)
-                 for i in range(count)]
-        results = []
-        for proc in procs:
-            stdout, stderr = proc.communicate(timeout=1800)
-            lines = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")]
-            if not lines:
-                raise SystemExit(f"host child failed (rc {proc.returncode}): {stderr[-2000:]}")
-            results.append(json.loads(lines[0][len("RESULT "):]))
+    results = _run_hosts(["--child", "host", f"--data_dir={data_dir}",
+                          f"--part_size={part_size}"], count, "host")
     assert len({r["features"] for r in results}) == 1, results
     return max(r["seconds"] for r in results), results[0]["features"]
 
@@ -337,8 +332,8 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--hosts_examples", type=int, default=60000)
-    parser.add_argument("--part_size", type=int, default=5000)
+    parser.add_argument("--hosts_examples", type=int, default=200000)
+    parser.add_argument("--part_size", type=int, default=10000)
     parser.add_argument("--streams_examples", type=int, default=100000)
     parser.add_argument("--skip-model", action="store_true", help="pipelines only")
     parser.add_argument("--child", choices=["hf", "host", "stream"], help=argparse.SUPPRESS)
