@@ -134,9 +134,13 @@ def test_single_sentence_rows_and_the_converter_contract(world):
         C.ClassificationConverter()(ds.map(lambda ex: {"inputs": ex["inputs"]}), {"inputs": 8})
 
 
+# The table's tasks, taken at collection (before any test registers tasks of its own).
+TABLE_TASKS = frozenset(T.TASKS)
+
+
 def test_get_dataset_for_every_registered_task_with_files(world):
     root, checked = world["root"], collections.Counter()
-    for name in world["tasks"]:
+    for name in sorted(TABLE_TASKS & set(world["tasks"])):
         spec = T.get_task(name)
         split = next((s for s in spec.splits if _has_file(spec, s, root)), None)
         if split is None:
