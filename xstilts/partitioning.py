@@ -83,27 +83,163 @@ def resolve_mesh_shape(shape: Mapping[str, int], num_devices: int) -> tuple[int,
     return tuple(sizes)  # type: ignore[return-value]
 
 
+def _granule_attr(devices: Sequence[Any]) -> str:
+    """What a DCN granule is: a TPU slice (``slice_index``), else a process (GPU/CPU hosts)."""
+    return "slice_index" if all(hasattr(d, "slice_index") for d in devices) else "process_index"
+
+
+def num_slices(devices: Sequence[Any] | None = None) -> int:
+    """How many TPU slices ``devices`` span (1 where devices have no ``slice_index``)."""
+    devices = list(devices) if devices is not None else jax.devices()
+    if _granule_attr(devices) != "slice_index":
+        return 1
+    return len({d.slice_index for d in devices})
+
+
+def host_row_blocks(grid: np.ndarray) -> dict[int, tuple[int, int]]:
+    """Each process's ``[start, stop)`` positions along the flattened batch axes (data, fsdp).
+
+    Raises ``ValueError`` when a process's devices are not one contiguous run of positions: it
+    could not then feed one contiguous block of batch rows (what :class:`DataLayout` assumes).
+    """
+    flat = grid.reshape(grid.shape[0] * grid.shape[1], -1)
+    positions: dict[int, set[int]] = {}
+    for pos, row in enumerate(flat):
+        for device in row:
+            positions.setdefault(device.process_index, set()).add(pos)
+    blocks = {}
+    for process, pos in sorted(positions.items()):
+        start, stop = min(pos), max(pos) + 1
+        if len(pos) != stop - start:
+            raise ValueError(
+                f"process {process} holds batch positions {sorted(pos)} of the (data, fsdp) "
+                f"grid {grid.shape[:2]}: not one contiguous block, so its host cannot feed one "
+                "contiguous slice of the batch (build the mesh with create_mesh)")
+        blocks[process] = (start, stop)
+    return blocks
+
+
+def _slice_grid(sizes: tuple[int, int, int], devices: Sequence[Any]) -> np.ndarray:
+    """One slice's (or host set's) devices as a ``sizes`` grid, each host a contiguous block.
+
+    TPU: ``mesh_utils.create_device_mesh``'s torus-aware order when it keeps every host's devices
+    on one contiguous run of batch positions; it often does not (a v5e 4x4 slice as fsdp=16
+    interleaves the four hosts' chips along the ring, and fsdp=8 x data=2 has no assignment at
+    all), and then the process-major order below is used. Elsewhere: process-major (devices
+    sorted by process, then id), so each host holds whole batch rows.
+    """
+    if devices[0].platform == "tpu":
+        from jax.experimental import mesh_utils
+
+        for kwargs in ({}, {"allow_split_physical_axes": True}):
+            try:
+                grid = mesh_utils.create_device_mesh(sizes, devices=devices, **kwargs)
+            except (ValueError, NotImplementedError, AssertionError):
+                continue
+            try:
+                host_row_blocks(grid)
+            except ValueError:
+                break
+            return grid
+        log.info("mesh %s: the torus order of mesh_utils.create_device_mesh would split hosts "
+                 "along the batch; using process-major device order", sizes)
+    return np.array(sorted(devices, key=lambda d: (d.process_index, d.id)),
+                    dtype=object).reshape(sizes)
+
+
+def device_grid(sizes: Sequence[int], devices: Sequence[Any], *,
+                dcn_data: int = 1) -> np.ndarray:
+    """Devices arranged as a ``(data, fsdp, tensor)`` grid of ``sizes`` (total sizes).
+
+    ``dcn_data > 1``: the data axis spans that many granules of the data-centre network (TPU
+    slices by ``slice_index``, else processes), maxtext's ``dcn_data_parallelism``:
+    ``mesh_utils.create_hybrid_device_mesh`` with ICI shape ``(data // dcn_data, fsdp, tensor)``
+    and DCN shape ``(dcn_data, 1, 1)``, so ``data`` index ``i`` lies on granule
+    ``i // (data // dcn_data)`` and only the data-parallel gradient reduction crosses DCN.
+    Every process holds one contiguous block of batch positions (see :func:`host_row_blocks`).
+    """
+    sizes = tuple(int(s) for s in sizes)
+    devices = list(devices)
+    if int(np.prod(sizes)) != len(devices):
+        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes, strict=True))} needs "
+                         f"{int(np.prod(sizes))} devices but {len(devices)} were given")
+    if dcn_data < 1:
+        raise ValueError(f"dcn_data={dcn_data}: must be >= 1")
+    if dcn_data == 1:
+        return _slice_grid(sizes, devices)  # type: ignore[arg-type]
+    attr = _granule_attr(devices)
+    granules: dict[int, list[Any]] = {}
+    for d in devices:
+        granules.setdefault(getattr(d, attr), []).append(d)
+    what = "slices" if attr == "slice_index" else "processes (devices have no slice_index)"
+    if len(granules) % dcn_data:
+        raise ValueError(f"dcn_data={dcn_data} does not divide the {len(granules)} {what}")
+    if len(granules) != dcn_data:
+        raise ValueError(f"dcn_data={dcn_data}: the devices span {len(granules)} {what}; only "
+                         "the data axis crosses DCN, so dcn_data must equal that number")
+    if sizes[0] % dcn_data:
+        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes, strict=True))}: data={sizes[0]} is "
+                         f"not divisible by dcn_data={dcn_data} (the data axis spans the "
+                         f"{dcn_data} {what.split()[0]})")
+    ici = (sizes[0] // dcn_data, sizes[1], sizes[2])
+    sizes_per = {k: len(v) for k, v in granules.items()}
+    if len(set(sizes_per.values())) != 1:
+        raise ValueError(f"dcn_data={dcn_data}: {what.split()[0]} hold unequal device counts "
+                         f"{sizes_per}")
+    try:
+        from jax.experimental import mesh_utils
+
+        grid = mesh_utils.create_hybrid_device_mesh(
+            ici, (dcn_data, 1, 1), devices, process_is_granule=attr == "process_index",
+            allow_split_physical_axes=True)
+        host_row_blocks(grid)
+        return grid
+    except (ValueError, NotImplementedError, AssertionError):
+        # Same block structure (granule k = data rows [k*ici_data, (k+1)*ici_data)), each
+        # granule laid out by _slice_grid.
+        return np.concatenate([_slice_grid(ici, granules[k]) for k in sorted(granules)], axis=0)
+
+
 @gin.configurable
 def create_mesh(*, data: int | None = None, fsdp: int | None = None, tensor: int | None = None,
+                dcn_data: int | None = None,
                 devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A ``(data, fsdp, tensor)`` mesh over all devices (or ``devices``).
 
-    Unset sizes take :func:`default_mesh_shape`. Devices are laid out process-major, so each
-    host's devices form a contiguous block of the outer (data) axes and hold whole batch rows.
+    Unset sizes take :func:`default_mesh_shape`. Every host's devices hold one contiguous block
+    of batch positions (the flattened data x fsdp axes), so each host feeds whole, consecutive
+    batch rows: on TPU the torus-aware order of ``mesh_utils`` where it keeps hosts contiguous,
+    process-major order otherwise (see :func:`device_grid`).
+
+    ``dcn_data`` (maxtext's ``dcn_data_parallelism``): how many TPU slices (multi-slice, over
+    the data-centre network) the data axis spans; ``-1`` or unset on a multi-slice job is every
+    slice. ``data`` is the total (ICI x DCN) size; unset, it is ``dcn_data``.
+
+    When ``devices`` is not given and JAX has not started yet, the distributed system is
+    started first (:func:`initialize_distributed`), so a pod forms before devices are listed.
     """
-    devices = list(devices) if devices is not None else jax.devices()
+    if devices is None:
+        if not _backends_initialized():
+            initialize_distributed()
+        devices = jax.devices()
+    devices = list(devices)
+    slices = num_slices(devices)
+    if dcn_data is None:
+        dcn_data = slices
+    elif dcn_data == -1:
+        dcn_data = slices if slices > 1 else len({d.process_index for d in devices})
     given = {k: v for k, v in (("data", data), ("fsdp", fsdp), ("tensor", tensor))
              if v is not None}
     shape = default_mesh_shape(devices[0].platform) if not given else {
         "data": 1, "fsdp": 1, "tensor": 1}
+    if dcn_data > 1 and "data" not in given and shape.get("data", 1) != -1:
+        shape["data"] = dcn_data
     shape.update(given)
     sizes = resolve_mesh_shape(shape, len(devices))
-    if devices[0].platform == "tpu" and len(devices) == jax.device_count():
-        # Topology-aware order (torus neighbours on the inner axes).
-        from jax.experimental import mesh_utils
-        grid = mesh_utils.create_device_mesh(sizes, devices=devices)
-    else:
-        grid = np.array(sorted(devices, key=lambda d: (d.process_index, d.id))).reshape(sizes)
+    grid = device_grid(sizes, devices, dcn_data=dcn_data)
+    if dcn_data > 1:
+        log.info("mesh %s over %d DCN granules (dcn_data=%d)",
+                 dict(zip(MESH_AXES, sizes, strict=True)), dcn_data, dcn_data)
     return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
@@ -222,6 +358,13 @@ class Partitioner:
         for device, index in sharding.devices_indices_map((global_batch_size,)).items():
             starts_by_process.setdefault(device.process_index, set()).add(
                 index[0].start or 0)
+        rows = global_batch_size // self.num_batch_shards
+        for process, starts in starts_by_process.items():
+            if len(starts) != (max(starts) - min(starts)) // rows + 1:
+                raise ValueError(
+                    f"process {process} holds batch rows starting at {sorted(starts)} of "
+                    f"{global_batch_size}: not one contiguous block (mesh {dict(self.mesh.shape)}"
+                    "); build the mesh with partitioning.create_mesh")
         ranges = {p: (min(s), max(s)) for p, s in starts_by_process.items()}
         blocks = sorted(set(ranges.values()))
         mine = ranges[jax.process_index()]
@@ -264,30 +407,184 @@ class PartitionedFn:
             return self._jitted.lower(*args)
 
 
+# Distributed start (jax.distributed) -------------------------------------------------------------
+_OFF = ("0", "off", "false", "no")
+_FORCE = ("1", "on", "true", "yes", "force")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedSetup:
+    """How this process joins a multi-process run, and where that was read from.
+
+    ``source``: ``"arguments"`` (flags/gin), ``"environment"`` (``JAX_COORDINATOR_ADDRESS``,
+    ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID`` or their ``XSTILTS_*`` twins), or the name of the
+    JAX cluster environment detected (``slurm``, ``ompi``, ``gcetpu``, ``gketpu``, ``k8s``),
+    possibly joined with ``+`` when explicit values complete a detected cluster.
+    ``coordinator_address`` may be ``None``: JAX then derives it from the cluster.
+    """
+
+    source: str
+    num_processes: int
+    process_id: int
+    coordinator_address: str | None = None
+
+
+def _env_int(*names: str) -> tuple[int | None, str | None]:
+    for name in names:
+        if os.environ.get(name, "").strip():
+            try:
+                return int(os.environ[name]), name
+            except ValueError:
+                raise ValueError(f"{name}={os.environ[name]!r}: expected an integer") from None
+    return None, None
+
+
+def _backends_initialized() -> bool:
+    try:
+        from jax._src import xla_bridge
+        return bool(xla_bridge.backends_are_initialized())
+    except (ImportError, AttributeError):  # a JAX without the private probe: assume started
+        return True
+
+
+def detect_cluster() -> tuple[str, int, int] | None:
+    """The JAX cluster environment this process runs in: ``(name, process count, process id)``.
+
+    The environments are JAX's own (``jax._src.clusters``, what ``jax.distributed.initialize()``
+    auto-detects): Open MPI (``OMPI_MCA_orte_hnp_uri``, ``OMPI_COMM_WORLD_SIZE/RANK``), SLURM
+    (``SLURM_JOB_ID``, ``SLURM_STEP_NODELIST``, ``SLURM_NTASKS``, ``SLURM_PROCID``,
+    ``SLURM_LOCALID``: set by ``srun``), GKE TPU (``TPU_WORKER_HOSTNAMES`` or
+    ``TPU_PROCESS_ADDRESSES``, ``TPU_WORKER_ID``), Cloud TPU VM (the metadata server's
+    ``agent-worker-number`` and ``worker-network-endpoints``; only asked on a TPU VM, where JAX
+    found TPU chips and libtpu) and Kubernetes (``KUBERNETES_SERVICE_HOST`` with the
+    ``kubernetes`` package). Multi-slice TPU adds ``MEGASCALE_NUM_SLICES``/``MEGASCALE_SLICE_ID``.
+    A plain CPU/GPU machine matches none and nothing is asked over the network.
+    """
+    try:
+        from jax._src import clusters
+        kinds = list(clusters.ClusterEnv._cluster_types)
+    except (ImportError, AttributeError) as e:  # a JAX that moved its private cluster API
+        log.warning("jax.distributed: cannot read JAX's cluster environments (%s)", e)
+        return None
+    for env in kinds:
+        if getattr(env, "opt_in_only_method", False):
+            continue  # mpi4py: only on request (cluster_detection_method)
+        try:
+            present = env.is_env_present()
+        except Exception as e:  # e.g. a metadata server that does not answer (Colab)
+            log.warning("jax.distributed: probing %s failed (%s); not that cluster",
+                        env.__name__, e)
+            continue
+        if present:
+            try:
+                return env.name, int(env.get_process_count()), int(env.get_process_id())
+            except Exception as e:
+                raise RuntimeError(
+                    f"jax.distributed: detected a {env.name} cluster but could not read its "
+                    f"process count/id ({e}); set XSTILTS_DISTRIBUTED=0 to run this process "
+                    "alone") from e
+    return None
+
+
+def distributed_setup(*, coordinator_address: str | None = None,
+                      num_processes: int | None = None,
+                      process_id: int | None = None) -> DistributedSetup | None:
+    """Where this process's multi-process settings come from; ``None`` when there are none.
+
+    Explicit values first (arguments, then ``XSTILTS_COORDINATOR``/``JAX_COORDINATOR_ADDRESS``,
+    ``XSTILTS_NUM_PROCESSES``/``JAX_NUM_PROCESSES``, ``XSTILTS_PROCESS_ID``/``JAX_PROCESS_ID``);
+    what they leave unset comes from :func:`detect_cluster`. Incomplete explicit settings with
+    no cluster to complete them are an error naming what is missing.
+    """
+    source = "arguments" if any(v is not None for v in (coordinator_address, num_processes,
+                                                        process_id)) else None
+    if coordinator_address is None:
+        for name in ("XSTILTS_COORDINATOR", "JAX_COORDINATOR_ADDRESS"):
+            if os.environ.get(name, "").strip():
+                coordinator_address, source = os.environ[name].strip(), source or "environment"
+                break
+    if num_processes is None:
+        num_processes, name = _env_int("XSTILTS_NUM_PROCESSES", "JAX_NUM_PROCESSES")
+        source = source or (name and "environment")
+    if process_id is None:
+        process_id, name = _env_int("XSTILTS_PROCESS_ID", "JAX_PROCESS_ID")
+        source = source or (name and "environment")
+    if coordinator_address and num_processes is not None and process_id is not None:
+        return DistributedSetup(str(source), num_processes, process_id, coordinator_address)
+    if num_processes == 1:
+        return DistributedSetup(str(source), 1, process_id or 0, coordinator_address)
+    cluster = detect_cluster()
+    if cluster is None:
+        if source is None:
+            return None
+        missing = [what for what, v in (("coordinator address (--coordinator_address or "
+                                         "JAX_COORDINATOR_ADDRESS)", coordinator_address),
+                                        ("number of processes (--num_processes or "
+                                         "JAX_NUM_PROCESSES)", num_processes),
+                                        ("process id (--process_id or JAX_PROCESS_ID)",
+                                         process_id)) if v is None]
+        raise ValueError(f"multi-process settings from {source} are incomplete and no cluster "
+                         f"environment (SLURM, Open MPI, TPU VM, GKE) supplies the rest: "
+                         f"missing {', '.join(missing)}")
+    name, count, pid = cluster
+    return DistributedSetup(f"{source}+{name}" if source else name,
+                            count if num_processes is None else num_processes,
+                            pid if process_id is None else process_id, coordinator_address)
+
+
 @gin.configurable
 def initialize_distributed(*, coordinator_address: str | None = None,
                            num_processes: int | None = None, process_id: int | None = None,
-                           local_device_ids: Sequence[int] | None = None) -> bool:
-    """``jax.distributed.initialize`` when the run is multi-process; returns whether it did.
+                           local_device_ids: Sequence[int] | None = None,
+                           initialization_timeout: int = 300) -> bool:
+    """Start ``jax.distributed`` when this process is one of several; returns whether it runs.
 
-    Explicit arguments (gin or flags) win; otherwise ``XSTILTS_COORDINATOR``,
-    ``XSTILTS_NUM_PROCESSES`` and ``XSTILTS_PROCESS_ID``; on a TPU pod or SLURM/Open MPI cluster
-    ``jax.distributed.initialize()`` detects the rest by itself when ``XSTILTS_AUTO_DISTRIBUTED=1``.
+    Automatic, as in maxtext/t5x: on a Cloud TPU pod slice, a SLURM ``srun`` step, an Open MPI
+    ``mpirun``, a GKE TPU JobSet (:func:`detect_cluster`), or with explicit coordinator
+    settings (:func:`distributed_setup`), every process joins one distributed system before JAX
+    touches a device; a single host with none of these starts nothing (and never waits for a
+    coordinator). A detected single-process environment (a v4-8 TPU VM, ``srun -n1``) starts
+    nothing either. ``XSTILTS_DISTRIBUTED=0`` turns the start off; ``XSTILTS_DISTRIBUTED=1``
+    (or the older ``XSTILTS_AUTO_DISTRIBUTED=1``) calls ``jax.distributed.initialize()`` even for
+    one process. Logs what was detected. Idempotent: a started system returns ``True``.
     """
-    coordinator_address = coordinator_address or os.environ.get("XSTILTS_COORDINATOR")
-    if num_processes is None and "XSTILTS_NUM_PROCESSES" in os.environ:
-        num_processes = int(os.environ["XSTILTS_NUM_PROCESSES"])
-    if process_id is None and "XSTILTS_PROCESS_ID" in os.environ:
-        process_id = int(os.environ["XSTILTS_PROCESS_ID"])
-    if coordinator_address and (num_processes or 1) > 1:
-        if process_id is None:
-            raise ValueError("multi-process run: process_id (or XSTILTS_PROCESS_ID) is required")
-        jax.distributed.initialize(coordinator_address=coordinator_address,
-                                   num_processes=num_processes, process_id=process_id,
-                                   local_device_ids=local_device_ids)
-        log.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
+    mode = os.environ.get("XSTILTS_DISTRIBUTED", "auto").strip().lower()
+    if os.environ.get("XSTILTS_AUTO_DISTRIBUTED") == "1" and mode == "auto":
+        mode = "1"
+    if mode not in (*_OFF, *_FORCE, "auto"):
+        raise ValueError(f"XSTILTS_DISTRIBUTED={mode!r}: expected auto, 0 (off) or 1 (force)")
+    if jax.distributed.is_initialized():
         return True
-    if os.environ.get("XSTILTS_AUTO_DISTRIBUTED") == "1":
-        jax.distributed.initialize()
-        return True
-    return False
+    if mode in _OFF:
+        log.info("jax.distributed: not started (XSTILTS_DISTRIBUTED=%s)", mode)
+        return False
+    setup = distributed_setup(coordinator_address=coordinator_address,
+                              num_processes=num_processes, process_id=process_id)
+    if (setup is None or setup.num_processes <= 1) and mode not in _FORCE:
+        log.info("jax.distributed: not started (%s)",
+                 "no multi-process environment detected" if setup is None else
+                 f"{setup.source}: a single process")
+        return False
+    if _backends_initialized():
+        raise RuntimeError(
+            f"jax.distributed: {setup.source if setup else 'XSTILTS_DISTRIBUTED=1'} asks for "
+            f"{setup.num_processes if setup else 'several'} processes, but JAX's backend is "
+            "already running in this process (something listed devices or computed first): "
+            "call initialize_distributed() first, or set XSTILTS_DISTRIBUTED=0 to run alone")
+    kwargs: dict[str, Any] = {"initialization_timeout": initialization_timeout,
+                              "local_device_ids": local_device_ids}
+    if setup is not None:
+        kwargs.update(coordinator_address=setup.coordinator_address,
+                      num_processes=setup.num_processes, process_id=setup.process_id)
+    log.info("jax.distributed: starting from %s: process %s of %s, coordinator %s",
+             setup.source if setup else "jax auto-detection",
+             setup.process_id if setup else "?", setup.num_processes if setup else "?",
+             (setup.coordinator_address if setup else None) or "from the cluster")
+    jax.distributed.initialize(**kwargs)
+    from jax._src import distributed as _dist
+
+    log.info("jax.distributed: process %d of %d joined (coordinator %s): %d local of %d "
+             "devices", jax.process_index(), jax.process_count(),
+             getattr(_dist.global_state, "coordinator_address", None), jax.local_device_count(),
+             jax.device_count())
+    return True
