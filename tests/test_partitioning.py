@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -99,3 +102,124 @@ def test_batch_layout_and_global_arrays():
     np.testing.assert_array_equal(np.asarray(ids), batch["input_ids"])
     with pytest.raises(ValueError, match=r"global batch size 6 is not divisible by the 4"):
         part.data_layout(6)
+
+
+# Device order, multi-slice (DCN) meshes --------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class StubDevice:
+    """A device as mesh_utils sees it (CPU devices have no ``slice_index``: stubs stand in)."""
+
+    id: int
+    process_index: int
+    slice_index: int
+    platform: str = "cpu"
+    device_kind: str = "stub"
+
+
+class NoSliceDevice(StubDevice):
+    def __getattribute__(self, name):
+        if name == "slice_index":
+            raise AttributeError(name)
+        return super().__getattribute__(name)
+
+
+def _stubs(n: int, per_slice: int, per_process: int, cls=StubDevice) -> list:
+    # Listed slice-interleaved, as a device list may come: the grid must not depend on it.
+    devices = [cls(i, i // per_process, i // per_slice) for i in range(n)]
+    return devices[::2] + devices[1::2]
+
+
+def _attr(grid, name: str) -> list:
+    return np.vectorize(lambda d: getattr(d, name))(grid).tolist()
+
+
+def test_dcn_data_puts_each_slice_on_its_own_block_of_the_data_axis():
+    grid = partitioning.device_grid((4, 2, 1), _stubs(8, 4, 2), dcn_data=2)
+    assert grid.shape == (4, 2, 1)
+    assert [row[0][0] for row in _attr(grid, "slice_index")] == [0, 0, 1, 1]
+    # Each slice's own sub-grid is (2, 2, 1) and each process holds one contiguous block.
+    assert partitioning.host_row_blocks(grid) == {0: (0, 2), 1: (2, 4), 2: (4, 6), 3: (6, 8)}
+    # Devices without slice_index (GPU hosts): processes are the DCN granules (t5x's GPU mesh).
+    grid = partitioning.device_grid((2, 4, 1), _stubs(8, 4, 4, NoSliceDevice), dcn_data=2)
+    assert _attr(grid, "process_index") == [[[0]] * 4, [[1]] * 4]
+    assert partitioning.num_slices(_stubs(8, 4, 2)) == 2
+    assert partitioning.num_slices(jax.devices()) == 1  # CPU: no slice_index
+
+
+@pytest.mark.parametrize(("sizes", "dcn", "per_slice", "message"), [
+    ((4, 2, 1), 3, 4, r"dcn_data=3 does not divide the 2 slices"),
+    ((4, 2, 1), 2, 2, r"dcn_data=2: the devices span 4 slices; .* must equal that number"),
+    ((4, 2, 1), 1, 4, r"dcn_data=1: the devices span 2 slices; .* must equal that number"),
+    ((1, 8, 1), 2, 4, r"data=1 is not divisible by dcn_data=2"),
+    ((2, 2, 1), 2, 4, r"needs 4 devices but 8 were given"),
+    ((4, 2, 1), 0, 4, r"dcn_data=0: must be >= 1"),
+])
+def test_bad_dcn_meshes_are_clear_errors(sizes, dcn, per_slice, message):
+    with pytest.raises(ValueError, match=message):
+        partitioning.device_grid(sizes, _stubs(8, per_slice, 2), dcn_data=dcn)
+
+
+def test_hosts_that_interleave_on_the_batch_axes_are_refused():
+    interleaved = np.array(_stubs(8, 8, 4)[:8], dtype=object).reshape(8, 1, 1)  # 0,0,1,1,0,0,1,1
+    with pytest.raises(ValueError, match=r"process 0 holds batch positions \[0, 1, 4, 5\]"):
+        partitioning.host_row_blocks(interleaved)
+    with pytest.raises(ValueError, match=r"needs 4 devices but 8 are available"):
+        partitioning.create_mesh(data=2, fsdp=2)
+    # One process with fake CPU devices: dcn_data=-1 is its one granule, a plain mesh.
+    assert dict(partitioning.create_mesh(dcn_data=-1).shape) == {"data": 8, "fsdp": 1,
+                                                                 "tensor": 1}
+
+
+def _tpu_devices(topology: str, **kwargs) -> list:
+    try:
+        import libtpu  # noqa: F401
+    except ImportError:
+        message = "libtpu is not installed (pip install -e '.[tpu]'): no TPU topology devices"
+        if os.environ.get("XSTILTS_CI") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    from jax.experimental import topologies
+
+    return list(topologies.get_topology_desc(topology_name=topology, platform="tpu",
+                                             **kwargs).devices)
+
+
+def test_tpu_pod_meshes_keep_each_host_on_consecutive_batch_rows():
+    """libtpu's description of a v5e 4x4 slice (4 hosts of 2x2 chips), without a TPU."""
+    from jax.experimental import mesh_utils
+
+    devices = _tpu_devices("v5e:4x4")
+    assert len(devices) == 16 and len({d.process_index for d in devices}) == 4
+    # mesh_utils' torus ring interleaves the hosts along fsdp=16 (what the old docstring denied):
+    ring = mesh_utils.create_device_mesh((1, 16, 1), devices=devices)
+    with pytest.raises(ValueError, match="not one contiguous block"):
+        partitioning.host_row_blocks(ring)
+    blocks = {p: (4 * p, 4 * p + 4) for p in range(4)}
+    for sizes in ({"fsdp": 16}, {"data": 2, "fsdp": 8}, {"data": 4, "fsdp": 2, "tensor": 2}):
+        mesh = partitioning.create_mesh(**sizes, devices=devices)
+        positions = mesh.devices.shape[0] * mesh.devices.shape[1]
+        per_host = positions // 4
+        assert partitioning.host_row_blocks(mesh.devices) == {
+            p: (per_host * p, per_host * (p + 1)) for p in range(4)}, sizes
+    assert partitioning.host_row_blocks(
+        partitioning.create_mesh(fsdp=16, devices=devices).devices) == blocks
+    # Where the torus order already keeps hosts contiguous it is kept (v5p 2x2x4, tensor=2).
+    devices = _tpu_devices("v5p:2x2x4")
+    mesh = partitioning.create_mesh(data=4, fsdp=2, tensor=2, devices=devices)
+    expected = mesh_utils.create_device_mesh((4, 2, 2), devices=devices)
+    assert _attr(mesh.devices, "id") == _attr(expected, "id")
+
+
+def test_multi_slice_tpu_mesh_spans_the_slices_on_the_data_axis():
+    """Two v5e 2x2 slices (libtpu sets ``slice_index``): DCN carries only data parallelism."""
+    devices = _tpu_devices("v5e:2x2", num_slices=2)
+    assert sorted({d.slice_index for d in devices}) == [0, 1]
+    mesh = partitioning.create_mesh(devices=devices)  # TPU default: fsdp within each slice
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+    assert _attr(mesh.devices[:, :, 0], "slice_index") == [[0] * 4, [1] * 4]
+    mesh = partitioning.create_mesh(data=4, fsdp=-1, dcn_data=2, devices=devices)
+    assert dict(mesh.shape) == {"data": 4, "fsdp": 2, "tensor": 1}
+    assert [row[0] for row in _attr(mesh.devices[:, :, 0], "slice_index")] == [0, 0, 1, 1]
+    with pytest.raises(ValueError, match=r"dcn_data=3 does not divide the 2 slices"):
+        partitioning.create_mesh(dcn_data=3, devices=devices)

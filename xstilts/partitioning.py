@@ -147,6 +147,26 @@ def _slice_grid(sizes: tuple[int, int, int], devices: Sequence[Any]) -> np.ndarr
                     dtype=object).reshape(sizes)
 
 
+def _dcn_granules(devices: Sequence[Any], dcn_data: int) -> tuple[dict[int, list[Any]], str]:
+    """Devices by DCN granule; errors unless there are exactly ``dcn_data`` equal granules."""
+    attr = _granule_attr(devices)
+    granules: dict[int, list[Any]] = {}
+    for d in devices:
+        granules.setdefault(getattr(d, attr), []).append(d)
+    what = "slices" if attr == "slice_index" else "processes (devices have no slice_index)"
+    if dcn_data < 1:
+        raise ValueError(f"dcn_data={dcn_data}: must be >= 1")
+    if len(granules) % dcn_data:
+        raise ValueError(f"dcn_data={dcn_data} does not divide the {len(granules)} {what}")
+    if len(granules) != dcn_data:
+        raise ValueError(f"dcn_data={dcn_data}: the devices span {len(granules)} {what}; only "
+                         "the data axis crosses DCN, so dcn_data must equal that number")
+    counts = {k: len(v) for k, v in granules.items()}
+    if len(set(counts.values())) != 1:
+        raise ValueError(f"dcn_data={dcn_data}: the {what} hold unequal device counts {counts}")
+    return granules, attr
+
+
 def device_grid(sizes: Sequence[int], devices: Sequence[Any], *,
                 dcn_data: int = 1) -> np.ndarray:
     """Devices arranged as a ``(data, fsdp, tensor)`` grid of ``sizes`` (total sizes).
@@ -165,27 +185,15 @@ def device_grid(sizes: Sequence[int], devices: Sequence[Any], *,
                          f"{int(np.prod(sizes))} devices but {len(devices)} were given")
     if dcn_data < 1:
         raise ValueError(f"dcn_data={dcn_data}: must be >= 1")
-    if dcn_data == 1:
+    if dcn_data == 1 and num_slices(devices) == 1:
         return _slice_grid(sizes, devices)  # type: ignore[arg-type]
-    attr = _granule_attr(devices)
-    granules: dict[int, list[Any]] = {}
-    for d in devices:
-        granules.setdefault(getattr(d, attr), []).append(d)
-    what = "slices" if attr == "slice_index" else "processes (devices have no slice_index)"
-    if len(granules) % dcn_data:
-        raise ValueError(f"dcn_data={dcn_data} does not divide the {len(granules)} {what}")
-    if len(granules) != dcn_data:
-        raise ValueError(f"dcn_data={dcn_data}: the devices span {len(granules)} {what}; only "
-                         "the data axis crosses DCN, so dcn_data must equal that number")
+    granules, attr = _dcn_granules(devices, dcn_data)
+    what = "slices" if attr == "slice_index" else "processes"
     if sizes[0] % dcn_data:
         raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes, strict=True))}: data={sizes[0]} is "
                          f"not divisible by dcn_data={dcn_data} (the data axis spans the "
-                         f"{dcn_data} {what.split()[0]})")
+                         f"{dcn_data} {what})")
     ici = (sizes[0] // dcn_data, sizes[1], sizes[2])
-    sizes_per = {k: len(v) for k, v in granules.items()}
-    if len(set(sizes_per.values())) != 1:
-        raise ValueError(f"dcn_data={dcn_data}: {what.split()[0]} hold unequal device counts "
-                         f"{sizes_per}")
     try:
         from jax.experimental import mesh_utils
 
@@ -228,6 +236,8 @@ def create_mesh(*, data: int | None = None, fsdp: int | None = None, tensor: int
         dcn_data = slices
     elif dcn_data == -1:
         dcn_data = slices if slices > 1 else len({d.process_index for d in devices})
+    if dcn_data != 1 or slices > 1:
+        _dcn_granules(devices, dcn_data)  # a clear error before the shape's
     given = {k: v for k, v in (("data", data), ("fsdp", fsdp), ("tensor", tensor))
              if v is not None}
     shape = default_mesh_shape(devices[0].platform) if not given else {
