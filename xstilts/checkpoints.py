@@ -9,6 +9,11 @@ lists (and ``cleanup_tmp_directories`` removes on the next start).
 Restores take an abstract target (``ShapeDtypeStruct`` with shardings), so a checkpoint written
 on one mesh loads onto any other. ``restore_encoder`` loads only the ``'roberta'`` subtree (the
 STILTs transfer: intermediate-task encoder, fresh target-task head).
+
+Directories may be local paths or URLs that ``etils.epath`` (Orbax's path library) opens:
+``gs://`` (through ``tf.io.gfile`` when TensorFlow is installed, else fsspec's ``gcsfs``),
+``s3://``, ``az://``, ``hf://``. :func:`run_path` is the one normalisation: a local path becomes
+absolute, a URL stays the URL (``os.path.abspath('gs://b/x')`` would be a local ``./gs:/b/x``).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import gin
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import serialization
 
 from xstilts.trainer import TrainState
@@ -65,6 +71,21 @@ class CheckpointConfig:
             raise ValueError(f"keep must be >= 1, got {self.keep}")
 
 
+def is_url(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a URL (``gs://bucket/x``, ``s3://...``) rather than a local path."""
+    text = os.fspath(path)
+    scheme, sep, _ = text.partition("://")
+    return bool(sep) and scheme.isidentifier()
+
+
+def run_path(path: str | os.PathLike[str]) -> epath.Path:
+    """A run, model or checkpoint directory as an ``epath.Path``: local paths absolute, URLs
+    (``gs://bucket/run``) untouched, so Orbax, the metrics writers and the gin files all write
+    to the same remote directory."""
+    text = os.fspath(path)
+    return epath.Path(text if is_url(text) else os.path.abspath(text))
+
+
 def param_shapes(params: PyTree) -> dict[str, list[int]]:
     """``{'roberta/encoder/layer_0/...': shape}``: the fingerprint that says which model it is."""
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
@@ -100,7 +121,8 @@ class Checkpointer:
 
     def __init__(self, directory: str | os.PathLike[str],
                  config: CheckpointConfig | None = None, *, read_only: bool = False) -> None:
-        self.directory = os.path.abspath(os.fspath(directory))
+        self.path = run_path(directory)
+        self.directory = str(self.path)  # the URL itself for gs://..., else an absolute path
         self.config = config or CheckpointConfig()
         c = self.config
         policies: list[Any] = [ocp.checkpoint_managers.LatestN(c.keep)]
@@ -127,9 +149,9 @@ class Checkpointer:
             preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
             enable_async_checkpointing=c.async_save, cleanup_tmp_directories=not read_only,
             create=not read_only, read_only=read_only)
-        if read_only and not os.path.isdir(self.directory):
+        if read_only and not self.path.is_dir():
             raise FileNotFoundError(f"checkpoint directory {self.directory} does not exist")
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.manager = ocp.CheckpointManager(self.path, options=options)
 
     # Queries ------------------------------------------------------------------------------
     def latest_step(self) -> int | None:

@@ -8,10 +8,31 @@
 ``train(...)`` is keyword-only. Batches come from a factory called as ``factory(shard_index=...,
 num_shards=..., batch_size=<per host>, start_batch=<batches already consumed>)`` that yields
 host-local dicts with DESIGN.md's keys (the data package supplies real ones;
-:func:`synthetic_batches` generates them for tests and smoke runs). The run directory gets
-``checkpoints/``, TensorBoard event files (tensorboardX: clu's writers need TensorFlow and
-TensorBoard at import time, which the core install does not carry), ``train_metrics.jsonl``
-(one line per step), ``config.gin`` and ``operative_config.gin``.
+:func:`synthetic_batches` generates them for tests and smoke runs). The run directory (a local
+path or a URL such as ``gs://bucket/run``: ``checkpoints.run_path``, written through
+``etils.epath`` and Orbax, never turned into a local path) gets ``checkpoints/``, TensorBoard
+event files (tensorboardX: clu's writers need TensorFlow and TensorBoard at import time, which
+the core install does not carry), ``train_metrics.jsonl`` (one line per step), ``config.gin``
+and ``operative_config.gin``.
+
+The host never waits for the device between steps (t5x's way): each step's metrics stay on the
+device until the next logging step (every ``log_every_steps``, and before any evaluation or
+checkpoint save), when all of them are read in one transfer and written (the jsonl lines, the
+TensorBoard scalars of the last step, ``step_hook`` per step, the tqdm postfix). A NaN/Inf loss
+or gradient norm is therefore found at the next logging step, evaluation or save, at most
+``log_every_steps - 1`` steps after it happened; the error names the first bad step and no
+checkpoint is ever written after it (every save reads the pending metrics first).
+
+Throughput (``perf/*`` each logging window): tokens/s and MFU count the **real** tokens
+(``attention_mask``; padding examples of the data pipeline carry an all-zero mask) over
+**train-step time only**: the first step of every new batch shape (a compile), evaluations and
+checkpoint saves are timed out of the window (the device is synchronised around them, not around
+ordinary steps). ``perf/padding_efficiency`` = real / computed (padded) tokens;
+``perf/mfu`` = model FLOPs of the computed shape (``trainer.train_flops_per_example``; MLM at
+its masked positions) x padding efficiency / window seconds / devices / peak per device, and
+``perf/mfu_computed`` the same without the padding factor. The peak is per JAX device (one GPU,
+one TPU v4+ chip, one v2/v3 core): ``PEAK_TFLOPS`` in gin, else :data:`DEVICE_PEAK_TFLOPS` by the
+device kind, else (CPU) no MFU.
 
 seqio (t5x's way in): ``runs/*.gin`` default ``TRAIN_BATCHES`` to :class:`SeqioBatches`, so a
 seqio Task or Mixture trains by name, its head(s) taken from the task::
@@ -44,6 +65,7 @@ from typing import Any
 import gin
 import jax
 import numpy as np
+from etils import epath
 
 from xstilts import checkpoints as ckpt_lib
 from xstilts import gin_utils, partitioning
@@ -407,29 +429,60 @@ class SeqioBatches:
 
 
 # Summaries --------------------------------------------------------------------------------------
-class SummaryWriter:
-    """TensorBoard scalars (tensorboardX) plus ``train_metrics.jsonl``; no-ops off the chief."""
+class _EpathRecordWriterFactory:
+    """tensorboardX writes event files of a URL run directory through ``etils.epath`` (its own
+    ``gs://`` writer needs google-cloud-storage, which the stack does not carry)."""
 
-    def __init__(self, model_dir: str, *, enabled: bool) -> None:
+    def open(self, path: str) -> Any:
+        return epath.Path(path).open("wb")
+
+    def directory_check(self, path: str) -> None:
+        epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def _register_tensorboard_scheme(run_dir: epath.Path) -> None:
+    text = str(run_dir)
+    if ckpt_lib.is_url(text):
+        from tensorboardX import record_writer
+
+        scheme = text.split("://", 1)[0]
+        existing = record_writer.REGISTERED_FACTORIES.get(scheme)
+        if scheme != "gs" or not getattr(record_writer, "GCS_ENABLED", False) or existing is None:
+            record_writer.register_writer_factory(scheme, _EpathRecordWriterFactory())
+
+
+class SummaryWriter:
+    """TensorBoard scalars (tensorboardX) plus ``train_metrics.jsonl``; no-ops off the chief.
+
+    ``model_dir`` may be a URL (``gs://bucket/run``): both files are written through
+    ``etils.epath``. Lines are buffered and flushed at each logging step (``flush``), not per
+    step (on ``gs://`` every flush uploads the object again)."""
+
+    def __init__(self, model_dir: str | os.PathLike[str], *, enabled: bool) -> None:
         self.enabled = enabled
         self._tb = None
         self._jsonl = None
         if enabled:
             import tensorboardX
 
-            self._tb = tensorboardX.SummaryWriter(os.path.join(model_dir, "tensorboard"))
-            self._jsonl = open(os.path.join(model_dir, "train_metrics.jsonl"), "a",  # noqa: SIM115
-                               encoding="utf-8")
+            run_dir = ckpt_lib.run_path(model_dir)
+            _register_tensorboard_scheme(run_dir)
+            self._tb = tensorboardX.SummaryWriter(str(run_dir / "tensorboard"))
+            self._jsonl = (run_dir / "train_metrics.jsonl").open("a")
 
     def step_record(self, record: Mapping[str, Any]) -> None:
         if self._jsonl is not None:
             self._jsonl.write(json.dumps(dict(record)) + "\n")
-            self._jsonl.flush()
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
         if self._tb is not None:
             for name, value in values.items():
                 self._tb.add_scalar(name, float(value), step)
+
+    def flush(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.flush()
+        if self._tb is not None:
             self._tb.flush()
 
     def close(self) -> None:
@@ -439,19 +492,26 @@ class SummaryWriter:
             self._jsonl.close()
 
 
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
+def _write_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` whole: a local file through a renamed temporary, a URL
+    (an object store write is atomic by itself) through ``etils.epath``."""
+    target = ckpt_lib.run_path(path)
+    if ckpt_lib.is_url(str(target)):
+        target.write_text(text)
+        return
+    tmp = f"{target}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
-    os.replace(tmp, path)
+    os.replace(tmp, target)
 
 
-def write_gin_configs(model_dir: str) -> None:
+def write_gin_configs(model_dir: str | os.PathLike[str]) -> None:
     """``config.gin`` (everything parsed) and ``operative_config.gin`` (what was used)."""
     if jax.process_index() != 0:
         return
-    _write_atomic(os.path.join(model_dir, "config.gin"), gin.config_str())
-    _write_atomic(os.path.join(model_dir, "operative_config.gin"), gin.operative_config_str())
+    run_dir = ckpt_lib.run_path(model_dir)
+    _write_atomic(run_dir / "config.gin", gin.config_str())
+    _write_atomic(run_dir / "operative_config.gin", gin.operative_config_str())
 
 
 # Preemption -------------------------------------------------------------------------------------
@@ -483,6 +543,107 @@ class _StopRequest:
 
         flags = multihost_utils.process_allgather(np.array([self.requested], np.int32))
         return bool(np.any(flags))
+
+
+# Throughput -------------------------------------------------------------------------------------
+# Dense bf16 peak TFLOP/s of one JAX device (vendor data sheets, no sparsity). A GPU is one
+# device whatever the host holds (8 H100s are 8 devices of 989, not one of 7,912); TPU v2/v3
+# expose each core as a device, v4 and later one device per chip (megacore).
+DEVICE_PEAK_TFLOPS = {
+    "H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "H800": 989.0, "GH200": 989.0,
+    "B200": 2250.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0,
+    "TPU v2": 22.5, "TPU v3": 61.5, "TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0,
+    "TPU v5p": 459.0, "TPU v5": 459.0, "TPU v6 lite": 918.0, "TPU v6e": 918.0,
+}
+
+
+def device_peak_tflops(device: Any) -> float | None:
+    """The per-device peak of ``device`` (its ``device_kind``; the longest matching name of
+    ``DEVICE_PEAK_TFLOPS``), or None (a CPU, an unknown accelerator: no MFU is logged)."""
+    kind = str(getattr(device, "device_kind", "")).lower()
+    matches = [name for name in DEVICE_PEAK_TFLOPS if name.lower() in kind]
+    return DEVICE_PEAK_TFLOPS[max(matches, key=len)] if matches else None
+
+
+@dataclasses.dataclass
+class ThroughputWindow:
+    """One logging window's train steps: their time (train steps only: no first step of a new
+    shape, i.e. no compile, no evaluation, no checkpoint save), real tokens (``attention_mask``,
+    the device's ``tokens`` metric), computed tokens (the padded shape) and model FLOPs of the
+    computed shape (``trainer.train_flops_per_example``)."""
+
+    seconds: float = 0.0
+    steps: int = 0
+    real_tokens: float = 0.0
+    computed_tokens: float = 0.0
+    flops: float = 0.0
+
+    def add(self, *, real_tokens: float, computed_tokens: float, flops: float) -> None:
+        self.steps += 1
+        self.real_tokens += real_tokens
+        self.computed_tokens += computed_tokens
+        self.flops += flops
+
+    def summary(self, *, num_devices: int, peak_tflops: float | None) -> dict[str, float]:
+        """``perf/*`` scalars; empty when no timed step is in the window.
+
+        ``perf/tokens_per_s``: real tokens per second; ``perf/padding_efficiency``: real over
+        computed tokens; ``perf/tflops_per_s_per_device``: model FLOPs of the real tokens (the
+        computed FLOPs times the padding efficiency) per second per device, and ``perf/mfu``
+        that over ``peak_tflops`` (per device); ``perf/computed_*`` and ``perf/mfu_computed``
+        count every computed (padded) token: what the hardware did, not what the data needed.
+        """
+        if self.steps == 0 or self.seconds <= 0 or self.computed_tokens <= 0:
+            return {}
+        efficiency = self.real_tokens / self.computed_tokens
+        computed_tflops = self.flops / self.seconds / num_devices / 1e12
+        out = {"perf/tokens_per_s": self.real_tokens / self.seconds,
+               "perf/computed_tokens_per_s": self.computed_tokens / self.seconds,
+               "perf/padding_efficiency": efficiency,
+               "perf/step_time_s": self.seconds / self.steps,
+               "perf/tflops_per_s_per_device": computed_tflops * efficiency,
+               "perf/computed_tflops_per_s_per_device": computed_tflops}
+        if peak_tflops:
+            out["perf/mfu"] = computed_tflops * efficiency / peak_tflops
+            out["perf/mfu_computed"] = computed_tflops / peak_tflops
+        return out
+
+
+class _StepClock:
+    """Wall time of train steps: running between ``resume`` and ``pause``/``lap``."""
+
+    def __init__(self) -> None:
+        self._since: float | None = None
+
+    def resume(self) -> None:
+        self._since = time.perf_counter()
+
+    def pause(self) -> float:
+        """Seconds since the last resume/lap (0 when paused); stops the clock."""
+        elapsed = self.lap()
+        self._since = None
+        return elapsed
+
+    def lap(self) -> float:
+        """Seconds since the last resume/lap (0 when paused); keeps running."""
+        if self._since is None:
+            return 0.0
+        now = time.perf_counter()
+        elapsed, self._since = now - self._since, now
+        return elapsed
+
+
+@dataclasses.dataclass
+class _PendingStep:
+    """A dispatched step whose metrics (device arrays) are read at the next logging step."""
+
+    step: int
+    task: str | None
+    head: str | None
+    metrics: Mapping[str, Any]
+    timed: bool
+    computed_tokens: float
+    flops: float
 
 
 # The loop ---------------------------------------------------------------------------------------
@@ -679,7 +840,7 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
     if heads is None:
         task_type, num_labels, heads, task_heads = _model_of_data(
             train_batches, task_type, num_labels, task_heads)
-    os.makedirs(model_dir, exist_ok=True)
+    ckpt_lib.run_path(model_dir).mkdir(parents=True, exist_ok=True)
     partitioner = partitioner or partitioning.Partitioner()
     checkpoint = checkpoint or ckpt_lib.CheckpointConfig()
     if patience is not None and not checkpoint.best_metric:
@@ -739,7 +900,8 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
         input_shape = (batch_size, *probe["input_ids"].shape[1:])
         trainer.check_batch({**probe, "input_ids": np.zeros(input_shape, np.int32)})
 
-    checkpointer = ckpt_lib.Checkpointer(os.path.join(model_dir, "checkpoints"), checkpoint)
+    checkpointer = ckpt_lib.Checkpointer(ckpt_lib.run_path(model_dir) / "checkpoints",
+                                         checkpoint)
     try:
         latest = checkpointer.latest_step()
         stopping = EarlyStopping(checkpoint.best_metric, checkpoint.best_mode, patience)
@@ -765,11 +927,13 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
     end_step = start_step if stopping.stopped else min(total_steps, stop_at_step or total_steps)
 
     def flops_per_example(kind: str, shape: tuple[int, ...]) -> float:
+        length = int(shape[-1])
         return trainer_lib.train_flops_per_example(
-            model_config, int(shape[-1]), num_choices=int(shape[1]) if len(shape) == 3 else 1,
-            mlm=kind == "mlm")
+            model_config, length, num_choices=int(shape[1]) if len(shape) == 3 else 1,
+            mlm=kind == "mlm",
+            mlm_predictions=trainer_lib.mlm_max_predictions(length) if kind == "mlm" else None)
 
-    single_flops = 0.0 if multi else flops_per_example(task_type, input_shape)
+    peak = peak_tflops_per_device or device_peak_tflops(jax.devices()[0])
     writer = SummaryWriter(model_dir, enabled=chief)
     history: list[dict[str, Any]] = []
     preempted = False
@@ -779,16 +943,67 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
 
     bar = tqdm(total=end_step, initial=start_step, disable=not (chief and progress),
                desc="train", unit="step", dynamic_ncols=True)
-    window_start, window_steps, window_tokens, window_flops = time.perf_counter(), 0, 0.0, 0.0
+    window = ThroughputWindow()
+    clock = _StepClock()
+    compiled: set[Any] = set()  # step signatures already compiled (their first step is untimed)
+    pending: list[_PendingStep] = []  # dispatched steps whose metrics are still on the device
+    last: dict[str, float] = {}  # the metrics of the last fetched step
     window_losses: dict[str, list[float]] = {}  # multi-task: this window's losses per head
     save_meta = {"task_type": "multitask", "heads": {n: [k, c] for n, k, c in spec}} if multi \
         else {"task_type": task_type}
     save_meta["use_pooler"] = use_pooler
 
+    def fetch_pending() -> None:
+        """Read the pending steps' metrics from the device (one transfer; it waits for the last
+        dispatched step), check them, and record them: a ``train_metrics.jsonl`` line, the
+        history and ``step_hook`` per step, the throughput window's real tokens."""
+        nonlocal last
+        if not pending:
+            return
+        values = jax.device_get([p.metrics for p in pending])
+        done = list(pending)
+        pending.clear()
+        for entry, raw in zip(done, values, strict=True):
+            metrics = {k: float(v) for k, v in raw.items()}
+            if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
+                writer.flush()
+                checkpointer.wait()
+                raise NonFiniteLossError(
+                    f"loss {metrics['loss']} / grad norm {metrics['grad_norm']} at step "
+                    f"{entry.step}{f' (task {entry.task})' if multi else ''}: stopping. "
+                    f"Nothing was saved after the last good checkpoint "
+                    f"(step {checkpointer.latest_step()} in {checkpointer.directory}); "
+                    f"lower the learning rate or check the data")
+            record: dict[str, Any] = {"step": entry.step, **{k: metrics[k] for k in (
+                "loss", "accuracy", "grad_norm", "learning_rate", "weight", "tokens")}}
+            if multi:
+                record.update(task=entry.task, head=entry.head)
+                window_losses.setdefault(entry.head, []).append(metrics["loss"])
+            history.append(record)
+            writer.step_record(record)
+            if step_hook is not None:
+                step_hook(entry.step, metrics)
+            if entry.timed:
+                window.add(real_tokens=metrics["tokens"], computed_tokens=entry.computed_tokens,
+                           flops=entry.flops)
+            last = metrics
+
+    def untimed(fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` (an evaluation, a checkpoint save) outside the throughput window: the
+        steps already dispatched finish (and are fetched) first."""
+        fetch_pending()
+        window.seconds += clock.pause()
+        try:
+            return fn()
+        finally:
+            clock.resume()
+
     def save(step_state: trainer_lib.TrainState, metrics: Mapping[str, float] | None = None):
-        checkpointer.save(step_state, data_position={"batches_consumed": consumed},
-                          metrics=metrics, extra_meta={**save_meta, "total_steps": total_steps,
-                                                       "early_stopping": stopping.as_meta()})
+        # The pending metrics are checked first: a non-finite step is never checkpointed.
+        untimed(lambda: checkpointer.save(
+            step_state, data_position={"batches_consumed": consumed}, metrics=metrics,
+            extra_meta={**save_meta, "total_steps": total_steps,
+                        "early_stopping": stopping.as_meta()}))
 
     def run_eval() -> dict[str, float]:
         out: dict[str, float] = {}
@@ -805,6 +1020,7 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
     try:
         with _StopRequest() as stop:
             step = start_step
+            clock.resume()
             while step < end_step:
                 try:
                     task, head, host = unpack(next(batches), f"train batch {consumed}")
@@ -812,67 +1028,54 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
                     raise ValueError(f"train_batches ran out after {consumed} batches; "
                                      f"{end_step} steps need one batch each") from None
                 global_batch = partitioner.host_local_to_global(host, batch_size)
-                if multi:
-                    state, metrics = head_trainers[head].train_step(state, global_batch)
-                    window_flops += batch_size * flops_per_example(
-                        kinds[head], (batch_size, *host["input_ids"].shape[1:]))
-                else:
-                    state, metrics = trainer.train_step(state, global_batch)
-                    window_flops += batch_size * single_flops
+                shape = (batch_size, *host["input_ids"].shape[1:])
+                signature = (head, tuple((k, v.shape) for k, v in sorted(host.items())))
+                first_of_shape = signature not in compiled
+                if first_of_shape:  # it compiles: keep it (and only it) out of the window
+                    if pending:
+                        jax.block_until_ready(pending[-1].metrics)
+                    window.seconds += clock.pause()
+                step_trainer = head_trainers[head] if multi else trainer
+                state, metrics = step_trainer.train_step(state, global_batch)
                 consumed += 1
-                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 step += 1
-                if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
-                    checkpointer.wait()
-                    raise NonFiniteLossError(
-                        f"loss {metrics['loss']} / grad norm {metrics['grad_norm']} at step "
-                        f"{step}{f' (task {task})' if multi else ''}: stopping. Nothing was "
-                        f"saved after the last good checkpoint "
-                        f"(step {checkpointer.latest_step()} in {checkpointer.directory}); "
-                        f"lower the learning rate or check the data")
-                record: dict[str, Any] = {"step": step, **{k: metrics[k] for k in (
-                    "loss", "accuracy", "grad_norm", "learning_rate", "weight", "tokens")}}
-                if multi:
-                    record.update(task=task, head=head)
-                    window_losses.setdefault(head, []).append(metrics["loss"])
-                history.append(record)
-                writer.step_record(record)
-                if step_hook is not None:
-                    step_hook(step, metrics)
-                window_steps += 1
-                window_tokens += metrics["tokens"]
+                pending.append(_PendingStep(
+                    step, task, head, metrics, timed=not first_of_shape,
+                    computed_tokens=float(np.prod(shape)),
+                    flops=batch_size * flops_per_example(kinds[head] if multi else task_type,
+                                                         shape)))
+                if first_of_shape:
+                    jax.block_until_ready(metrics)
+                    compiled.add(signature)
+                    clock.resume()
                 bar.update(1)
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+                if step == start_step + 1:
+                    write_gin_configs(model_dir)  # every configurable has been called by now
+                log_now = step % log_every_steps == 0 or step == end_step
+                if log_now:
+                    fetch_pending()
+                    window.seconds += clock.lap()
 
                 eval_metrics = None
                 if (eval_batches is not None or evaluator is not None) and eval_every_steps and (
                         step % eval_every_steps == 0 or step == end_step):
-                    result = run_eval()
+                    result = untimed(run_eval)
                     eval_metrics = {f"eval/{k}": v for k, v in result.items()}
                     writer.scalars(step, eval_metrics)
                     if stopping.update(step, eval_metrics):
                         log.info("early stop at step %d: %s did not improve on %.4f (step %d) "
                                  "in %d evaluations", step, stopping.metric, stopping.best,
                                  stopping.best_step, stopping.patience)
-                if step % log_every_steps == 0 or step == end_step:
-                    elapsed = time.perf_counter() - window_start
-                    n_dev = jax.device_count()
-                    tokens_per_s = window_tokens / max(elapsed, 1e-9)  # real (unpadded) tokens
-                    tflops = window_flops / max(elapsed, 1e-9)
-                    perf = {"perf/tokens_per_s": tokens_per_s,
-                            "perf/tflops_per_s_per_device": tflops / n_dev / 1e12}
-                    if peak_tflops_per_device:
-                        perf["perf/mfu"] = perf["perf/tflops_per_s_per_device"] / \
-                            peak_tflops_per_device
+                if log_now:
+                    perf = window.summary(num_devices=jax.device_count(), peak_tflops=peak)
                     per_head = {f"train/{h}/loss": float(np.mean(v))
                                 for h, v in window_losses.items()}
-                    writer.scalars(step, {f"train/{k}": metrics[k] for k in (
+                    writer.scalars(step, {f"train/{k}": last[k] for k in (
                         "loss", "accuracy", "grad_norm", "learning_rate")} | perf | per_head)
-                    window_start, window_steps, window_tokens, window_flops = \
-                        time.perf_counter(), 0, 0.0, 0.0
+                    writer.flush()
+                    bar.set_postfix(loss=f"{last['loss']:.4f}")
+                    window = ThroughputWindow()
                     window_losses = {}
-                if step == start_step + 1:
-                    write_gin_configs(model_dir)  # every configurable has been called by now
                 stop_now = stop.requested if jax.process_count() == 1 else (
                     step % log_every_steps == 0 and stop.agreed())
                 if (step % checkpoint.save_every_steps == 0 or step == end_step or stop_now
@@ -884,6 +1087,7 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
                     break
                 if stopping.stopped:
                     break
+            fetch_pending()
         checkpointer.wait()
         write_gin_configs(model_dir)
     finally:
@@ -911,7 +1115,8 @@ def evaluate_checkpoint(*, model_dir: str, model_config: XLMRConfig, batch_size:
                     num_labels=num_labels)
     partitioner = partitioner or partitioning.Partitioner()
     layout = partitioner.data_layout(batch_size)
-    checkpointer = ckpt_lib.Checkpointer(os.path.join(model_dir, "checkpoints"), read_only=True)
+    checkpointer = ckpt_lib.Checkpointer(ckpt_lib.run_path(model_dir) / "checkpoints",
+                                         read_only=True)
     try:
         step = checkpointer._step_or_latest(step)  # noqa: SLF001
         use_pooler = check_pooler(checkpointer.metadata(step), use_pooler, checkpointer.directory)
@@ -935,7 +1140,7 @@ def evaluate_checkpoint(*, model_dir: str, model_config: XLMRConfig, batch_size:
         checkpointer.manager.close()
     result = evaluate(trainer, params, batches(), layout)
     if jax.process_index() == 0:
-        _write_atomic(os.path.join(model_dir, "eval_results.json"),
+        _write_atomic(ckpt_lib.run_path(model_dir) / "eval_results.json",
                       json.dumps({"step": step, **result}, indent=1) + "\n")
         write_gin_configs(model_dir)
     log.info("eval of step %d: %s", step, result)
