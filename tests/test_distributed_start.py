@@ -187,3 +187,39 @@ def test_two_processes_form_one_system_without_coordinator_arguments(tmp_path, v
     source = "slurm" if via == "slurm" else "environment"
     assert f"jax.distributed: starting from {source}: process 1 of 2" in logs[1]
     assert f"process 1 of 2 joined (coordinator 127.0.0.1:{port})" in logs[1]
+
+
+def _cli(env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "xstilts.partitioning"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_the_pod_check_command_on_one_host_and_as_an_srun_step():
+    """``python -m xstilts.partitioning`` (what tpu_setup.sh runs on every worker): alone on a
+    plain host, and as two ``srun`` tasks on one node (two fake CPU devices each)."""
+    env = {k: v for k, v in os.environ.items() if k not in CLUSTER_VARS}
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    out, err = _cli(env).communicate(timeout=120)
+    assert out.splitlines() == ["process 0 of 1: 2 local of 2 devices (cpu), 1 slice(s), "
+                                "jax.distributed not started, mesh {'data': 2, 'fsdp': 1, "
+                                "'tensor': 1}"], err[-2000:]
+    assert "not started (no multi-process environment detected)" in err
+    slurm = {"SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "127.0.0.1", "SLURM_NTASKS": "2",
+             "JAX_COORDINATOR_PORT": str(_free_port())}
+    procs = [_cli({**env, **slurm, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)})
+             for i in range(2)]
+    try:
+        results = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for i, (p, (out, err)) in enumerate(zip(procs, results, strict=True)):
+        assert p.returncode == 0, err[-3000:]
+        lines = [line for line in out.splitlines() if not line.startswith("[Gloo]")]
+        assert lines == [
+            f"process {i} of 2: 2 local of 4 devices (cpu), 1 slice(s), jax.distributed "
+            "started, mesh {'data': 4, 'fsdp': 1, 'tensor': 1}",
+            f"process {i}: all 2 processes answered"], err[-3000:]
+        assert f"jax.distributed: starting from slurm: process {i} of 2" in err

@@ -24,7 +24,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("xstilts.partitioning")  # also under python -m
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_MESH_AXES = ("data", "fsdp")
@@ -227,7 +227,7 @@ def create_mesh(*, data: int | None = None, fsdp: int | None = None, tensor: int
     started first (:func:`initialize_distributed`), so a pod forms before devices are listed.
     """
     if devices is None:
-        if not _backends_initialized():
+        if not _start_attempted and not _backends_initialized():
             initialize_distributed()
         devices = jax.devices()
     devices = list(devices)
@@ -419,6 +419,7 @@ class PartitionedFn:
 
 # Distributed start (jax.distributed) -------------------------------------------------------------
 _OFF = ("0", "off", "false", "no")
+_start_attempted = False  # initialize_distributed ran in this process (create_mesh asks once)
 _FORCE = ("1", "on", "true", "yes", "force")
 
 
@@ -565,6 +566,8 @@ def initialize_distributed(*, coordinator_address: str | None = None,
         raise ValueError(f"XSTILTS_DISTRIBUTED={mode!r}: expected auto, 0 (off) or 1 (force)")
     if jax.distributed.is_initialized():
         return True
+    global _start_attempted
+    _start_attempted = True
     if mode in _OFF:
         log.info("jax.distributed: not started (XSTILTS_DISTRIBUTED=%s)", mode)
         return False
@@ -598,3 +601,46 @@ def initialize_distributed(*, coordinator_address: str | None = None,
              getattr(_dist.global_state, "coordinator_address", None), jax.local_device_count(),
              jax.device_count())
     return True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m xstilts.partitioning``: start as a run does and print what formed.
+
+    Run the same command on every host (``gcloud ... ssh --worker=all``, ``srun``, ``mpirun``):
+    each prints its process, the devices and the default mesh, and, on several processes, that
+    a cross-process all-gather answered from every one of them.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m xstilts.partitioning",
+                                     description=main.__doc__.splitlines()[0])
+    parser.add_argument("--coordinator_address", default=None)
+    parser.add_argument("--num_processes", type=int, default=None)
+    parser.add_argument("--process_id", type=int, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    started = initialize_distributed(coordinator_address=args.coordinator_address,
+                                     num_processes=args.num_processes,
+                                     process_id=args.process_id)
+    mesh = create_mesh()
+    devices = jax.devices()
+    print(f"process {jax.process_index()} of {jax.process_count()}: "
+          f"{jax.local_device_count()} local of {len(devices)} devices "
+          f"({devices[0].device_kind}), {num_slices(devices)} slice(s), "
+          f"jax.distributed {'started' if started else 'not started'}, "
+          f"mesh {dict(mesh.shape)}", flush=True)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        ids = multihost_utils.process_allgather(np.asarray([jax.process_index()], np.int32))
+        answered = sorted(int(i) for i in np.asarray(ids).ravel())
+        if answered != list(range(jax.process_count())):
+            print(f"process {jax.process_index()}: all-gather returned {answered}", flush=True)
+            return 1
+        print(f"process {jax.process_index()}: all {jax.process_count()} processes answered",
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
