@@ -10,8 +10,11 @@
 # Steps, each on every worker (gcloud ... ssh --worker=all): copy this checkout (git archive of
 # HEAD; or clone --repo), install jax[tpu] and xstilts at the pinned versions, fetch the datasets (python -m xstilts.data.prepare) and the XLM-R weights into
 # the Hugging Face cache, then start `python -m xstilts.train` or `python -m xstilts.experiment`
-# on all hosts at once. On a pod slice JAX finds its peers by itself (jax.distributed on TPU
-# needs no coordinator flags). Everything after `--` is passed to the launched module, e.g.
+# on all hosts at once: the same command on every worker. The hosts of a pod slice form one JAX
+# system by themselves: xstilts starts jax.distributed when JAX detects a Cloud TPU pod (the
+# metadata server names the workers; no coordinator flags), and the install step checks it with
+# `python -m xstilts.partitioning` (each worker prints "process i of N ... all N processes
+# answered"). Everything after `--` is passed to the launched module, e.g.
 #   -- --gin_file=xstilts/gin/models/xlmr_large.gin --gin_file=xstilts/gin/runs/finetune.gin
 # A pod writes one run directory from every host (Orbax saves each host's shards, the chief the
 # tables): --bucket mounts gs://GCS_BUCKET with gcsfuse at the same path on every worker and puts
@@ -27,7 +30,7 @@ data_dir="\$HOME/xstilts_data" weights="FacebookAI/xlm-roberta-large"
 run="train" run_dir="\$HOME/xstilts_runs/run" repo="" bucket="" mount="\$HOME/xstilts_bucket"
 run_args=()
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,/^set /p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 die() { echo "tpu_setup.sh: $*" >&2; exit 2; }
 
 while (($#)); do
@@ -118,7 +121,7 @@ pip install -q --upgrade pip; \
 pip install -q 'jax[tpu]==$JAX_VERSION' \
   -f https://storage.googleapis.com/jax-releases/libtpu_releases.html; \
 pip install -q -e \"\$HOME/xstilts[data]\"; \
-python -c 'import jax; print(jax.process_index(), jax.device_count(), jax.devices()[0].device_kind)'"
+python -m xstilts.partitioning"
 fi
 
 if ((!skip_data)); then
