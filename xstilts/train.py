@@ -831,6 +831,13 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
     (ties: the earlier step). ``patience``: stop after that many evaluations without a strict
     improvement of ``best_metric`` (jiant's ``no_improvements_for_n_evals``); the stop is saved,
     so a resumed run does not train on.
+
+    Logging: every ``log_every_steps`` (runs/*.gin: 50) the metrics of the steps since the last
+    one are read from the device in one transfer (no per-step host sync), written one
+    ``train_metrics.jsonl`` line per step (also the ``history`` and ``step_hook(step, metrics)``,
+    called then, not at the step), and the window's TensorBoard scalars (``train/*`` of its last
+    step, ``perf/*``: the module docstring). ``peak_tflops_per_device`` None: the device kind's
+    (``DEVICE_PEAK_TFLOPS``). ``model_dir`` may be a ``gs://`` URL.
     """
     _check_required("train", model_dir=model_dir, model_config=model_config,
                     total_steps=total_steps, batch_size=batch_size, train_batches=train_batches,
