@@ -36,6 +36,7 @@ def test_dry_run_v4_32_pod_slice_plans_every_worker():
     ssh = [c for c in commands if "'ssh'" in c]
     assert len(ssh) == 4 and all("--worker=all" in c for c in ssh)
     assert "jax[tpu]==0.10.2" in ssh[1]
+    assert "python -m xstilts.partitioning" in ssh[1]  # every worker checks the pod formed
     assert "xstilts.data.prepare" in ssh[2] and "FacebookAI/xlm-roberta-large" in ssh[2]
     assert "python -m xstilts.train --gin_file=a.gin --gin.X=1" in ssh[3]
     # Four hosts without a shared run directory: warned.

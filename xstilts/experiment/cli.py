@@ -54,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         bindings.append("experiment.run_experiment.dry_run = True")
     gin_utils.parse_gin(args.gin_file, ["from xstilts import experiment", *bindings])
+    if not args.dry_run:  # a pod forms before JAX touches a device (create_mesh would too)
+        partitioning.initialize_distributed()
     result = gin_utils.configured(run_experiment)()
     print(result.summary() if args.dry_run else f"{len(result)} result rows")
     return 0
