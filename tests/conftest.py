@@ -43,6 +43,18 @@ def require_sample(relative: str) -> Path:
     return path
 
 
+def require_libtpu(purpose: str) -> None:
+    """libtpu (the ``tpu`` extra, which the test extra installs) for a deviceless TPU compile;
+    in CI a missing one fails, elsewhere it skips."""
+    try:
+        import libtpu  # noqa: F401
+    except ImportError:
+        message = f"libtpu is not installed (pip install -e '.[tpu]'): no {purpose}"
+        if os.environ.get("XSTILTS_CI") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
 @pytest.fixture
 def shared_data():
     """Callable fixture: ``shared_data("tatoeba/v1")`` -> Path, failing in CI when absent."""

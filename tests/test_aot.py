@@ -9,13 +9,13 @@ is run by hand (its figure is in the issue note). The tiny model also compiles f
 from __future__ import annotations
 
 import json
-import os
 import re
 
 import jax
 import numpy as np
 import pytest
 
+from tests.conftest import require_libtpu
 from xstilts import aot, partitioning, trainer
 from xstilts.models.xlmr import XLMRConfig
 from xstilts.train import build_model
@@ -78,18 +78,8 @@ def test_aot_rejects_bad_shapes():
 
 
 # Deviceless TPU compile (libtpu, the `tpu` extra; the test extra installs it so CI runs this) --
-def _require_libtpu() -> None:
-    try:
-        import libtpu  # noqa: F401
-    except ImportError:
-        message = "libtpu is not installed (pip install -e '.[tpu]'): no deviceless TPU compile"
-        if os.environ.get("XSTILTS_CI") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-
-
 def test_tiny_train_step_compiles_for_tpu_v5e_2x2_with_splash_attention():
-    _require_libtpu()
+    require_libtpu("deviceless TPU compile")
     compiled, report = aot.compile_train_step(
         model="tiny", mesh_shape={"fsdp": 4}, batch=8, length=128, topology="v5e:2x2",
         config_overrides={"dtype": "bfloat16", "attention": "splash",

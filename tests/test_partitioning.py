@@ -12,6 +12,7 @@ import pytest
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
+from tests.conftest import require_libtpu
 from xstilts import partitioning
 from xstilts.models import heads
 from xstilts.models.xlmr import XLMRConfig
@@ -171,13 +172,7 @@ def test_hosts_that_interleave_on_the_batch_axes_are_refused():
 
 
 def _tpu_devices(topology: str, **kwargs) -> list:
-    try:
-        import libtpu  # noqa: F401
-    except ImportError:
-        message = "libtpu is not installed (pip install -e '.[tpu]'): no TPU topology devices"
-        if os.environ.get("XSTILTS_CI") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+    require_libtpu("TPU topology devices")
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     from jax.experimental import topologies
 
