@@ -361,6 +361,10 @@ def test_nan_loss_stops_with_last_good_checkpoint_intact(tmp_path):
     steps = ckpt.all_steps()
     assert steps and max(steps) == bad_step - 1 < 6
     assert f"(step {max(steps)} in" in text
+    # the inputs were checked before each step: the message blames the optimisation, not them
+    assert text.endswith("Every batch's token ids and labels were checked in range before its "
+                         "step, so the cause is the optimisation: lower the learning rate (or "
+                         "raise the warm-up)")
     with open(tmp_path / "train_metrics.jsonl") as f:
         logged = [json.loads(line) for line in f]
     assert all(np.isfinite(h["loss"]) for h in logged) and len(logged) == max(steps)

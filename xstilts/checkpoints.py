@@ -19,8 +19,12 @@ absolute, a URL stays the URL (``os.path.abspath('gs://b/x')`` would be a local 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
+import socket
+import sys
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -86,6 +90,145 @@ def run_path(path: str | os.PathLike[str]) -> epath.Path:
     return epath.Path(text if is_url(text) else os.path.abspath(text))
 
 
+# One writer per run directory -------------------------------------------------------------------
+LOCK_NAME = "writer.lock"
+_HELD: set[str] = set()  # lock files this process holds
+
+
+class RunLockedError(RuntimeError):
+    """Another process writes into this run directory."""
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists (another user's)
+    return True
+
+
+class RunLock:
+    """``<directory>/writer.lock``: one writing run per run directory.
+
+    The lock file holds the holder's pid, host, boot id, start time and command line. It is
+    created atomically (a complete temporary file hard-linked to the lock name, which fails if
+    the name exists) and removed on release. A lock left by a process that died (``kill -9``,
+    an OOM kill, a reboot) is stale when its host is this host and its pid no longer runs (or
+    the machine rebooted since): it is taken over with a warning. A lock held from another host
+    cannot be checked from here, so it is an error that says so and how to clear it. On a URL
+    (``gs://...``) the check-then-create is not atomic (a create-if-absent precondition needs
+    the store's own client): it catches a second run started later, not two started within the
+    same instant. Multi-process jobs: only process 0 takes it (``train``), the others share it.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = run_path(directory)
+        self.path = self.directory / LOCK_NAME
+        self._created_dir = False
+        self._held = False
+
+    def holder(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (ValueError, OSError):
+            return {}
+
+    def _describe(self, holder: Mapping[str, Any]) -> str:
+        since = holder.get("started")
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if since else "?"
+        return (f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')} (since {when}: "
+                f"{holder.get('command', '?')})")
+
+    def _stale(self, holder: Mapping[str, Any]) -> bool:
+        if holder.get("host") != socket.gethostname():
+            return False
+        if holder.get("boot_id") and holder.get("boot_id") != _boot_id():
+            return True
+        pid = holder.get("pid")
+        if not isinstance(pid, int):
+            return False
+        if pid == os.getpid():
+            return str(self.path) not in _HELD  # a recycled pid, not this process's lock
+        return not _pid_alive(pid)
+
+    def acquire(self) -> RunLock:
+        if str(self.path) in _HELD:
+            raise RunLockedError(f"{self.directory}: this process already writes into it "
+                                 f"({self.path}); one train() per run directory at a time")
+        if not self.directory.exists():
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._created_dir = True
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "boot_id": _boot_id(),
+              "started": time.time(), "command": " ".join(sys.argv)[:500]}
+        for attempt in range(2):
+            if self._create(json.dumps(me)):
+                self._held = True
+                _HELD.add(str(self.path))
+                return self
+            holder = self.holder()
+            if holder is None:
+                continue  # released between our create and our read: try again
+            if attempt == 0 and holder and self._stale(holder):
+                log.warning("%s: taking over a stale lock of %s (that process no longer runs)",
+                            self.path, self._describe(holder))
+                self.path.unlink(missing_ok=True)
+                continue
+            if holder and holder.get("host") not in (None, socket.gethostname()):
+                fix = (f"this host ({socket.gethostname()}) cannot tell whether that process "
+                       f"still runs: if it does not, delete {self.path} and rerun")
+            else:
+                fix = "wait for it to finish, stop it, or use another MODEL_DIR"
+            raise RunLockedError(
+                f"{self.directory} is in use: {self.path} is held by "
+                f"{self._describe(holder or {})}. Two runs writing one directory destroy each "
+                f"other's checkpoints; {fix}")
+        raise RunLockedError(f"{self.path}: could not take the lock (another run raced for it)")
+
+    def _create(self, text: str) -> bool:
+        if is_url(str(self.path)):
+            if self.path.exists():
+                return False
+            self.path.write_text(text)
+            return True
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        try:
+            os.link(tmp, self.path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+
+    def release(self) -> None:
+        if not self._held:
+            return
+        self._held = False
+        _HELD.discard(str(self.path))
+        self.path.unlink(missing_ok=True)
+        if self._created_dir and not any(self.directory.iterdir()):
+            self.directory.rmdir()  # a run that failed before writing anything leaves nothing
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
 def param_shapes(params: PyTree) -> dict[str, list[int]]:
     """``{'roberta/encoder/layer_0/...': shape}``: the fingerprint that says which model it is."""
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
@@ -110,6 +253,15 @@ def check_same_shapes(found: Mapping[str, Any], expected: Mapping[str, Any], *, 
         if extra:
             lines.append(f"  not in the model ({len(extra)}): {extra[:5]}")
         raise ValueError("\n".join(lines))
+
+
+class CheckpointReadError(ValueError):
+    """A finished checkpoint that cannot be read back (arrays corrupt, an item missing)."""
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:300]
 
 
 def _restore_args(target: PyTree) -> PyTree:
@@ -213,10 +365,44 @@ class Checkpointer:
                                     f"available {self.all_steps()}")
         return step
 
+    def _read_meta(self, step: int) -> dict[str, Any]:
+        try:
+            return dict(self.manager.restore(
+                step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+        except KeyError as error:
+            raise CheckpointReadError(
+                f"checkpoint {self.directory}/{step} (step {step}) has no 'meta' item (expected "
+                f"{self.directory}/{step}/meta beside 'state': the step, data position and "
+                f"parameter shapes); it is incomplete. "
+                f"{self._resume_hint(step)}") from error
+
+    def _read_state(self, step: int, args: Any) -> Any:
+        try:
+            return self.manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+        except Exception as error:  # Orbax and TensorStore raise many kinds
+            raise CheckpointReadError(
+                f"checkpoint {self.directory}/{step} (step {step}): its arrays cannot be read "
+                f"({_first_line(error)}). {self._resume_hint(step, args)}") from error
+
+    def _resume_hint(self, bad_step: int, state_args: Any = None) -> str:
+        """Which earlier step reads back whole (its meta, and the arrays of ``state_args``),
+        and how to resume from it; or that none does."""
+        for step in sorted((s for s in self.all_steps() if s < bad_step), reverse=True):
+            try:
+                self.manager.restore(step, args=ocp.args.Composite(
+                    meta=ocp.args.JsonRestore(),
+                    **({} if state_args is None else {"state": state_args})))
+            except Exception:  # noqa: BLE001 - any failure means "not intact"
+                continue
+            return (f"Step {step} in {self.directory} is intact: move the bad step out of the "
+                    f"checkpoint directory (mv {self.directory}/{bad_step} "
+                    f"{self.directory}.bad-step-{bad_step}) and rerun the same command to "
+                    f"resume from step {step}.")
+        return "No earlier checkpoint in it is intact: start the run again in a new directory."
+
     def metadata(self, step: int | None = None) -> dict[str, Any]:
         step = self._step_or_latest(step)
-        return dict(self.manager.restore(
-            step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+        return self._read_meta(step)
 
     def restore(self, abstract_state: TrainState, step: int | None = None
                 ) -> tuple[TrainState, dict[str, Any]]:
@@ -226,9 +412,9 @@ class Checkpointer:
         check_same_shapes(meta["param_shapes"], param_shapes(abstract_state.params),
                         where=f"checkpoint {self.directory}/{step}")
         target = serialization.to_state_dict(abstract_state)
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(item=target, restore_args=_restore_args(target))))
-        state = serialization.from_state_dict(abstract_state, restored["state"])
+        restored = self._read_state(step, ocp.args.PyTreeRestore(
+            item=target, restore_args=_restore_args(target)))
+        state = serialization.from_state_dict(abstract_state, restored)
         return state, meta
 
     def restore_params(self, abstract_params: PyTree, step: int | None = None) -> PyTree:
@@ -237,10 +423,9 @@ class Checkpointer:
         check_same_shapes(self.metadata(step)["param_shapes"], param_shapes(abstract_params),
                           where=f"checkpoint {self.directory}/{step}")
         target = {"params": abstract_params}
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(item=target, restore_args=_restore_args(target),
-                                         partial_restore=True)))
-        return restored["state"]["params"]
+        restored = self._read_state(step, ocp.args.PyTreeRestore(
+            item=target, restore_args=_restore_args(target), partial_restore=True))
+        return restored["params"]
 
     def restore_encoder(self, abstract_encoder: PyTree, step: int | None = None,
                         key: str = ENCODER_KEY) -> PyTree:
@@ -251,10 +436,9 @@ class Checkpointer:
                         where=f"encoder {key!r} of checkpoint {self.directory}/{step}",
                         prefix=f"{key}/")
         target = {"params": {key: abstract_encoder}}
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(item=target, restore_args=_restore_args(target),
-                                         partial_restore=True)))
-        return restored["state"]["params"][key]
+        restored = self._read_state(step, ocp.args.PyTreeRestore(
+            item=target, restore_args=_restore_args(target), partial_restore=True))
+        return restored["params"][key]
 
 
 def restore_encoder_into(params: PyTree, source_dir: str, *, step: int | None = None,

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
 import os
 import re
+import types
+import typing
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import gin
+from gin import config as gin_config
 
 # The aliases the package's gin files use, so that command-line bindings can use them too.
 BINDING_IMPORTS = (
@@ -83,13 +87,123 @@ def _quiet_include_probes() -> Iterator[None]:
         root.removeFilter(probe_filter)
 
 
+class GinMacroError(ValueError):
+    """A command-line binding of a gin macro that no gin file knows, or of the wrong type."""
+
+
+_MACRO = "gin.macro"
+
+
+def _macros_defined() -> dict[str, Any]:
+    """``{NAME: value}`` of every unscoped macro bound so far."""
+    return {scope: params.get("value") for (scope, selector), params in
+            gin_config._CONFIG.items() if selector == _MACRO and "/" not in scope}  # noqa: SLF001
+
+
+def _macro_uses() -> dict[str, list[tuple[str, str]]]:
+    """``{NAME: [(configurable selector, parameter), ...]}``: where each macro is referenced
+    (a macro referenced inside another macro's value is listed under ``('gin.macro', NAME)``)."""
+    uses: dict[str, list[tuple[str, str]]] = {}
+    for (scope, selector), params in list(gin_config._CONFIG.items()):  # noqa: SLF001
+        for param, value in params.items():
+            for ref in gin_config.iterate_references(value):
+                if ref.selector == _MACRO:
+                    name = ref.scoped_selector.rsplit("/", 1)[0]
+                    where = (selector, scope) if selector == _MACRO else (selector, param)
+                    uses.setdefault(name, []).append(where)
+    return uses
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _matches(value: Any, hint: Any) -> bool | None:
+    """Whether ``value`` fits ``hint``; None when the hint is not a plain one we can check."""
+    if hint is Any:
+        return True
+    if hint is type(None) or hint is None:
+        return value is None
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        results = [_matches(value, arg) for arg in typing.get_args(hint)]
+        if any(r is True for r in results):
+            return True
+        return None if any(r is None for r in results) else False
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return None
+
+
+def _parameter_hint(selector: str, param: str) -> Any:
+    """The type annotation of ``param`` of the configurable ``selector`` (None: unknown)."""
+    try:
+        configurable = gin_config._REGISTRY.get_match(selector)  # noqa: SLF001
+        fn = configurable.wrapped
+        if isinstance(fn, type):
+            fn = fn.__init__
+        while hasattr(fn, "__wrapped__"):
+            fn = fn.__wrapped__
+        return typing.get_type_hints(fn).get(param)
+    except Exception:  # noqa: BLE001 - an annotation we cannot resolve is not checked
+        return None
+
+
+def check_command_line_macros(known: set[str], before: dict[str, Any]) -> None:
+    """Bindings ``NAME = value`` parsed after the gin files: ``NAME`` must be a macro the files
+    define or reference (or one another binding references), and ``value`` must fit the type
+    of every parameter it is bound to; else a ``GinMacroError`` naming the macro."""
+    defined = _macros_defined()
+    uses = _macro_uses()
+    known_now = known | set(uses)
+    for name, value in defined.items():
+        if name in before and before[name] is value:
+            continue  # not set on the command line
+        if name not in known_now:
+            close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise GinMacroError(
+                f"gin binding {name} = {value!r}: no gin file defines or uses a macro {name}, "
+                f"so it would change nothing; {hint}known macros: {', '.join(sorted(known))}")
+        if isinstance(value, gin_config.ConfigurableReference) or value is gin.REQUIRED:
+            continue
+        for selector, param in uses.get(name, []):
+            if selector == _MACRO:
+                continue
+            hint = _parameter_hint(selector, param)
+            if hint is None or _matches(value, hint) is not False:
+                continue
+            raise GinMacroError(
+                f"gin binding {name} = {value!r}: {name} is "
+                f"{selector.removeprefix('xstilts.')}'s {param!r}, which expects "
+                f"{_type_name(hint)}, got {type(value).__name__} {value!r}")
+
+
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
               search_paths: Sequence[str] = ()) -> None:
-    """Parse files then bindings; the package's ``gin/`` and the cwd are on the search path."""
+    """Parse files then bindings; the package's ``gin/`` and the cwd are on the search path.
+
+    With gin files, a binding ``NAME = value`` of a macro that none of them defines or uses is
+    an error suggesting the nearest known name (``--gin.LEARNING_RAT=1e-3`` would otherwise
+    train at the default), and so is a value whose type does not fit the parameters the macro
+    is bound to (``--gin.TRAIN_STEPS="'ten'"``): ``check_command_line_macros``.
+    """
     for path in (*search_paths, gin_dir(), os.path.dirname(gin_dir()), os.getcwd()):
         gin.add_config_file_search_path(path)
     with _quiet_include_probes():
         for path in gin_files:
             gin.parse_config_file(_find_gin_file(path, search_paths))
         if bindings:
+            before = _macros_defined()
+            known = set(before) | set(_macro_uses())
             gin.parse_config([*BINDING_IMPORTS, *bindings])
+            if gin_files:
+                check_command_line_macros(known, before)

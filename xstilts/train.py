@@ -838,7 +838,51 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
     called then, not at the step), and the window's TensorBoard scalars (``train/*`` of its last
     step, ``perf/*``: the module docstring). ``peak_tflops_per_device`` None: the device kind's
     (``DEVICE_PEAK_TFLOPS``). ``model_dir`` may be a ``gs://`` URL.
+
+    One writer per run directory: process 0 holds ``model_dir/writer.lock``
+    (``checkpoints.RunLock``) for the whole run; a second run into the same directory stops at
+    once naming the holder (pid, host), and a lock left by a killed run on this host is stale.
     """
+    lock = ckpt_lib.RunLock(model_dir) if (
+        jax.process_index() == 0 and model_dir and model_dir is not gin.REQUIRED) else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        return _train(
+            model_dir=model_dir, model_config=model_config, total_steps=total_steps,
+            batch_size=batch_size, train_batches=train_batches, task_type=task_type,
+            num_labels=num_labels, use_pooler=use_pooler, partitioner=partitioner,
+            optimizer=optimizer, num_microbatches=num_microbatches, checkpoint=checkpoint,
+            init_encoder_from=init_encoder_from, init_pretrained_from=init_pretrained_from,
+            eval_batches=eval_batches, eval_every_steps=eval_every_steps, seed=seed,
+            log_every_steps=log_every_steps, peak_tflops_per_device=peak_tflops_per_device,
+            stop_at_step=stop_at_step, step_hook=step_hook, progress=progress, heads=heads,
+            task_heads=task_heads, evaluator=evaluator, patience=patience)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_size: int,
+           train_batches: BatchFactory, task_type: str | None = "classification",
+           num_labels: int | None = 2,
+           use_pooler: bool = True, partitioner: partitioning.Partitioner | None = None,
+           optimizer: Callable[..., Any] = trainer_lib.make_optimizer,
+           num_microbatches: int = 1,
+           checkpoint: ckpt_lib.CheckpointConfig | None = None,
+           init_encoder_from: str | None = None,
+           init_pretrained_from: str | None = None,
+           eval_batches: BatchFactory | None = None, eval_every_steps: int = 0,
+           seed: int = 0, log_every_steps: int = 10,
+           peak_tflops_per_device: float | None = None,
+           stop_at_step: int | None = None,
+           step_hook: Callable[[int, Mapping[str, float]], None] | None = None,
+           progress: bool = True,
+           heads: Mapping[str, Sequence[Any]] | None = None,
+           task_heads: Mapping[str, str] | None = None,
+           evaluator: Callable[[Any], Mapping[str, float]] | None = None,
+           patience: int | None = None) -> TrainResult:
+    """``train`` inside the run-directory lock."""
     _check_required("train", model_dir=model_dir, model_config=model_config,
                     total_steps=total_steps, batch_size=batch_size, train_batches=train_batches,
                     task_type=task_type, num_labels=num_labels,
@@ -883,21 +927,39 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
                                 f", tasks {sorted(task_heads)}"))
         return head
 
-    def unpack(item: Any, where: str) -> tuple[str | None, str | None, dict[str, np.ndarray]]:
-        """(task, head, host batch) of one item of ``train_batches`` / ``eval_batches``."""
+    labels_of = {name: (kind, n) for name, kind, n in spec} if multi else {}
+
+    def unpack(item: Any, where: str, check: bool = False
+               ) -> tuple[str | None, str | None, dict[str, np.ndarray]]:
+        """(task, head, host batch) of one item of ``train_batches`` / ``eval_batches``; with
+        ``check`` (train batches) its token ids and labels are checked against the model
+        (``trainer.check_batch_values``: an error, never a clipped label or a NaN)."""
         if not multi:
-            return None, None, _host_batch(item, where)
+            batch = _host_batch(item, where)
+            if check:
+                trainer_lib.check_batch_values(batch, kind=task_type, num_labels=num_labels,
+                                               vocab_size=model_config.vocab_size, where=where,
+                                               max_length=model_config.max_length)
+            return None, None, batch
         if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
             raise ValueError(f"{where}: multi-task batches must be (task name, batch) pairs, "
                              f"got {type(item).__name__}")
-        return item[0], head_of(item[0], where), _host_batch(item[1], where)
+        head = head_of(item[0], where)
+        batch = _host_batch(item[1], where)
+        if check:
+            kind, n = labels_of[head]
+            trainer_lib.check_batch_values(batch, kind=kind, num_labels=n,
+                                           vocab_size=model_config.vocab_size,
+                                           where=f"{where} (task {item[0]!r}, head {head!r})",
+                                           max_length=model_config.max_length)
+        return item[0], head, batch
 
     def batches_from(start: int) -> Iterator[Any]:
         return iter(train_batches(shard_index=layout.shard_index, num_shards=layout.num_shards,
                                   batch_size=layout.per_host_batch_size, start_batch=start))
 
     # Peek at the first batch for shapes (the iterator restarts at the right position below).
-    _, probe_head, probe = unpack(next(batches_from(0)), "train batch 0")
+    _, probe_head, probe = unpack(next(batches_from(0)), "train batch 0", check=True)
     if multi:  # the all-heads model initialises on [B, L] whatever the first task's shape
         input_shape = (batch_size, probe["input_ids"].shape[-1])
         head_trainers[probe_head].check_batch(
@@ -979,8 +1041,10 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
                     f"loss {metrics['loss']} / grad norm {metrics['grad_norm']} at step "
                     f"{entry.step}{f' (task {entry.task})' if multi else ''}: stopping. "
                     f"Nothing was saved after the last good checkpoint "
-                    f"(step {checkpointer.latest_step()} in {checkpointer.directory}); "
-                    f"lower the learning rate or check the data")
+                    f"(step {checkpointer.latest_step()} in {checkpointer.directory}). "
+                    f"Every batch's token ids and labels were checked in range before its "
+                    f"step, so the cause is the optimisation: lower the learning rate "
+                    f"(or raise the warm-up)")
             record: dict[str, Any] = {"step": entry.step, **{k: metrics[k] for k in (
                 "loss", "accuracy", "grad_norm", "learning_rate", "weight", "tokens")}}
             if multi:
@@ -1030,7 +1094,8 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
             clock.resume()
             while step < end_step:
                 try:
-                    task, head, host = unpack(next(batches), f"train batch {consumed}")
+                    task, head, host = unpack(next(batches), f"train batch {consumed} "
+                                              f"(step {step + 1})", check=True)
                 except StopIteration:
                     raise ValueError(f"train_batches ran out after {consumed} batches; "
                                      f"{end_step} steps need one batch each") from None

@@ -121,9 +121,13 @@ def classification_loss(logits: Array, batch: Batch) -> LossOutput:
 
 
 def token_loss(logits: Array, batch: Batch) -> LossOutput:
-    """Tagging and MLM: ``logits [B, L, n]``, ``labels``/``label_mask [B, L]``."""
-    w = batch["label_mask"].astype(jnp.float32) * _example_mask(batch, logits.shape[0])[:, None]
+    """Tagging and MLM: ``logits [B, L, n]``, ``labels``/``label_mask [B, L]``.
+
+    A token labelled ``IGNORE_LABEL`` (-1) never counts, even where ``label_mask`` is 1 (a tag
+    the data could not give): it is masked, not trained as class 0."""
     labels = batch["labels"]
+    w = (batch["label_mask"].astype(jnp.float32)
+         * _example_mask(batch, logits.shape[0])[:, None] * (labels >= 0))
     correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
     return LossOutput(jnp.sum(_xent(logits, labels) * w), jnp.sum(w), jnp.sum(correct * w))
 
@@ -465,6 +469,86 @@ class Trainer:
             raise ValueError(
                 f"global batch {size} with num_microbatches {k}: each microbatch ({size}/{k}) "
                 f"must be a whole multiple of the {self.partitioner.num_batch_shards} data shards")
+
+
+# Host-side batch checks -----------------------------------------------------------------------
+IGNORE_LABEL = -1  # xstilts.data.preprocessors.IGNORE_LABEL: no label (padding, untagged token)
+
+
+class BadBatchError(ValueError):
+    """A batch holds values its model cannot take (a label or token id out of range)."""
+
+
+def _first_bad(values: np.ndarray, bad: np.ndarray) -> str:
+    index = tuple(int(i) for i in np.argwhere(bad)[0])
+    shown = sorted({int(v) for v in values[bad]})
+    more = f" (and {len(shown) - 8} more)" if len(shown) > 8 else ""
+    return (f"{int(bad.sum())} value(s) {shown[:8]}{more}, the first at index "
+            f"{index[0] if len(index) == 1 else list(index)}")
+
+
+def check_batch_values(batch: Mapping[str, Any], *, kind: str, num_labels: int,
+                       vocab_size: int, where: str, max_length: int | None = None) -> None:
+    """Raise ``BadBatchError`` (naming ``where``) unless every value the loss or the embedding
+    reads is in range: token ids in ``[0, vocab_size)``; on rows with ``example_mask`` 1,
+    classification labels in ``[0, num_labels)``, multiple-choice labels in ``[0, choices)``,
+    tags (where ``label_mask`` is 1) in ``[0, num_labels)`` or ``IGNORE_LABEL``, MLM targets in
+    ``[0, vocab_size)``, QA positions in ``[0, length)``. Padding rows (``example_mask`` 0)
+    may carry anything. numpy on the host: a few reductions per batch, before ``device_put``.
+    """
+    ids = np.asarray(batch["input_ids"])
+    bad = (ids < 0) | (ids >= vocab_size)
+    if bad.any():
+        raise BadBatchError(
+            f"{where}: input_ids hold {_first_bad(ids, bad)}, outside the model's vocabulary "
+            f"[0, {vocab_size}) (MODEL_CONFIG vocab_size={vocab_size}): the data was tokenized "
+            f"with another vocabulary than the model's; these ids would turn the loss into NaN")
+    if max_length is not None and ids.shape[-1] > max_length:
+        raise BadBatchError(f"{where}: sequences of length {ids.shape[-1]}, but the model's "
+                            f"positions allow at most {max_length} tokens")
+    rows = np.asarray(batch["example_mask"]) != 0 if "example_mask" in batch else \
+        np.ones(ids.shape[0], bool)
+    padding = "rows with example_mask 0 (padding) may carry -1"
+    if kind in ("classification", "multiple_choice"):
+        if "labels" not in batch:
+            raise BadBatchError(f"{where}: a {kind} batch needs 'labels' (keys {sorted(batch)})")
+        n = int(ids.shape[1]) if kind == "multiple_choice" else int(num_labels)
+        labels = np.asarray(batch["labels"])
+        bad = rows & ((labels < 0) | (labels >= n))
+        if bad.any():
+            what = (f"{n} choices per example" if kind == "multiple_choice"
+                    else f"NUM_LABELS={n}")
+            missing = " (-1 is a missing label: a labelled split holds an example without "\
+                "its label)" if (labels[bad] == IGNORE_LABEL).any() else ""
+            raise BadBatchError(
+                f"{where}: {kind} labels hold {_first_bad(labels, bad)} on real rows; "
+                f"{what} expects labels in [0, {n}){missing}; {padding}")
+    elif kind in ("tagging", "mlm"):
+        if "labels" not in batch or "label_mask" not in batch:
+            raise BadBatchError(f"{where}: a {kind} batch needs 'labels' and 'label_mask' "
+                                f"(keys {sorted(batch)})")
+        labels = np.asarray(batch["labels"])
+        weighted = rows[:, None] & (np.asarray(batch["label_mask"]) != 0)
+        n = int(vocab_size) if kind == "mlm" else int(num_labels)
+        low = 0 if kind == "mlm" else IGNORE_LABEL
+        bad = weighted & ((labels < low) | (labels >= n))
+        if bad.any():
+            expected = (f"MLM targets in [0, {n}) (the vocabulary)" if kind == "mlm" else
+                        f"tags in [0, {n}) (NUM_LABELS={n}) or {IGNORE_LABEL} (no tag)")
+            raise BadBatchError(
+                f"{where}: {kind} labels hold {_first_bad(labels, bad)} where label_mask is 1; "
+                f"expected {expected}; {padding}")
+    elif kind == "qa":
+        length = int(ids.shape[-1])
+        for key in ("start_positions", "end_positions"):
+            if key not in batch:
+                raise BadBatchError(f"{where}: a qa batch needs {key!r} (keys {sorted(batch)})")
+            pos = np.asarray(batch[key])
+            bad = rows & ((pos < 0) | (pos >= length))
+            if bad.any():
+                raise BadBatchError(f"{where}: {key} hold {_first_bad(pos, bad)}; expected "
+                                    f"positions in [0, {length}) (0 = <s>: no answer); "
+                                    f"{padding}")
 
 
 def summarize_eval(sums: Mapping[str, Any]) -> dict[str, float]:

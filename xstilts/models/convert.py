@@ -248,6 +248,15 @@ def _head_rules(state: Mapping[str, np.ndarray]) -> dict[str, list[_Rule]]:
     return found
 
 
+_LAYER_KEY = re.compile(r"^encoder\.layer\.(\d+)\.")
+
+
+def _layers_in_weights(state: Mapping[str, np.ndarray]) -> int:
+    """How many encoder layers the weights hold (1 + the highest ``encoder.layer.N``; 0: none)."""
+    numbers = [int(m.group(1)) for m in map(_LAYER_KEY.match, state) if m]
+    return max(numbers) + 1 if numbers else 0
+
+
 def load_hf_checkpoint(path_or_hub_id: str | os.PathLike, *, return_report: bool = False,
                        **config_overrides: Any):
     """Load a Hugging Face XLM-R checkpoint as ``(XLMRConfig, params)`` (see module docstring).
@@ -288,6 +297,13 @@ def load_hf_checkpoint(path_or_hub_id: str | os.PathLike, *, return_report: bool
         _set(params, rule.ours, converted)
         used.add(rule.hf)
 
+    weight_layers = _layers_in_weights(state)
+    if weight_layers and weight_layers != config.num_hidden_layers:
+        raise ValueError(
+            f"{config_path}: field 'num_hidden_layers' is {config.num_hidden_layers}, but "
+            f"{source} holds {weight_layers} encoder layers (encoder.layer.0 .. "
+            f"encoder.layer.{weight_layers - 1}); expected them to agree (loading "
+            f"{min(weight_layers, config.num_hidden_layers)} of them would be another model)")
     for rule in _encoder_rules(config):
         convert(rule, expected[rule.ours])
     if missing:

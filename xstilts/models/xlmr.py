@@ -141,9 +141,55 @@ class XLMRConfig:
         pos_type = hf.get("position_embedding_type", "absolute")
         if pos_type != "absolute":
             raise ValueError(f"{source}: position_embedding_type {pos_type!r}: expected 'absolute'")
+        cls.check_hf_fields(hf, source)
         kwargs = {k: hf[k] for k in cls._HF_FIELDS if k in hf}
         kwargs["layer_norm_eps"] = float(hf.get("layer_norm_eps", 1e-5))
-        return cls(**{**kwargs, **overrides})
+        try:
+            return cls(**{**kwargs, **overrides})
+        except ValueError as error:
+            raise ValueError(f"{source}: {error}") from None
+
+    # The architecture's shape: a config.json without one of these is not a usable XLM-R config
+    # (transformers would fill in BERT-base defaults, e.g. a 30522-token vocabulary).
+    _HF_REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                    "intermediate_size", "max_position_embeddings")
+    _HF_POSITIVE_INTS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                         "intermediate_size", "max_position_embeddings", "type_vocab_size")
+    _HF_INTS = ("pad_token_id", "bos_token_id", "eos_token_id")
+    _HF_RATES = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+
+    @classmethod
+    def check_hf_fields(cls, hf: Mapping[str, Any], source: str) -> None:
+        """Field by field: present, of its type (a JSON string "12" is not a number) and in
+        range; each error names ``source`` (the file), the field and what was expected."""
+        def bad(key: str, expected: str) -> ValueError:
+            value = hf[key]
+            return ValueError(f"{source}: field {key!r} is {value!r} ({type(value).__name__}); "
+                              f"expected {expected}")
+
+        def is_int(value: Any) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        missing = [k for k in cls._HF_REQUIRED if k not in hf]
+        if missing:
+            raise ValueError(f"{source}: missing field(s) {missing}; expected a Hugging Face "
+                             f"XLM-R config.json with {list(cls._HF_REQUIRED)}")
+        for key in cls._HF_POSITIVE_INTS:
+            if key in hf and not (is_int(hf[key]) and hf[key] > 0):
+                raise bad(key, "a positive integer")
+        for key in cls._HF_INTS:
+            if key in hf and not (is_int(hf[key]) and 0 <= hf[key] < hf["vocab_size"]):
+                raise bad(key, f"an integer token id in [0, vocab_size={hf['vocab_size']})")
+        for key in cls._HF_RATES:
+            if key in hf and not (isinstance(hf[key], int | float) and not
+                                  isinstance(hf[key], bool) and 0 <= hf[key] < 1):
+                raise bad(key, "a number in [0, 1)")
+        for key in ("initializer_range", "layer_norm_eps"):
+            if key in hf and not (isinstance(hf[key], int | float) and not
+                                  isinstance(hf[key], bool) and hf[key] > 0):
+                raise bad(key, "a positive number")
+        if "hidden_act" in hf and not isinstance(hf["hidden_act"], str):
+            raise bad("hidden_act", f"one of {sorted(_ACTIVATIONS)}")
 
     def to_hf_dict(self, architectures: list[str] | None = None) -> dict[str, Any]:
         d: dict[str, Any] = {k: getattr(self, k) for k in self._HF_FIELDS}
