@@ -87,6 +87,18 @@ def test_a_users_seqio_mixture_trains_through_the_cli(user, tmp_path):
     assert "seqio user_nli+mnli: preprocessing on the fly" in output
     operative = (model_dir / "operative_config.gin").read_text()
     assert "MIXTURE_OR_TASK_NAME = 'user_nli+mnli'" in operative.splitlines()
+    # provenance: the project's task with its file and hash, the user's with its count
+    records = {r["task"]: r for r in
+               json.loads((model_dir / "data_manifest.json").read_text())["records"]}
+    assert set(records) == {"user_nli", "mnli.en"}
+    # (its TextLineDataSource declares no num_input_examples: seqio cannot tell the count)
+    assert records["user_nli"]["source"] == "seqio Task" and records["user_nli"]["files"] == []
+    (mnli_file,) = records["mnli.en"]["files"]
+    assert mnli_file["path"].endswith(".tsv") and len(mnli_file["sha256"]) == 64
+    assert records["mnli.en"]["examples"] > 0
+    assert {r["mixture"] for r in records.values()} == {"user_nli+mnli"}
+    assert sum(r["share"] for r in records.values()) == pytest.approx(1.0)
+    assert records["user_nli"]["rate"] == pytest.approx(3 * records["mnli.en"]["rate"])
 
 
 def _train(model_dir, batches, steps, stop_at_step=None):

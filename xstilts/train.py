@@ -13,7 +13,8 @@ path or a URL such as ``gs://bucket/run``: ``checkpoints.run_path``, written thr
 ``etils.epath`` and Orbax, never turned into a local path) gets ``checkpoints/``, TensorBoard
 event files (tensorboardX: clu's writers need TensorFlow and TensorBoard at import time, which
 the core install does not carry), ``train_metrics.jsonl`` (one line per step), ``config.gin``
-and ``operative_config.gin``.
+and ``operative_config.gin``, and ``data_manifest.json`` (files, counts and shares of what a
+``SeqioBatches`` factory reads).
 
 The host never waits for the device between steps (t5x's way): each step's metrics stay on the
 device until the next logging step (every ``log_every_steps``, and before any evaluation or
@@ -70,7 +71,7 @@ from etils import epath
 from xstilts import checkpoints as ckpt_lib
 from xstilts import gin_utils, partitioning
 from xstilts import trainer as trainer_lib
-from xstilts.data import pipeline, tasks
+from xstilts.data import manifest, pipeline, tasks
 from xstilts.gin_utils import parse_gin, rewrite_gin_args
 from xstilts.models import convert
 from xstilts.models import heads as heads_lib  # ``train(heads=...)`` is a parameter
@@ -310,6 +311,9 @@ def _names(value: str | Sequence[str] | None) -> list[str]:
     return [value] if isinstance(value, str) else [str(v) for v in value]
 
 
+DATA_MANIFEST = "data_manifest.json"  # what a run read, as the experiment writes per job
+
+
 @dataclasses.dataclass
 class SeqioBatches:
     """A ``train`` batch factory over any seqio Task or Mixture by name (t5x's
@@ -406,6 +410,35 @@ class SeqioBatches:
         log.info("seqio %s: %s", self.mixture_or_task_name,
                  "reading the offline cache" if use else "preprocessing on the fly")
         return use
+
+    def data_records(self) -> list[dict[str, Any]]:
+        """Provenance of what this factory reads (``data.manifest`` records): per leaf Task of
+        ``mixture_or_task_name`` its split, files (relative path, bytes, sha256) and counts for
+        the project's Tasks, the example count for a user's, and each Task's mixing ``rate``
+        and ``share`` (seqio's rates)."""
+        import seqio
+
+        self.model()
+        provider = seqio.get_mixture_or_task(self.mixture_or_task_name)
+        leaves = [provider] if isinstance(provider, seqio.Task) else list(provider.tasks)
+        rates = {t.name: 1.0 for t in leaves} if isinstance(provider, seqio.Task) else \
+            {t.name: float(provider.get_rate(t)) for t in leaves}  # fmt: skip
+        total = sum(rates.values()) or 1.0
+        mixture = None if isinstance(provider, seqio.Task) else self.mixture_or_task_name
+        records = []
+        for task in leaves:
+            source = task.source  # the project's ReaderDataSource knows its files
+            if task.name in tasks.TASKS and hasattr(source, "allow_samples"):
+                (record,) = manifest.records_for_tasks(
+                    [(task.name, self.split)], source.data_dir,
+                    allow_samples=source.allow_samples)
+            else:
+                record = {"task": task.name, "split": self.split, "source": "seqio Task",
+                          "files": [], "examples": task.num_input_examples(self.split),
+                          "max_length": None}
+            records.append({**record, "mixture": mixture, "rate": rates[task.name],
+                            "share": rates[task.name] / total})
+        return records
 
     @property
     def reads_cache(self) -> bool:
@@ -897,6 +930,9 @@ def _train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_
     if patience is not None and not checkpoint.best_metric:
         raise ValueError("train(): patience needs checkpoint.best_metric (what must improve)")
     chief = jax.process_index() == 0
+    if chief and hasattr(train_batches, "data_records"):  # provenance of what the run reads
+        _write_atomic(ckpt_lib.run_path(model_dir) / DATA_MANIFEST,
+                      manifest.manifest_json(train_batches.data_records()) + "\n")
     partitioner.check_batch_size(batch_size)
     layout = partitioner.data_layout(batch_size)
 

@@ -243,6 +243,17 @@ def _order(record: Mapping[str, Any]) -> tuple:
             record.get("max_length") or 0)  # fmt: skip
 
 
+def manifest_json(records: Iterable[Mapping[str, Any]],
+                  old: Iterable[Mapping[str, Any]] = ()) -> str:
+    """The manifest file's text: ``{"version", "records"}``, ``records`` replacing those of
+    ``old`` with the same (mixture, task, split, max_length), in that order, keys sorted."""
+    new = {_order(r): dict(r) for r in records}
+    kept = {_order(r): r for r in old}
+    merged = [{**kept, **new}[key] for key in sorted({**kept, **new})]
+    return json.dumps({"version": MANIFEST_VERSION, "records": merged}, indent=1,
+                      sort_keys=True, ensure_ascii=False)
+
+
 def write_manifest(
     path: str | os.PathLike, records: Iterable[Mapping[str, Any]], *, merge: bool = False
 ) -> Path:
@@ -251,11 +262,8 @@ def write_manifest(
     rename). ``merge``: keep the records already in the file that the new ones do not
     replace (same mixture, task, split and max_length)."""
     path = Path(path)
-    new = {_order(r): dict(r) for r in records}
-    old = {_order(r): r for r in read_manifest(path)} if merge and path.is_file() else {}
-    merged = [{**old, **new}[key] for key in sorted({**old, **new})]
-    text = json.dumps({"version": MANIFEST_VERSION, "records": merged}, indent=1,
-                      sort_keys=True, ensure_ascii=False)  # fmt: skip
+    old = read_manifest(path) if merge and path.is_file() else []
+    text = manifest_json(records, old)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
