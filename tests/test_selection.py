@@ -4,6 +4,7 @@ earlier step, and patience, through the experiment's own phase-2 path."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 
 import jax
@@ -122,7 +123,10 @@ def test_ties_keep_the_earlier_step_and_patience_stops(runtime, monkeypatch):
     ckpt = checkpoints.Checkpointer(cell / "checkpoints", read_only=True)
     assert ckpt.metadata()["early_stopping"]["stopped"] is True
     ckpt.manager.close()
-    result = rt.train(job, train_batches=train_lib.synthetic_batches, total_steps=6,
+    batches = functools.partial(train_lib.synthetic_batches, task_type=job.kind,
+                                num_labels=len(NER.labels),
+                                vocab_size=rt.model_config.vocab_size)  # the run's tokenizer
+    result = rt.train(job, train_batches=batches, total_steps=6,
                       num_labels=len(NER.labels), best_metric="eval/f1",
                       evaluator=lambda params: {"f1": 0.0})
     assert result.step == 3 and result.history == []
