@@ -6,6 +6,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import subprocess
+import sys
 
 import jax
 import pytest
@@ -14,6 +17,7 @@ from test_experiment import data_dir  # noqa: F401  (fixture)
 
 from xstilts import benchmark, experiment, partitioning, report, results
 from xstilts import train as train_lib
+from xstilts.checkpoints import LOCK_NAME, RunLock, RunLockedError
 from xstilts.data import tasks
 from xstilts.evals import metrics
 from xstilts.experiment.driver import contaminated
@@ -188,3 +192,28 @@ def test_missing_gold_names_the_file(tmp_path):
     examples = [{"id": "0", "label": None}]
     with pytest.raises(MissingGoldError, match=f"xnli.de test \\({path}\\): example 0"):
         check_gold(spec, "test", examples, str(tmp_path))
+
+
+def test_a_second_driver_into_a_run_directory_stops_at_once(tmp_path):
+    """A live driver holds RUN_DIR/writer.lock: another one stops before any work, naming the
+    holder; the lock of a killed driver on this host is stale and taken over."""
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = RunLock(run_dir).acquire()  # taken in this process, then handed to the sleeper
+        record = json.loads((run_dir / LOCK_NAME).read_text())
+        lock.release()
+        run_dir.mkdir(exist_ok=True)
+        (run_dir / LOCK_NAME).write_text(json.dumps({**record, "pid": holder.pid}))
+        grid = _grid(run_dir, intermediate={"baseline": None}, targets=["xnli"], seeds=[0])
+        with pytest.raises(RunLockedError, match=rf"is in use: .*{LOCK_NAME} is held by pid "
+                                                 rf"{holder.pid}"):
+            experiment.Experiment(grid).run()
+        assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_NAME]  # nothing else written
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: its lock is stale, a new driver takes it (and releases it after)
+    with RunLock(run_dir) as taken:
+        assert json.loads(taken.path.read_text())["pid"] == os.getpid()
+    assert not (run_dir / LOCK_NAME).exists()

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from xstilts import partitioning
+from xstilts.checkpoints import RunLock
 from xstilts.data import tasks
 from xstilts.data.mixtures import derived_targets
 from xstilts.evals import metrics
@@ -28,7 +29,7 @@ from xstilts.experiment.retrieval import (
 from xstilts.experiment.rundir import CHANCE, is_done, read_rows, row, write_rows
 from xstilts.experiment.runtime import Runtime
 from xstilts.experiment.scoring import chance_scores, check_gold
-from xstilts.multihost import barrier
+from xstilts.multihost import barrier, is_chief
 
 log = logging.getLogger("xstilts.experiment")
 
@@ -114,6 +115,20 @@ class Experiment:
         self.rt = Runtime.create(grid, partitioner, progress)
 
     def run(self) -> list[dict[str, Any]]:
+        """The whole grid, resumable. One driver per run directory: the chief holds
+        ``RUN_DIR/writer.lock`` (``checkpoints.RunLock``) for the run, so a second driver into
+        the same directory stops at once naming the holder (a lock left by a killed run on
+        this host is stale and taken over)."""
+        lock = RunLock(self.rt.run_dir) if is_chief() else None
+        if lock is not None:
+            lock.acquire()
+        try:
+            return self._run()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _run(self) -> list[dict[str, Any]]:
         rt, run_dir = self.rt, self.rt.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         if self.grid.compilation_cache:

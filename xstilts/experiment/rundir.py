@@ -18,6 +18,8 @@ Cells and their directories under ``run_dir``::
                                      value, seed, step
     experiment.json                  what the report needs: configs, comparisons, tiers,
                                      metrics, languages seen in each intermediate mixture
+    writer.lock                      while a driver runs: its pid, host and command (the chief's;
+                                     each cell's train() holds one in its own directory too)
 
 Multi-process runs (``jax.distributed``, one process per host) run every cell in lockstep: all
 processes train and score together; only the chief (process 0) writes the tokenizer, the tidy
