@@ -51,7 +51,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib
+import inspect
 import json
 import logging
 import math
@@ -818,6 +820,29 @@ def _model_of_data(train_batches: Any, task_type: str | None, num_labels: int | 
     return model.task_type, model.num_labels, None, task_heads
 
 
+def _holding_run_lock(fn: Callable[..., TrainResult]) -> Callable[..., TrainResult]:
+    """``fn`` run while process 0 holds ``model_dir/writer.lock`` (``checkpoints.RunLock``),
+    released however it ends. The wrapper keeps ``fn``'s signature (gin checks parameters
+    against it)."""
+
+    @functools.wraps(fn)
+    def locked(**kwargs: Any) -> TrainResult:
+        model_dir = kwargs.get("model_dir")
+        lock = ckpt_lib.RunLock(model_dir) if (
+            jax.process_index() == 0 and model_dir and model_dir is not gin.REQUIRED) else None
+        if lock is not None:
+            lock.acquire()
+        try:
+            return fn(**kwargs)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    locked.__signature__ = inspect.signature(fn)  # type: ignore[attr-defined]
+    return locked
+
+
+@_holding_run_lock
 def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_size: int,
           train_batches: BatchFactory, task_type: str | None = "classification",
           num_labels: int | None = 2,
@@ -876,46 +901,6 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
     (``checkpoints.RunLock``) for the whole run; a second run into the same directory stops at
     once naming the holder (pid, host), and a lock left by a killed run on this host is stale.
     """
-    lock = ckpt_lib.RunLock(model_dir) if (
-        jax.process_index() == 0 and model_dir and model_dir is not gin.REQUIRED) else None
-    if lock is not None:
-        lock.acquire()
-    try:
-        return _train(
-            model_dir=model_dir, model_config=model_config, total_steps=total_steps,
-            batch_size=batch_size, train_batches=train_batches, task_type=task_type,
-            num_labels=num_labels, use_pooler=use_pooler, partitioner=partitioner,
-            optimizer=optimizer, num_microbatches=num_microbatches, checkpoint=checkpoint,
-            init_encoder_from=init_encoder_from, init_pretrained_from=init_pretrained_from,
-            eval_batches=eval_batches, eval_every_steps=eval_every_steps, seed=seed,
-            log_every_steps=log_every_steps, peak_tflops_per_device=peak_tflops_per_device,
-            stop_at_step=stop_at_step, step_hook=step_hook, progress=progress, heads=heads,
-            task_heads=task_heads, evaluator=evaluator, patience=patience)
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_size: int,
-           train_batches: BatchFactory, task_type: str | None = "classification",
-           num_labels: int | None = 2,
-           use_pooler: bool = True, partitioner: partitioning.Partitioner | None = None,
-           optimizer: Callable[..., Any] = trainer_lib.make_optimizer,
-           num_microbatches: int = 1,
-           checkpoint: ckpt_lib.CheckpointConfig | None = None,
-           init_encoder_from: str | None = None,
-           init_pretrained_from: str | None = None,
-           eval_batches: BatchFactory | None = None, eval_every_steps: int = 0,
-           seed: int = 0, log_every_steps: int = 10,
-           peak_tflops_per_device: float | None = None,
-           stop_at_step: int | None = None,
-           step_hook: Callable[[int, Mapping[str, float]], None] | None = None,
-           progress: bool = True,
-           heads: Mapping[str, Sequence[Any]] | None = None,
-           task_heads: Mapping[str, str] | None = None,
-           evaluator: Callable[[Any], Mapping[str, float]] | None = None,
-           patience: int | None = None) -> TrainResult:
-    """``train`` inside the run-directory lock."""
     _check_required("train", model_dir=model_dir, model_config=model_config,
                     total_steps=total_steps, batch_size=batch_size, train_batches=train_batches,
                     task_type=task_type, num_labels=num_labels,

@@ -170,6 +170,16 @@ def _cache_key(
     return digest.hexdigest()[:20]
 
 
+def _entry(name: str, split: str, tokenizer: Any, data_dir: Any, max_length: int | None,
+           allow_samples: bool) -> tuple[TaskSpec, int, tuple[str, ...] | None, str, str]:
+    """(spec, length, labels, cache key, part-file stem) of one featurized split."""
+    spec = get_task(name)
+    length = max_length or spec.max_length
+    labels = _labels(spec, data_dir, allow_samples)
+    key = _cache_key(spec, split, data_dir, tokenizer, length, labels, allow_samples)
+    return spec, length, labels, key, f"{name}.{split}.{length}.{key}"
+
+
 def _blocks(num_examples: int, part_size: int) -> list[tuple[int, int]]:
     """``[begin, end)`` of each part: consecutive runs of ``part_size`` examples."""
     if part_size < 1:
@@ -272,11 +282,8 @@ def task_features(
     the parts ``p`` with ``p % num_shards == i`` and reads the others' parts when they appear.
     ``stats`` (a dict) is filled with ``featurization_stats`` (see the module docstring).
     """
-    spec = get_task(name)
-    length = max_length or spec.max_length
-    labels = _labels(spec, data_dir, allow_samples)
-    key = _cache_key(spec, split, data_dir, tokenizer, length, labels, allow_samples)
-    stem = f"{name}.{split}.{length}.{key}"
+    spec, length, labels, key, stem = _entry(name, split, tokenizer, data_dir, max_length,
+                                             allow_samples)
     if cache_dir is not None:
         complete = _complete_parts(cache_dir, stem)
         if complete is not None:
@@ -350,10 +357,14 @@ def _labels(spec: TaskSpec, data_dir: Any, allow_samples: bool) -> tuple[str, ..
     return task_labels(spec, data_dir, allow_samples=allow_samples)
 
 
+def _copy(record: Mapping[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(record))  # a deep copy, as JSON would give it back
+
+
 def _fill(stats: dict[str, Any] | None, record: Mapping[str, Any]) -> None:
     if stats is not None:
         stats.clear()
-        stats.update(json.loads(json.dumps(record)))  # a deep copy
+        stats.update(_copy(record))
 
 
 def cached_stats(
@@ -368,17 +379,14 @@ def cached_stats(
 ) -> dict[str, Any]:
     """``featurization_stats`` of a split, cheaply: from this process's memory, else from the
     stats pickled ahead of each cached part, else by featurizing (and caching) the split."""
-    spec = get_task(name)
-    length = max_length or spec.max_length
-    labels = _labels(spec, data_dir, allow_samples)
-    key = _cache_key(spec, split, data_dir, tokenizer, length, labels, allow_samples)
+    _, length, _, key, stem = _entry(name, split, tokenizer, data_dir, max_length,
+                                     allow_samples)
     if key in _STATS:
-        return json.loads(json.dumps(_STATS[key]))
-    complete = None if cache_dir is None else _complete_parts(cache_dir,
-                                                             f"{name}.{split}.{length}.{key}")
+        return _copy(_STATS[key])
+    complete = None if cache_dir is None else _complete_parts(cache_dir, stem)
     if complete is not None:
         _STATS[key] = merge_stats([_read_part(p, with_features=False)[0] for p in complete])
-        return json.loads(json.dumps(_STATS[key]))
+        return _copy(_STATS[key])
     stats: dict[str, Any] = {}
     task_features(name, split, tokenizer, data_dir=data_dir, max_length=length,
                   cache_dir=cache_dir, stats=stats, allow_samples=allow_samples)  # fmt: skip

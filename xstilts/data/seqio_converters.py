@@ -89,6 +89,18 @@ def _mask(ids: tf.Tensor, length: int) -> tf.Tensor:
     return _pad(tf.ones_like(ids[:length]), length, 0)
 
 
+# The features every one-row kind has: a padded row, its mask, and a real-example flag.
+ROW_FEATURES = {"input_ids": Spec(dtype=tf.int32), "attention_mask": Spec(dtype=tf.int32),
+                "example_mask": Spec(dtype=tf.int32, rank=0)}
+
+
+def _row(ids: tf.Tensor, length: int) -> dict[str, tf.Tensor]:
+    """``input_ids`` padded with ``<pad>`` to ``[length]``, its ``attention_mask``, and
+    ``example_mask`` 1."""
+    return {"input_ids": _pad(ids, length, PAD_ID), "attention_mask": _mask(ids, length),
+            "example_mask": tf.constant(1)}
+
+
 def pair_row(a: tf.Tensor, b: tf.Tensor, length: int) -> tf.Tensor:
     """``<s> A </s></s> B </s>`` (``<s> A </s>`` when B is empty), cut longest-first to
     ``length`` and padded with ``<pad>`` to ``[length]``."""
@@ -176,17 +188,13 @@ class ClassificationConverter(_EncoderConverter):
 
     KIND = "classification"
     TASK_FEATURES_READ = (INPUTS, "inputs_b", "targets")
-    MODEL_FEATURES = {
-        "input_ids": Spec(dtype=tf.int32), "attention_mask": Spec(dtype=tf.int32),
-        "labels": Spec(dtype=tf.int32, rank=0), "example_mask": Spec(dtype=tf.int32, rank=0),
-    }  # fmt: skip
+    MODEL_FEATURES = {**ROW_FEATURES, "labels": Spec(dtype=tf.int32, rank=0)}
 
     BATCHED = True
 
     def _convert(self, ex: Mapping[str, tf.Tensor], length: int) -> dict[str, tf.Tensor]:
         row = pair_row(tf.cast(ex[INPUTS], tf.int32), tf.cast(ex["inputs_b"], tf.int32), length)
-        return {"input_ids": _pad(row, length, PAD_ID), "attention_mask": _mask(row, length),
-                "labels": tf.cast(ex["targets"], tf.int32), "example_mask": tf.constant(1)}
+        return {**_row(row, length), "labels": tf.cast(ex["targets"], tf.int32)}
 
     def _convert_batch(self, batch: Mapping[str, Any], length: int) -> dict[str, tf.Tensor]:
         rows = pair_rows(tf.cast(batch[INPUTS], tf.int32), tf.cast(batch["inputs_b"], tf.int32),
@@ -203,18 +211,13 @@ class TaggingConverter(_EncoderConverter):
 
     KIND = "tagging"
     TASK_FEATURES_READ = (INPUTS, "targets", "label_mask")
-    MODEL_FEATURES = {
-        "input_ids": Spec(dtype=tf.int32), "attention_mask": Spec(dtype=tf.int32),
-        "labels": Spec(dtype=tf.int32), "label_mask": Spec(dtype=tf.int32),
-        "example_mask": Spec(dtype=tf.int32, rank=0),
-    }  # fmt: skip
+    MODEL_FEATURES = {**ROW_FEATURES, "labels": Spec(dtype=tf.int32),
+                      "label_mask": Spec(dtype=tf.int32)}
 
     def _convert(self, ex: Mapping[str, tf.Tensor], length: int) -> dict[str, tf.Tensor]:
-        ids = tf.cast(ex[INPUTS], tf.int32)
-        return {"input_ids": _pad(ids, length, PAD_ID), "attention_mask": _mask(ids, length),
+        return {**_row(tf.cast(ex[INPUTS], tf.int32), length),
                 "labels": _pad(tf.cast(ex["targets"], tf.int32), length, IGNORE_LABEL),
-                "label_mask": _pad(tf.cast(ex["label_mask"], tf.int32), length, 0),
-                "example_mask": tf.constant(1)}  # fmt: skip
+                "label_mask": _pad(tf.cast(ex["label_mask"], tf.int32), length, 0)}
 
 
 class SpanQAConverter(_EncoderConverter):
@@ -222,19 +225,13 @@ class SpanQAConverter(_EncoderConverter):
 
     KIND = "qa"
     TASK_FEATURES_READ = (INPUTS, "start_positions", "end_positions")
-    MODEL_FEATURES = {
-        "input_ids": Spec(dtype=tf.int32), "attention_mask": Spec(dtype=tf.int32),
-        "start_positions": Spec(dtype=tf.int32, rank=0),
-        "end_positions": Spec(dtype=tf.int32, rank=0),
-        "example_mask": Spec(dtype=tf.int32, rank=0),
-    }  # fmt: skip
+    MODEL_FEATURES = {**ROW_FEATURES, "start_positions": Spec(dtype=tf.int32, rank=0),
+                      "end_positions": Spec(dtype=tf.int32, rank=0)}
 
     def _convert(self, ex: Mapping[str, tf.Tensor], length: int) -> dict[str, tf.Tensor]:
-        ids = tf.cast(ex[INPUTS], tf.int32)
-        return {"input_ids": _pad(ids, length, PAD_ID), "attention_mask": _mask(ids, length),
+        return {**_row(tf.cast(ex[INPUTS], tf.int32), length),
                 "start_positions": tf.cast(ex["start_positions"], tf.int32),
-                "end_positions": tf.cast(ex["end_positions"], tf.int32),
-                "example_mask": tf.constant(1)}  # fmt: skip
+                "end_positions": tf.cast(ex["end_positions"], tf.int32)}
 
 
 class MultipleChoiceConverter(_EncoderConverter):
@@ -276,15 +273,10 @@ class MLMConverter(_EncoderConverter):
     """Packed MLM rows, padded; masking is ``mask_mlm_batch`` (see the module docstring)."""
 
     KIND = "mlm"
-    MODEL_FEATURES = {
-        "input_ids": Spec(dtype=tf.int32), "attention_mask": Spec(dtype=tf.int32),
-        "example_mask": Spec(dtype=tf.int32, rank=0),
-    }  # fmt: skip
+    MODEL_FEATURES = ROW_FEATURES
 
     def _convert(self, ex: Mapping[str, tf.Tensor], length: int) -> dict[str, tf.Tensor]:
-        ids = tf.cast(ex[INPUTS], tf.int32)
-        return {"input_ids": _pad(ids, length, PAD_ID), "attention_mask": _mask(ids, length),
-                "example_mask": tf.constant(1)}
+        return _row(tf.cast(ex[INPUTS], tf.int32), length)
 
 
 CONVERTERS: dict[str, type[_EncoderConverter]] = {
