@@ -26,13 +26,17 @@ def run_experiment(*, run_dir: str, model_config: XLMRConfig,
                    intermediate: Mapping[str, str | None], targets: Sequence[str],
                    dry_run: bool = False,
                    partitioner: partitioning.Partitioner | None = None, progress: bool = False,
-                   lowered: dict | None = None, **settings: Any) -> Any:
+                   lowered: dict | None = None, topology: str | None = None,
+                   **settings: Any) -> Any:
     """Run (or, with ``dry_run``, plan and lower) the grid; gin binds the arguments, and the
-    rest are ``Grid``'s fields (an unknown one is an error naming the known ones)."""
+    rest are ``Grid``'s fields (an unknown one is an error naming the known ones).
+    ``topology`` (dry run only): compile each step for that TPU slice with libtpu."""
     grid = make_grid(run_dir=run_dir, model_config=model_config, intermediate=intermediate,
                      targets=targets, **settings)
     if dry_run:
-        return dry_run_grid(grid, partitioner=partitioner, lowered=lowered)
+        return dry_run_grid(grid, partitioner=partitioner, lowered=lowered, topology=topology)
+    if topology is not None:
+        raise ValueError("topology is for the dry run only (dry_run=True)")
     return Experiment(grid, partitioner=partitioner, progress=progress).run()
 
 
@@ -46,16 +50,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dry_run", action="store_true",
                         help="plan every phase and lower every train step (no data, no "
                              "download, no training)")
+    parser.add_argument("--topology", default=None,
+                        help="with --dry_run: compile every train step for this TPU slice with "
+                             "libtpu (e.g. v5e:2x2) and print its per-chip memory; exit 1 naming "
+                             "the steps that do not fit")
     args = parser.parse_args(gin_utils.rewrite_gin_args(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if not args.gin_file:
         raise SystemExit("python -m xstilts.experiment: at least one --gin_file is required")
     bindings = list(args.gin_bindings)
+    if args.topology and not args.dry_run:
+        raise SystemExit("python -m xstilts.experiment: --topology needs --dry_run")
     if args.dry_run:
         bindings.append("experiment.run_experiment.dry_run = True")
+    if args.topology:
+        bindings.append(f"experiment.run_experiment.topology = {args.topology!r}")
     gin_utils.parse_gin(args.gin_file, ["from xstilts import experiment", *bindings])
     if not args.dry_run:  # a pod forms before JAX touches a device (create_mesh would too)
         partitioning.initialize_distributed()
     result = gin_utils.configured(run_experiment)()
     print(result.summary() if args.dry_run else f"{len(result)} result rows")
-    return 0
+    return 1 if args.dry_run and result.unfit else 0

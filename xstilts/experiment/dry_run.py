@@ -41,6 +41,11 @@ class DryRunResult:
     notes: list[str]
     recipes: list[str] = dataclasses.field(default_factory=list)  # one line per phase recipe
 
+    @property
+    def unfit(self) -> list[StepShape]:
+        """The steps that do not fit the chip's HBM (compiled for a TPU topology only)."""
+        return [shape for shape, info in self.steps.items() if info.get("fits") is False]
+
     def summary(self) -> str:
         lines = [f"dry run: {len(self.tasks)} tasks, {len(self.mixtures)} mixtures, "
                  f"{len(self.steps)} train steps lowered"]
@@ -142,9 +147,12 @@ def _touched(grid: Grid, jobs: list[PhaseJob]) -> list[str]:
 
 
 def dry_run(grid: Grid, partitioner: partitioning.Partitioner | None = None,
-            lowered: dict[StepShape, dict[str, Any]] | None = None) -> DryRunResult:
+            lowered: dict[StepShape, dict[str, Any]] | None = None,
+            topology: str | None = None) -> DryRunResult:
     """Plan ``grid`` as the run does and lower each distinct train step once; ``lowered``
     (shape -> info) carries steps already lowered for another grid on the same model and mesh."""
+    if topology is not None:
+        raise NotImplementedError("dry run --topology: not implemented yet")
     partitioner = partitioner or partitioning.Partitioner()
     lowered_steps = {} if lowered is None else lowered
     jobs = plan_lib.plan(grid)
