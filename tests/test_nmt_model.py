@@ -1,0 +1,112 @@
+"""The Flax M2M100/NLLB model against Hugging Face PyTorch on tiny random checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from tests.nmt_reference import FAMILIES, make_hf_nmt, source_batch
+from xstilts.models.nmt import NMTModel, init_cache
+from xstilts.models.nmt_convert import load_nmt_checkpoint
+
+torch = pytest.importorskip("torch")
+
+
+def _decoder_ids(vocab_size: int, batch: int, length: int = 6) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    ids = rng.integers(3, vocab_size, (batch, length)).astype(np.int32)
+    ids[:, 0] = 2  # decoder_start_token_id
+    return ids
+
+
+def _hf_logits(model, ids, mask, dec) -> np.ndarray:
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor(ids, dtype=torch.long),
+                    attention_mask=torch.tensor(mask, dtype=torch.long),
+                    decoder_input_ids=torch.tensor(dec, dtype=torch.long))
+    return out.logits.numpy()
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("weights", ["safetensors", "bin"])
+def test_logits_equal_hugging_face(tmp_path, family, weights):
+    hf = make_hf_nmt(family)
+    hf.save_pretrained(tmp_path, safe_serialization=weights == "safetensors")
+    assert (tmp_path / ("model.safetensors" if weights == "safetensors"
+                        else "pytorch_model.bin")).exists()
+    config, params = load_nmt_checkpoint(tmp_path)
+    assert config.vocab_size == FAMILIES[family]["vocab_size"]
+    ids, mask = source_batch(config.vocab_size, lang_id=config.vocab_size - 3)
+    dec = _decoder_ids(config.vocab_size, len(ids))
+    want = _hf_logits(hf, ids, mask, dec)
+    got = np.asarray(NMTModel(config).apply({"params": params}, ids, mask, dec))
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    assert np.abs(want).max() > 1.0  # the comparison is not of near-zero numbers
+
+
+def test_cached_steps_equal_full_forward(tmp_path):
+    hf = make_hf_nmt("nllb", seed=3)
+    hf.save_pretrained(tmp_path)
+    config, params = load_nmt_checkpoint(tmp_path)
+    model = NMTModel(config)
+    ids, mask = source_batch(config.vocab_size, seed=2)
+    dec = _decoder_ids(config.vocab_size, len(ids))
+    full = np.asarray(model.apply({"params": params}, ids, mask, dec))
+    enc = model.apply({"params": params}, ids, mask, method=NMTModel.encode)
+    cross = model.apply({"params": params}, enc, method=NMTModel.cross_kv)
+    cache = init_cache(config, len(ids), 8)
+    steps = []
+    for t in range(dec.shape[1]):
+        logits, cache = model.apply({"params": params}, dec[:, t:t + 1], cross, mask, cache, t,
+                                    method=NMTModel.decode)
+        steps.append(np.asarray(logits[:, 0]))
+    np.testing.assert_allclose(np.stack(steps, 1), full, atol=1e-5, rtol=0)
+
+
+def test_untied_lm_head_and_unscaled_embeddings(tmp_path):
+    hf = make_hf_nmt("m2m100", seed=5, tie_word_embeddings=False, scale_embedding=False)
+    with torch.no_grad():
+        hf.lm_head.weight.normal_()
+    hf.save_pretrained(tmp_path)
+    config, params = load_nmt_checkpoint(tmp_path)
+    assert not config.tie_word_embeddings and config.embed_scale == 1.0
+    ids, mask = source_batch(config.vocab_size, seed=4)
+    dec = _decoder_ids(config.vocab_size, len(ids))
+    got = np.asarray(NMTModel(config).apply({"params": params}, ids, mask, dec))
+    np.testing.assert_allclose(got, _hf_logits(hf, ids, mask, dec), atol=1e-5, rtol=0)
+
+
+def test_bad_checkpoints_name_file_and_key(tmp_path):
+    hf = make_hf_nmt("m2m100")
+    hf.save_pretrained(tmp_path)
+    cfg_path = tmp_path / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps({**cfg, "decoder_layers": 3}))
+    with pytest.raises(ValueError, match=r"model\.decoder\.layers\.2\..*missing|missing.*"
+                                         r"model\.decoder\.layers\.2"):
+        load_nmt_checkpoint(tmp_path)
+    cfg_path.write_text(json.dumps({**cfg, "d_model": 48, "encoder_attention_heads": 4}))
+    with pytest.raises(ValueError, match=r"model\.safetensors: weight .* has shape"):
+        load_nmt_checkpoint(tmp_path)
+    cfg_path.write_text(json.dumps({**cfg, "model_type": "bart"}))
+    with pytest.raises(ValueError, match=r"config\.json: model_type 'bart'"):
+        load_nmt_checkpoint(tmp_path)
+
+
+def test_parameters_carry_logical_axes():
+    from xstilts.models.nmt import NMTConfig
+
+    config = NMTConfig(**FAMILIES["m2m100"])
+    ids = jax.numpy.ones((1, 3), jax.numpy.int32)
+    params = jax.eval_shape(lambda: NMTModel(config).init(jax.random.key(0), ids, ids, ids))[
+        "params"]
+    boxed = jax.tree.leaves(params, is_leaf=lambda x: hasattr(x, "names"))
+    assert all(hasattr(b, "names") for b in boxed)  # every parameter has logical axes
+    assert tuple(params["shared"]["embedding"].names) == ("vocab", "embed")
+    q = params["decoder"]["layers_0"]["encoder_attn"]["q_proj"]["kernel"]
+    assert tuple(q.names) == ("embed", "heads", "kv")
+    assert tuple(params["encoder"]["layers_1"]["ffn"]["fc2"]["kernel"].names) == ("mlp", "embed")
