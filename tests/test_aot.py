@@ -71,7 +71,7 @@ def test_aot_compiles_the_step_shape_batch():
 def test_aot_rejects_bad_shapes():
     with pytest.raises(ValueError, match=r"global batch size 12 is not divisible by the 8 data"):
         aot.compile_train_step(model="tiny", mesh_shape={"fsdp": 8}, batch=12, length=16)
-    with pytest.raises(ValueError, match=r"length 600 exceeds the model's maximum 256"):
+    with pytest.raises(ValueError, match=r"input length 600 exceeds the model's 256 positions"):
         aot.compile_train_step(model="tiny", mesh_shape={"fsdp": 8}, batch=8, length=600)
     with pytest.raises(ValueError, match=r"needs 6 devices but 8 are available"):
         aot.compile_train_step(model="tiny", mesh_shape={"fsdp": 6}, batch=12, length=16)

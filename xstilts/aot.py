@@ -40,7 +40,7 @@ import jax.numpy as jnp
 from xstilts import partitioning
 from xstilts import trainer as trainer_lib
 from xstilts.models import attention as attention_lib
-from xstilts.models.xlmr import XLMRConfig
+from xstilts.models.xlmr import XLMRConfig, check_length
 from xstilts.train import build_model
 
 GIB = 1024**3
@@ -80,6 +80,15 @@ def chip_spec(topology: str) -> ChipSpec:
     return TPU_CHIPS[generation]
 
 
+def use_host_cpu() -> None:
+    """Keep JAX's own backend on CPU for a deviceless compile (libtpu describes the target).
+
+    A no-op once a backend has started (a test's CPU devices, a GPU host).
+    """
+    if not partitioning._backends_initialized():
+        jax.config.update("jax_platforms", "cpu")
+
+
 def topology_devices(topology: str) -> list[Any]:
     """The devices of a TPU slice, described by libtpu without a TPU (deviceless compile)."""
     chip_spec(topology)
@@ -95,12 +104,32 @@ def topology_devices(topology: str) -> list[Any]:
             f"(jax[tpu]==0.10.2, libtpu 0.0.42)") from e
     from jax.experimental import topologies
 
+    use_host_cpu()
     try:
         desc = topologies.get_topology_desc(topology_name=topology, platform="tpu")
     except Exception as e:  # libtpu's message says what it could not parse
         raise ValueError(f"topology {topology!r}: libtpu cannot describe it ({e}); expected "
                          f"a name like v5e:2x2, v5p:2x2x1, v4:2x2x1 or v6e:2x2") from e
     return list(desc.devices)
+
+
+def topology_mesh(topology: str, mesh_shape: Mapping[str, int] | None = None
+                  ) -> jax.sharding.Mesh:
+    """A mesh over a TPU slice's chips (``mesh_shape``'s sizes, default FSDP over all of them).
+
+    A mesh that does not use exactly the slice's chips is a ``ValueError`` naming both.
+    """
+    devices = topology_devices(topology)
+    try:
+        return partitioning.create_mesh(**dict(mesh_shape or {}), devices=devices)
+    except ValueError as e:
+        raise ValueError(f"topology {topology} has {len(devices)} chips ({chip_spec(topology).name}"
+                         f"): {e}") from e
+
+
+def hbm_fits(total_bytes: int, topology: str) -> bool:
+    """Whether ``total_bytes`` per chip fit the chip's HBM."""
+    return total_bytes <= chip_spec(topology).hbm_gib * GIB
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,14 +261,15 @@ def compile_train_step(*, model: str, mesh_shape: Mapping[str, int], batch: int,
     roofline to the report.
     """
     config = XLMRConfig.preset(model, **dict(config_overrides or {}))
-    if length > config.max_length:
-        raise ValueError(f"length {length} exceeds the model's maximum {config.max_length}")
+    check_length(config, length)
     if topology is not None:
-        devices = topology_devices(topology)
-    mesh = partitioning.create_mesh(**dict(mesh_shape), devices=devices)
+        mesh = topology_mesh(topology, mesh_shape)
+    else:
+        mesh = partitioning.create_mesh(**dict(mesh_shape), devices=devices)
     part = partitioning.Partitioner(mesh)
     shape = trainer_lib.StepShape(task_type, num_labels, batch, length,
                                   num_choices if task_type == "multiple_choice" else 1)
+    part.check_batch_size(batch)
     tx, schedule = trainer_lib.make_optimizer(total_steps=1000)
     tr = trainer_lib.Trainer(build_model(task_type, config, num_labels=num_labels),
                              trainer_lib.task_loss(task_type), tx, schedule, part,
@@ -272,6 +302,19 @@ def compile_train_step(*, model: str, mesh_shape: Mapping[str, int], batch: int,
         platform=platform if topology is None else f"{platform} {topology}",
         devices=mesh.size, attention=impl, roofline=roofline)
     return compiled, report
+
+
+def chip_figures(compiled: Any, topology: str) -> dict[str, Any]:
+    """Per-chip memory (and whether it fits the HBM), HLO FLOPs and bytes accessed of a step
+    compiled for ``topology``."""
+    total = _report(compiled.memory_analysis(), "", "", trainer_lib.StepShape(
+        "classification", 2, 1, 1)).total_bytes
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    return {"bytes_per_chip": total, "fits": hbm_fits(total, topology),
+            "hbm_gib": chip_spec(topology).hbm_gib, "chip": chip_spec(topology).name,
+            "hlo_flops_per_chip": float(cost["flops"]),
+            "bytes_accessed_per_chip": float(cost["bytes accessed"])}
 
 
 def _report(stats: Any, model: str, mesh: str, shape: trainer_lib.StepShape) -> AotReport:

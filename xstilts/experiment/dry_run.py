@@ -7,18 +7,26 @@ distinct train step (``trainer.StepShape``) is lowered ahead of time with ``jit(
 abstract, sharded inputs, which checks shapes, shardings and the loss for the paper-scale model
 without running it. A phase-1 mixture of task kinds lowers each head's step of the multi-task
 model (the shared state holds every head).
+
+With ``topology`` (``"v5e:2x2"``) each step is also compiled, deviceless, by libtpu for that TPU
+slice (``xstilts.aot``; the mesh is ``partitioning.create_mesh``'s over its chips, gin-bindable),
+and the result names the steps whose per-chip memory exceeds the chip's HBM (``unfit``). Shapes
+that cannot run are errors naming the step and its users before anything compiles: a batch that
+the mesh's data axes do not divide, a length past the model's positions, a mesh that does not
+use exactly the slice's chips.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from typing import Any
 
 import jax
 import numpy as np
 
-from xstilts import partitioning
+from xstilts import aot, partitioning
 from xstilts import train as train_lib
 from xstilts import trainer as trainer_lib
 from xstilts.data import tasks
@@ -27,6 +35,9 @@ from xstilts.experiment import plan as plan_lib
 from xstilts.experiment.grid import Grid
 from xstilts.experiment.plan import PhaseJob
 from xstilts.models.heads import XLMRMultiTask
+from xstilts.models.xlmr import check_length
+
+log = logging.getLogger(__name__)
 
 PLACEHOLDER_LABELS = 2  # tasks whose label set is read from the data (CCG supertags)
 DRY_RUN_SIZE = 1000  # examples per task for mixture rates (the dry run reads no data)
@@ -40,6 +51,7 @@ class DryRunResult:
     steps: dict[StepShape, dict[str, Any]]  # shape -> {"used_by", "params", "seconds", ...}
     notes: list[str]
     recipes: list[str] = dataclasses.field(default_factory=list)  # one line per phase recipe
+    topology: str | None = None  # the TPU slice each step was compiled for
 
     @property
     def unfit(self) -> list[StepShape]:
@@ -47,18 +59,39 @@ class DryRunResult:
         return [shape for shape, info in self.steps.items() if info.get("fits") is False]
 
     def summary(self) -> str:
+        done = f"compiled for TPU {self.topology}" if self.topology else "lowered"
         lines = [f"dry run: {len(self.tasks)} tasks, {len(self.mixtures)} mixtures, "
-                 f"{len(self.steps)} train steps lowered"]
+                 f"{len(self.steps)} train steps {done}"]
         lines += [f"  recipe: {r}" for r in self.recipes]
         for shape, info in self.steps.items():
-            choices = f" x {shape.num_choices} choices" if shape.num_choices > 1 else ""
-            head = f" (head {shape.head} of {len(shape.heads)})" if shape.heads else ""
-            lines.append(f"  {shape.kind}({shape.num_labels}) batch {shape.batch_size} x "
-                         f"{shape.length}{choices}{head}: {info['params']:,} params, loss "
-                         f"{info['loss_shape']}, lowered in {info['seconds']:.1f} s; used by "
+            lines.append(f"  {describe(shape)}: {info['params']:,} params, loss "
+                         f"{info['loss_shape']}, {info_text(info)}; used by "
                          f"{', '.join(sorted(info['used_by']))}")
         lines += [f"  note: {n}" for n in self.notes]
+        if self.topology:
+            chip = next(iter(self.steps.values()), {})
+            hbm = f"the {chip.get('hbm_gib', 0):g} GiB of HBM per {chip.get('chip')} chip"
+            lines.append(f"does NOT fit {hbm}: " + "; ".join(describe(s) for s in self.unfit)
+                         if self.unfit else f"every step fits {hbm}")
         return "\n".join(lines)
+
+
+def describe(shape: StepShape) -> str:
+    """``classification(3) batch 32 x 256`` (+ choices, + the multi-task head)."""
+    choices = f" x {shape.num_choices} choices" if shape.num_choices > 1 else ""
+    head = f" (head {shape.head} of {len(shape.heads)})" if shape.heads else ""
+    return (f"{shape.kind}({shape.num_labels}) batch {shape.batch_size} x {shape.length}"
+            f"{choices}{head}")
+
+
+def info_text(info: dict[str, Any]) -> str:
+    """How a step was checked: lowered, or compiled with its per-chip figures."""
+    if "bytes_per_chip" not in info:
+        return f"lowered in {info['seconds']:.1f} s"
+    verdict = "fits" if info["fits"] else "does NOT fit"
+    return (f"{info['bytes_per_chip'] / aot.GIB:.2f} GiB per chip ({verdict} "
+            f"{info['hbm_gib']:g}), {info['hlo_flops_per_chip']:.3e} HLO FLOPs per chip, "
+            f"compiled in {info['seconds']:.0f} s")
 
 
 def recipe_line(job: PhaseJob) -> str:
@@ -96,9 +129,11 @@ def job_shapes(job: PhaseJob, notes: list[str]) -> list[StepShape]:
     s = job.settings
     if job.kind != "multitask":
         labels = _labels(job.num_labels, job.source, notes)
+        # phase 0 (MLM) trains its mixture at the phase's one length
+        lengths = job.lengths or ((job.source, s.max_length),)
         return list(dict.fromkeys(StepShape(
             job.kind, labels, s.batch_size, length, _choices(t))
-            for t, length in job.lengths))
+            for t, length in lengths))
     heads = tuple((h, k, _labels(n, h, notes)) for h, k, n in job.heads)
     kinds = {h: (k, n) for h, k, n in heads}
     task_heads = dict(job.task_heads)
@@ -110,10 +145,12 @@ def job_shapes(job: PhaseJob, notes: list[str]) -> list[StepShape]:
         for t, length in job.lengths))
 
 
-def lower_step(grid: Grid, shape: StepShape, partitioner: partitioning.Partitioner
-               ) -> dict[str, Any]:
-    """Lower one train step on abstract inputs; its parameter count and loss shape."""
+def lower_step(grid: Grid, shape: StepShape, partitioner: partitioning.Partitioner,
+               topology: str | None = None) -> dict[str, Any]:
+    """Lower one train step on abstract inputs; its parameter count and loss shape (and, for a
+    ``topology``, the TPU compile's per-chip figures: ``aot.chip_figures``)."""
     start = time.perf_counter()
+    check_length(grid.model_config, shape.length)
     partitioner.check_batch_size(shape.batch_size)
     tx, schedule = trainer_lib.make_optimizer(total_steps=1000)
     if shape.heads:  # the all-heads state, this head's step (as train.train(heads=...))
@@ -130,13 +167,16 @@ def lower_step(grid: Grid, shape: StepShape, partitioner: partitioning.Partition
     if not shape.heads:
         state = trainer.abstract_state(shape.input_shape)
     batch = shape.batch(partitioner)
-    new_state, step_metrics = trainer.partitioned_train_step(state, batch).lower(
-        state, batch).out_info
+    lowered = trainer.partitioned_train_step(state, batch).lower(state, batch)
+    new_state, step_metrics = lowered.out_info
     if jax.tree.structure(new_state.params) != jax.tree.structure(state.params):
         raise AssertionError(f"{shape}: the lowered step changes the parameter tree")
-    return {"params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)),
-            "loss_shape": tuple(step_metrics["loss"].shape),
-            "seconds": time.perf_counter() - start}
+    info = {"params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)),
+            "loss_shape": tuple(step_metrics["loss"].shape), "topology": topology}
+    if topology is not None:
+        info.update(aot.chip_figures(lowered.compile(), topology))
+    info["seconds"] = time.perf_counter() - start
+    return info
 
 
 def _touched(grid: Grid, jobs: list[PhaseJob]) -> list[str]:
@@ -152,7 +192,10 @@ def dry_run(grid: Grid, partitioner: partitioning.Partitioner | None = None,
     """Plan ``grid`` as the run does and lower each distinct train step once; ``lowered``
     (shape -> info) carries steps already lowered for another grid on the same model and mesh."""
     if topology is not None:
-        raise NotImplementedError("dry run --topology: not implemented yet")
+        if partitioner is not None:
+            raise ValueError("dry run: give a partitioner or a topology, not both (the "
+                             "topology's mesh comes from partitioning.create_mesh)")
+        partitioner = partitioning.Partitioner(aot.topology_mesh(topology))
     partitioner = partitioner or partitioning.Partitioner()
     lowered_steps = {} if lowered is None else lowered
     jobs = plan_lib.plan(grid)
@@ -172,9 +215,17 @@ def dry_run(grid: Grid, partitioner: partitioning.Partitioner | None = None,
     for job in jobs:
         users = [f"phase2 {t}" for t in job.targets] or [f"{job.phase} {job.config}"]
         for shape in job_shapes(job, notes):
+            if lowered_steps.get(shape, {}).get("topology", topology) != topology:
+                del lowered_steps[shape]  # lowered for another target: compile it for this one
             if shape not in lowered_steps:
-                lowered_steps[shape] = lower_step(grid, shape, partitioner)
+                try:
+                    lowered_steps[shape] = lower_step(grid, shape, partitioner, topology)
+                except ValueError as e:
+                    raise ValueError(f"dry run: {describe(shape)}, used by {users[0]}"
+                                     f"{' and others' if len(users) > 1 else ''}: {e}") from e
+                if topology is not None:
+                    log.info("%s: %s", describe(shape), info_text(lowered_steps[shape]))
             steps.setdefault(shape, {**lowered_steps[shape], "used_by": set()})[
                 "used_by"].update(users)
     return DryRunResult(_touched(grid, jobs), mixtures, steps, list(dict.fromkeys(notes)),
-                        list(dict.fromkeys(recipe_line(j) for j in jobs)))
+                        list(dict.fromkeys(recipe_line(j) for j in jobs)), topology)

@@ -1,0 +1,115 @@
+"""The grid's dry run compiled for a TPU slice with libtpu (deviceless), and the shapes that
+cannot run: each a clear error before anything compiles."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+
+import gin
+import pytest
+
+from tests.conftest import require_libtpu
+from xstilts import aot, experiment
+from xstilts.models.xlmr import XLMRConfig
+
+TINY = XLMRConfig.tiny(num_hidden_layers=1)
+
+
+def _grid(tmp_path, **overrides):
+    """Phase 0 MLM, phase 1 a two-head mixture (classification + QA), phase 2 classification."""
+    settings = dict(
+        run_dir=str(tmp_path), data_dir=str(tmp_path), model_config=TINY,
+        intermediate={"baseline": None, "all": "synthetic.intermediate.all.en"},
+        targets=["synthetic.paraphrase"], seeds=[0], english_config=None,
+        pretrain_mixture="synthetic.mlm", pretrain={"steps": 2, "batch_size": 8,
+                                                    "max_length": 32},
+        intermediate_phase={"steps": 2, "batch_size": 8, "max_length": 48},
+        finetune={"steps": 2, "batch_size": 8, "max_length": 48},
+        tiers={"en": "high", "xa": "medium", "xb": "medium", "xc": "low", "xd": "low"},
+        compilation_cache=False)
+    settings.update(overrides)
+    return experiment.make_grid(**settings)
+
+
+@pytest.fixture(autouse=True)
+def _libtpu():
+    require_libtpu("deviceless TPU compile")
+
+
+def test_grid_dry_run_compiles_every_step_for_tpu_v5e_2x2(tmp_path):
+    result = experiment.dry_run(_grid(tmp_path), topology="v5e:2x2")
+    assert {(s.kind, s.head, s.batch_size, s.length) for s in result.steps} == {
+        ("mlm", None, 8, 32),  # phase 0
+        ("classification", "synthetic.nli", 8, 48), ("qa", "synthetic.qa", 8, 48),  # phase 1
+        ("classification", None, 8, 48)}  # phase 2
+    for info in result.steps.values():
+        assert (info["topology"], info["chip"], info["hbm_gib"]) == ("v5e:2x2", "TPU v5e", 16)
+        assert 0 < info["bytes_per_chip"] < 2**30 and info["fits"] is True
+        assert info["hlo_flops_per_chip"] > 0 and info["bytes_accessed_per_chip"] > 0
+    # The multi-task state holds both heads: more per chip than phase 2's one head.
+    by_head = {(s.kind, s.head): i["bytes_per_chip"] for s, i in result.steps.items()}
+    assert by_head["classification", "synthetic.nli"] > by_head["classification", None]
+    assert result.unfit == []
+    lines = result.summary().splitlines()
+    assert lines[0].endswith("4 train steps compiled for TPU v5e:2x2")
+    assert any(re.fullmatch(r"  mlm\(2\) batch 8 x 32: [\d,]+ params, loss \(\), \d+\.\d\d GiB "
+                            r"per chip \(fits 16\), \d\.\d{3}e\+\d\d HLO FLOPs per chip, compiled "
+                            r"in \d+ s; used by phase0 pretrain", x) for x in lines)
+    assert lines[-1] == "every step fits the 16 GiB of HBM per TPU v5e chip"
+
+
+def test_cli_exits_1_naming_the_steps_that_do_not_fit(tmp_path, monkeypatch, capsys):
+    """A chip with 64 KiB of HBM (the real compile's figures, a made-up chip): exit 1."""
+    monkeypatch.setitem(aot.TPU_CHIPS, "v5e", aot.ChipSpec("TPU v5e", 197e12, 819e9, 2**-14))
+    gin_file = tmp_path / "tiny.gin"
+    gin_file.write_text(textwrap.dedent(f"""\
+        from __gin__ import dynamic_registration
+        from xstilts import experiment
+        from xstilts.models import xlmr
+        experiment.run_experiment.run_dir = '{tmp_path}'
+        experiment.run_experiment.model_config = @xlmr.XLMRConfig.preset()
+        xlmr.XLMRConfig.preset.name = 'tiny'
+        xlmr.XLMRConfig.preset.num_hidden_layers = 1
+        experiment.run_experiment.intermediate = {{'baseline': None}}
+        experiment.run_experiment.targets = ['synthetic.paraphrase']
+        experiment.run_experiment.english_config = None
+        experiment.run_experiment.finetune = {{'steps': 2, 'batch_size': 8, 'max_length': 48}}
+        """))
+    gin.clear_config()
+    try:
+        code = experiment.main([f"--gin_file={gin_file}", "--dry_run", "--topology", "v5e:2x2"])
+    finally:
+        gin.clear_config()
+    assert code == 1
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == ("does NOT fit the 6.10352e-05 GiB of HBM per TPU v5e chip: "
+                    "classification(2) batch 8 x 48")
+
+
+# Bad shapes: errors naming the step, before anything compiles --------------------------------
+def test_a_batch_the_slice_does_not_divide_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match=re.escape(
+            "dry run: mlm(2) batch 8 x 32, used by phase0 pretrain: global batch size 8 is not "
+            "divisible by the 16 data shards of the mesh")):
+        experiment.dry_run(_grid(tmp_path), topology="v5e:4x4")
+
+
+def test_a_length_past_the_positions_is_an_error(tmp_path):
+    grid = _grid(tmp_path, pretrain=None, intermediate={"baseline": None},
+                 finetune={"steps": 2, "batch_size": 8, "max_length": 300})
+    with pytest.raises(ValueError, match=re.escape(
+            "dry run: classification(2) batch 8 x 300, used by phase2 synthetic.paraphrase: "
+            "input length 300 exceeds the model's 256 positions")):
+        experiment.dry_run(grid, topology="v5e:2x2")
+
+
+def test_a_mesh_that_does_not_match_the_topology_is_an_error(capsys):
+    with pytest.raises(ValueError, match=re.escape(
+            "topology v5e:2x2 has 4 chips (TPU v5e): mesh {'data': 1, 'fsdp': 8, 'tensor': 1} "
+            "needs 8 devices but 4 are available")):
+        aot.topology_mesh("v5e:2x2", {"fsdp": 8})
+    assert aot.main(["--topology", "v5e:2x2", "--mesh", "fsdp=8", "--model", "tiny"]) == 2
+    assert "topology v5e:2x2 has 4 chips" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"topology 'v5e:3x7': libtpu cannot describe it"):
+        aot.topology_devices("v5e:3x7")
