@@ -17,6 +17,16 @@ Order: epoch ``e`` visits the features in ``permutation(seed, e)`` order (or in 
 ``G = batch_size * num_shards``, of which host ``i`` takes the ``i``-th block of ``batch_size``
 (the layout ``jax.make_array_from_process_local_data`` expects). ``batch(step)`` is a pure
 function of ``step``, so resuming at any step is exact.
+
+Length buckets (``length_buckets``, off by default: every batch is ``L`` wide): a batch is as
+wide as the smallest bucket holding the longest row of the *global* batch (every host's rows of
+that step, which every host knows), so all hosts agree on the shape and each shape compiles
+once. ``bucket_lengths`` turns the setting into the buckets (always ending in ``L``). Padding
+beyond a row's tokens changes no loss: the batch equals the ``L``-wide one cut at the width.
+
+Packed MLM rows (``preprocessors.mlm_documents``) carry ``segment_ids`` ``[B, L]`` (0 on
+padding, 1, 2, ... per document chunk); the model restarts positions and blocks attention per
+segment (``packed_positions`` gives the positions it uses).
 """
 
 from __future__ import annotations
@@ -28,10 +38,81 @@ from typing import Any
 
 import numpy as np
 
-from xstilts.data.preprocessors import IGNORE_LABEL, mask_tokens
+from xstilts.data.preprocessors import IGNORE_LABEL, mask_tokens, max_predictions
 
 PAD_ID = 1
 KINDS = ("classification", "tagging", "qa", "multiple_choice", "mlm")
+SEQUENCE_KEYS = ("input_ids", "attention_mask", "labels", "label_mask", "segment_ids")
+AUTO_MIN_BUCKET = 32
+
+
+def bucket_lengths(length: int, buckets: Sequence[int] | str | None) -> tuple[int, ...] | None:
+    """The batch widths for model length ``length``: None (off: every batch ``length`` wide),
+    ``"auto"`` (the powers of two from ``AUTO_MIN_BUCKET`` below ``length``, then ``length``:
+    128 -> 32, 64, 128), or the given lengths (each at most ``length``) with ``length`` added."""
+    if buckets is None or buckets == () or buckets == "off":
+        return None
+    if buckets == "auto":
+        chosen = [w for w in (2 ** k for k in range(5, 16)) if AUTO_MIN_BUCKET <= w < length]
+    elif isinstance(buckets, str):
+        raise ValueError(f"length_buckets {buckets!r}: expected None, 'auto' or a list of "
+                         f"lengths")
+    else:
+        chosen = [int(w) for w in buckets]
+        bad = [w for w in chosen if not 0 < w <= length]
+        if bad:
+            raise ValueError(f"length_buckets {list(buckets)}: {bad} outside 1..{length} (the "
+                             f"model length)")
+    return tuple(sorted({*chosen, length}))
+
+
+def bucket_for(longest: int, buckets: Sequence[int]) -> int:
+    """The smallest of ``buckets`` (sorted) holding ``longest`` tokens."""
+    for width in buckets:
+        if width >= longest:
+            return int(width)
+    raise ValueError(f"a row of {longest} tokens is longer than the largest bucket "
+                     f"{buckets[-1]}")
+
+
+def fit_width(batch: Mapping[str, np.ndarray], width: int) -> dict[str, np.ndarray]:
+    """``batch`` with its sequence axis (the last of ``SEQUENCE_KEYS`` arrays of rank >= 2) cut
+    or padded to ``width``; cutting removes padding only (else ValueError)."""
+    have = batch["input_ids"].shape[-1]
+    if width < have and batch["attention_mask"][..., width:].any():
+        raise ValueError(f"cannot cut a batch to width {width}: a row has tokens beyond it")
+    fill = {"input_ids": PAD_ID, "labels": IGNORE_LABEL}
+    out = dict(batch)
+    for key in SEQUENCE_KEYS:
+        value = batch.get(key)
+        if value is None or value.ndim < 2:
+            continue
+        if width <= have:
+            out[key] = value[..., :width]
+        else:
+            pad = [(0, 0)] * (value.ndim - 1) + [(0, width - have)]
+            out[key] = np.pad(value, pad, constant_values=fill.get(key, 0))
+    return out
+
+
+def packed_positions(segment_ids: np.ndarray, pad_id: int = PAD_ID) -> np.ndarray:
+    """XLM-R position ids of packed rows: ``pad_id + 1 + offset in the segment`` on tokens,
+    ``pad_id`` on padding (each segment as HF's ``create_position_ids_from_input_ids`` numbers
+    it alone)."""
+    segment_ids = np.asarray(segment_ids)
+    index = np.arange(segment_ids.shape[-1])
+    starts = np.concatenate([np.ones_like(segment_ids[..., :1], bool),
+                             segment_ids[..., 1:] != segment_ids[..., :-1]], axis=-1)
+    first = np.maximum.accumulate(np.where(starts, index, 0), axis=-1)
+    return np.where(segment_ids > 0, pad_id + 1 + index - first, pad_id).astype(np.int32)
+
+
+def row_length(feature: Mapping[str, Any]) -> int:
+    """Tokens in a feature's row (its longest choice for multiple choice)."""
+    ids = feature["input_ids"]
+    if len(ids) and not np.isscalar(ids[0]):
+        return max(len(row) for row in ids)
+    return len(ids)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +156,8 @@ def pad_batch(
     elif kind == "qa":
         batch["start_positions"] = np.zeros(size, np.int32)
         batch["end_positions"] = np.zeros(size, np.int32)
+    if any(f is not None and "segment_ids" in f for f in features):
+        batch["segment_ids"] = np.zeros(shape, np.int32)
     for row, feature in enumerate(features):
         if feature is None:
             continue
@@ -94,6 +177,11 @@ def pad_batch(
             target = (row, choice) if kind == "multiple_choice" else (row,)
             input_ids[target][: len(ids)] = ids
             attention_mask[target][: len(ids)] = 1
+        if "segment_ids" in batch:
+            segments = feature.get("segment_ids")
+            if segments is None:
+                segments = np.ones(len(feature["input_ids"]), np.int32)  # one segment
+            batch["segment_ids"][row, : len(segments)] = segments
         if kind in ("classification", "multiple_choice"):
             batch["labels"][row] = feature.get("labels", IGNORE_LABEL)
         elif kind == "tagging":
@@ -122,6 +210,7 @@ class FeatureBatcher:
         shard_info: Any = None,
         num_choices: int | None = None,
         mlm: Mapping[str, Any] | None = None,
+        length_buckets: Sequence[int] | str | None = None,
     ):
         if not features:
             raise ValueError(f"no {kind} features to batch (empty split?)")
@@ -140,6 +229,8 @@ class FeatureBatcher:
         if kind == "mlm" and "mask_id" not in self.mlm:
             raise ValueError("mlm batches need mlm={'mask_id': ...}")
         self._order_cache: tuple[int, np.ndarray] | None = None
+        self.buckets = bucket_lengths(length, length_buckets)
+        self._lengths: np.ndarray | None = None
 
     @property
     def global_batch_size(self) -> int:
@@ -168,26 +259,43 @@ class FeatureBatcher:
         positions = np.arange(begin, begin + self.batch_size)
         return np.where(positions < len(order), order[np.minimum(positions, len(order) - 1)], -1)
 
+    def width(self, step: int) -> int:
+        """The sequence width of every host's batch at ``step``: ``length``, or with buckets
+        the smallest bucket holding the longest row of the global batch."""
+        if self.buckets is None:
+            return self.length
+        if self._lengths is None:
+            self._lengths = np.asarray([row_length(f) for f in self.features], np.int64)
+        epoch, within = divmod(step, self.steps_per_epoch)
+        order = self._order(epoch)
+        rows = order[within * self.global_batch_size:(within + 1) * self.global_batch_size]
+        return bucket_for(int(self._lengths[rows].max()), self.buckets)
+
     def batch(self, step: int) -> dict[str, np.ndarray]:
         index = self.indices(step)
         rows = [self.features[i] if i >= 0 else None for i in index]
         kind = "classification" if self.kind == "mlm" else self.kind
         batch = pad_batch(rows, kind, self.length, num_choices=self.num_choices)
+        width = self.width(step)
         if self.kind == "mlm":
             del batch["labels"]
             # One generator per *global* row, so the masks do not depend on how many hosts
             # share the batch (a multi-host run equals the one-host run).
             _, within = divmod(step, self.steps_per_epoch)
             first = within * self.global_batch_size + self.shard.index * self.batch_size
+            # masked at the full length (the same draws with or without buckets), at most the
+            # masked positions the trainer computes at this batch's width
+            options = {"max_selected": max_predictions(
+                width, self.mlm.get("mask_probability", 0.15)), **self.mlm}
             rows_masked = [
                 mask_tokens(batch["input_ids"][r:r + 1],
-                            np.random.default_rng([self.seed, step, first + r, 7]), **self.mlm)
+                            np.random.default_rng([self.seed, step, first + r, 7]), **options)
                 for r in range(len(index))]
             masked = {k: np.concatenate([m[k] for m in rows_masked]) for k in rows_masked[0]}
             masked["label_mask"] *= batch["example_mask"][:, None]
             batch.update(masked)
         batch["feature_index"] = index.astype(np.int32)
-        return batch
+        return fit_width(batch, width) if width != self.length else batch
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         return self.iterate()

@@ -33,15 +33,15 @@ MLM batches equal the native ones.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import seqio
 import tensorflow as tf
 
-from xstilts.data.feature_converters import PAD_ID
-from xstilts.data.preprocessors import IGNORE_LABEL, mask_tokens
+from xstilts.data.feature_converters import PAD_ID, fit_width
+from xstilts.data.preprocessors import IGNORE_LABEL, mask_tokens, max_predictions
 from xstilts.tokenization import BOS_ID, EOS_ID
 
 Spec = seqio.FeatureConverter.FeatureSpec
@@ -79,42 +79,13 @@ def longest_first(len_a: tf.Tensor, len_b: tf.Tensor, budget: int) -> tuple[tf.T
     return len_a - cut_a, len_b - cut_b
 
 
-def _pad(ids: tf.Tensor, length: int, value: int) -> tf.Tensor:
-    ids = ids[:length]
-    padded = tf.pad(ids, [[0, length - tf.shape(ids)[0]]], constant_values=value)
-    return tf.ensure_shape(padded, [length])
-
-
-def _mask(ids: tf.Tensor, length: int) -> tf.Tensor:
-    return _pad(tf.ones_like(ids[:length]), length, 0)
-
-
 # The features every one-row kind has: a padded row, its mask, and a real-example flag.
 ROW_FEATURES = {"input_ids": Spec(dtype=tf.int32), "attention_mask": Spec(dtype=tf.int32),
                 "example_mask": Spec(dtype=tf.int32, rank=0)}
 
 
-def _row(ids: tf.Tensor, length: int) -> dict[str, tf.Tensor]:
-    """``input_ids`` padded with ``<pad>`` to ``[length]``, its ``attention_mask``, and
-    ``example_mask`` 1."""
-    return {"input_ids": _pad(ids, length, PAD_ID), "attention_mask": _mask(ids, length),
-            "example_mask": tf.constant(1)}
-
-
-def pair_row(a: tf.Tensor, b: tf.Tensor, length: int) -> tf.Tensor:
-    """``<s> A </s></s> B </s>`` (``<s> A </s>`` when B is empty), cut longest-first to
-    ``length`` and padded with ``<pad>`` to ``[length]``."""
-    pair = tf.size(b) > 0
-    budget = tf.where(pair, length - 4, length - 2)
-    keep_a, keep_b = longest_first(tf.size(a), tf.where(pair, tf.size(b), 0), budget)
-    keep_a = tf.where(pair, keep_a, tf.minimum(tf.size(a), budget))  # single: cut from the right
-    separator = tf.where(pair, tf.constant([EOS_ID, EOS_ID]), tf.zeros([2], tf.int32) - 1)
-    row = tf.concat([[BOS_ID], a[:keep_a], separator, b[:keep_b], [EOS_ID]], axis=0)
-    return tf.boolean_mask(row, row >= 0)
-
-
 def pair_rows(a: tf.RaggedTensor, b: tf.RaggedTensor, length: int) -> tf.RaggedTensor:
-    """``pair_row`` over a batch: ragged ``[B, None]`` ids of A and B -> ragged rows
+    """Ragged ``[B, None]`` ids of A and B -> ragged rows
     ``<s> A </s></s> B </s>`` (``<s> A </s>`` where B is empty), each cut longest-first to
     ``length`` tokens."""
     len_a, len_b = tf.cast(a.row_lengths(), tf.int32), tf.cast(b.row_lengths(), tf.int32)
@@ -137,13 +108,41 @@ def pair_rows(a: tf.RaggedTensor, b: tf.RaggedTensor, length: int) -> tf.RaggedT
                       column(EOS_ID)], axis=1)
 
 
+def bucket_width(longest: tf.Tensor, length: int, buckets: Sequence[int] | None) -> tf.Tensor:
+    """The batch width: the smallest of ``buckets`` (``feature_converters.bucket_lengths``,
+    ending in ``length``) that holds ``longest`` tokens; ``length`` when ``buckets`` is None."""
+    if not buckets:
+        return tf.constant(length, tf.int32)
+    table = tf.constant(list(buckets), tf.int32)
+    return tf.gather(table, tf.reduce_min(tf.where(table >= longest)[:, 0]))
+
+
+def dense(rows: tf.RaggedTensor, width: tf.Tensor, value: int) -> tf.Tensor:
+    """Ragged ``[B, None]`` rows (each at most ``width`` long) -> ``[B, width]`` padded with
+    ``value``."""
+    ids = rows.to_tensor(default_value=value)
+    return tf.pad(ids, [[0, 0], [0, width - tf.shape(ids)[1]]], constant_values=value)
+
+
+def _cut(rows: tf.RaggedTensor, length: int) -> tf.RaggedTensor:
+    return tf.cast(rows, tf.int32)[:, :length]
+
+
 class _EncoderConverter(seqio.FeatureConverter):
-    """Shared scaffolding: no packing, ``inputs`` is the one length-carrying task feature."""
+    """Shared scaffolding: no packing, ``inputs`` is the one length-carrying task feature.
+
+    Every kind converts ragged batches (``_convert_batch``: one vectorized op per batch instead
+    of ~10 small ops per example, each costing more than the arithmetic on this CPU):
+    ``convert_batches`` yields the model's batches directly (``seqio_batches`` uses it, with
+    length buckets); seqio's per-example contract (``__call__``) unbatches batches of
+    ``CONVERT_BATCH`` rows padded to ``L``. Same rows, same order either way."""
 
     TASK_FEATURES = {INPUTS: Spec(dtype=tf.int32)}
     MODEL_FEATURES: Mapping[str, Spec] = {}
     PACKING_FEATURE_DTYPES: Mapping[str, tf.dtypes.DType] = {}
     KIND = ""
+    CONVERT_BATCH = 256
+    TASK_FEATURES_READ: tuple[str, ...] = (INPUTS,)
 
     def __init__(self, pack: bool = False, **kwargs: Any):
         if pack:
@@ -156,31 +155,44 @@ class _EncoderConverter(seqio.FeatureConverter):
         length = fit_length(task_feature_lengths)
         return {key: length for key in self.MODEL_FEATURES}
 
-    BATCHED = False  # True: the kind converts ragged batches (``_convert_batch``)
-    CONVERT_BATCH = 256
+    def convert_batches(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int],
+                        batch_size: int, *, buckets: Sequence[int] | None = None
+                        ) -> tf.data.Dataset:
+        """Batches of ``batch_size`` examples of ``ds`` (the last may be shorter) with the
+        model features; a batch's sequence width is the smallest of ``buckets`` holding its
+        longest row (``bucket_lengths``), or ``L`` without buckets."""
+        length = fit_length(task_feature_lengths)
+        _need(ds.element_spec, self.TASK_FEATURES_READ, type(self).__name__)
+        keys = self.TASK_FEATURES_READ
+        batches = ds.map(lambda ex: {k: ex[k] for k in keys}).ragged_batch(batch_size)
+        return batches.map(lambda b: self._convert_batch(b, length, buckets),
+                           num_parallel_calls=tf.data.AUTOTUNE)
 
     def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
                           ) -> tf.data.Dataset:
         length = fit_length(task_feature_lengths)
-        _need(ds.element_spec, self.TASK_FEATURES_READ, type(self).__name__)
-        if self.BATCHED:
-            # one vectorized op per batch instead of ~10 small ops per example (each costs
-            # more than the arithmetic on this CPU); same rows, same order
-            keys = [k for k in self.TASK_FEATURES_READ if k in ds.element_spec]
-            batches = ds.map(lambda ex: {k: ex[k] for k in keys}).ragged_batch(
-                self.CONVERT_BATCH)
-            return batches.map(lambda b: self._convert_batch(b, length),
-                               num_parallel_calls=tf.data.AUTOTUNE).unbatch()
-        return ds.map(lambda ex: self._convert(ex, length),
-                      num_parallel_calls=tf.data.AUTOTUNE)
+        batches = self.convert_batches(ds, task_feature_lengths, self.CONVERT_BATCH)
+        return batches.unbatch().map(lambda ex: self._static(ex, length))
 
-    TASK_FEATURES_READ: tuple[str, ...] = (INPUTS,)
+    def _static(self, ex: dict[str, tf.Tensor], length: int) -> dict[str, tf.Tensor]:
+        """The static ``[L]`` shapes seqio's output validation reads."""
+        return {k: tf.ensure_shape(v, [*([None] * (v.shape.rank - 1)), length])
+                if self.MODEL_FEATURES[k].rank and v.shape.rank else v for k, v in ex.items()}
 
-    def _convert(self, ex: Mapping[str, tf.Tensor], length: int) -> dict[str, tf.Tensor]:
+    def _convert_batch(self, batch: Mapping[str, Any], length: int,
+                       buckets: Sequence[int] | None) -> dict[str, tf.Tensor]:
         raise NotImplementedError
 
-    def _convert_batch(self, batch: Mapping[str, Any], length: int) -> dict[str, tf.Tensor]:
-        raise NotImplementedError
+
+def _rows(ids: tf.RaggedTensor, length: int, buckets: Sequence[int] | None
+          ) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+    """``input_ids``/``attention_mask``/``example_mask`` of ragged rows (cut to ``length``),
+    and the batch width."""
+    lengths = tf.cast(ids.row_lengths(), tf.int32)
+    width = bucket_width(tf.reduce_max(lengths), length, buckets)
+    return {"input_ids": dense(ids, width, PAD_ID),
+            "attention_mask": tf.sequence_mask(lengths, width, tf.int32),
+            "example_mask": tf.ones_like(lengths)}, width
 
 
 class ClassificationConverter(_EncoderConverter):
@@ -190,20 +202,12 @@ class ClassificationConverter(_EncoderConverter):
     TASK_FEATURES_READ = (INPUTS, "inputs_b", "targets")
     MODEL_FEATURES = {**ROW_FEATURES, "labels": Spec(dtype=tf.int32, rank=0)}
 
-    BATCHED = True
-
-    def _convert(self, ex: Mapping[str, tf.Tensor], length: int) -> dict[str, tf.Tensor]:
-        row = pair_row(tf.cast(ex[INPUTS], tf.int32), tf.cast(ex["inputs_b"], tf.int32), length)
-        return {**_row(row, length), "labels": tf.cast(ex["targets"], tf.int32)}
-
-    def _convert_batch(self, batch: Mapping[str, Any], length: int) -> dict[str, tf.Tensor]:
+    def _convert_batch(self, batch: Mapping[str, Any], length: int,
+                       buckets: Sequence[int] | None) -> dict[str, tf.Tensor]:
         rows = pair_rows(tf.cast(batch[INPUTS], tf.int32), tf.cast(batch["inputs_b"], tf.int32),
                          length)
-        size = tf.shape(rows.row_lengths())[0]
-        return {"input_ids": rows.to_tensor(default_value=PAD_ID, shape=[None, length]),
-                "attention_mask": tf.sequence_mask(rows.row_lengths(), length, tf.int32),
-                "labels": tf.cast(batch["targets"], tf.int32),
-                "example_mask": tf.ones([size], tf.int32)}
+        out, _ = _rows(rows, length, buckets)
+        return {**out, "labels": tf.cast(batch["targets"], tf.int32)}
 
 
 class TaggingConverter(_EncoderConverter):
@@ -214,10 +218,11 @@ class TaggingConverter(_EncoderConverter):
     MODEL_FEATURES = {**ROW_FEATURES, "labels": Spec(dtype=tf.int32),
                       "label_mask": Spec(dtype=tf.int32)}
 
-    def _convert(self, ex: Mapping[str, tf.Tensor], length: int) -> dict[str, tf.Tensor]:
-        return {**_row(tf.cast(ex[INPUTS], tf.int32), length),
-                "labels": _pad(tf.cast(ex["targets"], tf.int32), length, IGNORE_LABEL),
-                "label_mask": _pad(tf.cast(ex["label_mask"], tf.int32), length, 0)}
+    def _convert_batch(self, batch: Mapping[str, Any], length: int,
+                       buckets: Sequence[int] | None) -> dict[str, tf.Tensor]:
+        out, width = _rows(_cut(batch[INPUTS], length), length, buckets)
+        return {**out, "labels": dense(_cut(batch["targets"], length), width, IGNORE_LABEL),
+                "label_mask": dense(_cut(batch["label_mask"], length), width, 0)}
 
 
 class SpanQAConverter(_EncoderConverter):
@@ -228,10 +233,11 @@ class SpanQAConverter(_EncoderConverter):
     MODEL_FEATURES = {**ROW_FEATURES, "start_positions": Spec(dtype=tf.int32, rank=0),
                       "end_positions": Spec(dtype=tf.int32, rank=0)}
 
-    def _convert(self, ex: Mapping[str, tf.Tensor], length: int) -> dict[str, tf.Tensor]:
-        return {**_row(tf.cast(ex[INPUTS], tf.int32), length),
-                "start_positions": tf.cast(ex["start_positions"], tf.int32),
-                "end_positions": tf.cast(ex["end_positions"], tf.int32)}
+    def _convert_batch(self, batch: Mapping[str, Any], length: int,
+                       buckets: Sequence[int] | None) -> dict[str, tf.Tensor]:
+        out, _ = _rows(_cut(batch[INPUTS], length), length, buckets)
+        return {**out, "start_positions": tf.cast(batch["start_positions"], tf.int32),
+                "end_positions": tf.cast(batch["end_positions"], tf.int32)}
 
 
 class MultipleChoiceConverter(_EncoderConverter):
@@ -251,22 +257,29 @@ class MultipleChoiceConverter(_EncoderConverter):
         self.num_choices = num_choices
         super().__init__(**kwargs)
 
-    def _convert(self, ex: Mapping[str, tf.Tensor], length: int) -> dict[str, tf.Tensor]:
-        prompt = tf.cast(ex[INPUTS], tf.int32)
-        choices = tf.cast(ex["choices"], tf.int32)
-        tf.debugging.assert_equal(
-            tf.shape(choices)[0], self.num_choices,
+    def _convert_batch(self, batch: Mapping[str, Any], length: int,
+                       buckets: Sequence[int] | None) -> dict[str, tf.Tensor]:
+        choices = batch["choices"]  # [B, C, m] (ragged from ragged_batch, or dense)
+        if not isinstance(choices, tf.RaggedTensor):
+            choices = tf.RaggedTensor.from_tensor(choices, ragged_rank=2)
+        per_example = tf.cast(choices.row_lengths(axis=1), tf.int32)
+        check = tf.debugging.assert_equal(
+            per_example, self.num_choices,
             message=f"an example's number of choices differs from num_choices="
                     f"{self.num_choices}")  # fmt: skip
-
-        def row(choice: tf.Tensor) -> tf.Tensor:
-            return _pad(pair_row(prompt, tf.boolean_mask(choice, choice != PAD_ID), length),
-                        length, PAD_ID)
-
-        ids = tf.map_fn(row, choices, fn_output_signature=tf.TensorSpec([length], tf.int32))
-        ids = tf.ensure_shape(ids, [self.num_choices, length])
+        with tf.control_dependencies([check]):
+            flat = tf.cast(choices.merge_dims(0, 1), tf.int32)  # [B*C, m]
+        flat = tf.ragged.boolean_mask(flat, flat != PAD_ID)
+        size = tf.shape(per_example)[0]
+        prompt = tf.gather(tf.cast(batch[INPUTS], tf.int32),
+                           tf.repeat(tf.range(size), self.num_choices))
+        rows = pair_rows(prompt, flat, length)
+        lengths = tf.cast(rows.row_lengths(), tf.int32)
+        width = bucket_width(tf.reduce_max(lengths), length, buckets)
+        ids = tf.reshape(dense(rows, width, PAD_ID), [size, self.num_choices, width])
         return {"input_ids": ids, "attention_mask": tf.cast(ids != PAD_ID, tf.int32),
-                "labels": tf.cast(ex["targets"], tf.int32), "example_mask": tf.constant(1)}
+                "labels": tf.cast(batch["targets"], tf.int32),
+                "example_mask": tf.ones([size], tf.int32)}
 
 
 class MLMConverter(_EncoderConverter):
@@ -275,8 +288,10 @@ class MLMConverter(_EncoderConverter):
     KIND = "mlm"
     MODEL_FEATURES = ROW_FEATURES
 
-    def _convert(self, ex: Mapping[str, tf.Tensor], length: int) -> dict[str, tf.Tensor]:
-        return _row(tf.cast(ex[INPUTS], tf.int32), length)
+    def _convert_batch(self, batch: Mapping[str, Any], length: int,
+                       buckets: Sequence[int] | None) -> dict[str, tf.Tensor]:
+        out, _ = _rows(_cut(batch[INPUTS], length), length, buckets)
+        return out
 
 
 CONVERTERS: dict[str, type[_EncoderConverter]] = {
@@ -313,15 +328,20 @@ def padding_rows(batch: Mapping[str, np.ndarray], rows: int) -> dict[str, np.nda
 
 
 def mask_mlm_batch(batch: Mapping[str, np.ndarray], *, step: int, first_row: int, seed: int,
-                   mask_id: int) -> dict[str, np.ndarray]:
+                   mask_id: int, length: int | None = None) -> dict[str, np.ndarray]:
     """BERT masking of an MLM batch, row ``r`` with the generator the native
     ``FeatureBatcher`` uses for global row ``first_row + r`` at ``step``; adds ``labels`` and
-    ``label_mask`` (0 on padding examples)."""
-    out = dict(batch)
-    rows = [mask_tokens(batch["input_ids"][r:r + 1],
-                        np.random.default_rng([seed, step, first_row + r, 7]), mask_id=mask_id)
+    ``label_mask`` (0 on padding examples). Rows are masked at the model length ``length``
+    (default: the batch's width), so a bucketed batch gets the draws of the full-length one."""
+    width = batch["input_ids"].shape[-1]
+    full = fit_width(batch, max(length or width, width))
+    cap = max_predictions(width)
+    rows = [mask_tokens(full["input_ids"][r:r + 1],
+                        np.random.default_rng([seed, step, first_row + r, 7]), mask_id=mask_id,
+                        max_selected=cap)
             for r in range(len(batch["input_ids"]))]  # fmt: skip
+    out = dict(full)
     for key in ("input_ids", "labels", "label_mask"):
         out[key] = np.concatenate([m[key] for m in rows])
     out["label_mask"] = out["label_mask"] * batch["example_mask"][:, None]
-    return out
+    return fit_width(out, width)

@@ -44,7 +44,7 @@ import numpy as np
 
 from xstilts.data import preprocessors as P
 from xstilts.data import sources
-from xstilts.data.feature_converters import MixtureBatcher
+from xstilts.data.feature_converters import MixtureBatcher, bucket_lengths, fit_width
 from xstilts.data.pipeline import TRAIN_SPLIT, UNKNOWN_TAG, task_labels, usable_examples
 from xstilts.data.registry import family_shares
 from xstilts.data.registry import register_mixture as register_spec
@@ -661,7 +661,8 @@ def _pipeline_options() -> tf.data.Options:
 
 def _stream(name: str, *, lengths: Mapping[str, int], batch_size: int, split: str,
             shard_info: Any, seed: int, start_step: int, shuffle: bool,
-            num_epochs: int | None, use_cached: bool) -> Iterator[dict[str, np.ndarray]]:
+            num_epochs: int | None, use_cached: bool, buckets: tuple[int, ...] | None,
+            agree_width: Callable[[int], int] | None) -> Iterator[dict[str, np.ndarray]]:
     """Fixed-shape numpy batches of one Task, or one per-example Mixture, from ``start_step``."""
     provider = _provider(name)
     kind = seqio_task_kind(name)
@@ -677,8 +678,10 @@ def _stream(name: str, *, lengths: Mapping[str, int], batch_size: int, split: st
     choices = _num_choices(name if isinstance(provider, seqio.Task) else provider.tasks[0].name,
                            dataset) if kind == "multiple_choice" else None  # fmt: skip
     converter = converter_for(kind, num_choices=choices)
-    batches = converter(dataset, lengths).batch(batch_size).skip(start_step)
-    batches = batches.with_options(_pipeline_options()).prefetch(tf.data.AUTOTUNE)
+    # the converter batches directly (no per-example rows between it and the batch)
+    batches = converter.convert_batches(dataset, lengths, batch_size, buckets=buckets)
+    batches = batches.skip(start_step).with_options(_pipeline_options()).prefetch(
+        tf.data.AUTOTUNE)
     shards = info.num_shards if info else 1
     index = info.index if info else 0
     mask_id = provider.output_features[INPUTS].vocabulary.mask_id if kind == "mlm" else None
@@ -686,9 +689,12 @@ def _stream(name: str, *, lengths: Mapping[str, int], batch_size: int, split: st
         rows = len(batch["example_mask"])
         if rows < batch_size:
             batch = padding_rows(batch, batch_size - rows)
+        if agree_width is not None:
+            batch = fit_width(batch, agree_width(batch["input_ids"].shape[-1]))
         if kind == "mlm":
             batch = mask_mlm_batch(batch, step=step, first_row=(step * shards + index)
-                                   * batch_size, seed=seed, mask_id=mask_id)  # fmt: skip
+                                   * batch_size, seed=seed, mask_id=mask_id,
+                                   length=lengths[INPUTS])  # fmt: skip
         yield batch
 
 
@@ -712,6 +718,8 @@ def seqio_batches(
     shuffle: bool | None = None,
     num_epochs: int | None = None,
     use_cached: bool = False,
+    length_buckets: Sequence[int] | str | None = None,
+    agree_width: Callable[[int], int] | None = None,
 ) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
     """``(task or mixture name, batch)`` from seqio Task or Mixture ``name``, one per step.
 
@@ -733,6 +741,13 @@ def seqio_batches(
     from 0, by skipping ``k`` batches of the same pipeline (per task: the steps it had before
     ``k``); seqio's deterministic-pipeline index is not used. MLM masks come from the native
     generator per (step, global row), so they do not depend on where a run resumed.
+
+    ``length_buckets`` (``feature_converters.bucket_lengths``: None, ``"auto"`` or lengths): a
+    batch is as wide as the smallest bucket holding its longest row. A host sees only its own
+    shard, so with several shards the hosts must agree on each step's width: ``agree_width``
+    maps this host's width to the step's width (the largest over the hosts, e.g. by
+    ``multihost_utils.process_allgather``; ``seqio_feed.SeqioBatches`` does this); several
+    shards with buckets and no ``agree_width`` is an error.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -741,10 +756,16 @@ def seqio_batches(
     lengths = {INPUTS: int(sequence_length)} if isinstance(sequence_length, int) \
         else {INPUTS: int(sequence_length[INPUTS])}  # fmt: skip
     training = split == TRAIN_SPLIT
+    buckets = bucket_lengths(lengths[INPUTS], length_buckets)
+    if buckets and shard_info is not None and shard_info.num_shards > 1 and agree_width is None:
+        raise ValueError(f"length_buckets {length_buckets!r} with {shard_info.num_shards} "
+                         f"shards needs agree_width (the largest width over the hosts; "
+                         f"seqio_feed.SeqioBatches passes one): a host sees only its shard")
     options = dict(lengths=lengths, batch_size=batch_size, split=split, shard_info=shard_info,
                    seed=seed, shuffle=training if shuffle is None else shuffle,
                    num_epochs=num_epochs if num_epochs is not None or not training else None,
-                   use_cached=use_cached)  # fmt: skip
+                   use_cached=use_cached, buckets=buckets,
+                   agree_width=agree_width if buckets else None)  # fmt: skip
     provider = _provider(name)
     if isinstance(provider, seqio.Task) or mixes_per_example(provider):
         for batch in _stream(name, start_step=start_step, **options):
