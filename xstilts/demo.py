@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gin_file", action="append", default=[],
                         help="extra gin files after demo.gin")
     parser.add_argument("--gin_bindings", action="append", default=[])
+    parser.add_argument("--on_change", choices=experiment.ON_CHANGE, default=None,
+                        help="a rerun with other settings: stop (default), rerun or keep")
     args = parser.parse_args(gin_utils.rewrite_gin_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         force=True)
@@ -119,8 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     write_world(data_dir)
     gin_utils.parse_gin([DEMO_GIN, *args.gin_file], [
         "from xstilts import experiment", f"RUN_DIR = '{run_dir}'", f"DATA_DIR = '{data_dir}'",
-        *args.gin_bindings])
-    gin_utils.configured(experiment.run_experiment)()
+        *args.gin_bindings,
+        *([f"experiment.run_experiment.on_change = '{args.on_change}'"] if args.on_change
+          else [])])
+    try:
+        gin_utils.configured(experiment.run_experiment)()
+    except experiment.SettingsChanged as error:
+        print(f"python -m xstilts.demo: {error}", file=sys.stderr)
+        return 2
     text = report.write_report(run_dir)
     print(text)
     print(f"demo finished in {time.perf_counter() - start:.0f} s; report, CSV and plots in "

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -427,6 +428,45 @@ def budget_section(budgets: Sequence[Mapping[str, Any]]) -> tuple[list[str], str
     return md, _csv(["config", "language", "steps", "batch_size", "examples"], rows)
 
 
+HIDDEN_SETTINGS = ("model", "tokenizer", "weights", "data", "phase")  # long or shown elsewhere
+
+
+def _setting(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return text.replace("|", "\\|")
+
+
+def settings_section(meta: Mapping[str, Any]) -> list[str]:
+    """Every cell's own settings and fingerprint (``experiment.json``'s ``cells``), with the
+    differences of cells kept from an earlier run (``--on_change=keep``)."""
+    cells = meta.get("cells") or []
+    if not cells:
+        return []
+    model = meta.get("model") or {}
+    shown = ", ".join(f"{k} {model[k]}" for k in ("hidden_size", "num_hidden_layers",
+                                                  "num_attention_heads", "vocab_size")
+                      if k in model)
+    md = ["## Cell settings", "",
+          f"Every cell this report summarises, with its own settings and the sha256 "
+          f"fingerprint of all its settings (model: {shown or 'see experiment.json'}; the "
+          f"model config, tokenizer, initial weights and the sha256 of every data file read "
+          f"are in `experiment.json` and each cell's `cell_settings.json`). `from`: the cell "
+          f"whose checkpoint it starts from, whose settings are part of its fingerprint.", ""]
+    kept = [c for c in cells if c.get("kept")]
+    if kept:
+        md += [f"**{len(kept)} cell(s) were kept from an earlier run with other settings** "
+               f"(`--on_change=keep`): their rows are what those settings gave; the "
+               f"differences from the last run's settings are listed.", ""]
+    md += ["| cell | from | fingerprint | settings | note |", "|---|---|---|---|---|"]
+    for c in cells:
+        own = ", ".join(f"{k} {_setting(v)}" for k, v in sorted(c["settings"].items())
+                        if k not in HIDDEN_SETTINGS and v is not None)
+        note = "kept: " + "; ".join(c["kept"]) if c.get("kept") else ""
+        md.append(f"| {c['cell']} | {c.get('from') or ''} | {c['fingerprint'][:12]} | "
+                  f"{own} | {_setting(note)} |")
+    return [*md, ""]
+
+
 def build_report(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any],
                  example_stats: Mapping[rt.Key, np.ndarray] | None = None, *,
                  resamples: int = 2000, budgets: Sequence[Mapping[str, Any]] = ()
@@ -469,6 +509,7 @@ def build_report(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any],
     pngs |= compare_pngs
     md += _chance_section(data, configs, tasks)
     md += _missing_section(data, configs, tasks)
+    md += settings_section(meta)
     return "\n".join(md), csvs, pngs
 
 

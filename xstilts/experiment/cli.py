@@ -9,9 +9,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from xstilts import gin_utils, partitioning
+from xstilts.experiment.cells import SettingsChanged
 from xstilts.experiment.driver import Experiment
 from xstilts.experiment.dry_run import dry_run as dry_run_grid
-from xstilts.experiment.grid import make_grid
+from xstilts.experiment.grid import ON_CHANGE, make_grid
 from xstilts.models.xlmr import XLMRConfig
 
 USAGE = """The X-STILTs grid: (0) MLM pre-training, (1) intermediate training, (2) target
@@ -54,6 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="with --dry_run: compile every train step for this TPU slice with "
                              "libtpu (e.g. v5e:2x2) and print its per-chip memory; exit 1 naming "
                              "the steps that do not fit")
+    parser.add_argument("--on_change", choices=ON_CHANGE, default=None,
+                        help="when a recorded cell was computed with other settings: stop and "
+                             "print the differences (default), rerun the changed cells and "
+                             "everything downstream, or keep the finished ones (marked in the "
+                             "report)")
     args = parser.parse_args(gin_utils.rewrite_gin_args(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if not args.gin_file:
@@ -63,11 +69,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("python -m xstilts.experiment: --topology needs --dry_run")
     if args.dry_run:
         bindings.append("experiment.run_experiment.dry_run = True")
+    if args.on_change:
+        bindings.append(f"experiment.run_experiment.on_change = '{args.on_change}'")
     if args.topology:
         bindings.append(f"experiment.run_experiment.topology = {args.topology!r}")
     gin_utils.parse_gin(args.gin_file, ["from xstilts import experiment", *bindings])
     if not args.dry_run:  # a pod forms before JAX touches a device (create_mesh would too)
         partitioning.initialize_distributed()
-    result = gin_utils.configured(run_experiment)()
+    try:
+        result = gin_utils.configured(run_experiment)()
+    except SettingsChanged as error:
+        print(f"python -m xstilts.experiment: {error}", file=sys.stderr)
+        return 2
     print(result.summary() if args.dry_run else f"{len(result)} result rows")
     return 1 if args.dry_run and result.unfit else 0

@@ -14,6 +14,7 @@ from xstilts.data.mixtures import derived_targets
 from xstilts.evals import metrics
 from xstilts.experiment import plan as plan_lib
 from xstilts.experiment import rundir
+from xstilts.experiment.cells import Ledger
 from xstilts.experiment.finetune import run_finetune
 from xstilts.experiment.grid import Grid
 from xstilts.experiment.intermediate import run_intermediate
@@ -26,7 +27,7 @@ from xstilts.experiment.retrieval import (
     retrieval_rows,
     task_length,
 )
-from xstilts.experiment.rundir import CHANCE, is_done, read_rows, row, write_rows
+from xstilts.experiment.rundir import CHANCE, read_rows, row, write_rows
 from xstilts.experiment.runtime import Runtime
 from xstilts.experiment.scoring import chance_scores, check_gold
 from xstilts.multihost import barrier, is_chief
@@ -65,8 +66,28 @@ def contaminated(grid: Grid) -> dict[str, list[str]]:
     return out
 
 
-def experiment_meta(rt: Runtime, jobs: list[plan_lib.PhaseJob]) -> dict[str, Any]:
-    """``experiment.json``: what the report needs, and every job as the run resolves it."""
+def retrieval_settings(rt: Runtime) -> dict[str, Any]:
+    """The retrieval cells' resolved layer, lengths and centring."""
+    g = rt.grid
+    return {"layer": retrieval_layer(rt) if g.retrieval else None,
+            "length": {n: retrieval_length(rt, task_length(n)) for n in g.retrieval},
+            "center": g.retrieval_center}
+
+
+def phase_settings(grid: Grid) -> dict[str, Any]:
+    """The grid's phase settings as given (``experiment.json``; each job resolves them)."""
+    return {"pretrain": dataclasses.asdict(grid.pretrain) if grid.pretrain else None,
+            "intermediate_phase": dataclasses.asdict(grid.intermediate_phase),
+            "finetune": dataclasses.asdict(grid.finetune),
+            "finetune_overrides": {k: dict(v) for k, v in grid.finetune_overrides.items()},
+            "intermediate_budget": grid.intermediate_budget, "pretrained": grid.pretrained,
+            "spm_vocab_size": grid.spm_vocab_size, "on_change": grid.on_change}
+
+
+def experiment_meta(rt: Runtime, jobs: list[plan_lib.PhaseJob], ledger: Ledger | None = None
+                    ) -> dict[str, Any]:
+    """``experiment.json``: what the report needs, every job as the run resolves it, the phase
+    settings and every cell's settings and fingerprint (``cells``)."""
     g = rt.grid
     primary = [g.english_config, g.multilingual_config]
     return {
@@ -90,6 +111,8 @@ def experiment_meta(rt: Runtime, jobs: list[plan_lib.PhaseJob]) -> dict[str, Any
         "jobs": [job.describe() for job in jobs],
         "deviations": sorted({d for job in jobs for d in job.deviations}),
         "model": dataclasses.asdict(rt.model_config),
+        "phase_settings": phase_settings(g),
+        "cells": ledger.describe() if ledger else [],
     }
 
 
@@ -133,18 +156,24 @@ class Experiment:
         run_dir.mkdir(parents=True, exist_ok=True)
         if self.grid.compilation_cache:
             rundir.enable_compilation_cache(run_dir / "jax_cache")
+        jobs = plan_lib.plan(self.grid)
+        # Every recorded cell against this run's settings, before any work (cells.py).
+        self.ledger = ledger = Ledger.check(self.grid, jobs, retrieval_settings(rt),
+                                            self.grid.on_change)
+        if any(c.name == "tokenizer" for c in ledger.cells):
+            ledger.begin("tokenizer")
         rt.inputs.prepare_tokenizer()
         rt.fit_vocab()
-        jobs = plan_lib.plan(self.grid)
-        rundir.write_json(run_dir / "experiment.json", experiment_meta(rt, jobs))
+        rundir.write_json(run_dir / "experiment.json", experiment_meta(rt, jobs, ledger))
         start = time.perf_counter()
         rows = self._chance()
         for job in (j for j in jobs if j.phase == "phase0"):
+            ledger.begin(job.model_dir)
             run_pretrain(rt, job)
         rows += self._phase1(jobs)
         cells = [j for j in jobs if j.phase == "phase2"]
         for number, job in enumerate(cells, 1):
-            done_before = (run_dir / job.model_dir / "results.jsonl").is_file()
+            done_before = not ledger.begin(job.model_dir)
             rows += run_finetune(rt, job)
             log.info("cell %d/%d %s %s seed %d %s (%.0f s elapsed)", number, len(cells),
                      job.config, job.source, job.seed,
@@ -155,11 +184,12 @@ class Experiment:
         write_rows(run_dir / "results.jsonl", rows)
         rundir.write_csv(run_dir / "results.csv", rows)
         barrier("results")
+        log.info("%s", ledger.summary())
         return rows
 
     def _chance(self) -> list[dict[str, Any]]:
         path = self.rt.run_dir / "chance.jsonl"
-        if not is_done(path):
+        if self.ledger.begin("chance"):
             write_rows(path, target_chance_rows(self.rt) + retrieval_chance_rows(self.rt, CHANCE))
             barrier("chance")
         return read_rows(path)
@@ -169,6 +199,7 @@ class Experiment:
         rt, rows = self.rt, []
         phase1 = {(j.config, j.seed): j for j in jobs if j.phase == "phase1"}
         for job in phase1.values():
+            self.ledger.begin(job.model_dir)
             run_intermediate(rt, job)
         pretrain = plan_lib.plan_pretrain(self.grid)
         for config in self.grid.intermediate:
@@ -177,7 +208,7 @@ class Experiment:
                 encoder = job.checkpoints if job else (pretrain[0].checkpoints if pretrain
                                                        else None)
                 path = rt.run_dir / "phase1" / config / f"seed{seed}" / "retrieval.jsonl"
-                if not is_done(path):
+                if self.ledger.begin(f"phase1/{config}/seed{seed}/retrieval"):
                     write_rows(path, retrieval_rows(rt, config, rt.path(encoder), seed))
                     barrier(f"retrieval {path}")
                 rows += read_rows(path)

@@ -15,6 +15,7 @@ from xstilts.models.xlmr import XLMRConfig
 INTERMEDIATE_BATCH_SIZE = 32
 PRETRAIN_MAX_LENGTH = 128
 BUDGETS = ("equal_steps", "epochs")
+ON_CHANGE = ("stop", "rerun", "keep")
 # A BUCC-style mining set built from the synthetic parallel test sentences (retrieval.bucc_like).
 SYNTHETIC_BUCC = "synthetic.bucc"
 
@@ -116,6 +117,10 @@ class Grid:
     seqio_modules: Sequence[str] = ()
     compilation_cache: bool = True  # JAX's persistent cache in run_dir/jax_cache: every cell
     # compiles the same steps, so all but the first load them
+    # A rerun whose settings differ from a recorded cell's (experiment.cells): "stop" (print the
+    # differences and the cells they affect), "rerun" (compute those cells again, with all
+    # downstream of them) or "keep" (use the finished ones as they are, marked in the report).
+    on_change: str = "stop"
 
     def __post_init__(self) -> None:
         baselines = [c for c, m in self.intermediate.items() if m is None]
@@ -144,6 +149,8 @@ class Grid:
                                  f"multilingual) pair of configs")
         if isinstance(self.seqio_modules, str):
             object.__setattr__(self, "seqio_modules", (self.seqio_modules,))
+        if self.on_change not in ON_CHANGE:
+            raise ValueError(f"on_change {self.on_change!r}: expected one of {ON_CHANGE}")
         if self.intermediate_budget not in BUDGETS:
             raise ValueError(f"intermediate_budget {self.intermediate_budget!r}: expected one "
                              f"of {BUDGETS}")

@@ -20,6 +20,10 @@ Cells and their directories under ``run_dir``::
                                      metrics, languages seen in each intermediate mixture
     writer.lock                      while a driver runs: its pid, host and command (the chief's;
                                      each cell's train() holds one in its own directory too)
+    */cell_settings.json, chance_settings.json, phase1/*/seed<k>/retrieval_settings.json
+                                     each cell's effective settings and their sha256 fingerprint,
+                                     written when it starts (``experiment.cells``): a rerun with
+                                     other settings stops, or ``on_change`` reruns or keeps them
 
 Multi-process runs (``jax.distributed``, one process per host) run every cell in lockstep: all
 processes train and score together; only the chief (process 0) writes the tokenizer, the tidy
