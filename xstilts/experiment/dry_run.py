@@ -211,21 +211,28 @@ def dry_run(grid: Grid, partitioner: partitioning.Partitioner | None = None,
             raise AssertionError(f"mixture {mixture}: rates sum to {sum(rates.values())}")
         mixtures[mixture] = rates
         notes += family_notes(mixture)
-    steps: dict[StepShape, dict[str, Any]] = {}
+    used_by: dict[StepShape, set[str]] = {}
     for job in jobs:
         users = [f"phase2 {t}" for t in job.targets] or [f"{job.phase} {job.config}"]
         for shape in job_shapes(job, notes):
-            if lowered_steps.get(shape, {}).get("topology", topology) != topology:
-                del lowered_steps[shape]  # lowered for another target: compile it for this one
-            if shape not in lowered_steps:
-                try:
-                    lowered_steps[shape] = lower_step(grid, shape, partitioner, topology)
-                except ValueError as e:
-                    raise ValueError(f"dry run: {describe(shape)}, used by {users[0]}"
-                                     f"{' and others' if len(users) > 1 else ''}: {e}") from e
-                if topology is not None:
-                    log.info("%s: %s", describe(shape), info_text(lowered_steps[shape]))
-            steps.setdefault(shape, {**lowered_steps[shape], "used_by": set()})[
-                "used_by"].update(users)
+            used_by.setdefault(shape, set()).update(users)
+    # A TPU compile of the paper's model takes minutes: single-task steps (every phase's kinds
+    # and lengths) before the multi-task heads, so a cut-short run has covered each kind.
+    order = sorted(used_by, key=lambda s: bool(s.heads)) if topology else list(used_by)
+    for i, shape in enumerate(order):
+        if lowered_steps.get(shape, {}).get("topology", topology) != topology:
+            del lowered_steps[shape]  # lowered for another target: compile it for this one
+        if shape in lowered_steps:
+            continue
+        try:
+            lowered_steps[shape] = lower_step(grid, shape, partitioner, topology)
+        except ValueError as e:
+            raise ValueError(f"dry run: {describe(shape)}, used by "
+                             f"{', '.join(sorted(used_by[shape]))}: {e}") from e
+        if topology is not None:
+            log.info("[%d/%d] %s: %s", i + 1, len(order), describe(shape),
+                     info_text(lowered_steps[shape]))
+    steps = {shape: {**lowered_steps[shape], "used_by": users}
+             for shape, users in used_by.items()}
     return DryRunResult(_touched(grid, jobs), mixtures, steps, list(dict.fromkeys(notes)),
                         list(dict.fromkeys(recipe_line(j) for j in jobs)), topology)
