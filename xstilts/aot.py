@@ -56,18 +56,21 @@ class ChipSpec:
     hbm_gib: float
 
 
-# Per chip, from Google Cloud's TPU system architecture pages (retrieved 2025):
+# Per chip, from Google Cloud's TPU system architecture pages (checked 2026-12-06 against the
+# pages' "key specifications" tables; GB = 1e9 bytes, as the pages write bandwidths):
 #   v4:  275 TFLOP/s bf16, 1,200 GB/s, 32 GiB  https://cloud.google.com/tpu/docs/v4
-#   v5e: 197 TFLOP/s bf16,   819 GB/s, 16 GiB  https://cloud.google.com/tpu/docs/v5e
-#   v5p: 459 TFLOP/s bf16, 2,765 GB/s, 95 GiB  https://cloud.google.com/tpu/docs/v5p
-#   v6e: 918 TFLOP/s bf16, 1,640 GB/s, 32 GiB  https://cloud.google.com/tpu/docs/v6e
-# (GB = 1e9 bytes.) Keys are the generation prefix of a topology name ("v5e:2x2").
+#   v5e: 197 TFLOP/s bf16,   819 GB/s, 16 GB   https://cloud.google.com/tpu/docs/v5e
+#   v5p: 459 TFLOP/s bf16, 2,765 GB/s, 95 GB   https://cloud.google.com/tpu/docs/v5p
+#   v6e: 918 TFLOP/s bf16, 1,638 GB/s, 32 GB   https://cloud.google.com/tpu/docs/v6e
+# The pages' HBM "GB" is taken as GiB (the physical stacks); the runtime keeps a little of it
+# (JAX reports about 15.75 GiB usable on v5e), so a step within ~2% of the HBM is marginal.
+# Keys are the generation prefix of a topology name ("v5e:2x2").
 TPU_CHIPS: dict[str, ChipSpec] = {
     "v4": ChipSpec("TPU v4", 275e12, 1200e9, 32),
     "v5e": ChipSpec("TPU v5e", 197e12, 819e9, 16),
     "v5litepod": ChipSpec("TPU v5e", 197e12, 819e9, 16),
     "v5p": ChipSpec("TPU v5p", 459e12, 2765e9, 95),
-    "v6e": ChipSpec("TPU v6e", 918e12, 1640e9, 32),
+    "v6e": ChipSpec("TPU v6e", 918e12, 1638e9, 32),
 }
 
 
