@@ -120,3 +120,18 @@ def test_topology_names_are_checked():
         aot.chip_spec("v9x:2x2")
     assert aot.chip_spec("v5p:2x2x1").hbm_gib == 95
     assert aot.main(["--topology", "v9x:2x2", "--model", "tiny"]) == 2
+
+
+def test_mlm_step_for_tpu_computes_logits_only_at_the_masked_positions():
+    """MLM B8xL128 on v5e:2x2: the TPU program's vocabulary logits are [rows per chip, 40, V]
+    (40 = max_predictions(128)), never [rows, 128, V]."""
+    require_libtpu("deviceless TPU compile")
+    compiled, report = aot.compile_train_step(
+        model="tiny", mesh_shape={"fsdp": 4}, batch=8, length=128, task_type="mlm",
+        topology="v5e:2x2", config_overrides={"dtype": "bfloat16"})
+    vocab = XLMRConfig.tiny().vocab_size
+    hlo = compiled.as_text()
+    assert trainer.mlm_max_predictions(128) == 40
+    assert re.search(rf"\[2,40,{vocab}\]", hlo)  # 8 rows over 4 chips
+    assert not re.search(rf"\[2,128,{vocab}\]", hlo)
+    assert report.fits and report.roofline.hlo_flops > 0
