@@ -237,6 +237,7 @@ class StepShape:
     num_choices: int = 1
     head: str | None = None  # multi-task: this step's head of ``heads`` ((name, kind, labels))
     heads: tuple[tuple[str, str, int], ...] = ()
+    packed: bool = False  # rows pack several sequences: the batch has ``segment_ids``
 
     def __post_init__(self) -> None:
         task_loss(self.kind)  # ValueError naming the kinds
@@ -253,6 +254,8 @@ class StepShape:
         b, n = self.batch_size, self.length
         shapes = {"input_ids": self.input_shape, "attention_mask": self.input_shape,
                   "example_mask": (b,)}
+        if self.packed:
+            shapes["segment_ids"] = self.input_shape
         if self.kind in ("classification", "multiple_choice"):
             shapes["labels"] = (b,)
         elif self.kind in ("tagging", "mlm"):
@@ -281,7 +284,8 @@ class Trainer:
 
     ``model`` is a linen module called as ``model.apply({'params': p}, input_ids,
     attention_mask, deterministic=..., rngs={'dropout': k})`` (every ``xstilts.models.heads``
-    task model and ``XLMRModel`` itself); ``loss_fn`` maps its outputs to a ``LossOutput``.
+    task model and ``XLMRModel`` itself), plus ``segment_ids=`` for a batch of packed rows
+    (that key present); ``loss_fn`` maps its outputs to a ``LossOutput``.
     """
 
     model: nn.Module
@@ -351,8 +355,7 @@ class Trainer:
     def _forward(self, params: PyTree, batch: Batch, *, deterministic: bool,
                  rng: Array | None) -> Any:
         rngs = None if deterministic else {"dropout": self._dropout_key(rng)}
-        extra = {"masked_positions": batch["masked_positions"]} \
-            if "masked_positions" in batch else {}
+        extra = {key: batch[key] for key in ("masked_positions", "segment_ids") if key in batch}
         return self.model.apply({"params": params}, batch["input_ids"],
                                 batch["attention_mask"], deterministic=deterministic, rngs=rngs,
                                 **extra)

@@ -19,6 +19,13 @@
 
 Every implementation computes the same function: every query (real or pad) attends to the real
 keys of its row. A row without a real token (a padding example) gives finite values.
+
+Packed rows (``segment_ids [B, L]``: 0 on padding, 1, 2, ... per packed sequence) restrict every
+real query to the keys of its own segment (block-diagonal). ``einsum``, ``xla`` and ``cudnn`` take
+it as a ``[B, 1, L, L]`` mask under which a pad query still sees every real key of its row (so
+``segment_ids == attention_mask`` is exactly the unpacked function); ``splash`` takes the segment
+ids themselves, under which a pad query sees the pad keys. Outputs at pad positions differ between
+those two, and are never read.
 """
 
 from __future__ import annotations
@@ -82,18 +89,32 @@ def padding_lengths(attention_mask: Array) -> Array:
     return jnp.maximum(jnp.sum(attention_mask.astype(jnp.int32), axis=-1), 1)
 
 
+def segment_mask(segment_ids: Array) -> Array:
+    """``[B, L]`` segment ids -> boolean ``[B, 1, L, L]`` (query, key): a real query sees the keys
+    of its own segment, a pad query (segment 0) every real key of its row (as unpacked)."""
+    seg = segment_ids.astype(jnp.int32)
+    q, k = seg[:, None, :, None], seg[:, None, None, :]
+    return (k != 0) & ((q == k) | (q == 0))
+
+
 def fused_attention(q: Array, k: Array, v: Array, attention_mask: Array, impl: str, *,
-                    platform: str) -> Array:
-    """``softmax(q k^T / sqrt(d) + pad) v`` for ``[B, L, H, D]`` inputs with a fused kernel."""
+                    platform: str, segment_ids: Array | None = None) -> Array:
+    """``softmax(q k^T / sqrt(d) + pad) v`` for ``[B, L, H, D]`` inputs with a fused kernel;
+    with ``segment_ids`` attention stays within each packed segment."""
     if impl == "xla":
-        mask = attention_mask.astype(bool)[:, None, None, :]
+        mask = attention_mask.astype(bool)[:, None, None, :] if segment_ids is None \
+            else segment_mask(segment_ids)
         return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
     if impl == "cudnn":
+        if segment_ids is not None:  # a [B, 1, L, L] bias (cuDNN refuses only [B, 1, 1, L])
+            return jax.nn.dot_product_attention(q, k, v, mask=segment_mask(segment_ids),
+                                                implementation="cudnn")
         return jax.nn.dot_product_attention(
             q, k, v, key_value_seq_lengths=padding_lengths(attention_mask),
             implementation="cudnn")
     if impl == "splash":
-        return splash_attention(q, k, v, attention_mask, interpret=platform != "tpu")
+        return splash_attention(q, k, v, attention_mask, interpret=platform != "tpu",
+                                segment_ids=segment_ids)
     raise ValueError(f"fused attention {impl!r}: expected 'xla', 'cudnn' or 'splash'")
 
 
@@ -112,15 +133,20 @@ def _splash_kernel(heads: int, length: int, interpret: bool):
 
 
 def _splash_local(q: Array, k: Array, v: Array, attention_mask: Array, *,
-                  interpret: bool) -> Array:
+                  interpret: bool, packed: bool) -> Array:
+    """``attention_mask`` holds the segment ids when ``packed``."""
     from jax.experimental.pallas.ops.tpu.splash_attention import SegmentIds
 
     _, length, heads, head_dim = q.shape
     kernel = _splash_kernel(heads, length, interpret)
     keys = attention_mask.astype(jnp.int32)
-    # No all-zero rows (splash's softmax would divide by 0): a row without real tokens sees all.
-    keys = jnp.where(jnp.any(keys > 0, axis=-1, keepdims=True), keys, 1)
-    segments = SegmentIds(q=jnp.ones_like(keys), kv=keys)
+    if packed:  # every query sees its own segment (pad queries the pad keys): no empty row
+        segments = SegmentIds(q=keys, kv=keys)
+    else:
+        # No all-zero rows (splash's softmax would divide by 0): a row without real tokens
+        # sees all.
+        keys = jnp.where(jnp.any(keys > 0, axis=-1, keepdims=True), keys, 1)
+        segments = SegmentIds(q=jnp.ones_like(keys), kv=keys)
     q = q / jnp.sqrt(jnp.asarray(head_dim, q.dtype))  # splash does not scale
 
     def one(qi, ki, vi, si):  # [L, H, D] -> [H, L, D] for the kernel and back
@@ -131,10 +157,14 @@ def _splash_local(q: Array, k: Array, v: Array, attention_mask: Array, *,
 
 
 def splash_attention(q: Array, k: Array, v: Array, attention_mask: Array, *,
-                     interpret: bool = False) -> Array:
-    """Splash attention for ``[B, L, H, D]``; under a mesh, per device over batch and heads
-    (the pallas kernel is opaque to the SPMD partitioner, which would otherwise gather it)."""
-    local = functools.partial(_splash_local, interpret=interpret)
+                     interpret: bool = False, segment_ids: Array | None = None) -> Array:
+    """Splash attention for ``[B, L, H, D]`` (packed rows by ``segment_ids``); under a mesh, per
+    device over batch and heads (the pallas kernel is opaque to the SPMD partitioner, which
+    would otherwise gather it)."""
+    packed = segment_ids is not None
+    local = functools.partial(_splash_local, interpret=interpret, packed=packed)
+    if packed:
+        attention_mask = segment_ids
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return local(q, k, v, attention_mask)
@@ -150,7 +180,9 @@ def splash_attention(q: Array, k: Array, v: Array, attention_mask: Array, *,
                          out_specs=qkv, check_vma=False)(q, k, v, attention_mask)
 
 
-def mask_bias(attention_mask: Array) -> Array:
-    """``[B, L]`` 0/1 mask -> additive float32 bias ``[B, 1, 1, L]`` (finfo.min on padding)."""
-    keep = attention_mask[:, None, None, :].astype(bool)
+def mask_bias(attention_mask: Array, segment_ids: Array | None = None) -> Array:
+    """``[B, L]`` 0/1 mask -> additive float32 bias ``[B, 1, 1, L]`` (finfo.min on padding);
+    with ``segment_ids`` the ``[B, 1, L, L]`` bias of ``segment_mask``."""
+    keep = attention_mask[:, None, None, :].astype(bool) if segment_ids is None \
+        else segment_mask(segment_ids)
     return jnp.where(keep, 0.0, np.finfo(np.float32).min).astype(jnp.float32)

@@ -102,9 +102,10 @@ class XLMRForSequenceClassification(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids: Array, attention_mask: Array, *,
-                 deterministic: bool = True) -> Array:
+                 segment_ids: Array | None = None, deterministic: bool = True) -> Array:
         encoder = _encoder(self.config)
-        hidden = encoder(input_ids, attention_mask, deterministic=deterministic)
+        hidden = encoder(input_ids, attention_mask, segment_ids=segment_ids,
+                         deterministic=deterministic)
         return task_head(self.config, "classification", self.num_labels, self.use_pooler, hidden,
                          pooled=encoder.pool(hidden) if self.use_pooler else None,
                          word_embeddings=None, choices=1, deterministic=deterministic)
@@ -118,8 +119,9 @@ class XLMRForTokenClassification(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids: Array, attention_mask: Array, *,
-                 deterministic: bool = True) -> Array:
-        hidden = _encoder(self.config)(input_ids, attention_mask, deterministic=deterministic)
+                 segment_ids: Array | None = None, deterministic: bool = True) -> Array:
+        hidden = _encoder(self.config)(input_ids, attention_mask, segment_ids=segment_ids,
+                                       deterministic=deterministic)
         return task_head(self.config, "tagging", self.num_labels, False, hidden, pooled=None,
                          word_embeddings=None, choices=1, deterministic=deterministic)
 
@@ -131,8 +133,10 @@ class XLMRForQuestionAnswering(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids: Array, attention_mask: Array, *,
-                 deterministic: bool = True) -> tuple[Array, Array]:
-        hidden = _encoder(self.config)(input_ids, attention_mask, deterministic=deterministic)
+                 segment_ids: Array | None = None, deterministic: bool = True
+                 ) -> tuple[Array, Array]:
+        hidden = _encoder(self.config)(input_ids, attention_mask, segment_ids=segment_ids,
+                                       deterministic=deterministic)
         return task_head(self.config, "qa", 2, False, hidden, pooled=None, word_embeddings=None,
                          choices=1, deterministic=deterministic)
 
@@ -144,11 +148,13 @@ class XLMRForMultipleChoice(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids: Array, attention_mask: Array, *,
-                 deterministic: bool = True) -> Array:
+                 segment_ids: Array | None = None, deterministic: bool = True) -> Array:
         batch, choices, length = input_ids.shape
         encoder = _encoder(self.config)
         hidden = encoder(input_ids.reshape(batch * choices, length),
                          attention_mask.reshape(batch * choices, length),
+                         segment_ids=None if segment_ids is None
+                         else segment_ids.reshape(batch * choices, length),
                          deterministic=deterministic)
         return task_head(self.config, "multiple_choice", 1, True, hidden,
                          pooled=encoder.pool(hidden), word_embeddings=None, choices=choices,
@@ -188,15 +194,18 @@ class LMHead(nn.Module):
 
 class XLMRForMaskedLM(nn.Module):
     """Masked language modelling: ``[B, L]`` -> logits ``[B, L, vocab]`` (decoder tied), or
-    ``[B, P, vocab]`` at ``masked_positions [B, P]``."""
+    ``[B, P, vocab]`` at ``masked_positions [B, P]``. Rows may pack several documents
+    (``segment_ids``, ``XLMRModel``): the loss is per token, so packing changes nothing else."""
 
     config: XLMRConfig
 
     @nn.compact
     def __call__(self, input_ids: Array, attention_mask: Array, *,
-                 deterministic: bool = True, masked_positions: Array | None = None) -> Array:
+                 segment_ids: Array | None = None, deterministic: bool = True,
+                 masked_positions: Array | None = None) -> Array:
         encoder = _encoder(self.config)
-        hidden = encoder(input_ids, attention_mask, deterministic=deterministic)
+        hidden = encoder(input_ids, attention_mask, segment_ids=segment_ids,
+                         deterministic=deterministic)
         return task_head(self.config, "mlm", 2, False, hidden, pooled=None,
                          word_embeddings=encoder.word_embedding_matrix(), choices=1,
                          deterministic=deterministic, masked_positions=masked_positions)
@@ -296,7 +305,8 @@ class XLMRMultiTask(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids: Array, attention_mask: Array, *,
-                 deterministic: bool = True, masked_positions: Array | None = None) -> Any:
+                 segment_ids: Array | None = None, deterministic: bool = True,
+                 masked_positions: Array | None = None) -> Any:
         c = self.config
         chosen = [h for h in self.heads if self.task is None or h[0] == self.task]
         lead = input_ids.shape[:-1]
@@ -304,6 +314,8 @@ class XLMRMultiTask(nn.Module):
         encoder = _encoder(c)
         hidden = encoder(input_ids.reshape(-1, input_ids.shape[-1]),
                          attention_mask.reshape(-1, attention_mask.shape[-1]),
+                         segment_ids=None if segment_ids is None
+                         else segment_ids.reshape(-1, segment_ids.shape[-1]),
                          deterministic=deterministic)
         needs_pool = any(k == "multiple_choice" or (k == "classification" and self.use_pooler)
                          for _, k, _ in chosen)

@@ -221,6 +221,17 @@ def position_ids_from_input_ids(input_ids: Array, pad_token_id: int) -> Array:
     return jnp.cumsum(mask, axis=1) * mask + pad_token_id
 
 
+def position_ids_from_segment_ids(segment_ids: Array, pad_token_id: int) -> Array:
+    """Packed rows: positions restart in every segment (``pad + 1 + offset in the segment``,
+    ``pad`` on segment 0), the positions each sequence gets alone; ``[..., L]``."""
+    seg = segment_ids.astype(jnp.int32)
+    index = jnp.broadcast_to(jnp.arange(seg.shape[-1], dtype=jnp.int32), seg.shape)
+    starts = jnp.concatenate([jnp.ones_like(seg[..., :1], bool),
+                              seg[..., 1:] != seg[..., :-1]], axis=-1)
+    start = jax.lax.cummax(jnp.where(starts, index, 0), axis=seg.ndim - 1)
+    return jnp.where(seg > 0, index - start + pad_token_id + 1, pad_token_id)
+
+
 def _dense_init(config: XLMRConfig) -> nn.initializers.Initializer:
     return nn.initializers.normal(stddev=config.initializer_range)
 
@@ -290,9 +301,13 @@ class Embeddings(nn.Module):
         self.LayerNorm = layer_norm(c)
         self.dropout = nn.Dropout(c.hidden_dropout_prob)
 
-    def __call__(self, input_ids: Array, *, deterministic: bool) -> Array:
+    def __call__(self, input_ids: Array, *, deterministic: bool,
+                 segment_ids: Array | None = None) -> Array:
         c = self.config
-        position_ids = position_ids_from_input_ids(input_ids, c.pad_token_id)
+        if segment_ids is None:
+            position_ids = position_ids_from_input_ids(input_ids, c.pad_token_id)
+        else:
+            position_ids = position_ids_from_segment_ids(segment_ids, c.pad_token_id)
         x = (self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
              + self.token_type_embeddings(jnp.zeros_like(input_ids)))
         x = self.LayerNorm(constrain(x))
@@ -307,13 +322,15 @@ class SelfAttention(nn.Module):
     """Multi-head self-attention; softmax in float32 whatever the compute dtype.
 
     ``config.attention`` picks the kernel (``xstilts.models.attention``); ``einsum`` is the
-    reference and the only one with dropout on the attention probabilities.
+    reference and the only one with dropout on the attention probabilities. ``segment_ids``
+    (packed rows) keeps attention within each segment.
     """
 
     config: XLMRConfig
 
     @nn.compact
-    def __call__(self, x: Array, attention_mask: Array, *, deterministic: bool) -> Array:
+    def __call__(self, x: Array, attention_mask: Array, *, deterministic: bool,
+                 segment_ids: Array | None = None) -> Array:
         c = self.config
         heads = (c.num_attention_heads, c.head_dim)
         qkv_axes = (EMBED, HEADS, KV)
@@ -331,12 +348,14 @@ class SelfAttention(nn.Module):
         if impl == "einsum":
             q = q / jnp.sqrt(jnp.asarray(c.head_dim, q.dtype))
             scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
-            probs = jax.nn.softmax(scores + attention_lib.mask_bias(attention_mask), axis=-1)
+            bias = attention_lib.mask_bias(attention_mask, segment_ids)
+            probs = jax.nn.softmax(scores + bias, axis=-1)
             probs = nn.Dropout(c.attention_probs_dropout_prob)(
                 probs, deterministic=deterministic)
             ctx = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
         else:
-            ctx = attention_lib.fused_attention(q, k, v, attention_mask, impl, platform=platform)
+            ctx = attention_lib.fused_attention(q, k, v, attention_mask, impl, platform=platform,
+                                                segment_ids=segment_ids)
         return nn.with_logical_constraint(ctx, (BATCH, LENGTH, HEADS, KV))
 
 
@@ -344,9 +363,11 @@ class Attention(nn.Module):
     config: XLMRConfig
 
     @nn.compact
-    def __call__(self, x: Array, attention_mask: Array, *, deterministic: bool) -> Array:
+    def __call__(self, x: Array, attention_mask: Array, *, deterministic: bool,
+                 segment_ids: Array | None = None) -> Array:
         c = self.config
-        ctx = SelfAttention(c, name="self")(x, attention_mask, deterministic=deterministic)
+        ctx = SelfAttention(c, name="self")(x, attention_mask, deterministic=deterministic,
+                                            segment_ids=segment_ids)
         out = AttentionOutput(c, name="output")(ctx, x, deterministic=deterministic)
         return out
 
@@ -390,9 +411,11 @@ class Layer(nn.Module):
     config: XLMRConfig
 
     @nn.compact
-    def __call__(self, x: Array, attention_mask: Array, deterministic: bool) -> Array:
+    def __call__(self, x: Array, attention_mask: Array, deterministic: bool,
+                 segment_ids: Array | None = None) -> Array:
         c = self.config
-        x = Attention(c, name="attention")(x, attention_mask, deterministic=deterministic)
+        x = Attention(c, name="attention")(x, attention_mask, deterministic=deterministic,
+                                           segment_ids=segment_ids)
         y = Intermediate(c, name="intermediate")(x)
         return Output(c, name="output")(y, x, deterministic=deterministic)
 
@@ -404,8 +427,10 @@ class _ScannedLayer(nn.Module):
     collect_hidden: bool
 
     @nn.compact
-    def __call__(self, x: Array, attention_mask: Array, deterministic: bool):
-        x = _layer_class(self.config)(self.config, name="layer")(x, attention_mask, deterministic)
+    def __call__(self, x: Array, attention_mask: Array, deterministic: bool,
+                 segment_ids: Array | None):
+        x = _layer_class(self.config)(self.config, name="layer")(x, attention_mask, deterministic,
+                                                                 segment_ids)
         return x, (x if self.collect_hidden else None)
 
 
@@ -419,7 +444,8 @@ _REMAT_POLICIES = {
 def _layer_class(config: XLMRConfig) -> type[nn.Module]:
     if config.remat == "none":
         return Layer
-    # static_argnums counts `self` as 0: (x=1, attention_mask=2, deterministic=3).
+    # static_argnums counts `self` as 0: (x=1, attention_mask=2, deterministic=3,
+    # segment_ids=4).
     return nn.remat(Layer, policy=_REMAT_POLICIES[config.remat], static_argnums=(3,),
                     prevent_cse=not config.scan_layers)
 
@@ -431,16 +457,17 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, attention_mask: Array, *, deterministic: bool,
-                 output_hidden_states: bool) -> tuple[Array, tuple[Array, ...] | None]:
+                 output_hidden_states: bool, segment_ids: Array | None = None
+                 ) -> tuple[Array, tuple[Array, ...] | None]:
         c = self.config
         if c.scan_layers:
             stack = nn.scan(
                 _ScannedLayer, variable_axes={"params": 0}, split_rngs={"params": True,
                                                                          "dropout": True},
-                in_axes=(nn.broadcast, nn.broadcast), length=c.num_hidden_layers,
+                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=c.num_hidden_layers,
                 metadata_params={nn.PARTITION_NAME: LAYERS})
             x, ys = stack(c, output_hidden_states, name="layers")(
-                x, attention_mask, deterministic)
+                x, attention_mask, deterministic, segment_ids)
             hidden = None
             if output_hidden_states:
                 hidden = tuple(ys[i] for i in range(c.num_hidden_layers))
@@ -448,7 +475,7 @@ class Encoder(nn.Module):
         layer_cls = _layer_class(c)
         hidden: list[Array] = []
         for i in range(c.num_hidden_layers):
-            x = layer_cls(c, name=f"layer_{i}")(x, attention_mask, deterministic)
+            x = layer_cls(c, name=f"layer_{i}")(x, attention_mask, deterministic, segment_ids)
             hidden.append(x)
         return x, (tuple(hidden) if output_hidden_states else None)
 
@@ -486,6 +513,10 @@ class XLMRModel(nn.Module):
     it returns ``(last_hidden_state, hidden_states)`` where ``hidden_states`` has
     ``num_hidden_layers + 1`` entries, index 0 being the embedding output. ``pool`` gives the
     pooler output for a last hidden state.
+
+    ``segment_ids [B, L]`` (0 on padding, 1, 2, ... per sequence) packs several sequences into a
+    row: attention stays within each segment and positions restart in each, so every
+    sequence gets the hidden states it would get alone in its own row.
     """
 
     config: XLMRConfig
@@ -498,15 +529,22 @@ class XLMRModel(nn.Module):
             self.pooler = Pooler(c)
 
     def __call__(self, input_ids: Array, attention_mask: Array | None = None, *,
-                 deterministic: bool = True, output_hidden_states: bool = False):
+                 segment_ids: Array | None = None, deterministic: bool = True,
+                 output_hidden_states: bool = False):
         check_length(self.config, input_ids.shape[-1])
         if attention_mask is None:
             attention_mask = (input_ids != self.config.pad_token_id).astype(jnp.int32)
+        if segment_ids is not None:
+            if segment_ids.shape != input_ids.shape:
+                raise ValueError(f"segment_ids: expected the shape of input_ids "
+                                 f"{input_ids.shape}, got {segment_ids.shape}")
+            segment_ids = nn.with_logical_constraint(segment_ids, (BATCH, LENGTH))
         input_ids = nn.with_logical_constraint(input_ids, (BATCH, LENGTH))
-        x = self.embeddings(input_ids, deterministic=deterministic)
+        x = self.embeddings(input_ids, deterministic=deterministic, segment_ids=segment_ids)
         last, hidden = self.encoder(x, attention_mask,
                                     deterministic=deterministic,
-                                    output_hidden_states=output_hidden_states)
+                                    output_hidden_states=output_hidden_states,
+                                    segment_ids=segment_ids)
         if self.config.add_pooling_layer and self.is_initializing():
             self.pooler(last)  # create the pooler's parameters at init
         if output_hidden_states:
