@@ -4,7 +4,6 @@ earlier step, and patience, through the experiment's own phase-2 path."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 
 import jax
@@ -15,11 +14,10 @@ import pytest
 from test_experiment import _grid, data_dir  # noqa: F401  (fixture)
 
 from xstilts import checkpoints, experiment, partitioning
-from xstilts import train as train_lib
 from xstilts import trainer as trainer_lib
 from xstilts.data import tasks
 from xstilts.evals import metrics
-from xstilts.experiment.finetune import run_finetune
+from xstilts.experiment.finetune import english_dev_evaluator, factory, run_finetune
 from xstilts.experiment.runtime import Runtime
 
 NER = tasks.get_task("synthetic.ner.en")
@@ -123,10 +121,11 @@ def test_ties_keep_the_earlier_step_and_patience_stops(runtime, monkeypatch):
     ckpt = checkpoints.Checkpointer(cell / "checkpoints", read_only=True)
     assert ckpt.metadata()["early_stopping"]["stopped"] is True
     ckpt.manager.close()
-    batches = functools.partial(train_lib.synthetic_batches, task_type=job.kind,
-                                num_labels=len(NER.labels),
-                                vocab_size=rt.model_config.vocab_size)  # the run's tokenizer
+    # The same cell's settings (its batches and evaluator): other ones would be a changed
+    # resume, which stops naming the difference (run_settings).
+    spec = tasks.get_task(job.source)
+    batches = factory(rt.inputs.task_batcher(job.source, "train", job.length, job.seed, True))
     result = rt.train(job, train_batches=batches, total_steps=6,
                       num_labels=len(NER.labels), best_metric="eval/f1",
-                      evaluator=lambda params: {"f1": 0.0})
+                      evaluator=english_dev_evaluator(rt, job, spec, len(NER.labels)))
     assert result.step == 3 and result.history == []

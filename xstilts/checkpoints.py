@@ -19,9 +19,11 @@ absolute, a URL stays the URL (``os.path.abspath('gs://b/x')`` would be a local 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import time
@@ -88,6 +90,19 @@ def run_path(path: str | os.PathLike[str]) -> epath.Path:
     to the same remote directory."""
     text = os.fspath(path)
     return epath.Path(text if is_url(text) else os.path.abspath(text))
+
+
+def write_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` whole: a local file through a renamed temporary, a URL
+    (an object store write is atomic by itself) through ``etils.epath``."""
+    target = run_path(path)
+    if is_url(str(target)):
+        target.write_text(text)
+        return
+    tmp = f"{target}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, target)
 
 
 # One writer per run directory -------------------------------------------------------------------
@@ -258,6 +273,52 @@ def check_same_shapes(found: Mapping[str, Any], expected: Mapping[str, Any], *, 
 class CheckpointReadError(ValueError):
     """A finished checkpoint that cannot be read back (arrays corrupt, an item missing)."""
 
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message  # what is wrong, without the advice
+
+
+class CheckpointSaveError(OSError):
+    """A checkpoint save (in the background or not) that failed: disk full, no permission."""
+
+
+VALIDATED = "validated.json"  # in a step directory: a later step's loss and grad norm were finite
+_TMP = ".orbax-checkpoint-tmp"
+_OS_ERROR = re.compile(r"os_error_code='?(\d+)")
+_ERRNO_TEXT = re.compile(r"\[Errno (\d+)\]")
+
+
+def save_failure_cause(error: BaseException) -> str:
+    """What a failed save's error says, shortened to its cause (``No space left on device
+    (errno 28)``) where the OS error is known, else its first line."""
+    text = str(error)
+    for pattern in (_OS_ERROR, _ERRNO_TEXT):
+        found = pattern.search(text)
+        if found:
+            code = int(found.group(1))
+            return f"{os.strerror(code)} (errno {code}, {errno.errorcode.get(code, '?')})"
+    if isinstance(error, OSError) and error.errno:
+        return f"{os.strerror(error.errno)} (errno {error.errno})"
+    return _first_line(error)
+
+
+class _SaveFailureEchoes(logging.Filter):
+    """Drops Orbax's own log records of a failed background save (each with its traceback,
+    hundreds of lines): ``Checkpointer.wait`` raises one ``CheckpointSaveError`` naming the
+    step, the path and the cause instead."""
+
+    ECHOES = ("_SignalingThread.run() raised", "Failed to run", "Save Finalize thread",
+              "Checkpointer failed")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        text = str(record.msg)
+        return not any(echo in text for echo in self.ECHOES)
+
+
+logging.getLogger("absl").addFilter(_SaveFailureEchoes())
+
 
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
@@ -301,6 +362,8 @@ class Checkpointer:
             preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
             enable_async_checkpointing=c.async_save, cleanup_tmp_directories=not read_only,
             create=not read_only, read_only=read_only)
+        self._saving: int | None = None  # the step of a background save not yet known finished
+        self._marks: dict[int, int] = {}  # validated steps whose marker is not yet written
         if read_only and not self.path.is_dir():
             raise FileNotFoundError(f"checkpoint directory {self.directory} does not exist")
         self.manager = ocp.CheckpointManager(self.path, options=options)
@@ -337,7 +400,12 @@ class Checkpointer:
     def save(self, state: TrainState, *, data_position: Mapping[str, Any] | None = None,
              metrics: Mapping[str, float] | None = None,
              extra_meta: Mapping[str, Any] | None = None) -> bool:
-        """Start saving ``state`` at its step (async where enabled); returns whether it saved."""
+        """Start saving ``state`` at its step (async where enabled); returns whether it saved.
+
+        A failure of the previous background save is raised first (``CheckpointSaveError``), so
+        is a failure of this one when it is synchronous."""
+        if self._saving is not None:
+            self.wait()  # Orbax would wait for it anyway; its failure is named as its own
         step = int(jax.device_get(state.step))
         meta = {"step": step, "data_position": dict(data_position or {}),
                 "param_shapes": param_shapes(state.params), **dict(extra_meta or {})}
@@ -346,14 +414,81 @@ class Checkpointer:
             meta=ocp.args.JsonSave(meta))
         clean = None if metrics is None else {**{k: float(v) for k, v in metrics.items()},
                                               STEP_KEY: float(step)}
-        return self.manager.save(step, args=args, metrics=clean, force=True)
+        self._saving = step
+        try:
+            saved = self.manager.save(step, args=args, metrics=clean, force=True)
+        except Exception as error:  # Orbax and TensorStore raise many kinds
+            self._save_failed(step, error)
+        if not self.config.async_save:
+            self.wait()
+        return saved
+
+    def _save_failed(self, step: int, error: BaseException) -> None:
+        """Remove the step's partial ``.orbax-checkpoint-tmp`` directory and raise a
+        ``CheckpointSaveError`` naming the step, the path and the cause."""
+        self._saving = None
+        removed = []
+        if self.path.is_dir():
+            for entry in self.path.iterdir():
+                if entry.name.startswith(f"{step}{_TMP}"):
+                    entry.rmtree(missing_ok=True) if entry.is_dir() else entry.unlink()
+                    removed.append(entry.name)
+        kept = [s for s in self.all_steps() if s != step]
+        raise CheckpointSaveError(
+            f"saving the checkpoint of step {step} to {self.directory}/{step} failed: "
+            f"{save_failure_cause(error)}"
+            f"{f'; removed the partial {removed[0]}' if removed else ''}. Finished checkpoints "
+            f"in {self.directory}: {kept or 'none'}; free space there (or fix its permissions) "
+            f"and rerun the same command to resume from the latest. Orbax said: "
+            f"{_first_line(error)}") from error
+
+    def poll(self) -> None:
+        """Raise the failure of a background save that has ended, without waiting for one
+        that is still running (called before every train step)."""
+        if self._saving is not None and not self.manager.is_saving_in_progress():
+            self.wait()
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Wait for the background save; its failure raises ``CheckpointSaveError``."""
+        step = self._saving
+        try:
+            self.manager.wait_until_finished()
+        except Exception as error:  # noqa: BLE001 - Orbax and TensorStore raise many kinds
+            self._save_failed(-1 if step is None else step, error)
+        self._saving = None
+        self._write_marks()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
+
+    # Validated steps ----------------------------------------------------------------------
+    def mark_validated(self, step: int, by_step: int) -> None:
+        """Record that the parameters saved at ``step`` passed ``by_step`` (a later step whose
+        loss and gradient norm were finite): ``<step>/validated.json``, written once the save
+        has finished (this call or a later ``poll``/``wait``)."""
+        self._marks[step] = by_step
+        if self._saving != step:
+            self._write_marks()
+
+    def _write_marks(self) -> None:
+        for step, by_step in list(self._marks.items()):
+            if self._saving == step:
+                continue
+            target = self.path / str(step)
+            if target.is_dir():
+                write_atomic(target / VALIDATED, json.dumps({"step": step, "by_step": by_step}))
+            del self._marks[step]
+
+    def validated_steps(self) -> list[int]:
+        """The kept steps whose parameters a later finite step validated."""
+        return [s for s in self.all_steps() if (self.path / str(s) / VALIDATED).exists()]
+
+    def latest_validated(self) -> int | None:
+        steps = self.validated_steps()
+        return steps[-1] if steps else None
 
     # Restore ------------------------------------------------------------------------------
     def _step_or_latest(self, step: int | None) -> int:
@@ -374,7 +509,7 @@ class Checkpointer:
                 f"checkpoint {self.directory}/{step} (step {step}) has no 'meta' item (expected "
                 f"{self.directory}/{step}/meta beside 'state': the step, data position and "
                 f"parameter shapes); it is incomplete. "
-                f"{self._resume_hint(step)}") from error
+                f"{self._resume_hint(step)}", reason="it has no 'meta' item") from error
 
     def _read_state(self, step: int, args: Any) -> Any:
         try:
@@ -382,7 +517,8 @@ class Checkpointer:
         except Exception as error:  # Orbax and TensorStore raise many kinds
             raise CheckpointReadError(
                 f"checkpoint {self.directory}/{step} (step {step}): its arrays cannot be read "
-                f"({_first_line(error)}). {self._resume_hint(step, args)}") from error
+                f"({_first_line(error)}). {self._resume_hint(step, args)}",
+                reason=f"its arrays cannot be read ({_first_line(error)})") from error
 
     def _resume_hint(self, bad_step: int, state_args: Any = None) -> str:
         """Which earlier step reads back whole (its meta, and the arrays of ``state_args``),
@@ -416,6 +552,30 @@ class Checkpointer:
             item=target, restore_args=_restore_args(target)))
         state = serialization.from_state_dict(abstract_state, restored)
         return state, meta
+
+    def restore_latest_intact(self, abstract_state: TrainState
+                              ) -> tuple[TrainState, dict[str, Any]] | None:
+        """``restore`` of the latest step that reads back whole (None: no checkpoint). A later
+        step that does not (arrays corrupt, an item missing) is moved out of the directory to
+        ``<directory>.bad-step-<step>`` with a warning naming its path and the error, so the
+        run resumes from the intact one and later saves do not meet it again; with no intact
+        step left the ``CheckpointReadError`` is raised."""
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                return self.restore(abstract_state, step)
+            except CheckpointReadError as error:
+                earlier = [s for s in self.all_steps() if s < step]
+                if not earlier:
+                    raise
+                aside = epath.Path(f"{self.directory}.bad-step-{step}")
+                if aside.exists():
+                    aside = epath.Path(f"{aside}-{int(time.time())}")
+                (self.path / str(step)).rename(aside)
+                self.manager.reload()
+                log.warning("checkpoint %s/%d (step %d) cannot be read: %s; moved it to %s "
+                            "and resuming from the previous step", self.directory, step, step,
+                            error.reason, aside)
+        return None
 
     def restore_params(self, abstract_params: PyTree, step: int | None = None) -> PyTree:
         """Only the parameters (evaluation), laid out as ``abstract_params``' shardings."""

@@ -50,6 +50,7 @@ is its own jitted function over one shared train state and optimizer.
 from __future__ import annotations
 
 import argparse
+import contextvars
 import dataclasses
 import functools
 import inspect
@@ -70,7 +71,7 @@ import numpy as np
 from etils import epath
 
 from xstilts import checkpoints as ckpt_lib
-from xstilts import gin_utils, partitioning
+from xstilts import gin_utils, partitioning, run_settings
 from xstilts import trainer as trainer_lib
 from xstilts.data import manifest
 from xstilts.gin_utils import parse_gin, rewrite_gin_args
@@ -231,14 +232,45 @@ def _register_tensorboard_scheme(run_dir: epath.Path) -> None:
             record_writer.register_writer_factory(scheme, _EpathRecordWriterFactory())
 
 
+def cut_metrics(path: str | os.PathLike[str], start_step: int) -> int:
+    """Drop the lines of steps after ``start_step`` from a ``train_metrics.jsonl`` (and a last
+    line cut short by a kill); returns how many were dropped. A line that is not JSON before
+    the last is an error naming the file and line."""
+    path = ckpt_lib.run_path(path)
+    if not path.exists():
+        return 0
+    lines = path.read_text().splitlines()
+    kept = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if number == len(lines):
+                break  # the last line, cut short by a kill mid-write
+            raise ValueError(f"{path}:{number}: not a JSON line ({line[:80]!r})") from None
+        if int(record.get("step", 0)) <= start_step:
+            kept.append(line)
+    dropped = len(lines) - len(kept)
+    if dropped:
+        log.info("%s: dropped %d line(s) after step %d (the run resumes there)", path, dropped,
+                 start_step)
+        ckpt_lib.write_atomic(path, "".join(f"{line}\n" for line in kept))
+    return dropped
+
+
 class SummaryWriter:
     """TensorBoard scalars (tensorboardX) plus ``train_metrics.jsonl``; no-ops off the chief.
 
     ``model_dir`` may be a URL (``gs://bucket/run``): both files are written through
     ``etils.epath``. Lines are buffered and flushed at each logging step (``flush``), not per
-    step (on ``gs://`` every flush uploads the object again)."""
+    step (on ``gs://`` every flush uploads the object again).
 
-    def __init__(self, model_dir: str | os.PathLike[str], *, enabled: bool) -> None:
+    ``start_step``: the step the run starts from (0, or the restored checkpoint's): lines of
+    later steps, written before the run was stopped or killed, are cut from
+    ``train_metrics.jsonl`` first, so a resumed run never repeats a step (``cut_metrics``)."""
+
+    def __init__(self, model_dir: str | os.PathLike[str], *, enabled: bool,
+                 start_step: int = 0) -> None:
         self.enabled = enabled
         self._tb = None
         self._jsonl = None
@@ -246,6 +278,7 @@ class SummaryWriter:
             import tensorboardX
 
             run_dir = ckpt_lib.run_path(model_dir)
+            cut_metrics(run_dir / "train_metrics.jsonl", start_step)
             _register_tensorboard_scheme(run_dir)
             self._tb = tensorboardX.SummaryWriter(str(run_dir / "tensorboard"))
             self._jsonl = (run_dir / "train_metrics.jsonl").open("a")
@@ -272,17 +305,7 @@ class SummaryWriter:
             self._jsonl.close()
 
 
-def _write_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` whole: a local file through a renamed temporary, a URL
-    (an object store write is atomic by itself) through ``etils.epath``."""
-    target = ckpt_lib.run_path(path)
-    if ckpt_lib.is_url(str(target)):
-        target.write_text(text)
-        return
-    tmp = f"{target}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, target)
+_write_atomic = ckpt_lib.write_atomic  # the name other modules and tests use
 
 
 def write_gin_configs(model_dir: str | os.PathLike[str]) -> None:
@@ -295,25 +318,46 @@ def write_gin_configs(model_dir: str | os.PathLike[str]) -> None:
 
 
 # Preemption -------------------------------------------------------------------------------------
+class StopRequested(BaseException):  # noqa: N818 - like KeyboardInterrupt, not an error
+    """SIGTERM/SIGINT during ``train``'s set-up (before the first step): nothing to save."""
+
+
 class _StopRequest:
-    """Set by SIGTERM (TPU preemption); the loop checkpoints and returns cleanly."""
+    """SIGTERM (TPU preemption) and SIGINT (Ctrl-C) for the whole ``train`` call.
+
+    In the loop (``in_loop``) a signal sets ``requested``: the loop checkpoints and returns
+    cleanly; a second SIGINT there raises ``KeyboardInterrupt`` (the user insists). Before the
+    loop (data, model, restore) a signal raises ``StopRequested`` at once: ``train`` logs it and
+    returns a preempted result without a step or a checkpoint."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
+        self.in_loop = False
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopRequest:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        log.warning("SIGTERM: saving a checkpoint and stopping")
+        name = signal.Signals(signum).name
+        if not self.in_loop:
+            raise StopRequested(name)
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        log.warning("%s: saving a checkpoint and stopping%s", name,
+                    " (press Ctrl-C again to stop without one)" if signum == signal.SIGINT
+                    else "")
         self.requested = True
 
     def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
     def agreed(self) -> bool:
         """Whether any host was asked to stop (all hosts must stop at the same step)."""
@@ -430,7 +474,7 @@ class _PendingStep:
 @dataclasses.dataclass
 class TrainResult:
     step: int
-    state: trainer_lib.TrainState
+    state: trainer_lib.TrainState | None  # None: stopped by a signal before the first step
     history: list[dict[str, Any]]  # per step; multi-task records also name the task and head
     preempted: bool = False
 
@@ -448,18 +492,34 @@ def _host_batch(batch: Mapping[str, Any], where: str) -> dict[str, np.ndarray]:
 
 
 def evaluate(trainer: trainer_lib.Trainer, params: Any, batches: Iterator[Mapping[str, Any]],
-             layout: partitioning.DataLayout) -> dict[str, float]:
-    """Loss and accuracy over a finite iterator of host-local batches (honours example_mask)."""
+             layout: partitioning.DataLayout,
+             check: Callable[[Mapping[str, np.ndarray], str], None] | None = None
+             ) -> dict[str, float]:
+    """Loss and accuracy over a finite iterator of host-local batches (honours example_mask).
+
+    ``check(batch, where)``: run on each host batch first (``train`` and
+    ``evaluate_checkpoint`` pass ``trainer.check_batch_values`` for their model, so an eval
+    label out of range is an error as in training, not a clipped one)."""
     totals: dict[str, float] = {}
-    for batch in batches:
-        global_batch = trainer.partitioner.host_local_to_global(
-            _host_batch(batch, "eval batch"), layout.global_batch_size)
+    for number, batch in enumerate(batches):
+        host = _host_batch(batch, f"eval batch {number}")
+        if check is not None:
+            check(host, f"eval batch {number}")
+        global_batch = trainer.partitioner.host_local_to_global(host, layout.global_batch_size)
         sums = jax.device_get(trainer.eval_step(params, global_batch))
         for k, v in sums.items():
             totals[k] = totals.get(k, 0.0) + float(v)
     if not totals:
         raise ValueError("evaluation got no batches")
     return trainer_lib.summarize_eval(totals)
+
+
+def _check_values(batch: Mapping[str, np.ndarray], where: str, *, kind: str, num_labels: int,
+                  model_config: XLMRConfig) -> None:
+    """``trainer.check_batch_values`` against ``model_config``'s vocabulary and positions."""
+    trainer_lib.check_batch_values(batch, kind=kind, num_labels=num_labels,
+                                   vocab_size=model_config.vocab_size, where=where,
+                                   max_length=model_config.max_length)
 
 
 def evaluate_heads(head_trainers: Mapping[str, trainer_lib.Trainer], params: Any,
@@ -539,6 +599,23 @@ def check_pooler(meta: Mapping[str, Any], use_pooler: bool | None, where: str) -
 _MACRO_NAMES = {"total_steps": "TRAIN_STEPS", "model_config": "MODEL_CONFIG (a models/*.gin)"}
 
 
+def _validated_hint(checkpointer: ckpt_lib.Checkpointer) -> str:
+    """Which checkpoint to resume from after a NaN: the latest one that a later finite step
+    validated (``Checkpointer.mark_validated``), and how."""
+    where = checkpointer.directory
+    validated = checkpointer.latest_validated()
+    later = [s for s in checkpointer.all_steps() if validated is None or s > validated]
+    if validated is None:
+        return (f"No checkpoint in {where} was followed by a finite step "
+                f"(saved: {checkpointer.all_steps() or 'none'}), so none is known to be good: "
+                f"start again in a new MODEL_DIR.")
+    move = "; ".join(f"mv {where}/{s} {where}.unvalidated-step-{s}" for s in later)
+    return (f"The last checkpoint validated by a finite next step is step {validated} in "
+            f"{where}" + (f"; the later {later} were not: move them aside ({move}) and" if later
+                          else ": to resume from it,") +
+            " rerun with the change and --on_change=keep.")
+
+
 def _check_required(fn_name: str, **values: Any) -> None:
     """A ``%gin.REQUIRED`` macro that reached us unset is an error naming the macro."""
     missing = [name for name, value in values.items() if value is gin.REQUIRED]
@@ -565,23 +642,36 @@ def _model_of_data(train_batches: Any, task_type: str | None, num_labels: int | 
     return model.task_type, model.num_labels, None, task_heads
 
 
+_STOP: contextvars.ContextVar[_StopRequest | None] = contextvars.ContextVar("stop",
+                                                                             default=None)
+
+
 def _holding_run_lock(fn: Callable[..., TrainResult]) -> Callable[..., TrainResult]:
     """``fn`` run while process 0 holds ``model_dir/writer.lock`` (``checkpoints.RunLock``),
-    released however it ends. The wrapper keeps ``fn``'s signature (gin checks parameters
-    against it)."""
+    released however it ends, and while SIGTERM/SIGINT stop it cleanly (``_StopRequest``: a
+    signal before the first step returns a preempted result with a log line, not exit 143).
+    The wrapper keeps ``fn``'s signature (gin checks parameters against it)."""
 
     @functools.wraps(fn)
     def locked(**kwargs: Any) -> TrainResult:
         model_dir = kwargs.get("model_dir")
         lock = ckpt_lib.RunLock(model_dir) if (
             jax.process_index() == 0 and model_dir and model_dir is not gin.REQUIRED) else None
-        if lock is not None:
-            lock.acquire()
-        try:
-            return fn(**kwargs)
-        finally:
-            if lock is not None:
-                lock.release()
+        with _StopRequest() as stop:
+            token = _STOP.set(stop)
+            try:
+                if lock is not None:
+                    lock.acquire()
+                return fn(**kwargs)
+            except StopRequested as signal_name:
+                log.warning("%s before the first step (during set-up): stopping; nothing was "
+                            "trained or saved by this run, so rerunning the same command "
+                            "starts (or resumes) where it would have", signal_name)
+                return TrainResult(step=-1, state=None, history=[], preempted=True)
+            finally:
+                _STOP.reset(token)
+                if lock is not None:
+                    lock.release()
 
     locked.__signature__ = inspect.signature(fn)  # type: ignore[attr-defined]
     return locked
@@ -606,7 +696,7 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
           heads: Mapping[str, Sequence[Any]] | None = None,
           task_heads: Mapping[str, str] | None = None,
           evaluator: Callable[[Any], Mapping[str, float]] | None = None,
-          patience: int | None = None) -> TrainResult:
+          patience: int | None = None, on_change: str = "stop") -> TrainResult:
     """Train (or resume) a task model; returns the last step, the state and per-step metrics.
 
     Resumes from the latest finished checkpoint in ``model_dir/checkpoints`` (params, optimizer,
@@ -645,7 +735,21 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
     One writer per run directory: process 0 holds ``model_dir/writer.lock``
     (``checkpoints.RunLock``) for the whole run; a second run into the same directory stops at
     once naming the holder (pid, host), and a lock left by a killed run on this host is stale.
+
+    A run remembers what it is (``run_settings``): its effective settings are stored in
+    ``model_dir/run_settings.json`` before the first step, and a resume whose settings differ
+    stops before any step, printing the difference setting by setting, unless ``on_change``
+    is ``'keep'`` (gin ``ON_CHANGE``, flag ``--on_change=keep``).
+
+    Faults: SIGTERM and SIGINT checkpoint and return (``preempted``; before the first step they
+    return at once with a log line); a failed background save is raised before the next step
+    (``CheckpointSaveError``: step, path, cause; its partial directory removed); a NaN stop
+    names the latest checkpoint a later finite step validated; a latest checkpoint that cannot
+    be read is moved aside with a warning and the previous intact one resumed;
+    ``train_metrics.jsonl`` is cut back to the restored step.
     """
+    call_args = dict(locals())
+    stop = _STOP.get() or _StopRequest()
     _check_required("train", model_dir=model_dir, model_config=model_config,
                     total_steps=total_steps, batch_size=batch_size, train_batches=train_batches,
                     task_type=task_type, num_labels=num_labels,
@@ -660,13 +764,24 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
     if patience is not None and not checkpoint.best_metric:
         raise ValueError("train(): patience needs checkpoint.best_metric (what must improve)")
     chief = jax.process_index() == 0
-    if chief and hasattr(train_batches, "data_records"):  # provenance of what the run reads
-        _write_atomic(ckpt_lib.run_path(model_dir) / DATA_MANIFEST,
-                      manifest.manifest_json(train_batches.data_records()) + "\n")
+    records = train_batches.data_records() if chief and hasattr(train_batches, "data_records") \
+        else None  # provenance of what the run reads
     partitioner.check_batch_size(batch_size)
     layout = partitioner.data_layout(batch_size)
 
     tx, schedule = optimizer(total_steps=total_steps)
+    if chief:  # before any step: a resume with other settings stops here
+        settings = run_settings.train_settings(
+            {**call_args, "task_type": task_type, "num_labels": num_labels, "heads": heads,
+             "task_heads": task_heads, "checkpoint": checkpoint, "partitioner": partitioner},
+            schedule=schedule, data_records=records)
+        steps = run_settings.finished_steps(ckpt_lib.run_path(model_dir) / "checkpoints")
+        resume_step = steps[-1] if steps else None
+        accepted = run_settings.check(model_dir, settings, resume_step=resume_step,
+                                      on_change=on_change)
+    if records is not None:
+        _write_atomic(ckpt_lib.run_path(model_dir) / DATA_MANIFEST,
+                      manifest.manifest_json(records) + "\n")
     multi = heads is not None
     if multi:
         spec = head_spec(heads)
@@ -720,6 +835,9 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
                                            max_length=model_config.max_length)
         return item[0], head, batch
 
+    check_eval = functools.partial(_check_values, kind=task_type, num_labels=num_labels,
+                                   model_config=model_config)
+
     def batches_from(start: int) -> Iterator[Any]:
         return iter(train_batches(shard_index=layout.shard_index, num_shards=layout.num_shards,
                                   batch_size=layout.per_host_batch_size, start_batch=start))
@@ -738,10 +856,11 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
     checkpointer = ckpt_lib.Checkpointer(ckpt_lib.run_path(model_dir) / "checkpoints",
                                          checkpoint)
     try:
-        latest = checkpointer.latest_step()
         stopping = EarlyStopping(checkpoint.best_metric, checkpoint.best_mode, patience)
-        if latest is not None:
-            state, meta = checkpointer.restore(trainer.abstract_state(input_shape), latest)
+        restored = checkpointer.restore_latest_intact(trainer.abstract_state(input_shape))
+        if restored is not None:
+            state, meta = restored
+            latest = int(meta["step"])
             start_batch = int(meta["data_position"].get("batches_consumed", latest))
             check_pooler(meta, use_pooler, checkpointer.directory)
             stopping = EarlyStopping.from_meta(meta.get("early_stopping"), stopping)
@@ -769,7 +888,7 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
             mlm_predictions=trainer_lib.mlm_max_predictions(length) if kind == "mlm" else None)
 
     peak = peak_tflops_per_device or device_peak_tflops(jax.devices()[0])
-    writer = SummaryWriter(model_dir, enabled=chief)
+    writer = SummaryWriter(model_dir, enabled=chief, start_step=start_step)
     history: list[dict[str, Any]] = []
     preempted = False
     batches = batches_from(start_batch)
@@ -787,6 +906,9 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
     save_meta = {"task_type": "multitask", "heads": {n: [k, c] for n, k, c in spec}} if multi \
         else {"task_type": task_type}
     save_meta["use_pooler"] = use_pooler
+    unvalidated: set[int] = set()  # saved steps whose next step's metrics are not yet read
+    if start_step and start_step not in checkpointer.validated_steps():
+        unvalidated.add(start_step)  # resumed: the first step validates the restored one
 
     def fetch_pending() -> None:
         """Read the pending steps' metrics from the device (one transfer; it waits for the last
@@ -806,11 +928,14 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
                 raise NonFiniteLossError(
                     f"loss {metrics['loss']} / grad norm {metrics['grad_norm']} at step "
                     f"{entry.step}{f' (task {entry.task})' if multi else ''}: stopping. "
-                    f"Nothing was saved after the last good checkpoint "
-                    f"(step {checkpointer.latest_step()} in {checkpointer.directory}). "
+                    f"No checkpoint was saved at or after it. "
+                    f"{_validated_hint(checkpointer)} "
                     f"Every batch's token ids and labels were checked in range before its "
                     f"step, so the cause is the optimisation: lower the learning rate "
                     f"(or raise the warm-up)")
+            if entry.step - 1 in unvalidated:  # the parameters saved there passed a step
+                unvalidated.discard(entry.step - 1)
+                checkpointer.mark_validated(entry.step - 1, entry.step)
             record: dict[str, Any] = {"step": entry.step, **{k: metrics[k] for k in (
                 "loss", "accuracy", "grad_norm", "learning_rate", "weight", "tokens")}}
             if multi:
@@ -841,6 +966,7 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
             step_state, data_position={"batches_consumed": consumed}, metrics=metrics,
             extra_meta={**save_meta, "total_steps": total_steps,
                         "early_stopping": stopping.as_meta()}))
+        unvalidated.add(int(jax.device_get(step_state.step)))
 
     def run_eval() -> dict[str, float]:
         out: dict[str, float] = {}
@@ -848,90 +974,104 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
             eval_it = iter(eval_batches(shard_index=layout.shard_index,
                                         num_shards=layout.num_shards,
                                         batch_size=layout.per_host_batch_size, start_batch=0))
-            out.update(evaluate(trainer, state.params, eval_it, layout) if not multi else
-                       evaluate_heads(head_trainers, state.params, eval_it, layout, unpack))
+            out.update(evaluate(trainer, state.params, eval_it, layout, check=check_eval)
+                       if not multi else
+                       evaluate_heads(head_trainers, state.params, eval_it, layout,
+                                      functools.partial(unpack, check=True)))
         if evaluator is not None:
             out.update({k: float(v) for k, v in evaluator(state.params).items()})
         return out
 
+    if chief:  # stored once the data and the model passed their checks, before any step
+        run_settings.record(model_dir, settings, accepted=accepted,
+                            resume_step=None if resume_step is None else start_step)
     try:
-        with _StopRequest() as stop:
-            step = start_step
-            clock.resume()
-            while step < end_step:
-                try:
-                    task, head, host = unpack(next(batches), f"train batch {consumed} "
-                                              f"(step {step + 1})", check=True)
-                except StopIteration:
-                    raise ValueError(f"train_batches ran out after {consumed} batches; "
-                                     f"{end_step} steps need one batch each") from None
-                global_batch = partitioner.host_local_to_global(host, batch_size)
-                shape = (batch_size, *host["input_ids"].shape[1:])
-                signature = (head, tuple((k, v.shape) for k, v in sorted(host.items())))
-                first_of_shape = signature not in compiled
-                if first_of_shape:  # it compiles: keep it (and only it) out of the window
-                    if pending:
-                        jax.block_until_ready(pending[-1].metrics)
-                    window.seconds += clock.pause()
-                step_trainer = head_trainers[head] if multi else trainer
-                state, metrics = step_trainer.train_step(state, global_batch)
-                consumed += 1
-                step += 1
-                pending.append(_PendingStep(
-                    step, task, head, metrics, timed=not first_of_shape,
-                    computed_tokens=float(np.prod(shape)),
-                    flops=batch_size * flops_per_example(kinds[head] if multi else task_type,
-                                                         shape)))
-                if first_of_shape:
-                    jax.block_until_ready(metrics)
-                    compiled.add(signature)
-                    clock.resume()
-                bar.update(1)
-                if step == start_step + 1:
-                    write_gin_configs(model_dir)  # every configurable has been called by now
-                log_now = step % log_every_steps == 0 or step == end_step
-                if log_now:
-                    fetch_pending()
-                    window.seconds += clock.lap()
+        stop.in_loop = True
+        step = start_step
+        clock.resume()
+        while step < end_step:
+            checkpointer.poll()  # a failed background save stops the run here
+            try:
+                task, head, host = unpack(next(batches), f"train batch {consumed} "
+                                          f"(step {step + 1})", check=True)
+            except StopIteration:
+                raise ValueError(f"train_batches ran out after {consumed} batches; "
+                                 f"{end_step} steps need one batch each") from None
+            global_batch = partitioner.host_local_to_global(host, batch_size)
+            shape = (batch_size, *host["input_ids"].shape[1:])
+            signature = (head, tuple((k, v.shape) for k, v in sorted(host.items())))
+            first_of_shape = signature not in compiled
+            if first_of_shape:  # it compiles: keep it (and only it) out of the window
+                if pending:
+                    jax.block_until_ready(pending[-1].metrics)
+                window.seconds += clock.pause()
+            step_trainer = head_trainers[head] if multi else trainer
+            state, metrics = step_trainer.train_step(state, global_batch)
+            consumed += 1
+            step += 1
+            pending.append(_PendingStep(
+                step, task, head, metrics, timed=not first_of_shape,
+                computed_tokens=float(np.prod(shape)),
+                flops=batch_size * flops_per_example(kinds[head] if multi else task_type,
+                                                     shape)))
+            if first_of_shape:
+                jax.block_until_ready(metrics)
+                compiled.add(signature)
+                clock.resume()
+            bar.update(1)
+            if step == start_step + 1:
+                write_gin_configs(model_dir)  # every configurable has been called by now
+            log_now = step % log_every_steps == 0 or step == end_step
+            if log_now:
+                fetch_pending()
+                window.seconds += clock.lap()
 
-                eval_metrics = None
-                if (eval_batches is not None or evaluator is not None) and eval_every_steps and (
-                        step % eval_every_steps == 0 or step == end_step):
-                    result = untimed(run_eval)
-                    eval_metrics = {f"eval/{k}": v for k, v in result.items()}
-                    writer.scalars(step, eval_metrics)
-                    if stopping.update(step, eval_metrics):
-                        log.info("early stop at step %d: %s did not improve on %.4f (step %d) "
-                                 "in %d evaluations", step, stopping.metric, stopping.best,
-                                 stopping.best_step, stopping.patience)
-                if log_now:
-                    perf = window.summary(num_devices=jax.device_count(), peak_tflops=peak)
-                    per_head = {f"train/{h}/loss": float(np.mean(v))
-                                for h, v in window_losses.items()}
-                    writer.scalars(step, {f"train/{k}": last[k] for k in (
-                        "loss", "accuracy", "grad_norm", "learning_rate")} | perf | per_head)
-                    writer.flush()
-                    bar.set_postfix(loss=f"{last['loss']:.4f}")
-                    window = ThroughputWindow()
-                    window_losses = {}
-                stop_now = stop.requested if jax.process_count() == 1 else (
-                    step % log_every_steps == 0 and stop.agreed())
-                if (step % checkpoint.save_every_steps == 0 or step == end_step or stop_now
-                        or eval_metrics is not None):
-                    save(state, eval_metrics)
-                if stop_now:
-                    preempted = True
-                    log.warning("stopped at step %d after SIGTERM (checkpoint saved)", step)
-                    break
-                if stopping.stopped:
-                    break
-            fetch_pending()
+            eval_metrics = None
+            if (eval_batches is not None or evaluator is not None) and eval_every_steps and (
+                    step % eval_every_steps == 0 or step == end_step):
+                result = untimed(run_eval)
+                eval_metrics = {f"eval/{k}": v for k, v in result.items()}
+                writer.scalars(step, eval_metrics)
+                if stopping.update(step, eval_metrics):
+                    log.info("early stop at step %d: %s did not improve on %.4f (step %d) "
+                             "in %d evaluations", step, stopping.metric, stopping.best,
+                             stopping.best_step, stopping.patience)
+            if log_now:
+                perf = window.summary(num_devices=jax.device_count(), peak_tflops=peak)
+                per_head = {f"train/{h}/loss": float(np.mean(v))
+                            for h, v in window_losses.items()}
+                writer.scalars(step, {f"train/{k}": last[k] for k in (
+                    "loss", "accuracy", "grad_norm", "learning_rate")} | perf | per_head)
+                writer.flush()
+                bar.set_postfix(loss=f"{last['loss']:.4f}")
+                window = ThroughputWindow()
+                window_losses = {}
+            stop_now = stop.requested if jax.process_count() == 1 else (
+                step % log_every_steps == 0 and stop.agreed())
+            if (step % checkpoint.save_every_steps == 0 or step == end_step or stop_now
+                    or eval_metrics is not None):
+                save(state, eval_metrics)
+            if stop_now:
+                preempted = True
+                log.warning("stopped at step %d after SIGTERM/SIGINT (checkpoint of step "
+                            "%d saved in %s)", step, step, checkpointer.directory)
+                break
+            if stopping.stopped:
+                break
+        fetch_pending()
         checkpointer.wait()
         write_gin_configs(model_dir)
-    finally:
+    except BaseException:
         bar.close()
         writer.close()
-        checkpointer.close()
+        try:
+            checkpointer.close()
+        except ckpt_lib.CheckpointSaveError as error:  # the error in flight is the first
+            log.error("%s", error)
+        raise
+    bar.close()
+    writer.close()
+    checkpointer.close()
     return TrainResult(step=int(jax.device_get(state.step)), state=state, history=history,
                        preempted=preempted)
 
@@ -971,12 +1111,15 @@ def evaluate_checkpoint(*, model_dir: str, model_config: XLMRConfig, batch_size:
                                  batch_size=layout.per_host_batch_size, start_batch=0))
 
     probe = _host_batch(next(batches()), "eval batch 0")
+    _check_values(probe, "eval batch 0", kind=task_type, num_labels=num_labels,
+                  model_config=model_config)
     input_shape = (batch_size, *probe["input_ids"].shape[1:])
     try:
         params = checkpointer.restore_params(trainer.abstract_state(input_shape).params, step)
     finally:
         checkpointer.manager.close()
-    result = evaluate(trainer, params, batches(), layout)
+    result = evaluate(trainer, params, batches(), layout, check=functools.partial(
+        _check_values, kind=task_type, num_labels=num_labels, model_config=model_config))
     if jax.process_index() == 0:
         _write_atomic(ckpt_lib.run_path(model_dir) / "eval_results.json",
                       json.dumps({"step": step, **result}, indent=1) + "\n")
@@ -1008,9 +1151,21 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--seqio_additional_cache_dirs", action="append", default=[],
                         help="directory searched for offline-cached seqio Tasks (repeatable; "
                              "t5x's flag; USE_CACHED_TASKS reads them)")
+    parser.add_argument("--on_change", choices=run_settings.ON_CHANGE, default=None,
+                        help="a resume whose settings differ from the run's "
+                             "(MODEL_DIR/run_settings.json): 'stop' (the default) prints the "
+                             "difference and stops; 'keep' resumes with the new settings and "
+                             "records the change (gin: ON_CHANGE)")
     parser.add_argument("--num_processes", type=int, default=None)
     parser.add_argument("--process_id", type=int, default=None)
     return parser.parse_args(rewrite_gin_args(argv))
+
+
+# Errors that say what is wrong, where, and what to do: the command line prints the message alone.
+REPORTED_ERRORS = (trainer_lib.BadBatchError, gin_utils.GinMacroError,
+                   run_settings.SettingsChangedError, ckpt_lib.RunLockedError,
+                   ckpt_lib.CheckpointReadError, ckpt_lib.CheckpointSaveError,
+                   NonFiniteLossError)
 
 
 def _log_to_stderr() -> None:
@@ -1038,10 +1193,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         seqio.add_global_cache_dirs([*seqio.get_global_cache_dirs(),
                                      *args.seqio_additional_cache_dirs])
-    parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths)
-    result = gin_utils.configured(entry_point)()
+    bindings = list(args.gin_bindings)
+    if args.on_change is not None:
+        bindings.append(f"train_script.train.on_change = {args.on_change!r}")
+    try:
+        with _StopRequest():  # a signal during start-up (gin, data, model) stops it cleanly
+            parse_gin(args.gin_file, bindings, args.gin_search_paths)
+            result = gin_utils.configured(entry_point)()
+    except StopRequested as signal_name:
+        log.warning("%s during start-up: stopping before the first step (nothing trained or "
+                    "saved)", signal_name)
+        return 0
+    except REPORTED_ERRORS as error:  # each names what is wrong and the fix: no traceback
+        text = "\n".join(line for line in str(error).splitlines()
+                         if not line.startswith("  In call to configurable"))  # gin's note
+        log.error("%s: %s", type(error).__name__, text)
+        return 1
     if isinstance(result, TrainResult):
-        log.info("finished at step %d%s", result.step, " (preempted)" if result.preempted else "")
+        if result.state is None:
+            log.info("stopped before the first step (signal)")
+        else:
+            log.info("finished at step %d%s", result.step,
+                     " (preempted)" if result.preempted else "")
     return 0
 
 
