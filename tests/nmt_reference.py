@@ -20,20 +20,32 @@ FAMILIES = {
 }
 
 
-def make_hf_nmt(family: str, seed: int = 0, **overrides):
-    """A random ``M2M100ForConditionalGeneration`` in eval mode (eager attention)."""
+def make_hf_nmt(family: str, seed: int = 0, eos_boost: float = 0.0, embed_std: float | None = None,
+                **overrides):
+    """A random ``M2M100ForConditionalGeneration`` in eval mode (eager attention).
+
+    Projections get ``1/sqrt(fan_in)`` weights (HF's 0.02 makes the encoder nearly invisible to
+    the decoder), LayerNorms and biases non-trivial values (a swapped name shows up), and
+    ``eos_boost`` is added to the ``</s>`` logit (through the decoder's final LayerNorm bias), so
+    that decoding ends before ``max_length`` on some rows. ``embed_std`` redraws the shared
+    embedding (larger logits than HF's 0.02 init gives).
+    """
     import torch
     import transformers
 
     torch.manual_seed(seed)
     config = transformers.M2M100Config(**{**FAMILIES[family], **overrides})
     model = transformers.M2M100ForConditionalGeneration(config)
-    with torch.no_grad():  # non-trivial LayerNorm and bias values, so a swapped name shows up
+    with torch.no_grad():
         for name, p in model.named_parameters():
             if "layer_norm" in name or name.endswith("bias"):
                 p.add_(0.1 * torch.randn_like(p))
-            elif "shared" in name:
-                p.mul_(20.0)  # peaked distributions: decoding paths differ by more than rounding
+            elif name.endswith("proj.weight") or ".fc" in name:
+                p.normal_(0.0, p.shape[1] ** -0.5)
+        if embed_std is not None:
+            model.model.shared.weight.normal_(0.0, embed_std)
+        eos = model.model.shared.weight[config.eos_token_id]
+        model.model.decoder.layer_norm.bias.add_(eos_boost * eos / eos.norm() ** 2)
     model.config._attn_implementation = "eager"
     return model.eval()
 

@@ -33,7 +33,7 @@ def _hf_logits(model, ids, mask, dec) -> np.ndarray:
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 @pytest.mark.parametrize("weights", ["safetensors", "bin"])
 def test_logits_equal_hugging_face(tmp_path, family, weights):
-    hf = make_hf_nmt(family)
+    hf = make_hf_nmt(family, embed_std=0.4)
     hf.save_pretrained(tmp_path, safe_serialization=weights == "safetensors")
     assert (tmp_path / ("model.safetensors" if weights == "safetensors"
                         else "pytorch_model.bin")).exists()
@@ -49,7 +49,7 @@ def test_logits_equal_hugging_face(tmp_path, family, weights):
 
 
 def test_cached_steps_equal_full_forward(tmp_path):
-    hf = make_hf_nmt("nllb", seed=3)
+    hf = make_hf_nmt("nllb", seed=3, embed_std=0.4)
     hf.save_pretrained(tmp_path)
     config, params = load_nmt_checkpoint(tmp_path)
     model = NMTModel(config)
@@ -68,7 +68,8 @@ def test_cached_steps_equal_full_forward(tmp_path):
 
 
 def test_untied_lm_head_and_unscaled_embeddings(tmp_path):
-    hf = make_hf_nmt("m2m100", seed=5, tie_word_embeddings=False, scale_embedding=False)
+    hf = make_hf_nmt("m2m100", seed=5, embed_std=0.4, tie_word_embeddings=False,
+                     scale_embedding=False)
     with torch.no_grad():
         hf.lm_head.weight.normal_()
     hf.save_pretrained(tmp_path)

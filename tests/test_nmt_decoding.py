@@ -1,0 +1,97 @@
+"""Greedy and beam-search decoding against Hugging Face ``generate()`` token for token."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.nmt_reference import make_hf_nmt, source_batch
+from xstilts.decoding import DecodeSettings, generate
+from xstilts.models.nmt_convert import load_nmt_checkpoint
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """``(family, eos_boost) -> (HF model, our config, our params)``, built on first use."""
+    cache = {}
+
+    def get(family: str, eos_boost: float):
+        if (family, eos_boost) not in cache:
+            folder = tmp_path_factory.mktemp(family)
+            hf = make_hf_nmt(family, seed=11, eos_boost=eos_boost)
+            hf.save_pretrained(folder)
+            cache[family, eos_boost] = (hf, *load_nmt_checkpoint(folder))
+        return cache[family, eos_boost]
+    return get
+
+
+def _hf_generate(hf, ids, mask, settings: DecodeSettings, forced_bos) -> np.ndarray:
+    kwargs = dict(num_beams=settings.num_beams, max_length=settings.max_length,
+                  do_sample=False, length_penalty=settings.length_penalty,
+                  early_stopping=settings.early_stopping)
+    if forced_bos is not None:
+        kwargs["forced_bos_token_id"] = forced_bos
+    with torch.no_grad():
+        out = hf.generate(input_ids=torch.tensor(ids, dtype=torch.long),
+                          attention_mask=torch.tensor(mask, dtype=torch.long), **kwargs)
+    return out.numpy()
+
+
+def _assert_same(ours: np.ndarray, theirs: np.ndarray, pad: int) -> None:
+    width = theirs.shape[1]
+    np.testing.assert_array_equal(ours[:, :width], theirs)
+    assert (ours[:, width:] == pad).all(), "ours goes on past Hugging Face's last column"
+
+
+# (family, eos boost, settings): the boosts make some rows of the batch end with </s> and others
+# run to max_length (the test checks that both happen).
+CASES = [
+    ("m2m100", 0.33, DecodeSettings(num_beams=1, max_length=12)),
+    ("nllb", 0.4, DecodeSettings(num_beams=1, max_length=12)),
+    ("m2m100", 0.2, DecodeSettings(num_beams=4, max_length=12)),
+    ("nllb", 0.2, DecodeSettings(num_beams=4, max_length=12)),
+    ("nllb", 0.2, DecodeSettings(num_beams=4, max_length=10, early_stopping=True,
+                                 length_penalty=0.6)),
+    ("m2m100", 0.2, DecodeSettings(num_beams=4, max_length=10, early_stopping="never",
+                                   length_penalty=1.3)),
+]
+
+
+@pytest.mark.parametrize("family,eos_boost,settings", CASES, ids=[
+    f"{f}-beams{s.num_beams}-lp{s.length_penalty}-es{s.early_stopping}" for f, _, s in CASES])
+def test_generate_equals_hugging_face(checkpoints, family, eos_boost, settings):
+    hf, config, params = checkpoints(family, eos_boost)
+    lang = config.vocab_size - 4  # a language-code-like id
+    ids, mask = source_batch(config.vocab_size, lengths=(9, 5, 2, 7, 3), seed=7,
+                             lang_id=config.vocab_size - 2)
+    theirs = _hf_generate(hf, ids, mask, settings, lang)
+    ours, scores = generate(config, params, ids, mask, lang, settings)
+    assert ours.shape == (len(ids), settings.max_length)
+    assert (ours[:, 1] == lang).all() and (ours[:, 0] == config.decoder_start_token_id).all()
+    _assert_same(ours, theirs, config.pad_token_id)
+    assert np.isfinite(scores).all()
+    # the batch shows both ways of ending: </s> before max_length, and max_length
+    ended = (theirs == config.eos_token_id)[:, 1:].any(axis=1)
+    assert ended.any() and not ended.all(), f"rows ending with </s>: {ended}; expected a mix"
+
+
+def test_without_forced_bos_and_per_row_targets(checkpoints):
+    hf, config, params = checkpoints("nllb", 0.2)
+    ids, mask = source_batch(config.vocab_size, lengths=(6, 4, 8), seed=3)
+    settings = DecodeSettings(num_beams=4, max_length=9)
+    ours, _ = generate(config, params, ids, mask, None, settings)
+    _assert_same(ours, _hf_generate(hf, ids, mask, settings, None), config.pad_token_id)
+    targets = np.array([config.vocab_size - 3, config.vocab_size - 5, config.vocab_size - 3])
+    mixed, _ = generate(config, params, ids, mask, targets, settings)
+    for row, lang in enumerate(targets):  # each row as HF decodes it alone
+        theirs = _hf_generate(hf, ids[row:row + 1], mask[row:row + 1], settings, int(lang))
+        _assert_same(mixed[row:row + 1], theirs, config.pad_token_id)
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError, match="num_beams 0"):
+        DecodeSettings(num_beams=0)
+    with pytest.raises(ValueError, match="early_stopping 'sometimes'"):
+        DecodeSettings(early_stopping="sometimes")
