@@ -7,6 +7,7 @@ misspelt macro, two writers and a ``kill -9``); each stops before any compile.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -20,9 +21,10 @@ import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from xstilts import checkpoints, gin_utils, partitioning, train, trainer
+from xstilts import checkpoints, fingerprint, gin_utils, partitioning, run_settings, train, trainer
 from xstilts.models import convert
 from xstilts.models.xlmr import XLMRConfig, XLMRModel
 
@@ -312,3 +314,102 @@ def test_only_process_zero_takes_the_lock(tmp_path, monkeypatch):
     monkeypatch.setattr(train.jax, "process_index", lambda: 1)
     with pytest.raises(ValueError, match=r"required settings \['total_steps'\]"):
         train.train(**kwargs)
+
+
+# 3. checkpoints you can trust -------------------------------------------------------------------
+def _poisoning_optimizer(at_step: int):
+    """An optimizer whose update at step ``at_step`` turns every parameter into NaN (and leaves
+    them alone otherwise): that step's own loss and gradient norm are still finite, so its
+    checkpoint is saved, and only the next step shows the NaN (the issue's 1.7e28 run)."""
+
+    def make(*, total_steps: int):
+        def init(params):
+            return {"count": jnp.zeros([], jnp.int32)}
+
+        def update(grads, state, params=None):
+            count = state["count"] + 1
+            poison = jnp.where(count == at_step, jnp.nan, 0.0)
+            return jax.tree.map(lambda p: p * poison, params), {"count": count}
+
+        return optax.GradientTransformation(init, update), lambda step: 1e-3
+
+    return make
+
+
+def test_nan_stop_names_the_checkpoint_a_finite_next_step_validated(tmp_path):
+    config = XLMRConfig.tiny()
+    batches = functools.partial(train.synthetic_batches, length=16, num_labels=3,
+                                vocab_size=config.vocab_size)
+    with pytest.raises(train.NonFiniteLossError) as stop:
+        train.train(model_dir=str(tmp_path), model_config=config, total_steps=5, batch_size=8,
+                    task_type="classification", num_labels=3, train_batches=batches,
+                    optimizer=_poisoning_optimizer(3), partitioner=partitioning.Partitioner(),
+                    checkpoint=checkpoints.CheckpointConfig(save_every_steps=1, keep=5),
+                    log_every_steps=1, progress=False)
+    where = tmp_path / "checkpoints"
+    message = str(stop.value)
+    assert message.startswith("loss nan / grad norm nan at step 4: stopping. No checkpoint was "
+                              "saved at or after it. The last checkpoint validated by a finite "
+                              f"next step is step 2 in {where}; the later [3] were not: move "
+                              f"them aside (mv {where}/3 {where}.unvalidated-step-3) and rerun "
+                              f"with the change and --on_change=keep."), message
+    assert [s for s in (1, 2, 3) if (where / str(s) / checkpoints.VALIDATED).exists()] == [1, 2]
+    reader = checkpoints.Checkpointer(where, read_only=True)
+    try:  # step 3 (saved) really holds the NaN parameters that the message steers away from
+        tx, schedule = trainer.make_optimizer(total_steps=1)
+        model = train.build_model("classification", config, num_labels=3)
+        abstract = trainer.Trainer(model, trainer.task_loss("classification"), tx, schedule,
+                                   partitioning.Partitioner()).abstract_state((8, 16))
+        params = reader.restore_params(abstract.params, 3)
+    finally:
+        reader.manager.close()
+    assert np.isnan(np.asarray(jax.tree.leaves(params)[0])).all()
+
+    # 4. eval batches get the train batches' checks (evaluate_checkpoint: before any compile)
+    with pytest.raises(trainer.BadBatchError, match=r"^eval batch 0: classification labels hold "
+                       r"\d+ value\(s\) \[3, 4, 5\], the first at index \d+ on real rows; "
+                       r"NUM_LABELS=3 expects labels in \[0, 3\)"):
+        train.evaluate_checkpoint(
+            model_dir=str(tmp_path), model_config=config, batch_size=8, step=2,
+            eval_batches=functools.partial(batches, num_labels=6, num_batches=1),
+            num_labels=3, partitioner=partitioning.Partitioner())
+
+
+def test_metrics_log_is_cut_back_to_the_resumed_step(tmp_path):
+    path = tmp_path / "train_metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 6))
+                    + '{"step": 6, "lo')  # a kill mid-line
+    assert train.cut_metrics(path, 3) == 3
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
+    path.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(ValueError, match=rf"^{path}:2: not a JSON line"):
+        train.cut_metrics(path, 1)
+
+
+def test_settings_of_a_closure_optimizer_are_its_schedule(tmp_path):
+    # The experiment driver passes ``lambda total_steps: make_optimizer(...)``: nothing to
+    # read but its schedule, which is recorded by value.
+    def args(lr):
+        return {"total_steps": 10, "model_config": XLMRConfig.tiny(),
+                "optimizer": lambda total_steps: trainer.make_optimizer(
+                    learning_rate=lr, total_steps=total_steps),
+                "train_batches": functools.partial(train.synthetic_batches, length=16)}
+
+    def settings(lr):
+        _, schedule = args(lr)["optimizer"](total_steps=10)
+        return run_settings.train_settings(args(lr), schedule=schedule, data_records=None)
+
+    old, new = settings(1e-5), settings(2e-5)
+    # 10% linear warm-up (1 step) then linear decay to 0 at step 10: steps 0, 1, 5 and 9
+    expected = [0.0, 1e-5, 1e-5 * 5 / 9, 1e-5 * 1 / 9]
+    assert old["optimizer.schedule"] == [float(f"{v:.7g}") for v in expected]
+    assert fingerprint.settings_diff(old, new) == [
+        ("optimizer.schedule", old["optimizer.schedule"], new["optimizer.schedule"])]
+    run_settings.record(tmp_path, old)
+    assert run_settings.check(tmp_path, old, resume_step=4, on_change="stop") == []
+    with pytest.raises(run_settings.SettingsChangedError, match=r"optimizer\.schedule: "):
+        run_settings.check(tmp_path, new, resume_step=4, on_change="stop")
+    assert run_settings.check(tmp_path, new, resume_step=None, on_change="stop") == []
+    (tmp_path / run_settings.SETTINGS_FILE).write_text("{")
+    with pytest.raises(run_settings.SettingsChangedError, match="run_settings.json: not valid"):
+        run_settings.check(tmp_path, new, resume_step=4, on_change="stop")
