@@ -1,0 +1,123 @@
+"""python -m xstilts.translate with a tiny random NLLB checkpoint: the release layout, the
+readers and registered tasks load it, the manifest, and a killed run resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import REPO_ROOT, require_sample, shared_data_dir
+from tests.nmt_reference import make_hf_nmt
+from xstilts.data import readers, sources, tasks
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A random NLLB-layout checkpoint with its tokenizer files (the shared test spm model)."""
+    folder = tmp_path_factory.mktemp("nllb")
+    spm = str(require_sample("spm") / "test_model.model")
+    tok = transformers.NllbTokenizer(vocab_file=spm)
+    tok.save_pretrained(folder)
+    make_hf_nmt("nllb", seed=2, eos_boost=0.3, vocab_size=len(tok)).save_pretrained(folder)
+    return folder
+
+
+def _run(args, **kwargs):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.Popen([sys.executable, "-m", "xstilts.translate", *args], cwd=REPO_ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **kwargs)
+
+
+def test_mnli_sample_to_release_layout(checkpoint, tmp_path):
+    data = shared_data_dir()
+    require_sample("english/mnli/glue_format")
+    proc = _run(["--task", "mnli", "--languages", "yo,sw", "--data_dir", str(data),
+                 "--output_dir", str(tmp_path), "--model", str(checkpoint), "--max_length", "10",
+                 "--allow_samples", "--shard_size", "2"])
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert "ex/s" in err or "ex_per_s" in err  # the progress bar with its rate
+    english = list(sources.read(tasks.get_task("mnli.en"), "train", data, allow_samples=True))
+    for lang in ("yo", "sw"):
+        path = tmp_path / f"xnli/translate-train/en-{lang}-translated.tsv"
+        assert str(path) in out
+        rows = list(readers.read_translate_train_tsv(path))
+        assert [(r["text_a_en"], r["text_b_en"], r["label"]) for r in rows] == [
+            (e["text_a"], e["text_b"], e["label"]) for e in english]
+        assert all(r["text_a"] and r["text_b"] for r in rows)
+        manifest = json.loads(path.with_name(path.name + ".manifest.json").read_text())
+        assert manifest["rows"] == len(english) and manifest["task"] == f"mnli.{lang}"
+        assert manifest["decoding"]["num_beams"] == 4 and len(manifest["model_sha256"]) == 64
+        assert not path.with_name(path.name + ".parts").exists()
+    # a language XTREME's release has is a registered task: it reads our file as its own
+    registered = list(sources.read(tasks.get_task("mnli.sw"), "train", tmp_path))
+    assert len(registered) == len(english)
+
+
+def _glue_mnli(path, n):
+    lines = (require_sample("tatoeba/v1") / "tatoeba.deu-eng.eng").read_text().splitlines()
+    labels = ("entailment", "neutral", "contradiction")
+    rows = ["index\tsentence1\tsentence2\tgold_label"] + [
+        f"{i}\t{lines[2 * i]}\t{lines[2 * i + 1]}\t{labels[i % 3]}" for i in range(n)]
+    path.parent.mkdir(parents=True)
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+
+def test_killed_run_resumes_without_duplicates_or_gaps(checkpoint, tmp_path):
+    data, out = tmp_path / "data", tmp_path / "out"
+    _glue_mnli(data / "mnli/train.tsv", 24)
+    args = ["--task", "mnli", "--languages", "yo", "--data_dir", str(data), "--output_dir",
+            str(out), "--model", str(checkpoint), "--max_length", "8", "--shard_size", "3",
+            "--batch_size", "4", "--no_progress"]
+    parts = out / "xnli/translate-train/en-yo-translated.tsv.parts"
+    proc = _run(args)
+    deadline = time.time() + 240
+    while not (parts / "shard-00001.tsv").exists() and proc.poll() is None:
+        assert time.time() < deadline, "no shard written"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    final = out / "xnli/translate-train/en-yo-translated.tsv"
+    assert not final.exists(), "the run finished before it was killed: nothing resumed"
+    done = sorted(p.name for p in parts.glob("shard-*.tsv"))
+    assert 2 <= len(done) < 8 and not list(parts.glob(".*tmp*"))
+    proc = _run(args)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    manifest = json.loads(final.with_name(final.name + ".manifest.json").read_text())
+    assert manifest["translated_this_run"] == 24 - 3 * len(done)
+    rows = list(readers.read_translate_train_tsv(final))
+    english = list(readers.read_mnli(data / "mnli/train.tsv"))
+    assert [(r["text_a_en"], r["text_b_en"]) for r in rows] == [
+        (e["text_a"], e["text_b"]) for e in english]
+    # the same as one uninterrupted run
+    fresh = tmp_path / "fresh"
+    proc = _run([*args[:7], str(fresh), *args[8:]])
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert (fresh / "xnli/translate-train/en-yo-translated.tsv").read_text() == final.read_text()
+
+
+def test_changed_settings_refuse_old_shards_and_unknown_language(checkpoint, tmp_path):
+    data, out = tmp_path / "data", tmp_path / "out"
+    _glue_mnli(data / "mnli/train.tsv", 3)
+    parts = out / "xnli/translate-train/en-yo-translated.tsv.parts"
+    parts.mkdir(parents=True)
+    (parts / "settings.json").write_text(json.dumps({"model": "other"}))
+    base = ["--task", "mnli", "--data_dir", str(data), "--output_dir", str(out), "--model",
+            str(checkpoint), "--max_length", "6", "--no_progress"]
+    proc = _run([*base, "--languages", "yo"])
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "unfinished shards of another run" in err
+    proc = _run([*base, "--languages", "xx"])
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "language 'xx'" in err

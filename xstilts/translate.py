@@ -1,0 +1,306 @@
+"""Build translate-train corpora with our JAX NMT model (M2M100 / NLLB-200).
+
+    python -m xstilts.translate --task mnli --languages yo,tl --data_dir D \\
+        --model facebook/nllb-200-distilled-600M [--output_dir O] [--max_examples N]
+
+reads the task's English train split from ``D`` (as the task registry finds it) and writes, per
+language, the layout of XTREME's translate-train release, so the existing readers load it:
+
+* ``mnli``: ``O/xnli/translate-train/en-<lang>-translated.tsv``: English premise, English
+  hypothesis, translated premise, translated hypothesis, label (``read_translate_train_tsv``);
+
+next to it ``<file>.manifest.json`` (model, its sha256, decoding settings, counts). The work is
+cut in shards of ``--shard_size`` examples, each written atomically under ``<file>.parts/``: a
+killed run started again skips the finished shards (the settings must be the same), and the
+final file appears only once all shards are done. Sentences are decoded in length-sorted batches
+padded to a few bucket lengths (few compilations), over the data axis of all local devices, bf16
+on accelerators. Progress: a tqdm bar with examples/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# XTREME language -> NLLB-200 (FLORES-200) code; M2M100 uses the XTREME code itself.
+NLLB_CODES = {
+    "af": "afr_Latn", "am": "amh_Ethi", "ar": "arb_Arab", "bg": "bul_Cyrl", "bn": "ben_Beng",
+    "de": "deu_Latn", "el": "ell_Grek", "en": "eng_Latn", "es": "spa_Latn", "et": "est_Latn",
+    "eu": "eus_Latn", "fa": "pes_Arab", "fi": "fin_Latn", "fr": "fra_Latn", "he": "heb_Hebr",
+    "hi": "hin_Deva", "hu": "hun_Latn", "id": "ind_Latn", "it": "ita_Latn", "ja": "jpn_Jpan",
+    "jv": "jav_Latn", "ka": "kat_Geor", "kk": "kaz_Cyrl", "ko": "kor_Hang", "ml": "mal_Mlym",
+    "mr": "mar_Deva", "ms": "zsm_Latn", "my": "mya_Mymr", "nl": "nld_Latn", "pt": "por_Latn",
+    "ru": "rus_Cyrl", "sw": "swh_Latn", "ta": "tam_Taml", "te": "tel_Telu", "th": "tha_Thai",
+    "tl": "tgl_Latn", "tr": "tur_Latn", "ur": "urd_Arab", "vi": "vie_Latn", "wo": "wol_Latn",
+    "yo": "yor_Latn", "zh": "zho_Hans",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskLayout:
+    """Where a task's English train split comes from and how its translation is written."""
+
+    task: str  # the registry task of the English train split
+    fields: tuple[str, ...]  # example fields to translate
+    path: str  # output file under the output dir, {lang} filled in
+    row: Callable[[dict, dict], list[str]]  # (example, translated fields) -> output columns
+
+
+def _pair_row(example: dict, translated: dict) -> list[str]:
+    return [example["text_a"], example["text_b"], translated["text_a"], translated["text_b"],
+            example["label"]]
+
+
+LAYOUTS = {
+    "mnli": TaskLayout("mnli.en", ("text_a", "text_b"),
+                       "xnli/translate-train/en-{lang}-translated.tsv", _pair_row),
+}
+
+
+@dataclasses.dataclass
+class Translator:
+    """A loaded checkpoint: tokenizer, config, params and the jit-compiled decoder."""
+
+    folder: str
+    settings: Any  # xstilts.decoding.DecodeSettings
+    batch_size: int = 32
+    max_source_length: int = 256
+    dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        import jax
+
+        from xstilts.models.nmt_convert import load_nmt_checkpoint
+        from xstilts.models.nmt_tokenizer import NMTTokenizer
+
+        if self.dtype is None:
+            self.dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+        self.tokenizer = NMTTokenizer.from_pretrained(self.folder)
+        self.config, self.params = load_nmt_checkpoint(self.folder, dtype=self.dtype)
+        self.devices = jax.local_devices()
+        if len(self.devices) > 1:  # data parallel: params replicated, batch rows split
+            from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+            mesh = Mesh(np.array(self.devices), ("data",))
+            self.params = jax.device_put(self.params, NamedSharding(mesh, PartitionSpec()))
+            self.row_sharding = NamedSharding(mesh, PartitionSpec("data"))
+        else:
+            self.row_sharding = None
+
+    def code(self, lang: str) -> str:
+        return lang if self.tokenizer.is_m2m100 else NLLB_CODES.get(lang, lang)
+
+    def check_languages(self, langs: Sequence[str], src: str) -> None:
+        for lang in [src, *langs]:
+            self.tokenizer.lang_id(self.code(lang))  # KeyError naming the tokenizer
+
+    def translate(self, texts: Sequence[str], src: str, tgt: str) -> list[str]:
+        """Translations of ``texts`` in their order (batches sorted by length)."""
+        import jax
+
+        from xstilts.decoding import generate
+
+        ids = [self.tokenizer.encode_source(t, self.code(src), self.max_source_length)
+               for t in texts]
+        target = self.tokenizer.lang_id(self.code(tgt))
+        out: list[str] = [""] * len(texts)
+        order = np.argsort([len(x) for x in ids], kind="stable")
+        rows = max(self.batch_size, len(self.devices))
+        rows += -rows % len(self.devices)
+        for start in range(0, len(order), rows):
+            chunk = order[start:start + rows]
+            width = _bucket(max(len(ids[i]) for i in chunk))
+            batch = np.full((rows, width), self.config.pad_token_id, np.int32)
+            for r, i in enumerate(chunk):
+                batch[r, :len(ids[i])] = ids[i]
+            batch[len(chunk):, 0] = self.config.eos_token_id  # filler rows: one real token
+            mask = (batch != self.config.pad_token_id).astype(np.int32)
+            if self.row_sharding is not None:
+                batch, mask = (jax.device_put(x, self.row_sharding) for x in (batch, mask))
+            tokens, _ = generate(self.config, self.params, batch, mask, target, self.settings)
+            for r, i in enumerate(chunk):
+                out[i] = _one_line(self.tokenizer.decode(tokens[r]))
+        return out
+
+
+def _bucket(length: int) -> int:
+    """Pad widths: multiples of 16 up to 128, then of 64 (few distinct compiled shapes)."""
+    step = 16 if length <= 128 else 64
+    return -(-length // step) * step
+
+
+def _one_line(text: str) -> str:
+    """The release files are TSV without quoting: no tab or newline inside a field."""
+    return " ".join(text.split())
+
+
+def file_sha256(paths: Iterable[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(path.name.encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def model_sha256(folder: str) -> str:
+    """sha256 over the checkpoint's config, weights and tokenizer files."""
+    names = ("config.json", "model.safetensors", "model.safetensors.index.json",
+             "pytorch_model.bin", "sentencepiece.bpe.model", "tokenizer_config.json",
+             "vocab.json")
+    root = Path(folder)
+    files = [root / n for n in names if (root / n).is_file()]
+    files += sorted(root.glob("model-*.safetensors"))
+    return file_sha256(files)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _rows_text(rows: Sequence[Sequence[str]]) -> str:
+    """TSV lines; a tab or line break inside a field (never in the releases) becomes a space."""
+    def field(text: str) -> str:
+        return text.replace("\t", " ").replace("\r", " ").replace("\n", " ")
+    return "".join("\t".join(field(c) for c in row) + "\n" for row in rows)
+
+
+def translate_task(task: str, languages: Sequence[str], data_dir: str, output_dir: str,
+                   translator: Translator, *, model_name: str, max_examples: int | None = None,
+                   shard_size: int = 1000, allow_samples: bool = False,
+                   progress: bool = True) -> list[Path]:
+    """Translate ``task``'s English train split into ``languages``; returns the files written."""
+    from tqdm import tqdm
+
+    from xstilts.data import sources, tasks
+
+    if task not in LAYOUTS:
+        raise ValueError(f"--task {task!r}: expected one of {sorted(LAYOUTS)} (others: not yet)")
+    layout = LAYOUTS[task]
+    spec = tasks.get_task(layout.task)
+    inputs = sources.resolve(spec, "train", data_dir, allow_samples=allow_samples)
+    examples = list(sources.read(spec, "train", data_dir, allow_samples=allow_samples))
+    if max_examples is not None:
+        examples = examples[:max_examples]
+    if not examples:
+        raise ValueError(f"{inputs[0]}: no examples in the train split of {layout.task}")
+    translator.check_languages(languages, "en")
+    settings = {"model": model_name, "model_sha256": model_sha256(translator.folder),
+                "input_files": [str(p) for p in inputs], "input_sha256": file_sha256(inputs),
+                "examples": len(examples), "shard_size": shard_size,
+                "decoding": dataclasses.asdict(translator.settings),
+                "max_source_length": translator.max_source_length,
+                "dtype": translator.dtype}
+    written = []
+    for lang in languages:
+        out = Path(output_dir) / layout.path.format(lang=lang)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        parts = out.with_name(out.name + ".parts")
+        parts.mkdir(exist_ok=True)
+        recorded = parts / "settings.json"
+        if recorded.exists():
+            before = json.loads(recorded.read_text(encoding="utf-8"))
+            if before != settings:
+                changed = sorted(k for k in settings if before.get(k) != settings[k])
+                raise ValueError(f"{parts}: unfinished shards of another run (differs in "
+                                 f"{changed}); delete the folder or rerun with its settings")
+        else:
+            _atomic_write(recorded, json.dumps(settings, indent=1))
+        shards = range(0, len(examples), shard_size)
+        bar = tqdm(total=len(examples), desc=f"{task} en->{lang}", unit="ex",
+                   disable=not progress, file=sys.stderr)
+        start, done_now = time.perf_counter(), 0
+        for first in shards:
+            shard = parts / f"shard-{first // shard_size:05d}.tsv"
+            chunk = examples[first:first + shard_size]
+            if not shard.exists():
+                translated: dict[str, list[str]] = {}
+                for field in layout.fields:
+                    translated[field] = translator.translate([e[field] for e in chunk], "en", lang)
+                rows = [layout.row(e, {f: translated[f][i] for f in layout.fields})
+                        for i, e in enumerate(chunk)]
+                _atomic_write(shard, _rows_text(rows))
+                done_now += len(chunk)
+            bar.update(len(chunk))
+            bar.set_postfix(ex_per_s=f"{done_now / max(time.perf_counter() - start, 1e-9):.1f}")
+        bar.close()
+        text = "".join(
+            (parts / f"shard-{first // shard_size:05d}.tsv").read_text(encoding="utf-8")
+            for first in shards)
+        if text.count("\n") != len(examples):
+            raise RuntimeError(f"{parts}: {text.count(chr(10))} rows for {len(examples)} "
+                               "examples; a shard is damaged: delete it and rerun")
+        _atomic_write(out, text)
+        manifest = {**settings, "task": f"{task}.{lang}", "language": lang,
+                    "source": "translate-train-ours", "file": str(out),
+                    "file_sha256": file_sha256([out]), "rows": len(examples),
+                    "seconds_this_run": round(time.perf_counter() - start, 3),
+                    "translated_this_run": done_now}
+        _atomic_write(out.with_name(out.name + ".manifest.json"), json.dumps(manifest, indent=1))
+        for shard in parts.iterdir():
+            shard.unlink()
+        parts.rmdir()
+        log.info("%s: %d rows (%d translated now)", out, len(examples), done_now)
+        written.append(out)
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from xstilts.decoding import DecodeSettings
+    from xstilts.models.convert import resolve_checkpoint_dir
+
+    p = argparse.ArgumentParser(prog="python -m xstilts.translate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", required=True, choices=sorted(LAYOUTS))
+    p.add_argument("--languages", required=True, help="comma-separated XTREME codes: yo,tl")
+    p.add_argument("--data_dir", required=True, help="where the English train split is")
+    p.add_argument("--output_dir", help="where the translations go (default: --data_dir)")
+    p.add_argument("--model", default="facebook/nllb-200-distilled-600M",
+                   help="Hugging Face checkpoint folder or hub id (M2M100 or NLLB-200)")
+    p.add_argument("--max_examples", type=int)
+    p.add_argument("--shard_size", type=int, default=1000)
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--num_beams", type=int, default=4)
+    p.add_argument("--max_length", type=int, default=200)
+    p.add_argument("--max_source_length", type=int, default=256)
+    p.add_argument("--dtype", help="compute dtype (default: float32 on CPU, bfloat16 elsewhere)")
+    p.add_argument("--allow_samples", action="store_true",
+                   help="read the data dir's sample files (tests, demos)")
+    p.add_argument("--no_progress", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    languages = [x.strip() for x in args.languages.split(",") if x.strip()]
+    if not languages:
+        p.error("--languages: expected at least one language code")
+    folder = resolve_checkpoint_dir(args.model)
+    translator = Translator(folder, DecodeSettings(num_beams=args.num_beams,
+                                                   max_length=args.max_length),
+                            batch_size=args.batch_size, max_source_length=args.max_source_length,
+                            dtype=args.dtype)
+    for path in translate_task(args.task, languages, args.data_dir,
+                               args.output_dir or args.data_dir, translator,
+                               model_name=args.model, max_examples=args.max_examples,
+                               shard_size=args.shard_size, allow_samples=args.allow_samples,
+                               progress=not args.no_progress):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
