@@ -185,10 +185,22 @@ class ReaderDataSource(seqio.FunctionDataSource):
         read = sources.read(self.spec, split, self.data_dir, allow_samples=self.allow_samples)
         return usable_examples(self.spec, list(read), training=split == TRAIN_SPLIT)
 
-    def _dataset_fn(self, split: str, shuffle_files: bool, seed: int | None = None
-                    ) -> tf.data.Dataset:
+    @property
+    def supports_arbitrary_sharding(self) -> bool:
+        return True  # host i reads examples i, i+n, ... (what Dataset.shard would keep)
+
+    def get_dataset(self, split: str = TRAIN_SPLIT, shuffle: bool = True,
+                    seed: int | None = None, shard_info: seqio.ShardInfo | None = None,
+                    **unused: Any) -> tf.data.Dataset:
+        """The split's examples; with ``shard_info`` only this shard's, chosen before they
+        cross into TF (a host does not turn the other hosts' rows into tensors)."""
+        return self._dataset_fn(split, shuffle, seed, shard_info=shard_info)
+
+    def _dataset_fn(self, split: str, shuffle_files: bool, seed: int | None = None,
+                    shard_info: seqio.ShardInfo | None = None) -> tf.data.Dataset:
         del shuffle_files, seed  # one file per split; Task.get_dataset shuffles examples
         split = str(split)  # seqio's default is tfds.Split.TRAIN
+        index, shards = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
         sources.resolve(self.spec, split, self.data_dir, allow_samples=self.allow_samples)
         kind, training = self.spec.kind, split == TRAIN_SPLIT
 
@@ -199,7 +211,7 @@ class ReaderDataSource(seqio.FunctionDataSource):
         # readers alone give >20k). Not from_tensor_slices: a split as graph constants would
         # hit the 2 GiB graph limit at paper scale.
         def generate() -> Iterable[dict[str, Any]]:
-            examples = self.examples(split)
+            examples = self.examples(split)[index::shards]
             for start in range(0, len(examples), SOURCE_CHUNK):
                 rows = [_row(kind, e, training) for e in examples[start:start + SOURCE_CHUNK]]
                 yield {key: _column([row[key] for row in rows], spec)
