@@ -12,6 +12,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import gin
+import numpy as np
+from jax.experimental import multihost_utils
 
 from xstilts.data import manifest, pipeline, tasks
 from xstilts.models import heads as heads_lib
@@ -128,6 +130,11 @@ def _names(value: str | Sequence[str] | None) -> list[str]:
     return [value] if isinstance(value, str) else [str(v) for v in value]
 
 
+def agree_width(width: int) -> int:
+    """The largest of every process's ``width`` (the step's batch width, length buckets)."""
+    return int(np.max(multihost_utils.process_allgather(np.asarray(width, np.int32))))
+
+
 DATA_MANIFEST = "data_manifest.json"  # what a run read, as the experiment writes per job
 
 
@@ -149,6 +156,11 @@ class SeqioBatches:
     starts at batch ``start_batch`` of the same stream (exact resume). ``model()`` tells
     ``train`` the head(s) (``seqio_data_model``; ``kind``/``num_labels`` for a user's Task
     whose features do not tell); a Mixture drawn one task per step yields ``(task, batch)``.
+
+    ``length_buckets`` (gin ``LENGTH_BUCKETS``; None, ``"auto"`` or lengths, see
+    ``feature_converters.bucket_lengths``): each batch as wide as the smallest bucket holding
+    its longest row. With several hosts each sees only its shard, so the hosts agree on every
+    step's width, the largest of theirs (``agree_width``: one small all-gather per step).
     """
 
     mixture_or_task_name: str
@@ -163,6 +175,7 @@ class SeqioBatches:
     seed: int = 0
     kind: str | None = None
     num_labels: int | None = None
+    length_buckets: Sequence[int] | str | None = None
 
     def __post_init__(self) -> None:
         missing = [macro for macro, value in (
@@ -273,6 +286,8 @@ class SeqioBatches:
             self.mixture_or_task_name, sequence_length=self.task_feature_lengths,
             batch_size=batch_size, split=self.split,
             shard_info=seqio.ShardInfo(int(shard_index), int(num_shards)), seed=self.seed,
-            start_step=int(start_batch), use_cached=self._cached)
+            start_step=int(start_batch), use_cached=self._cached,
+            length_buckets=self.length_buckets,
+            agree_width=agree_width if int(num_shards) > 1 else None)
         for task, batch in stream:
             yield (task, batch) if model.heads else batch
