@@ -9,7 +9,9 @@ optional ``intermediate`` (config -> Mixture beside the baseline) and ``english_
 ``out`` (a folder: this process writes ``process<k>.json`` there with the rows ``run()``
 returned, the report's markdown and every path the experiment/report modules wrote), optional
 ``distributed`` ({coordinator, num_processes, process_id}) and ``forbid_training`` (any
-``train.train`` call is an error: every cell must be skipped as finished).
+``train.train`` call is an error: every cell must be skipped as finished), ``worker`` /
+``cells`` (a launch sharing the run directory, ``poll_seconds`` 0.2; the output then also
+lists the cells this launch computed, ``started``).
 """
 
 from __future__ import annotations
@@ -66,13 +68,16 @@ grid = experiment.make_grid(
     finetune={"steps": 2, "batch_size": 8, "learning_rate": 1e-3, "max_length": 48,
               "eval_every_steps": 2, "save_every_steps": 2},
     tiers={"en": "high", "xa": "medium", "xb": "medium", "xc": "low", "xd": "low"},
-    compilation_cache=False)  # the test session's JAX_COMPILATION_CACHE_DIR is inherited
+    compilation_cache=False,  # the test session's JAX_COMPILATION_CACHE_DIR is inherited
+    worker=spec.get("worker", False), cells=spec.get("cells"), poll_seconds=0.2)
 partitioner = partitioning.Partitioner(partitioning.create_mesh(data=jax.device_count()))
-rows = experiment.Experiment(grid, partitioner).run()
+driver = experiment.Experiment(grid, partitioner)
+rows = driver.run()
 text = report.write_report(spec["run_dir"])
 os.makedirs(spec["out"], exist_ok=True)
 with open(os.path.join(spec["out"], f"process{jax.process_index()}.json"), "w") as f:
     json.dump({"rows": rows, "report": text, "written": written,
+               "started": driver.ledger.started,
                "process_count": jax.process_count(), "device_count": jax.device_count()}, f)
 if "distributed" in spec:
     jax.distributed.shutdown()

@@ -1,6 +1,7 @@
 """The experiment driver on two processes (``jax.distributed`` over gloo, one CPU device each)
 against one process with two devices: the same global mesh (data=2), so the same grid must give
-the same tidy table; only the chief writes the shared files; a rerun skips every cell.
+the same tidy table; only the chief writes the shared files; a rerun skips every cell. Two
+independent worker launches sharing one run directory give the same table too.
 
 The grid runs end to end from nothing: SentencePiece trained by the chief on the synthetic MLM
 text, phase-0 MLM (masks are keyed on the global row, so two hosts mask exactly the tokens one
@@ -113,7 +114,28 @@ def test_two_process_experiment_matches_one_process(tmp_path):
     assert sorted(chief["written"]) == sorted(one["written"])
     assert not list(multi.rglob("*.tmp-*"))
 
+    # Two independent launches with ``worker`` on one run directory (issue 16 item 6) split
+    # the grid between them (each cell claimed once; a fine-tune waits for its phase-1
+    # checkpoint) and give the one-process table.
+    shared = tmp_path / "shared"
+    _run([{**common, "run_dir": str(shared), "devices": 2, "out": str(tmp_path / f"w{k}"),
+           "worker": True} for k in range(2)])
+    workers = [_load(tmp_path / f"w{k}" / "process0.json") for k in range(2)]
+    assert len(one["started"]) == 8  # tokenizer, chance, phase 0 and 1, 2 retrieval, 2 tunes
+    a, b = (set(w["started"]) for w in workers)
+    assert a and b and not a & b and a | b == set(one["started"])
+    assert workers[0]["rows"] == workers[1]["rows"] == experiment.read_rows(
+        shared / "results.jsonl")
+    assert sorted(map(_key, workers[0]["rows"])) == sorted(map(_key, one["rows"]))
+    for row in workers[0]["rows"]:
+        assert row["value"] == pytest.approx(expected[_key(row)], abs=1e-6), _key(row)
+    for cell in ("phase0", "phase1/nli.en/seed0", "phase2/nli.en/synthetic.paraphrase.en/seed0"):
+        np.testing.assert_allclose(_losses(shared, cell), _losses(single, cell), rtol=1e-6,
+                                   err_msg=cell)
+    assert not list(shared.rglob("*.claim")) and not (shared / "writer.lock").exists()
+
     # A second two-process run agrees that every cell is finished and trains nothing.
     _run(_two_process_specs(multi, tmp_path / "out3", forbid_training=True, **common))
     again = _load(tmp_path / "out3" / "process1.json")
     assert again["rows"] == chief["rows"]
+

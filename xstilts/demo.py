@@ -26,6 +26,7 @@ import numpy as np
 
 from xstilts import experiment, gin_utils, report
 from xstilts.data.synthetic import SyntheticWorld
+from xstilts.experiment import cells
 from xstilts.models.convert import load_hf_checkpoint, save_hf_checkpoint, task_params
 from xstilts.models.heads import XLMRForMaskedLM
 from xstilts.models.xlmr import XLMRConfig, XLMRModel, count_params
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         gin_utils.configured(experiment.run_experiment)()
     except experiment.SettingsChanged as error:
-        print(f"python -m xstilts.demo: {error}", file=sys.stderr)
+        print(f"python -m xstilts.demo: {cells.message(error)}", file=sys.stderr)
         return 2
     text = report.write_report(run_dir)
     print(text)

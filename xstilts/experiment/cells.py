@@ -48,6 +48,11 @@ class SettingsChanged(RuntimeError):
     """A rerun found cells computed with other settings (``on_change="stop"``)."""
 
 
+def message(error: SettingsChanged) -> str:
+    """The stop message without the call site gin appends to an error raised inside it."""
+    return str(error).split("\n  In call to configurable")[0]
+
+
 @dataclasses.dataclass(frozen=True)
 class Cell:
     """One unit of work of the grid and where its result and settings live (run-relative)."""
@@ -306,6 +311,9 @@ class Ledger:
 
     def cell(self, name: str) -> Cell:
         return next(c for c in self.cells if c.name == name)
+
+    def has(self, name: str) -> bool:
+        return any(c.name == name for c in self.cells)
 
     def begin(self, name: str) -> bool:
         """Record the settings of a cell about to be computed (chief); False if it is

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from xstilts import gin_utils, partitioning
+from xstilts.experiment import cells
 from xstilts.experiment.cells import SettingsChanged
 from xstilts.experiment.driver import Experiment
 from xstilts.experiment.dry_run import dry_run as dry_run_grid
@@ -20,6 +21,7 @@ fine-tuning, (3) zero-shot evaluation in every language, plus retrieval straight
 
     python -m xstilts.experiment --gin_file=experiments/demo.gin --gin.RUN_DIR="'/tmp/run'"
     python -m xstilts.experiment --gin_file=experiments/xstilts_large.gin --dry_run
+    python -m xstilts.experiment --gin_file=... --worker     # as many launches as you like
 """
 
 
@@ -60,6 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "print the differences (default), rerun the changed cells and "
                              "everything downstream, or keep the finished ones (marked in the "
                              "report)")
+    parser.add_argument("--worker", action="store_true",
+                        help="share RUN_DIR with other launches: claim and compute whatever "
+                             "cell is free (and ready) until the grid is finished")
+    parser.add_argument("--cells", metavar="i/N",
+                        help="share RUN_DIR with other launches: compute every N-th cell, "
+                             "starting at the i-th (waiting for upstream cells of others)")
     args = parser.parse_args(gin_utils.rewrite_gin_args(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if not args.gin_file:
@@ -69,6 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("python -m xstilts.experiment: --topology needs --dry_run")
     if args.dry_run:
         bindings.append("experiment.run_experiment.dry_run = True")
+    if args.worker:
+        bindings.append("experiment.run_experiment.worker = True")
+    if args.cells:
+        bindings.append(f"experiment.run_experiment.cells = {args.cells!r}")
     if args.on_change:
         bindings.append(f"experiment.run_experiment.on_change = '{args.on_change}'")
     if args.topology:
@@ -79,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = gin_utils.configured(run_experiment)()
     except SettingsChanged as error:
-        print(f"python -m xstilts.experiment: {error}", file=sys.stderr)
+        print(f"python -m xstilts.experiment: {cells.message(error)}", file=sys.stderr)
         return 2
     print(result.summary() if args.dry_run else f"{len(result)} result rows")
     return 1 if args.dry_run and result.unfit else 0

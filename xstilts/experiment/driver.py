@@ -14,7 +14,7 @@ from xstilts.data.mixtures import derived_targets
 from xstilts.evals import metrics
 from xstilts.experiment import plan as plan_lib
 from xstilts.experiment import rundir
-from xstilts.experiment.cells import Ledger
+from xstilts.experiment.cells import Cell, Ledger
 from xstilts.experiment.finetune import run_finetune
 from xstilts.experiment.grid import Grid
 from xstilts.experiment.intermediate import run_intermediate
@@ -27,9 +27,10 @@ from xstilts.experiment.retrieval import (
     retrieval_rows,
     task_length,
 )
-from xstilts.experiment.rundir import CHANCE, read_rows, row, write_rows
+from xstilts.experiment.rundir import CHANCE, is_done, read_rows, row, write_rows
 from xstilts.experiment.runtime import Runtime
 from xstilts.experiment.scoring import chance_scores, check_gold
+from xstilts.experiment.workers import claimed_cells, mine, parse_part
 from xstilts.multihost import barrier, is_chief
 
 log = logging.getLogger("xstilts.experiment")
@@ -130,19 +131,23 @@ def target_chance_rows(rt: Runtime) -> list[dict[str, Any]]:
 
 
 class Experiment:
-    """Runs the grid job by job (``xstilts.experiment.rundir`` describes the directory)."""
+    """Runs the grid cell by cell (``xstilts.experiment.rundir`` describes the directory; a
+    grid split across launches: ``xstilts.experiment.workers``)."""
 
     def __init__(self, grid: Grid, partitioner: partitioning.Partitioner | None = None,
                  progress: bool = False) -> None:
         self.grid = grid
         self.rt = Runtime.create(grid, partitioner, progress)
+        self._vocab_ready = False
 
     def run(self) -> list[dict[str, Any]]:
-        """The whole grid, resumable. One driver per run directory: the chief holds
-        ``RUN_DIR/writer.lock`` (``checkpoints.RunLock``) for the run, so a second driver into
-        the same directory stops at once naming the holder (a lock left by a killed run on
-        this host is stale and taken over)."""
-        lock = RunLock(self.rt.run_dir) if is_chief() else None
+        """The whole grid (or this launch's part of it), resumable. A plain driver is the only
+        one in its run directory: the chief holds ``RUN_DIR/writer.lock``
+        (``checkpoints.RunLock``), so a second one stops at once naming the holder (a lock
+        left by a killed run on this host is stale and taken over). Launches with ``worker``
+        or ``cells`` share the directory: each claims a cell before computing it."""
+        shared = self.grid.worker or self.grid.cells is not None
+        lock = RunLock(self.rt.run_dir) if is_chief() and not shared else None
         if lock is not None:
             lock.acquire()
         try:
@@ -156,60 +161,71 @@ class Experiment:
         run_dir.mkdir(parents=True, exist_ok=True)
         if self.grid.compilation_cache:
             rundir.enable_compilation_cache(run_dir / "jax_cache")
-        jobs = plan_lib.plan(self.grid)
+        self.jobs = {j.model_dir: j for j in plan_lib.plan(self.grid)}
         # Every recorded cell against this run's settings, before any work (cells.py).
-        self.ledger = ledger = Ledger.check(self.grid, jobs, retrieval_settings(rt),
-                                            self.grid.on_change)
-        if any(c.name == "tokenizer" for c in ledger.cells):
-            ledger.begin("tokenizer")
-        rt.inputs.prepare_tokenizer()
-        rt.fit_vocab()
-        rundir.write_json(run_dir / "experiment.json", experiment_meta(rt, jobs, ledger))
-        start = time.perf_counter()
-        rows = self._chance()
-        for job in (j for j in jobs if j.phase == "phase0"):
-            ledger.begin(job.model_dir)
-            run_pretrain(rt, job)
-        rows += self._phase1(jobs)
-        cells = [j for j in jobs if j.phase == "phase2"]
-        for number, job in enumerate(cells, 1):
-            done_before = not ledger.begin(job.model_dir)
-            rows += run_finetune(rt, job)
-            log.info("cell %d/%d %s %s seed %d %s (%.0f s elapsed)", number, len(cells),
-                     job.config, job.source, job.seed,
-                     "skipped (finished before)" if done_before else "done",
-                     time.perf_counter() - start)
+        self.ledger = ledger = Ledger.check(self.grid, list(self.jobs.values()),
+                                            retrieval_settings(rt), self.grid.on_change)
+        start, finetunes = time.perf_counter(), [c for c in ledger.cells if c.phase == "phase2"]
+        for cell in claimed_cells(run_dir, mine(ledger.cells, parse_part(self.grid.cells)),
+                                  done=self._done, ready=self._ready,
+                                  poll_seconds=self.grid.poll_seconds):
+            ledger.begin(cell.name)
+            self._compute(cell)
+            if cell.phase == "phase2":
+                job = self.jobs[cell.name]
+                log.info("cell %d/%d %s %s seed %d done (%.0f s elapsed)",
+                         finetunes.index(cell) + 1, len(finetunes), job.config, job.source,
+                         job.seed, time.perf_counter() - start)
+        log.info("%s", ledger.summary())
+        if not all(self._done(c) for c in ledger.cells):
+            log.info("this launch's cells are done; the results table is written by the "
+                     "launch that finds every cell finished")
+            return []
+        self._vocab()
+        rows = [r for c in ledger.cells if c.phase in ("chance", "retrieval", "phase2")
+                for r in read_rows(run_dir / c.done)]
         rows.sort(key=lambda r: (r["config"] != CHANCE, r["config"], r["task"], r["language"],
                                  r["split"], r["metric"], r["seed"]))
         write_rows(run_dir / "results.jsonl", rows)
         rundir.write_csv(run_dir / "results.csv", rows)
         barrier("results")
-        log.info("%s", ledger.summary())
         return rows
 
-    def _chance(self) -> list[dict[str, Any]]:
-        path = self.rt.run_dir / "chance.jsonl"
-        if self.ledger.begin("chance"):
-            write_rows(path, target_chance_rows(self.rt) + retrieval_chance_rows(self.rt, CHANCE))
+    def _done(self, cell: Cell) -> bool:
+        return is_done(self.rt.run_dir / cell.done)
+
+    def _ready(self, cell: Cell) -> bool:
+        """Whether the cells it needs are finished: the tokenizer, the checkpoint it starts
+        from."""
+        needs = [cell.upstream] if cell.upstream else []
+        if cell.phase not in ("tokenizer", "chance") and self.ledger.has("tokenizer"):
+            needs.append("tokenizer")
+        return all(self._done(self.ledger.cell(name)) for name in needs)
+
+    def _vocab(self) -> None:
+        """Once the tokenizer exists: the model's vocabulary, and ``experiment.json``."""
+        if not self._vocab_ready:
+            self.rt.fit_vocab()
+            rundir.write_json(self.rt.run_dir / "experiment.json", experiment_meta(
+                self.rt, list(self.jobs.values()), self.ledger))
+            self._vocab_ready = True
+
+    def _compute(self, cell: Cell) -> None:
+        rt = self.rt
+        if cell.phase == "tokenizer":
+            rt.inputs.prepare_tokenizer()
+            return
+        if cell.phase == "chance":
+            write_rows(rt.run_dir / cell.done,
+                       target_chance_rows(rt) + retrieval_chance_rows(rt, CHANCE))
             barrier("chance")
-        return read_rows(path)
-
-    def _phase1(self, jobs: list[plan_lib.PhaseJob]) -> list[dict[str, Any]]:
-        """Intermediate training of every config and seed, then its retrieval rows."""
-        rt, rows = self.rt, []
-        phase1 = {(j.config, j.seed): j for j in jobs if j.phase == "phase1"}
-        for job in phase1.values():
-            self.ledger.begin(job.model_dir)
-            run_intermediate(rt, job)
-        pretrain = plan_lib.plan_pretrain(self.grid)
-        for config in self.grid.intermediate:
-            for seed in plan_lib.phase1_seeds(self.grid):
-                job = phase1.get((config, seed))
-                encoder = job.checkpoints if job else (pretrain[0].checkpoints if pretrain
-                                                       else None)
-                path = rt.run_dir / "phase1" / config / f"seed{seed}" / "retrieval.jsonl"
-                if self.ledger.begin(f"phase1/{config}/seed{seed}/retrieval"):
-                    write_rows(path, retrieval_rows(rt, config, rt.path(encoder), seed))
-                    barrier(f"retrieval {path}")
-                rows += read_rows(path)
-        return rows
+            return
+        self._vocab()
+        if cell.phase == "retrieval":
+            config, seed = cell.name.split("/")[1], int(cell.name.split("/")[2][len("seed"):])
+            encoder = f"{cell.upstream}/checkpoints" if cell.upstream else None
+            write_rows(rt.run_dir / cell.done, retrieval_rows(rt, config, rt.path(encoder), seed))
+            barrier(f"retrieval {cell.name}")
+            return
+        run = {"phase0": run_pretrain, "phase1": run_intermediate, "phase2": run_finetune}
+        run[cell.phase](rt, self.jobs[cell.name])

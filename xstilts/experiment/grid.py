@@ -121,6 +121,12 @@ class Grid:
     # differences and the cells they affect), "rerun" (compute those cells again, with all
     # downstream of them) or "keep" (use the finished ones as they are, marked in the report).
     on_change: str = "stop"
+    # Launches sharing run_dir (experiment.workers): ``worker`` claims whatever cell is free,
+    # ``cells="i/N"`` every N-th cell; both wait poll_seconds between looks for cells that
+    # other launches compute or whose upstream is not finished yet.
+    worker: bool = False
+    cells: str | None = None
+    poll_seconds: float = 10.0
 
     def __post_init__(self) -> None:
         baselines = [c for c, m in self.intermediate.items() if m is None]
@@ -151,6 +157,11 @@ class Grid:
             object.__setattr__(self, "seqio_modules", (self.seqio_modules,))
         if self.on_change not in ON_CHANGE:
             raise ValueError(f"on_change {self.on_change!r}: expected one of {ON_CHANGE}")
+        if self.cells is not None:
+            index, sep, count = str(self.cells).partition("/")
+            if not (sep and index.isdigit() and count.isdigit() and int(index) < int(count)):
+                raise ValueError(f"cells {self.cells!r}: expected i/N with 0 <= i < N (this "
+                                 f"launch computes every N-th cell, starting at the i-th)")
         if self.intermediate_budget not in BUDGETS:
             raise ValueError(f"intermediate_budget {self.intermediate_budget!r}: expected one "
                              f"of {BUDGETS}")

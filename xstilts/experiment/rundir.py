@@ -24,13 +24,16 @@ Cells and their directories under ``run_dir``::
                                      each cell's effective settings and their sha256 fingerprint,
                                      written when it starts (``experiment.cells``): a rerun with
                                      other settings stops, or ``on_change`` reruns or keeps them
+    <cell>.claim                     while a launch computes that cell: its pid, host and command
+                                     (``experiment.workers``: launches sharing a run directory)
 
 Multi-process runs (``jax.distributed``, one process per host) run every cell in lockstep: all
 processes train and score together; only the chief (process 0) writes the tokenizer, the tidy
 tables, ``experiment.json``, retrieval results and ``DONE`` markers (Orbax checkpoints coordinate
 their own writes), and every skip/resume decision is the chief's, broadcast to all.
 
-A cell is finished when its ``results.jsonl`` (phase 2, written atomically after evaluation) or
+Launches sharing a run directory (``--worker``, ``--cells i/N``) take no ``writer.lock``; each
+claims a cell before computing it. A cell is finished when its ``results.jsonl`` (phase 2, written atomically after evaluation) or
 ``DONE`` (phases 0 and 1) exists: a finished cell is skipped, an unfinished one resumes from its
 last Orbax checkpoint.
 """
