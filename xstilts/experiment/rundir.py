@@ -33,9 +33,9 @@ tables, ``experiment.json``, retrieval results and ``DONE`` markers (Orbax check
 their own writes), and every skip/resume decision is the chief's, broadcast to all.
 
 Launches sharing a run directory (``--worker``, ``--cells i/N``) take no ``writer.lock``; each
-claims a cell before computing it. A cell is finished when its ``results.jsonl`` (phase 2, written atomically after evaluation) or
-``DONE`` (phases 0 and 1) exists: a finished cell is skipped, an unfinished one resumes from its
-last Orbax checkpoint.
+claims a cell before computing it. A cell is finished when its ``results.jsonl`` (phase 2,
+written atomically after evaluation) or ``DONE`` (phases 0 and 1) exists: a finished cell is
+skipped, an unfinished one resumes from its last Orbax checkpoint.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ import jax
 import numpy as np
 from jax.experimental.compilation_cache import compilation_cache
 
+from xstilts.checkpoints import is_url, run_path
 from xstilts.multihost import agreed, barrier, is_chief
 from xstilts.results import (  # noqa: F401  (the run directory's table, re-exported)
     CHANCE,
@@ -71,7 +72,12 @@ def atomic_text(path: Path, text: str) -> None:
 
 
 def atomic_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` whole: locally through a renamed temporary file; on a URL
+    (``gs://...``) as one object write, which is whole or absent by itself."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if is_url(os.fspath(path)):
+        path.write_bytes(data)
+        return
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_bytes(data)
     os.replace(tmp, path)
@@ -106,6 +112,19 @@ def write_example_stats(path: Path, stats: Mapping[str, np.ndarray]) -> None:
     buffer = io.BytesIO()
     np.savez(buffer, **{k: np.asarray(v, np.float64) for k, v in stats.items()})
     atomic_bytes(path, buffer.getvalue())
+
+
+def run_dir_path(run_dir: str | os.PathLike) -> Path:
+    """The run directory as an ``etils.epath`` path: a local path absolute, a URL
+    (``gs://bucket/run``) kept a URL (``checkpoints.run_path``)."""
+    return run_path(run_dir)
+
+
+def local_cache_dir(run_dir: Path) -> Path | None:
+    """Where features are cached: ``run_dir/cache`` (shared by the hosts of a pod), or, for a
+    URL run directory, None (the data pipeline caches on local disks only; each host then
+    featurizes every split itself, with the same result)."""
+    return None if is_url(os.fspath(run_dir)) else run_dir / "cache"
 
 
 def is_done(path: Path) -> bool:
