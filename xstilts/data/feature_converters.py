@@ -26,7 +26,7 @@ beyond a row's tokens changes no loss: the batch equals the ``L``-wide one cut a
 
 Packed MLM rows (``preprocessors.mlm_documents``) carry ``segment_ids`` ``[B, L]`` (0 on
 padding, 1, 2, ... per document chunk); the model restarts positions and blocks attention per
-segment (``packed_positions`` gives the positions it uses).
+segment (``models.xlmr.position_ids_from_segment_ids``).
 """
 
 from __future__ import annotations
@@ -43,17 +43,20 @@ from xstilts.data.preprocessors import IGNORE_LABEL, mask_tokens, max_prediction
 PAD_ID = 1
 KINDS = ("classification", "tagging", "qa", "multiple_choice", "mlm")
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "labels", "label_mask", "segment_ids")
-AUTO_MIN_BUCKET = 32
+AUTO_BUCKETS = 8  # "auto": L/8, 2L/8, ..., L (multiples of 8)
 
 
 def bucket_lengths(length: int, buckets: Sequence[int] | str | None) -> tuple[int, ...] | None:
     """The batch widths for model length ``length``: None (off: every batch ``length`` wide),
-    ``"auto"`` (the powers of two from ``AUTO_MIN_BUCKET`` below ``length``, then ``length``:
-    128 -> 32, 64, 128), or the given lengths (each at most ``length``) with ``length`` added."""
+    ``"auto"`` (``AUTO_BUCKETS`` steps up to ``length``, each rounded up to a multiple of 8:
+    128 -> 16, 32, ..., 128), or the given lengths (each at most ``length``) with ``length``
+    added. Each width is one more compiled shape. Splash attention (TPU) needs multiples of
+    128: give those explicitly there (e.g. ``(128, 256)`` for 384)."""
     if buckets is None or buckets == () or buckets == "off":
         return None
     if buckets == "auto":
-        chosen = [w for w in (2 ** k for k in range(5, 16)) if AUTO_MIN_BUCKET <= w < length]
+        chosen = [min(length, -(-length * k // AUTO_BUCKETS // 8) * 8)
+                  for k in range(1, AUTO_BUCKETS)]
     elif isinstance(buckets, str):
         raise ValueError(f"length_buckets {buckets!r}: expected None, 'auto' or a list of "
                          f"lengths")
@@ -93,18 +96,6 @@ def fit_width(batch: Mapping[str, np.ndarray], width: int) -> dict[str, np.ndarr
             pad = [(0, 0)] * (value.ndim - 1) + [(0, width - have)]
             out[key] = np.pad(value, pad, constant_values=fill.get(key, 0))
     return out
-
-
-def packed_positions(segment_ids: np.ndarray, pad_id: int = PAD_ID) -> np.ndarray:
-    """XLM-R position ids of packed rows: ``pad_id + 1 + offset in the segment`` on tokens,
-    ``pad_id`` on padding (each segment as HF's ``create_position_ids_from_input_ids`` numbers
-    it alone)."""
-    segment_ids = np.asarray(segment_ids)
-    index = np.arange(segment_ids.shape[-1])
-    starts = np.concatenate([np.ones_like(segment_ids[..., :1], bool),
-                             segment_ids[..., 1:] != segment_ids[..., :-1]], axis=-1)
-    first = np.maximum.accumulate(np.where(starts, index, 0), axis=-1)
-    return np.where(segment_ids > 0, pad_id + 1 + index - first, pad_id).astype(np.int32)
 
 
 def row_length(feature: Mapping[str, Any]) -> int:

@@ -104,11 +104,13 @@ def featurize(
     *,
     counts: P.Counts | None = None,
     training: bool = False,
+    mlm_packing: str = "stream",
 ) -> list[dict[str, Any]]:
     """Features of ``examples`` for the task's kind (see ``preprocessors.py``); ``labels``
     overrides the task's label list (see ``task_labels``). ``counts`` gets one count per example
     and reason (``preprocessors.DROP_REASONS`` and ``TRUNCATION_REASONS``); with ``training``
-    the examples without a usable target are dropped (see ``usable_examples``)."""
+    the examples without a usable target are dropped (see ``usable_examples``). ``mlm_packing``:
+    how MLM rows are packed (``preprocessors.mlm_features``: ``stream`` or ``documents``)."""
     length = max_length or spec.max_length
     labels = labels or spec.labels
     examples = usable_examples(spec, examples, training=training, counts=counts)
@@ -129,7 +131,7 @@ def featurize(
     if spec.kind == "multiple_choice":
         return [P.multiple_choice_features(e, tokenizer, length, counts=counts) for e in examples]
     if spec.kind == "mlm":
-        return P.mlm_sequences([e["text"] for e in examples], tokenizer, length)
+        return P.mlm_features([e["text"] for e in examples], tokenizer, length, mlm_packing)
     raise ValueError(f"task {spec.name}: kind {spec.kind!r} has no training features")
 
 
@@ -158,9 +160,12 @@ def _cache_key(
     length: int,
     labels: Any,
     allow_samples: bool = False,
+    mlm_packing: str = "stream",
 ) -> str:
     digest = hashlib.sha256()
     digest.update(f"{CACHE_VERSION}|{spec.name}|{split}|{length}|{labels}".encode())
+    if spec.kind == "mlm" and mlm_packing != "stream":  # the stream's keys stay as they were
+        digest.update(f"|packing={mlm_packing}".encode())
     for path in sources.resolve(spec, split, data_dir, allow_samples=allow_samples):
         stat = path.stat()
         digest.update(f"|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
@@ -171,12 +176,14 @@ def _cache_key(
 
 
 def _entry(name: str, split: str, tokenizer: Any, data_dir: Any, max_length: int | None,
-           allow_samples: bool) -> tuple[TaskSpec, int, tuple[str, ...] | None, str, str]:
+           allow_samples: bool, mlm_packing: str = "stream"
+           ) -> tuple[TaskSpec, int, tuple[str, ...] | None, str, str]:
     """(spec, length, labels, cache key, part-file stem) of one featurized split."""
     spec = get_task(name)
     length = max_length or spec.max_length
     labels = _labels(spec, data_dir, allow_samples)
-    key = _cache_key(spec, split, data_dir, tokenizer, length, labels, allow_samples)
+    key = _cache_key(spec, split, data_dir, tokenizer, length, labels, allow_samples,
+                     mlm_packing)
     return spec, length, labels, key, f"{name}.{split}.{length}.{key}"
 
 
@@ -246,6 +253,7 @@ def _featurize_part(
     labels: Any,
     training: bool,
     progress: Any,
+    mlm_packing: str = "stream",
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(stats, features) of one part; chunks of 2,000 examples only drive the progress bar
     (MLM packs the whole part at once)."""
@@ -255,7 +263,7 @@ def _featurize_part(
     for offset in range(0, len(examples), chunk):
         part = examples[offset : offset + chunk]
         features.extend(featurize(spec, part, tokenizer, length, labels, counts=counts,
-                                  training=training))  # fmt: skip
+                                  training=training, mlm_packing=mlm_packing))  # fmt: skip
         progress.update(len(part))
     return featurization_stats(len(examples), len(features), counts, training=training), features
 
@@ -272,6 +280,7 @@ def task_features(
     allow_samples: bool = False,
     shard_info: Any = None,
     part_size: int = PART_SIZE,
+    mlm_packing: str = "stream",
 ) -> list[dict[str, Any]]:
     """Featurized ``split`` of task ``name``, the same list on every host.
 
@@ -281,9 +290,10 @@ def task_features(
     ours: this host's index among the hosts sharing ``cache_dir``), host ``i`` featurizes only
     the parts ``p`` with ``p % num_shards == i`` and reads the others' parts when they appear.
     ``stats`` (a dict) is filled with ``featurization_stats`` (see the module docstring).
+    ``mlm_packing`` (MLM tasks): ``stream`` or ``documents`` (``preprocessors.mlm_features``).
     """
     spec, length, labels, key, stem = _entry(name, split, tokenizer, data_dir, max_length,
-                                             allow_samples)
+                                             allow_samples, mlm_packing)
     if cache_dir is not None:
         complete = _complete_parts(cache_dir, stem)
         if complete is not None:
@@ -311,7 +321,7 @@ def task_features(
                 continue
             begin, end = blocks[b]
             parts[b] = _featurize_part(spec, examples[begin:end], tokenizer, length, labels,
-                                       training, progress)  # fmt: skip
+                                       training, progress, mlm_packing)  # fmt: skip
             if path is not None:
                 _atomic_pickle(path, *parts[b])
     elapsed = time.perf_counter() - start
@@ -422,18 +432,23 @@ def task_batcher(
     cache_dir: str | os.PathLike | None = None,
     allow_samples: bool = False,
     part_size: int = PART_SIZE,
+    length_buckets: Sequence[int] | str | None = None,
+    mlm_packing: str = "stream",
 ) -> FeatureBatcher:
     """Batches of one task split; its features from ``task_features`` (each host featurizes its
-    parts when ``cache_dir`` is shared, see there)."""
+    parts when ``cache_dir`` is shared, see there). ``length_buckets``: see
+    ``feature_converters.bucket_lengths``; ``mlm_packing``: see ``task_features``."""
     spec = get_task(name)
     length = max_length or spec.max_length
     features = task_features(name, split, tokenizer, data_dir=data_dir, max_length=length,
                              cache_dir=cache_dir, allow_samples=allow_samples,
-                             shard_info=shard_info, part_size=part_size)  # fmt: skip
+                             shard_info=shard_info, part_size=part_size,
+                             mlm_packing=mlm_packing)  # fmt: skip
     mlm = {"mask_id": tokenizer.mask_id} if spec.kind == "mlm" else None
     return FeatureBatcher(
         features, spec.kind, batch_size=batch_size, length=length, seed=seed, shuffle=shuffle,
         shard_info=shard_info, num_choices=spec.num_choices, mlm=mlm,
+        length_buckets=length_buckets,
     )  # fmt: skip
 
 
@@ -449,9 +464,12 @@ def mixture_batcher(
     max_length: int | Mapping[str, int] | None = None,
     cache_dir: str | os.PathLike | None = None,
     allow_samples: bool = False,
+    length_buckets: Sequence[int] | str | None = None,
+    mlm_packing: str = "stream",
 ) -> MixtureBatcher:
     """Per-step task choice by the mixture's rates (sizes = featurized training examples).
-    ``max_length``: one length for every task, or a length per task (multi-head training)."""
+    ``max_length``: one length for every task, or a length per task (multi-head training);
+    ``length_buckets`` and ``mlm_packing``: see ``task_batcher``."""
     batchers = {
         task: task_batcher(
             task,
@@ -464,6 +482,8 @@ def mixture_batcher(
             shard_info=shard_info,
             cache_dir=cache_dir,
             allow_samples=allow_samples,
+            length_buckets=length_buckets,
+            mlm_packing=mlm_packing,
         )  # fmt: skip
         for task in mixture_tasks(mixture)
     }

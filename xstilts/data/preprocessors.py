@@ -439,6 +439,53 @@ def mlm_sequences(texts: Sequence[str], tokenizer: Tokenizer, max_length: int) -
     return rows
 
 
+MLM_PACKINGS = ("stream", "documents")
+
+
+def mlm_documents(texts: Sequence[str], tokenizer: Tokenizer, max_length: int) -> list[Feature]:
+    """MLM rows packed from document chunks: each text is cut into chunks of at most
+    ``max_length - 2`` tokens, each chunk is a ``<s> ... </s>`` segment, and consecutive
+    segments fill a row of at most ``max_length`` tokens (a segment that does not fit starts
+    the next row). ``segment_ids``: 1, 2, ... per segment of the row (the model attends and
+    numbers positions within a segment; see ``feature_converters.packed_positions``)."""
+    body = max_length - 2
+    if body < 1:
+        raise ValueError(f"max_length {max_length} leaves no room between <s> and </s>")
+    rows: list[Feature] = []
+    ids: list[int] = []
+    segments: list[int] = []
+
+    def flush() -> None:
+        if ids:
+            rows.append({"input_ids": np.asarray(ids, np.int32),
+                         "segment_ids": np.asarray(segments, np.int32), "example_id": len(rows)})
+            ids.clear()
+            segments.clear()
+
+    for text in texts:
+        tokens = tokenizer.encode_text(text)
+        for start in range(0, len(tokens), body):
+            chunk = [tokenizer.bos_id, *tokens[start:start + body], tokenizer.eos_id]
+            if len(ids) + len(chunk) > max_length:
+                flush()
+            segments.extend([(segments[-1] + 1) if segments else 1] * len(chunk))
+            ids.extend(chunk)
+    flush()
+    return rows
+
+
+def mlm_features(texts: Sequence[str], tokenizer: Tokenizer, max_length: int,
+                 packing: str = "stream") -> list[Feature]:
+    """MLM rows of ``texts``: ``"stream"`` (``mlm_sequences``: one token stream cut into rows,
+    documents run into each other) or ``"documents"`` (``mlm_documents``: rows packed from
+    per-document segments with ``segment_ids``)."""
+    if packing == "stream":
+        return mlm_sequences(texts, tokenizer, max_length)
+    if packing == "documents":
+        return mlm_documents(texts, tokenizer, max_length)
+    raise ValueError(f"mlm packing {packing!r}: expected one of {MLM_PACKINGS}")
+
+
 def max_predictions(length: int, mask_probability: float = 0.15) -> int:
     """Masked positions per row at most (BERT's ``max_predictions_per_seq``): ``p*L`` plus 5
     standard deviations of the Binomial(L, p) count, rounded up to a multiple of 8 (at most
