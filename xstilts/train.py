@@ -58,9 +58,7 @@ import json
 import logging
 import math
 import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -68,7 +66,6 @@ from typing import Any
 import gin
 import jax
 import numpy as np
-from etils import epath
 
 from xstilts import checkpoints as ckpt_lib
 from xstilts import gin_utils, partitioning, run_settings
@@ -85,6 +82,9 @@ from xstilts.seqio_feed import (  # noqa: F401 (re-exported: gin's train_script.
     SeqioBatches,
     seqio_data_model,
 )
+from xstilts.stop_signals import StopRequest as _StopRequest
+from xstilts.stop_signals import StopRequested
+from xstilts.summaries import SummaryWriter, cut_metrics  # noqa: F401 (train.cut_metrics)
 
 if __name__ == "__main__":
     # ``python -m xstilts.train`` runs this file as ``__main__``. Registering it under its own
@@ -209,102 +209,6 @@ def synthetic_batches(*, shard_index: int, num_shards: int, batch_size: int, sta
         index += 1
 
 
-# Summaries --------------------------------------------------------------------------------------
-class _EpathRecordWriterFactory:
-    """tensorboardX writes event files of a URL run directory through ``etils.epath`` (its own
-    ``gs://`` writer needs google-cloud-storage, which the stack does not carry)."""
-
-    def open(self, path: str) -> Any:
-        return epath.Path(path).open("wb")
-
-    def directory_check(self, path: str) -> None:
-        epath.Path(path).mkdir(parents=True, exist_ok=True)
-
-
-def _register_tensorboard_scheme(run_dir: epath.Path) -> None:
-    text = str(run_dir)
-    if ckpt_lib.is_url(text):
-        from tensorboardX import record_writer
-
-        scheme = text.split("://", 1)[0]
-        existing = record_writer.REGISTERED_FACTORIES.get(scheme)
-        if scheme != "gs" or not getattr(record_writer, "GCS_ENABLED", False) or existing is None:
-            record_writer.register_writer_factory(scheme, _EpathRecordWriterFactory())
-
-
-def cut_metrics(path: str | os.PathLike[str], start_step: int) -> int:
-    """Drop the lines of steps after ``start_step`` from a ``train_metrics.jsonl`` (and a last
-    line cut short by a kill); returns how many were dropped. A line that is not JSON before
-    the last is an error naming the file and line."""
-    path = ckpt_lib.run_path(path)
-    if not path.exists():
-        return 0
-    lines = path.read_text().splitlines()
-    kept = []
-    for number, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            if number == len(lines):
-                break  # the last line, cut short by a kill mid-write
-            raise ValueError(f"{path}:{number}: not a JSON line ({line[:80]!r})") from None
-        if int(record.get("step", 0)) <= start_step:
-            kept.append(line)
-    dropped = len(lines) - len(kept)
-    if dropped:
-        log.info("%s: dropped %d line(s) after step %d (the run resumes there)", path, dropped,
-                 start_step)
-        ckpt_lib.write_atomic(path, "".join(f"{line}\n" for line in kept))
-    return dropped
-
-
-class SummaryWriter:
-    """TensorBoard scalars (tensorboardX) plus ``train_metrics.jsonl``; no-ops off the chief.
-
-    ``model_dir`` may be a URL (``gs://bucket/run``): both files are written through
-    ``etils.epath``. Lines are buffered and flushed at each logging step (``flush``), not per
-    step (on ``gs://`` every flush uploads the object again).
-
-    ``start_step``: the step the run starts from (0, or the restored checkpoint's): lines of
-    later steps, written before the run was stopped or killed, are cut from
-    ``train_metrics.jsonl`` first, so a resumed run never repeats a step (``cut_metrics``)."""
-
-    def __init__(self, model_dir: str | os.PathLike[str], *, enabled: bool,
-                 start_step: int = 0) -> None:
-        self.enabled = enabled
-        self._tb = None
-        self._jsonl = None
-        if enabled:
-            import tensorboardX
-
-            run_dir = ckpt_lib.run_path(model_dir)
-            cut_metrics(run_dir / "train_metrics.jsonl", start_step)
-            _register_tensorboard_scheme(run_dir)
-            self._tb = tensorboardX.SummaryWriter(str(run_dir / "tensorboard"))
-            self._jsonl = (run_dir / "train_metrics.jsonl").open("a")
-
-    def step_record(self, record: Mapping[str, Any]) -> None:
-        if self._jsonl is not None:
-            self._jsonl.write(json.dumps(dict(record)) + "\n")
-
-    def scalars(self, step: int, values: Mapping[str, float]) -> None:
-        if self._tb is not None:
-            for name, value in values.items():
-                self._tb.add_scalar(name, float(value), step)
-
-    def flush(self) -> None:
-        if self._jsonl is not None:
-            self._jsonl.flush()
-        if self._tb is not None:
-            self._tb.flush()
-
-    def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
-        if self._jsonl is not None:
-            self._jsonl.close()
-
-
 _write_atomic = ckpt_lib.write_atomic  # the name other modules and tests use
 
 
@@ -315,58 +219,6 @@ def write_gin_configs(model_dir: str | os.PathLike[str]) -> None:
     run_dir = ckpt_lib.run_path(model_dir)
     _write_atomic(run_dir / "config.gin", gin.config_str())
     _write_atomic(run_dir / "operative_config.gin", gin.operative_config_str())
-
-
-# Preemption -------------------------------------------------------------------------------------
-class StopRequested(BaseException):  # noqa: N818 - like KeyboardInterrupt, not an error
-    """SIGTERM/SIGINT during ``train``'s set-up (before the first step): nothing to save."""
-
-
-class _StopRequest:
-    """SIGTERM (TPU preemption) and SIGINT (Ctrl-C) for the whole ``train`` call.
-
-    In the loop (``in_loop``) a signal sets ``requested``: the loop checkpoints and returns
-    cleanly; a second SIGINT there raises ``KeyboardInterrupt`` (the user insists). Before the
-    loop (data, model, restore) a signal raises ``StopRequested`` at once: ``train`` logs it and
-    returns a preempted result without a step or a checkpoint."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.in_loop = False
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            for signum in self.SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        name = signal.Signals(signum).name
-        if not self.in_loop:
-            raise StopRequested(name)
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        log.warning("%s: saving a checkpoint and stopping%s", name,
-                    " (press Ctrl-C again to stop without one)" if signum == signal.SIGINT
-                    else "")
-        self.requested = True
-
-    def __exit__(self, *exc: Any) -> None:
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
-        self._previous = {}
-
-    def agreed(self) -> bool:
-        """Whether any host was asked to stop (all hosts must stop at the same step)."""
-        if jax.process_count() == 1:
-            return self.requested
-        from jax.experimental import multihost_utils
-
-        flags = multihost_utils.process_allgather(np.array([self.requested], np.int32))
-        return bool(np.any(flags))
 
 
 # Throughput -------------------------------------------------------------------------------------
