@@ -95,3 +95,21 @@ def test_settings_are_checked():
         DecodeSettings(num_beams=0)
     with pytest.raises(ValueError, match="early_stopping 'sometimes'"):
         DecodeSettings(early_stopping="sometimes")
+
+
+def test_rows_sharded_over_the_data_axis_decode_the_same(checkpoints):
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    if jax.device_count() < 2:
+        pytest.skip("needs several devices (XLA_FLAGS host device count, set by conftest)")
+    _, config, params = checkpoints("nllb", 0.2)
+    n = jax.device_count()
+    ids, mask = source_batch(config.vocab_size, lengths=tuple(2 + i % 7 for i in range(n)),
+                             seed=9)
+    settings = DecodeSettings(num_beams=4, max_length=8)
+    plain, _ = generate(config, params, ids, mask, config.vocab_size - 4, settings)
+    rows = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), PartitionSpec("data"))
+    sharded, _ = generate(config, params, jax.device_put(ids, rows), jax.device_put(mask, rows),
+                          config.vocab_size - 4, settings)
+    np.testing.assert_array_equal(sharded, plain)

@@ -1,0 +1,196 @@
+"""Translation throughput: our jit-compiled beam search (``xstilts.decoding``) against Hugging Face
+PyTorch ``generate()`` on the same checkpoint, same beams, same sentences, each in its own process.
+
+The checkpoint is a random base-like M2M100 (``--d_model 512``, 6+6 layers, 8 heads, FFN 2048,
+32k vocabulary; the released models cannot be downloaded here) saved with ``save_pretrained``;
+the sentences are the first ``--sentences`` English Tatoeba lines of ``../shared/data``,
+tokenized by ``NMTTokenizer`` (the shared 1000-piece SentencePiece test model with NLLB's
+language codes). Both systems decode the same id batches (``--batch`` rows, length-sorted, beams
+``--beams``, ``max_length`` ``--max_length``, forced target-language BOS); one untimed pass first
+(compilation, warm-up), then a timed pass. Printed: sentences/s of each, the ratio, and how many
+outputs are token for token the same. CTranslate2 is timed too where it is installed
+(``pip install ctranslate2``; converted from the same checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SYSTEMS = ("ours", "torch", "ctranslate2")
+
+
+def _batches(args) -> list[tuple[np.ndarray, np.ndarray]]:
+    ids = np.load(Path(args.workdir) / "ids.npy", allow_pickle=True)
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    out = []
+    for start in range(0, len(order), args.batch):
+        rows = [ids[i] for i in order[start:start + args.batch]]
+        width = -(-max(len(r) for r in rows) // 16) * 16
+        batch = np.ones((len(rows), width), np.int32)
+        for r, row in enumerate(rows):
+            batch[r, :len(row)] = row
+        out.append((batch, (batch != 1).astype(np.int32)))
+    return out
+
+
+def run_ours(args, batches, target: int) -> list[np.ndarray]:
+    sys.path.insert(0, str(ROOT))
+    from xstilts.decoding import DecodeSettings, generate
+    from xstilts.models.nmt_convert import load_nmt_checkpoint
+
+    config, params = load_nmt_checkpoint(Path(args.workdir) / "model")
+    settings = DecodeSettings(num_beams=args.beams, max_length=args.max_length)
+    return [generate(config, params, ids, mask, target, settings)[0] for ids, mask in batches]
+
+
+def run_torch(args, batches, target: int) -> list[np.ndarray]:
+    import torch
+    from transformers import M2M100ForConditionalGeneration
+
+    torch.set_num_threads(os.cpu_count() or 2)
+    model = M2M100ForConditionalGeneration.from_pretrained(Path(args.workdir) / "model").eval()
+    out = []
+    with torch.inference_mode():
+        for ids, mask in batches:
+            out.append(model.generate(
+                input_ids=torch.tensor(ids, dtype=torch.long),
+                attention_mask=torch.tensor(mask, dtype=torch.long), num_beams=args.beams,
+                max_length=args.max_length, forced_bos_token_id=target,
+                do_sample=False).numpy())
+    return out
+
+
+def run_ctranslate2(args, batches, target: int) -> list[np.ndarray]:
+    import ctranslate2
+
+    folder = Path(args.workdir) / "ct2"
+    if not folder.exists():
+        ctranslate2.converters.TransformersConverter(str(Path(args.workdir) / "model")).convert(
+            str(folder))
+    translator = ctranslate2.Translator(str(folder), device="cpu",
+                                        intra_threads=os.cpu_count() or 2)
+    out = []
+    for ids, mask in batches:
+        tokens = [[str(t) for t in row[m.astype(bool)]] for row, m in zip(ids, mask, strict=True)]
+        results = translator.translate_batch(
+            tokens, target_prefix=[[str(target)]] * len(tokens), beam_size=args.beams,
+            max_decoding_length=args.max_length - 1, return_scores=False)
+        rows = [[2] + [int(t) for t in r.hypotheses[0]] for r in results]
+        width = max(map(len, rows))
+        out.append(np.array([r + [1] * (width - len(r)) for r in rows]))
+    return out
+
+
+def _child(args) -> None:
+    batches = _batches(args)
+    target = json.loads((Path(args.workdir) / "meta.json").read_text())["target"]
+    run = {"ours": run_ours, "torch": run_torch, "ctranslate2": run_ctranslate2}[args.child]
+    run(args, batches, target)  # compile / warm up
+    start = time.perf_counter()
+    outputs = run(args, batches, target)
+    seconds = time.perf_counter() - start
+    rows = [row.tolist() for out in outputs for row in out]
+    print("RESULT " + json.dumps({"seconds": seconds, "rows": rows}))
+
+
+def _spawn(system: str, args, timeout: float) -> dict | None:
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", system, "--workdir",
+           args.workdir, "--batch", str(args.batch), "--beams", str(args.beams),
+           "--max_length", str(args.max_length)]
+    env = {**os.environ, "USE_TF": "0", "TF_CPP_MIN_LOG_LEVEL": "2", "JAX_PLATFORMS": "cpu"}
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        print(f"  {system}: timed out after {timeout:.0f} s")
+        return None
+    for line in out.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    print(f"  {system}: failed (rc {out.returncode}): {out.stderr.strip().splitlines()[-1:]}")
+    return None
+
+
+def _prepare(args) -> None:
+    import torch
+    import transformers
+
+    sys.path.insert(0, str(ROOT))
+    from tests.conftest import require_sample
+    from xstilts.models.nmt_tokenizer import NMTTokenizer
+
+    work = Path(args.workdir)
+    tok = transformers.NllbTokenizer(vocab_file=str(require_sample("spm") / "test_model.model"))
+    tok.save_pretrained(work / "model")
+    torch.manual_seed(0)
+    config = transformers.M2M100Config(
+        vocab_size=args.vocab, d_model=args.d_model, encoder_layers=args.layers,
+        decoder_layers=args.layers, encoder_attention_heads=args.heads,
+        decoder_attention_heads=args.heads, encoder_ffn_dim=4 * args.d_model,
+        decoder_ffn_dim=4 * args.d_model, max_position_embeddings=1024)
+    transformers.M2M100ForConditionalGeneration(config).save_pretrained(work / "model")
+    ours = NMTTokenizer.from_pretrained(work / "model")
+    lines = (require_sample("tatoeba/v1") / "tatoeba.deu-eng.eng").read_text().splitlines()
+    ids = np.empty(args.sentences, dtype=object)
+    for i, line in enumerate(lines[:args.sentences]):
+        ids[i] = np.array(ours.encode_source(line, "eng_Latn", 128), np.int32)
+    np.save(work / "ids.npy", ids, allow_pickle=True)
+    (work / "meta.json").write_text(json.dumps({"target": ours.lang_id("yor_Latn")}))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--child", choices=SYSTEMS)
+    p.add_argument("--workdir")
+    p.add_argument("--sentences", type=int, default=64)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--beams", type=int, default=4)
+    p.add_argument("--max_length", type=int, default=48)
+    p.add_argument("--d_model", type=int, default=512)
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--timeout", type=float, default=1200)
+    args = p.parse_args()
+    if args.child:
+        _child(args)
+        return
+    with tempfile.TemporaryDirectory() as work:
+        args.workdir = work
+        _prepare(args)
+        print(f"translate: {args.sentences} sentences, batch {args.batch}, {args.beams} beams, "
+              f"max_length {args.max_length}, d_model {args.d_model}, {args.layers}+{args.layers} "
+              f"layers, vocab {args.vocab}, {os.cpu_count()} CPUs")
+        results = {}
+        for system in SYSTEMS:
+            if system == "ctranslate2":
+                try:
+                    import ctranslate2  # noqa: F401
+                except ImportError:
+                    print("  ctranslate2: not installed (pip install ctranslate2), skipped")
+                    continue
+            result = _spawn(system, args, args.timeout)
+            if result is not None:
+                results[system] = result
+                print(f"  {system}: {args.sentences / result['seconds']:.2f} sentences/s "
+                      f"({result['seconds']:.2f} s)")
+        if "ours" in results and "torch" in results:
+            ours, theirs = results["ours"]["rows"], results["torch"]["rows"]
+            same = sum(a[:len(b)] == b and all(t == 1 for t in a[len(b):])
+                       for a, b in zip(ours, theirs, strict=True))
+            ratio = results["torch"]["seconds"] / results["ours"]["seconds"]
+            print(f"translate: ours / torch generate() = {ratio:.2f}x sentences/s; "
+                  f"{same}/{len(ours)} outputs token for token the same")
+
+
+if __name__ == "__main__":
+    main()
