@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from xstilts.experiment import cells
 from xstilts.models.convert import load_hf_checkpoint, save_hf_checkpoint, task_params
 from xstilts.models.heads import XLMRForMaskedLM
 from xstilts.models.xlmr import XLMRConfig, XLMRModel, count_params
+from xstilts.results import is_url, location
 
 DEMO_GIN = "experiments/demo.gin"
 
@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m xstilts.demo", description=__doc__)
     parser.add_argument("--run_dir", default="demo_out", help="where everything is written")
     parser.add_argument("--fresh", action="store_true", help="delete run_dir first")
+    parser.add_argument("--data_dir", help="where the synthetic world is written (default "
+                        "run_dir/data; a local folder, needed when run_dir is a gs:// URL)")
     parser.add_argument("--gin_file", action="append", default=[],
                         help="extra gin files after demo.gin")
     parser.add_argument("--gin_bindings", action="append", default=[])
@@ -115,10 +117,14 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     start = time.perf_counter()
-    if args.fresh and os.path.isdir(args.run_dir):
-        shutil.rmtree(args.run_dir)
-    run_dir = os.path.abspath(args.run_dir)
-    data_dir = os.path.join(run_dir, "data")
+    run = location(args.run_dir)  # a gs:// URL stays a URL
+    if args.fresh and run.is_dir():
+        run.rmtree()
+    run_dir = os.fspath(run)
+    if args.data_dir is None and is_url(run_dir):
+        raise SystemExit(f"python -m xstilts.demo: run_dir {run_dir} is a URL; give --data_dir, "
+                         f"a local folder for the synthetic world (the readers read local files)")
+    data_dir = os.path.abspath(args.data_dir) if args.data_dir else os.path.join(run_dir, "data")
     write_world(data_dir)
     gin_utils.parse_gin([DEMO_GIN, *args.gin_file], [
         "from xstilts import experiment", f"RUN_DIR = '{run_dir}'", f"DATA_DIR = '{data_dir}'",
@@ -133,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report.write_report(run_dir)
     print(text)
     print(f"demo finished in {time.perf_counter() - start:.0f} s; report, CSV and plots in "
-          f"{run_dir}/report")
+          f"{run / 'report'}")
     return 0
 
 

@@ -38,7 +38,7 @@ import numpy as np
 from xstilts import report_tables as rt
 from xstilts.evals import metrics
 from xstilts.report_tables import Row, RunData, Summary
-from xstilts.results import CHANCE
+from xstilts.results import CHANCE, is_url, location
 
 TIER_WEIGHTING = ("each language counts once: its number is the mean over the tasks that "
                   "score it, and the tier's number the mean over its languages")
@@ -78,7 +78,12 @@ def _num(value: float | None) -> str:
 
 
 def _atomic(path: Path, data: str | bytes) -> None:
+    """Write ``data`` whole: locally through a renamed temporary file, on a URL as one object
+    write."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if is_url(path):
+        path.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+        return
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     if isinstance(data, bytes):
         tmp.write_bytes(data)
@@ -592,7 +597,7 @@ def write_report(run_dir: str | os.PathLike, *, resamples: int = 2000) -> str:
                                     budgets=rt.read_budgets(run_dir))
     if "jax" in sys.modules and sys.modules["jax"].process_index() != 0:
         return text
-    out = Path(run_dir) / "report"
+    out = location(run_dir) / "report"
     for name, data in {**csvs, **pngs}.items():
         _atomic(out / name, data)
     _atomic(out / "report.md", text + "\n")
@@ -607,7 +612,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="example resamples of the bootstrap (default 2000)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     print(write_report(args.run_dir, resamples=args.resamples))
-    print(f"\nwritten to {Path(args.run_dir) / 'report'}")
+    print(f"\nwritten to {location(args.run_dir) / 'report'}")
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -15,7 +16,7 @@ import numpy as np
 
 from xstilts.evals import metrics, stats
 from xstilts.evals.xtreme_score import LANGUAGES, TASK2LANGS
-from xstilts.results import STATS_FILENAME, read_rows
+from xstilts.results import STATS_FILENAME, location, read_rows
 
 TIER_ORDER = ("high", "medium", "low", "unseen", "unknown")
 # hi (20.2 GiB) and tr (20.9 GiB) sit just above the 20 GiB high/medium cut of CC-100.
@@ -30,11 +31,11 @@ Key = tuple[str, str, str, str, int]  # (config, task, language, split, seed)
 def read_example_stats(run_dir: Path) -> dict[Key, np.ndarray]:
     """``phase2/<config>/<train task>/seed<k>/example_stats.npz`` -> {key: stats [n, k]}."""
     out: dict[Key, np.ndarray] = {}
-    for path in sorted(Path(run_dir).glob(f"phase2/*/*/seed*/{STATS_FILENAME}")):
+    for path in sorted(location(run_dir).glob(f"phase2/*/*/seed*/{STATS_FILENAME}")):
         config, seed = path.parents[2].name, path.parent.name.removeprefix("seed")
         if not seed.isdigit():
             raise ValueError(f"{path}: expected a seed<k> directory, got {path.parent.name!r}")
-        with np.load(path) as data:
+        with np.load(io.BytesIO(path.read_bytes())) as data:
             for name in data.files:
                 parts = name.split("|")
                 if len(parts) != 3:
@@ -49,7 +50,7 @@ def read_example_stats(run_dir: Path) -> dict[Key, np.ndarray]:
 def load(run_dir: str | os.PathLike
          ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[Key, np.ndarray]]:
     """(rows, experiment.json, example stats) of a finished run directory."""
-    run_dir = Path(run_dir)
+    run_dir = location(run_dir)
     results, meta_path = run_dir / "results.jsonl", run_dir / "experiment.json"
     for path in (results, meta_path):
         if not path.is_file():
@@ -62,7 +63,7 @@ def load(run_dir: str | os.PathLike
 def read_budgets(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """Every phase-1 run's ``budget.json`` (steps, batch, examples seen per language)."""
     out = []
-    for path in sorted(Path(run_dir).glob("phase1/*/seed*/budget.json")):
+    for path in sorted(location(run_dir).glob("phase1/*/seed*/budget.json")):
         try:
             out.append(json.loads(path.read_text(encoding="utf-8")))
         except json.JSONDecodeError as e:

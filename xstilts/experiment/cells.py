@@ -23,17 +23,18 @@ import dataclasses
 import hashlib
 import json
 import logging
-import shutil
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from xstilts.checkpoints import is_url
 from xstilts.data import manifest, tasks
 from xstilts.data.spec import data_directory
 from xstilts.experiment import plan as plan_lib
 from xstilts.experiment.grid import ON_CHANGE, SYNTHETIC_BUCC, Grid
 from xstilts.experiment.plan import PhaseJob
-from xstilts.experiment.rundir import SPM_FILENAME, write_json
+from xstilts.experiment.rundir import SPM_FILENAME, run_dir_path, write_json
 from xstilts.multihost import agreed, barrier, is_chief
 
 log = logging.getLogger("xstilts.experiment")
@@ -199,10 +200,13 @@ def grid_cells(grid: Grid, jobs: Sequence[PhaseJob], retrieval: Mapping[str, Any
     def tokenizer(lookup: Callable) -> dict[str, Any]:
         if trains_tokenizer:
             return lookup("tokenizer")
-        folder = Path(grid.tokenizer_dir) if grid.tokenizer_dir else Path(grid.run_dir) / \
-            "tokenizer"
+        folder = run_dir_path(grid.tokenizer_dir) if grid.tokenizer_dir else \
+            run_dir_path(grid.run_dir) / "tokenizer"
         path = folder / SPM_FILENAME
-        return {"sha256": manifest.sha256_file(path) if path.is_file() else "(missing)"}
+        if not path.is_file():
+            return {"sha256": "(missing)"}
+        return {"sha256": manifest.sha256_file(path) if not is_url(os.fspath(path)) else
+                hashlib.sha256(path.read_bytes()).hexdigest()}
 
     def job_cell(job: PhaseJob, upstream: str | None) -> None:
         done = f"{job.model_dir}/{'results.jsonl' if job.phase == 'phase2' else 'DONE'}"
@@ -270,7 +274,7 @@ class Ledger:
         (``SettingsChanged``), remove the changed cells (``rerun``) or keep them (``keep``)."""
         if on_change not in ON_CHANGE:
             raise ValueError(f"on_change {on_change!r}: expected one of {ON_CHANGE}")
-        run_dir = Path(grid.run_dir)
+        run_dir = run_dir_path(grid.run_dir)
         cells, build = grid_cells(grid, jobs, retrieval)
         effective: dict[str, dict[str, Any]] = {}
         changed: list[tuple[Cell, list[tuple[str, Any, Any]], bool]] = []
@@ -380,7 +384,7 @@ def _remove(run_dir: Path, cells: Sequence[Cell]) -> None:
             for output in (*cell.outputs, cell.record):
                 path = run_dir / output
                 if path.is_dir():
-                    shutil.rmtree(path)
+                    path.rmtree()
                 elif path.exists():
                     path.unlink()
     barrier("on_change removal")

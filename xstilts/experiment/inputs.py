@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,12 @@ import jax
 import numpy as np
 
 from xstilts import train as train_lib
+from xstilts.checkpoints import is_url
 from xstilts.data import pipeline, sources, tasks
 from xstilts.data.feature_converters import FeatureBatcher, ShardInfo
 from xstilts.experiment.grid import Grid
 from xstilts.experiment.plan import task_kind
-from xstilts.experiment.rundir import SPM_FILENAME
+from xstilts.experiment.rundir import SPM_FILENAME, atomic_bytes, local_cache_dir, run_dir_path
 from xstilts.multihost import agreed, barrier, is_chief
 from xstilts.tokenization import XLMRTokenizer
 
@@ -55,13 +57,13 @@ class Inputs:
 
     def __init__(self, grid: Grid) -> None:
         self.grid = grid
-        self.run_dir = Path(grid.run_dir)
+        self.run_dir = run_dir_path(grid.run_dir)
         self._tokenizer: XLMRTokenizer | None = None
         self._features: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
 
     @property
     def tokenizer_dir(self) -> Path:
-        return Path(self.grid.tokenizer_dir) if self.grid.tokenizer_dir else \
+        return run_dir_path(self.grid.tokenizer_dir) if self.grid.tokenizer_dir else \
             self.run_dir / "tokenizer"
 
     @property
@@ -71,6 +73,10 @@ class Inputs:
             if not path.is_file():
                 raise FileNotFoundError(f"no tokenizer at {path}: set tokenizer_dir, or "
                                         f"spm_vocab_size to train one")
+            if is_url(os.fspath(path)):  # SentencePiece reads local files: a copy of it
+                local = Path(tempfile.mkdtemp(prefix="xstilts-tokenizer-")) / SPM_FILENAME
+                local.write_bytes(path.read_bytes())
+                path = local
             self._tokenizer = XLMRTokenizer(path)
         return self._tokenizer
 
@@ -95,9 +101,7 @@ class Inputs:
             eos_id=2, pad_id=-1, character_coverage=1.0, hard_vocab_limit=False,
             num_threads=1, minloglevel=2)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(buffer.getvalue())
-        os.replace(tmp, path)
+        atomic_bytes(path, buffer.getvalue())
         barrier("tokenizer")
         log.info("trained SentencePiece (%d ids) on %d lines of %s", self.tokenizer.vocab_size,
                  len(lines), self.grid.pretrain_mixture)
@@ -110,9 +114,15 @@ class Inputs:
             # parts and reads the others' from the shared cache
             self._features[key] = pipeline.task_features(
                 name, split, self.tokenizer, data_dir=self.grid.data_dir, max_length=length,
-                cache_dir=self.run_dir / "cache",
-                shard_info=ShardInfo(jax.process_index(), jax.process_count()))
+                cache_dir=local_cache_dir(self.run_dir), shard_info=self._featurize_shard())
         return self._features[key]
+
+    def _featurize_shard(self) -> ShardInfo:
+        """This host's share of the featurization: the cache in the run directory is shared by
+        the hosts; without it (a URL run directory) each host featurizes everything."""
+        if local_cache_dir(self.run_dir) is None:
+            return ShardInfo(0, 1)
+        return ShardInfo(jax.process_index(), jax.process_count())
 
     def examples(self, name: str, split: str) -> list[dict[str, Any]]:
         """The examples of a split from its prepared file (never a sample file: an error
@@ -145,7 +155,7 @@ class Inputs:
             return pipeline.mixture_batcher(
                 mixture, self.tokenizer, batch_size=batch_size, data_dir=self.grid.data_dir,
                 seed=seed, shard_info=shard, max_length=length,
-                cache_dir=self.run_dir / "cache")
+                cache_dir=local_cache_dir(self.run_dir))
 
         return make
 

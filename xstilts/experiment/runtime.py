@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
+
+from etils import epath
 
 from xstilts import checkpoints as ckpt_lib
 from xstilts import partitioning
@@ -16,10 +18,19 @@ from xstilts.experiment.grid import Grid
 from xstilts.experiment.inputs import Inputs
 from xstilts.experiment.plan import PhaseJob
 from xstilts.experiment.predict import Predictor
+from xstilts.experiment.rundir import atomic_text, local_cache_dir, run_dir_path
 from xstilts.models.xlmr import XLMRConfig
 from xstilts.multihost import is_chief
 
 MANIFEST = "data_manifest.json"
+
+
+def _records(path: epath.Path) -> list[dict[str, Any]]:
+    document = json.loads(path.read_text())
+    if document.get("version") != manifest.MANIFEST_VERSION:
+        raise ValueError(f"{path}: manifest version {document.get('version')!r}, expected "
+                         f"{manifest.MANIFEST_VERSION}")
+    return document["records"]
 
 
 class Preempted(RuntimeError):
@@ -44,8 +55,9 @@ class Runtime:
                    Predictor(grid.model_config, partitioner, grid.use_pooler), progress)
 
     @property
-    def run_dir(self) -> Path:
-        return Path(self.grid.run_dir)
+    def run_dir(self) -> epath.Path:
+        """The run directory; a ``gs://`` URL stays a URL down to Orbax."""
+        return run_dir_path(self.grid.run_dir)
 
     @property
     def model_config(self) -> XLMRConfig:
@@ -69,11 +81,13 @@ class Runtime:
         if not is_chief():
             return
         common = {"data_dir": self.grid.data_dir, "tokenizer": self.inputs.tokenizer,
-                  "max_length": max_length, "cache_dir": self.run_dir / "cache"}
+                  "max_length": max_length, "cache_dir": local_cache_dir(self.run_dir)}
         records = manifest.records_for_mixture(mixture, **common) if mixture else []
         records += manifest.records_for_tasks(splits, **common)
-        manifest.write_manifest(self.run_dir / job_dir / MANIFEST, records)
-        manifest.write_manifest(self.run_dir / MANIFEST, records, merge=True)
+        atomic_text(self.run_dir / job_dir / MANIFEST, manifest.manifest_json(records) + "\n")
+        whole = self.run_dir / MANIFEST  # merged with the other jobs' records
+        old = _records(whole) if whole.exists() else []
+        atomic_text(whole, manifest.manifest_json(records, old) + "\n")
 
     def path(self, relative: str | None) -> str | None:
         return None if relative is None else str(self.run_dir / relative)
