@@ -47,13 +47,14 @@ def _registered_here(world):
     S.register_all(world["root"], world["vocab"], allow_samples=True)
 
 
-def _native(world, name, split, length, batch_size):
+def _native(world, name, split, length, batch_size, buckets=None):
     spec = T.get_task(name)
     features = PL.task_features(name, split, world["tok"], data_dir=world["root"],
                                 max_length=length, allow_samples=True)
     mlm = {"mask_id": world["tok"].mask_id} if spec.kind == "mlm" else None
     return features, FeatureBatcher(features, spec.kind, batch_size=batch_size, length=length,
-                                    shuffle=False, num_choices=spec.num_choices, mlm=mlm)
+                                    shuffle=False, num_choices=spec.num_choices, mlm=mlm,
+                                    length_buckets=buckets)
 
 
 # (task, split, length, batch size): every kind, synthetic and real samples, lengths that cut
@@ -89,6 +90,66 @@ def test_every_batch_of_the_seqio_path_equals_the_native_batch(world, name, spli
             np.testing.assert_array_equal(batch[key], value, err_msg=f"{name} step {step} {key}")
             assert batch[key].dtype == np.int32
     assert sum(int(b["example_mask"].sum()) for _, b in batches) == len(features)
+
+
+# length buckets: each batch as wide as its longest row's bucket, in both paths
+BUCKETED = [
+    ("xnli.en", "dev", 128, 16, "auto"),
+    ("udpos.en", "dev", 128, 8, (32, 64, 96)),
+    ("synthetic.qa.xa", "train", 128, 1, (32, 48, 64, 96)),  # the last window is short
+    ("commonsenseqa.en", "train", 64, 1, (32, 40, 48)),
+    ("synthetic.mlm.xb", "train", 24, 8, (8, 16)),  # stream rows are full: masks still equal
+]
+
+
+@pytest.mark.parametrize("name,split,length,batch_size,buckets", BUCKETED)
+def test_bucketed_seqio_batches_equal_the_native_bucketed_batches(world, name, split, length,
+                                                                  batch_size, buckets):
+    _, native = _native(world, name, split, length, batch_size, buckets)
+    stream = S.seqio_batches(name, sequence_length=length, batch_size=batch_size, split=split,
+                             shuffle=False, num_epochs=1, length_buckets=buckets)
+    widths = []
+    for step, (_, batch) in enumerate(stream):
+        expected = native.batch(step)
+        del expected["feature_index"]
+        widths.append(batch["input_ids"].shape[-1])
+        for key, value in expected.items():
+            np.testing.assert_array_equal(batch[key], value, err_msg=f"{name} step {step} {key}")
+    assert step + 1 == native.steps_per_epoch
+    assert min(widths) < length or T.get_task(name).kind == "mlm"
+
+
+def test_seqio_hosts_agree_on_the_width(world):
+    """Each host sees its shard only; ``agree_width`` (here: the largest of both hosts' widths
+    at the step, what seqio_feed's all-gather returns) gives both the step's shape."""
+    def run(i, agree):
+        return [b for _, b in S.seqio_batches(
+            "xnli.en", sequence_length=128, batch_size=8, split="dev", shuffle=False,
+            num_epochs=1, length_buckets="auto", shard_info=ShardInfo(i, 2), agree_width=agree)]
+
+    local = [[], []]
+    for i in range(2):
+        run(i, lambda w, i=i: local[i].append(w) or w)
+    assert local[0] != local[1]  # the shards alone would disagree
+    agreed = [max(a, b) for a, b in zip(*local, strict=True)]
+    hosts = []
+    for i in range(2):
+        steps = iter(range(len(agreed)))
+        hosts.append(run(i, lambda w, steps=steps: agreed[next(steps)]))
+    alone = [b for _, b in S.seqio_batches("xnli.en", sequence_length=128, batch_size=8,
+                                           split="dev", shuffle=False, num_epochs=1)]
+    for step, width in enumerate(agreed):
+        for i in range(2):
+            batch = hosts[i][step]
+            assert batch["input_ids"].shape[-1] == width
+            rows = alone[0]["input_ids"][:0]  # the host's rows i, i+2, ... of the one-host run
+            full = np.concatenate([alone[(2 * 8 * step + r) // 8]["input_ids"][
+                (2 * 8 * step + r) % 8][None] for r in range(i, 16, 2)
+                if 2 * 8 * step + r < 8 * len(alone)] or [rows])
+            np.testing.assert_array_equal(batch["input_ids"][:len(full)], full[:, :width])
+    with pytest.raises(ValueError, match="needs agree_width"):
+        next(S.seqio_batches("xnli.en", sequence_length=128, batch_size=8, length_buckets="auto",
+                             shard_info=ShardInfo(0, 2)))
 
 
 def test_parity_cases_exercise_cuts_windows_and_labels(world):
