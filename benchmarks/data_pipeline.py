@@ -23,6 +23,14 @@ Sections (each printed as one line, examples/s on this CPU):
   figure they are compared with: XLM-R Large, batch 32 x 256, bf16, ``PAPER_STEP_FLOPS`` (the
   TPU compiler's cost analysis of the train step, issue 16: 4.10e12 FLOPs per chip x 4 chips)
   at 45% MFU of one H100 (989 TFLOP/s dense bf16), i.e. ~870 examples/s per accelerator.
+* ``padding``: padding efficiency (real tokens / computed tokens, issue 16 item 3) over the
+  XNLI-like length distribution of the 15 XTREME XNLI dev files (``xnli.<lang>``, lengths 128
+  and 256, batch 32 shuffled, one epoch): fixed max-length padding, length buckets (``"auto"``:
+  L/8, 2L/8, ..., L) and pad-to-longest (dynamic, for reference: a new shape every batch);
+  and MLM rows from the same premises as documents: one document per row, the token stream
+  cut into rows (``stream``), and rows packed from document segments (``documents``, with
+  ``segment_ids``).
+  The lengths are the test SentencePiece model's (1,000 pieces: longer than XLM-R's).
 * ``model``: the base model's fp32 training step (``benchmarks/model_step.py``'s ``ours``, a child
   process at the same batch and length): the examples/s the pipeline must keep up with.
 
@@ -258,6 +266,63 @@ def pipeline_sections(data: Path, batch: int, length: int, repeats: int) -> floa
     return min(pair_rate, qa_rate)
 
 
+def padding_section(data: Path) -> None:
+    from xstilts.tokenization import XLMRTokenizer
+
+    tok = XLMRTokenizer(data / "spm" / "test_model.model")
+    for length in (128, 256):
+        _padding_at(data, tok, length)
+
+
+def _padding_at(data: Path, tok, length: int) -> None:
+    import numpy as np
+
+    from xstilts.data import pipeline, readers
+    from xstilts.data import preprocessors as P
+    from xstilts.data.feature_converters import FeatureBatcher
+    from xstilts.data.tasks import LANGUAGES
+
+    batch = 32
+    features = [f for lang in LANGUAGES["xnli"] for f in pipeline.task_features(
+        f"xnli.{lang}", "dev", tok, data_dir=data, max_length=length)]
+
+    def efficiency(rows, kind, buckets=None, dynamic=False) -> tuple[float, int]:
+        batcher = FeatureBatcher(rows, kind, batch_size=batch, length=length, seed=0,
+                                 length_buckets=buckets, mlm={"mask_id": tok.mask_id}
+                                 if kind == "mlm" else None)  # fmt: skip
+        real = computed = 0
+        widths = set()
+        for b in batcher.epoch(0):
+            tokens = b["attention_mask"].sum(-1)
+            width = int(tokens.max()) if dynamic else b["input_ids"].shape[-1]
+            widths.add(width)
+            real += int(tokens.sum())
+            computed += len(tokens) * width
+        return real / computed, len(widths)
+
+    fixed, _ = efficiency(features, "classification")
+    bucketed, shapes = efficiency(features, "classification", "auto")
+    dynamic, dynamic_shapes = efficiency(features, "classification", dynamic=True)
+    lengths = np.array([len(f["input_ids"]) for f in features])
+    print(f"padding: {len(features)} XNLI dev pairs at length {length}, batch {batch} (row "
+          f"tokens median {np.median(lengths):.0f}, p90 {np.percentile(lengths, 90):.0f}): "
+          f"real/computed tokens fixed {fixed:.3f}, buckets auto {bucketed:.3f} ({shapes} "
+          f"shapes, {bucketed / fixed:.2f}x), pad-to-longest {dynamic:.3f} ({dynamic_shapes} "
+          f"shapes)")
+    texts = [e["text_a"] for lang in LANGUAGES["xnli"]
+             for e in readers.read_xtreme_pair_tsv(data / f"xnli/xtreme_format/dev-{lang}.tsv")]
+    single = [{"input_ids": np.asarray([tok.bos_id, *tok.encode_text(t)[:length - 2],
+                                        tok.eos_id], np.int32)} for t in texts]
+    one, _ = efficiency(single, "mlm")
+    stream, _ = efficiency(P.mlm_features(texts, tok, length, "stream"), "mlm")
+    packed_rows = P.mlm_features(texts, tok, length, "documents")
+    packed, _ = efficiency(packed_rows, "mlm")
+    segments = np.mean([int(r["segment_ids"].max()) for r in packed_rows])
+    print(f"padding: MLM over {len(texts)} XNLI premises at length {length}: one document per "
+          f"row {one:.3f}, stream rows {stream:.3f}, packed documents {packed:.3f} "
+          f"({segments:.1f} segments per row)")
+
+
 def hosts_section(examples: int, part_size: int) -> None:
     from xstilts.data.synthetic import SyntheticWorld
 
@@ -336,6 +401,9 @@ def main() -> None:
     parser.add_argument("--part_size", type=int, default=10000)
     parser.add_argument("--streams_examples", type=int, default=100000)
     parser.add_argument("--skip-model", action="store_true", help="pipelines only")
+    parser.add_argument("--sections", default="tokenize,pairs,hosts,streams,padding",
+                        help="comma-separated: tokenize, pairs (pairs and qa), hosts, streams, "
+                             "padding")
     parser.add_argument("--child", choices=["hf", "host", "stream"], help=argparse.SUPPRESS)
     parser.add_argument("--path", choices=["native", "seqio"], help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, default=0, help=argparse.SUPPRESS)
@@ -353,10 +421,20 @@ def main() -> None:
         return child_stream(args.path, args.data_dir, args.cache, args.index, args.count,
                             args.rows, args.batch, args.length)
 
-    tokenize_section(data, args.length, args.repeats)
-    slower = pipeline_sections(data, args.batch, args.length, args.repeats)
-    hosts_section(args.hosts_examples, args.part_size)
-    streams_section(args.streams_examples)
+    sections = set(args.sections.split(","))
+    unknown = sections - {"tokenize", "pairs", "hosts", "streams", "padding"}
+    if unknown:
+        raise SystemExit(f"unknown --sections {sorted(unknown)}")
+    if "tokenize" in sections:
+        tokenize_section(data, args.length, args.repeats)
+    slower = pipeline_sections(data, args.batch, args.length, args.repeats) \
+        if "pairs" in sections else float("nan")
+    if "hosts" in sections:
+        hosts_section(args.hosts_examples, args.part_size)
+    if "streams" in sections:
+        streams_section(args.streams_examples)
+    if "padding" in sections:
+        padding_section(data)
     if args.skip_model:
         print(f"data_pipeline: {slower:.1f} ex/s (model not measured)")
         return
