@@ -153,7 +153,7 @@ def test_settings_diff_and_message():
            "max_steps": None}
     diff = cells.settings_diff(old, new)
     assert cells.diff_lines(diff) == ["init.learning_rate: 0.001 -> 0.002",
-                                      "max_steps: (unset) -> null", "steps: 4 -> 8"]
+                                      "max_steps: <not set> -> null", "steps: 4 -> 8"]
     assert cells.settings_diff(new, dict(new)) == []
     assert cells.fingerprint(old) != cells.fingerprint(new)
     assert cells.fingerprint({"a": 1, "b": 2}) == cells.fingerprint({"b": 2, "a": 1})

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from xstilts import fingerprint as fp
 from xstilts.checkpoints import is_url
 from xstilts.data import manifest, tasks
 from xstilts.data.spec import data_directory
@@ -67,36 +68,23 @@ class Cell:
 
 
 def fingerprint(settings: Mapping[str, Any]) -> str:
-    """sha256 of the canonical JSON of ``settings``."""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    """sha256 of the canonical JSON of ``settings`` (``xstilts.fingerprint.digest``)."""
+    return fp.digest(settings)
 
 
 def canonical(value: Any) -> Any:
-    """``value`` as it reads back from JSON (tuples become lists, keys strings)."""
-    return json.loads(json.dumps(value, sort_keys=True))
-
-
-def flatten(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested settings as ``{"init.learning_rate": ...}``."""
-    out: dict[str, Any] = {}
-    for key, value in settings.items():
-        if isinstance(value, Mapping) and value:
-            out |= flatten(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+    """``value`` as it reads back from JSON (``xstilts.fingerprint.canonical``)."""
+    return json.loads(json.dumps(fp.canonical(value), sort_keys=True))
 
 
 def settings_diff(old: Mapping[str, Any] | None, new: Mapping[str, Any]
                   ) -> list[tuple[str, Any, Any]]:
-    """``[(setting, old, new)]`` of every flattened setting that differs (``old`` None: the cell
-    recorded none, a run from before fingerprints)."""
+    """``[(setting, old, new)]`` of every flattened setting that differs
+    (``xstilts.fingerprint.settings_diff``; ``old`` None: the cell recorded none, a run from
+    before fingerprints)."""
     if old is None:
         return [("settings", "(not recorded)", "(this run's)")]
-    a, b = flatten(old), flatten(new)
-    missing = "(unset)"
-    return [(k, a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
-            if a.get(k, missing) != b.get(k, missing)]
+    return fp.settings_diff(old, new)
 
 
 def diff_lines(diff: Sequence[tuple[str, Any, Any]]) -> list[str]:
@@ -104,7 +92,8 @@ def diff_lines(diff: Sequence[tuple[str, Any, Any]]) -> list[str]:
 
 
 def _show(value: Any) -> str:
-    return value if isinstance(value, str) and value.startswith("(") else json.dumps(value)
+    marker = isinstance(value, str) and (value.startswith("(") or value == fp.MISSING)
+    return value if marker else json.dumps(value)
 
 
 # ------------------------------------------------------------------------------ what cells read
