@@ -81,14 +81,14 @@ def test_killed_run_resumes_without_duplicates_or_gaps(checkpoint, tmp_path):
     parts = out / "xnli/translate-train/en-yo-translated.tsv.parts"
     proc = _run(args)
     deadline = time.time() + 240
-    while not (parts / "shard-00001.tsv").exists() and proc.poll() is None:
+    while not (parts / "shard-00001.txt").exists() and proc.poll() is None:
         assert time.time() < deadline, "no shard written"
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     final = out / "xnli/translate-train/en-yo-translated.tsv"
     assert not final.exists(), "the run finished before it was killed: nothing resumed"
-    done = sorted(p.name for p in parts.glob("shard-*.tsv"))
+    done = sorted(p.name for p in parts.glob("shard-*.txt"))
     assert 2 <= len(done) < 8 and not list(parts.glob(".*tmp*"))
     proc = _run(args)
     _, err = proc.communicate(timeout=300)

@@ -8,6 +8,9 @@ language, the layout of XTREME's translate-train release, so the existing reader
 
 * ``mnli``: ``O/xnli/translate-train/en-<lang>-translated.tsv``: English premise, English
   hypothesis, translated premise, translated hypothesis, label (``read_translate_train_tsv``);
+* ``squad_v1``: ``O/squad/translate-train/squad.translate.train.en-<lang>.json``: SQuAD v1.1
+  JSON, contexts and questions translated, answers projected (``xstilts.translate_squad``;
+  questions without a projected answer are dropped and counted in the manifest);
 
 next to it ``<file>.manifest.json`` (model, its sha256, decoding settings, counts). The work is
 cut in shards of ``--shard_size`` examples, each written atomically under ``<file>.parts/``: a
@@ -51,22 +54,55 @@ NLLB_CODES = {
 
 @dataclasses.dataclass(frozen=True)
 class TaskLayout:
-    """Where a task's English train split comes from and how its translation is written."""
+    """Where a task's English train split comes from and how its translation is written.
+
+    ``units`` are what a shard holds (an example, a SQuAD paragraph); ``translate`` turns a chunk
+    of them into the shard's text (one line per unit); ``assemble`` the shards' lines into the
+    final file's text and the counts the manifest records.
+    """
 
     task: str  # the registry task of the English train split
-    fields: tuple[str, ...]  # example fields to translate
     path: str  # output file under the output dir, {lang} filled in
-    row: Callable[[dict, dict], list[str]]  # (example, translated fields) -> output columns
+    units: Callable[[list[Path], list[dict]], list[dict]]  # (input files, examples) -> units
+    translate: Callable[[Sequence[dict], Callable[[Sequence[str]], list[str]]], str]
+    assemble: Callable[[list[str]], tuple[str, dict[str, Any]]]
 
 
-def _pair_row(example: dict, translated: dict) -> list[str]:
-    return [example["text_a"], example["text_b"], translated["text_a"], translated["text_b"],
-            example["label"]]
+def _pairs_translate(chunk: Sequence[dict], translate: Callable[[Sequence[str]], list[str]]
+                     ) -> str:
+    a, b = translate([e["text_a"] for e in chunk]), translate([e["text_b"] for e in chunk])
+    return _rows_text([[e["text_a"], e["text_b"], a[i], b[i], e["label"]]
+                       for i, e in enumerate(chunk)])
+
+
+def _squad_units(files: list[Path], _: list[dict]) -> list[dict]:
+    from xstilts import translate_squad
+
+    with open(files[0], encoding="utf-8") as f:
+        return translate_squad.units(json.load(f))
+
+
+def _squad_translate(chunk: Sequence[dict], translate: Callable[[Sequence[str]], list[str]]
+                     ) -> str:
+    from xstilts import translate_squad
+
+    return translate_squad.shard_text(translate_squad.translate_paragraphs(chunk, translate))
+
+
+def _squad_assemble(lines: list[str]) -> tuple[str, dict[str, Any]]:
+    from xstilts import translate_squad
+
+    text, counts = translate_squad.assemble(lines)
+    return text, {"answers": counts, "questions": sum(counts.values()),
+                  "dropped": counts["dropped"]}
 
 
 LAYOUTS = {
-    "mnli": TaskLayout("mnli.en", ("text_a", "text_b"),
-                       "xnli/translate-train/en-{lang}-translated.tsv", _pair_row),
+    "mnli": TaskLayout("mnli.en", "xnli/translate-train/en-{lang}-translated.tsv",
+                       lambda _, examples: examples, _pairs_translate,
+                       lambda lines: ("".join(lines), {})),
+    "squad_v1": TaskLayout("squad_v1.en", "squad/translate-train/squad.translate.train.en-{lang}"
+                           ".json", _squad_units, _squad_translate, _squad_assemble),
 }
 
 
@@ -196,14 +232,15 @@ def translate_task(task: str, languages: Sequence[str], data_dir: str, output_di
     spec = tasks.get_task(layout.task)
     inputs = sources.resolve(spec, "train", data_dir, allow_samples=allow_samples)
     examples = list(sources.read(spec, "train", data_dir, allow_samples=allow_samples))
+    units = layout.units(inputs, examples)
     if max_examples is not None:
-        examples = examples[:max_examples]
-    if not examples:
+        units = units[:max_examples]
+    if not units:
         raise ValueError(f"{inputs[0]}: no examples in the train split of {layout.task}")
     translator.check_languages(languages, "en")
     settings = {"model": model_name, "model_sha256": model_sha256(translator.folder),
                 "input_files": [str(p) for p in inputs], "input_sha256": file_sha256(inputs),
-                "examples": len(examples), "shard_size": shard_size,
+                "units": len(units), "shard_size": shard_size,
                 "decoding": dataclasses.asdict(translator.settings),
                 "max_source_length": translator.max_source_length,
                 "dtype": translator.dtype}
@@ -222,41 +259,41 @@ def translate_task(task: str, languages: Sequence[str], data_dir: str, output_di
                                  f"{changed}); delete the folder or rerun with its settings")
         else:
             _atomic_write(recorded, json.dumps(settings, indent=1))
-        shards = range(0, len(examples), shard_size)
-        bar = tqdm(total=len(examples), desc=f"{task} en->{lang}", unit="ex",
+        shards = range(0, len(units), shard_size)
+        bar = tqdm(total=len(units), desc=f"{task} en->{lang}", unit="ex",
                    disable=not progress, file=sys.stderr)
         start, done_now = time.perf_counter(), 0
+
+        def translate(texts: Sequence[str], lang: str = lang) -> list[str]:
+            return translator.translate(texts, "en", lang)
+
         for first in shards:
-            shard = parts / f"shard-{first // shard_size:05d}.tsv"
-            chunk = examples[first:first + shard_size]
+            shard = parts / f"shard-{first // shard_size:05d}.txt"
+            chunk = units[first:first + shard_size]
             if not shard.exists():
-                translated: dict[str, list[str]] = {}
-                for field in layout.fields:
-                    translated[field] = translator.translate([e[field] for e in chunk], "en", lang)
-                rows = [layout.row(e, {f: translated[f][i] for f in layout.fields})
-                        for i, e in enumerate(chunk)]
-                _atomic_write(shard, _rows_text(rows))
+                _atomic_write(shard, layout.translate(chunk, translate))
                 done_now += len(chunk)
             bar.update(len(chunk))
             bar.set_postfix(ex_per_s=f"{done_now / max(time.perf_counter() - start, 1e-9):.1f}")
         bar.close()
-        text = "".join(
-            (parts / f"shard-{first // shard_size:05d}.tsv").read_text(encoding="utf-8")
-            for first in shards)
-        if text.count("\n") != len(examples):
-            raise RuntimeError(f"{parts}: {text.count(chr(10))} rows for {len(examples)} "
-                               "examples; a shard is damaged: delete it and rerun")
+        lines = [line for first in shards for line in (
+            parts / f"shard-{first // shard_size:05d}.txt").read_text(
+                encoding="utf-8").splitlines(keepends=True)]
+        if len(lines) != len(units):
+            raise RuntimeError(f"{parts}: {len(lines)} rows for {len(units)} examples; a shard "
+                               "is damaged: delete it and rerun")
+        text, counts = layout.assemble(lines)
         _atomic_write(out, text)
-        manifest = {**settings, "task": f"{task}.{lang}", "language": lang,
+        manifest = {**settings, "task": f"{layout.task.split('.')[0]}.{lang}", "language": lang,
                     "source": "translate-train-ours", "file": str(out),
-                    "file_sha256": file_sha256([out]), "rows": len(examples),
+                    "file_sha256": file_sha256([out]), "rows": len(units), **counts,
                     "seconds_this_run": round(time.perf_counter() - start, 3),
                     "translated_this_run": done_now}
         _atomic_write(out.with_name(out.name + ".manifest.json"), json.dumps(manifest, indent=1))
         for shard in parts.iterdir():
             shard.unlink()
         parts.rmdir()
-        log.info("%s: %d rows (%d translated now)", out, len(examples), done_now)
+        log.info("%s: %d rows (%d translated now)", out, len(units), done_now)
         written.append(out)
     return written
 
