@@ -26,7 +26,8 @@ Sections (each printed as one line, examples/s on this CPU):
 * ``padding``: padding efficiency (real tokens / computed tokens, issue 16 item 3) over the
   XNLI-like length distribution of the 15 XTREME XNLI dev files (``xnli.<lang>``, lengths 128
   and 256, batch 32 shuffled, one epoch): fixed max-length padding, length buckets (``"auto"``:
-  L/8, 2L/8, ..., L) and pad-to-longest (dynamic, for reference: a new shape every batch);
+  L/8, 2L/8, ..., L), buckets with ``length_grouping=32`` (rows of similar length batched
+  together) and pad-to-longest (dynamic, for reference: a new shape every batch);
   and MLM rows from the same premises as documents: one document per row, the token stream
   cut into rows (``stream``), and rows packed from document segments (``documents``, with
   ``segment_ids``).
@@ -286,10 +287,10 @@ def _padding_at(data: Path, tok, length: int) -> None:
     features = [f for lang in LANGUAGES["xnli"] for f in pipeline.task_features(
         f"xnli.{lang}", "dev", tok, data_dir=data, max_length=length)]
 
-    def efficiency(rows, kind, buckets=None, dynamic=False) -> tuple[float, int]:
+    def efficiency(rows, kind, buckets=None, dynamic=False, grouping=0) -> tuple[float, int]:
         batcher = FeatureBatcher(rows, kind, batch_size=batch, length=length, seed=0,
-                                 length_buckets=buckets, mlm={"mask_id": tok.mask_id}
-                                 if kind == "mlm" else None)  # fmt: skip
+                                 length_buckets=buckets, length_grouping=grouping,
+                                 mlm={"mask_id": tok.mask_id} if kind == "mlm" else None)
         real = computed = 0
         widths = set()
         for b in batcher.epoch(0):
@@ -303,12 +304,14 @@ def _padding_at(data: Path, tok, length: int) -> None:
     fixed, _ = efficiency(features, "classification")
     bucketed, shapes = efficiency(features, "classification", "auto")
     dynamic, dynamic_shapes = efficiency(features, "classification", dynamic=True)
+    grouped, grouped_shapes = efficiency(features, "classification", "auto", grouping=32)
     lengths = np.array([len(f["input_ids"]) for f in features])
     print(f"padding: {len(features)} XNLI dev pairs at length {length}, batch {batch} (row "
           f"tokens median {np.median(lengths):.0f}, p90 {np.percentile(lengths, 90):.0f}): "
           f"real/computed tokens fixed {fixed:.3f}, buckets auto {bucketed:.3f} ({shapes} "
-          f"shapes, {bucketed / fixed:.2f}x), pad-to-longest {dynamic:.3f} ({dynamic_shapes} "
-          f"shapes)")
+          f"shapes, {bucketed / fixed:.2f}x), buckets + length_grouping=32 {grouped:.3f} "
+          f"({grouped_shapes} shapes, {grouped / fixed:.2f}x), pad-to-longest {dynamic:.3f} "
+          f"({dynamic_shapes} shapes)")
     texts = [e["text_a"] for lang in LANGUAGES["xnli"]
              for e in readers.read_xtreme_pair_tsv(data / f"xnli/xtreme_format/dev-{lang}.tsv")]
     single = [{"input_ids": np.asarray([tok.bos_id, *tok.encode_text(t)[:length - 2],

@@ -215,3 +215,36 @@ def test_packed_mlm_batch_gives_the_per_segment_losses_of_unpacked_rows(tok):
         assert float(got.weight) == float(want.weight)
         np.testing.assert_allclose(float(got.loss_sum), float(want.loss_sum), rtol=1e-5,
                                    atol=1e-6)
+
+
+def test_length_grouping_fills_buckets_and_keeps_every_row_once(tok):
+    features = _features(tok, "xnli.en", 128)
+    options = dict(batch_size=4, length=128, seed=2, length_buckets="auto")
+    plain = [FeatureBatcher(features, "classification", shard_info=ShardInfo(i, 2), **options)
+             for i in range(2)]
+    grouped = [FeatureBatcher(features, "classification", shard_info=ShardInfo(i, 2),
+                              length_grouping=8, **options) for i in range(2)]
+
+    def epoch(hosts, number):
+        seen, real, computed = [], 0, 0
+        steps = hosts[0].steps_per_epoch
+        for step in range(number * steps, (number + 1) * steps):
+            batches = [h.batch(step) for h in hosts]
+            assert len({b["input_ids"].shape[-1] for b in batches}) == 1
+            for b in batches:
+                seen += [int(i) for i in b["feature_index"] if i >= 0]
+                real += int(b["attention_mask"].sum())
+                computed += b["attention_mask"].size
+        return seen, real / computed
+
+    seen, grouped_efficiency = epoch(grouped, 1)
+    assert sorted(seen) == list(range(len(features)))  # every row once per epoch
+    _, plain_efficiency = epoch(plain, 1)
+    assert grouped_efficiency > plain_efficiency + 0.15
+    again = FeatureBatcher(features, "classification", shard_info=ShardInfo(1, 2),
+                           length_grouping=8, **options)
+    for step in (70, 3):  # exact resume
+        for key, value in grouped[1].batch(step).items():
+            np.testing.assert_array_equal(again.batch(step)[key], value)
+    other = epoch(grouped, 0)[0]
+    assert other != seen  # a new grouping every epoch

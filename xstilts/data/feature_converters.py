@@ -23,6 +23,11 @@ wide as the smallest bucket holding the longest row of the *global* batch (every
 that step, which every host knows), so all hosts agree on the shape and each shape compiles
 once. ``bucket_lengths`` turns the setting into the buckets (always ending in ``L``). Padding
 beyond a row's tokens changes no loss: the batch equals the ``L``-wide one cut at the width.
+Random batches take their width from their longest row, so buckets alone save little on a
+long-tailed length distribution; ``length_grouping=k`` (training order only) also puts rows of
+similar length together: each window of ``k`` global batches of the epoch's permutation is
+sorted by length and its batches visited in a seeded random order (still a pure function of
+the step; the seqio path has no such order).
 
 Packed MLM rows (``preprocessors.mlm_documents``) carry ``segment_ids`` ``[B, L]`` (0 on
 padding, 1, 2, ... per document chunk); the model restarts positions and blocks attention per
@@ -202,6 +207,7 @@ class FeatureBatcher:
         num_choices: int | None = None,
         mlm: Mapping[str, Any] | None = None,
         length_buckets: Sequence[int] | str | None = None,
+        length_grouping: int = 0,
     ):
         if not features:
             raise ValueError(f"no {kind} features to batch (empty split?)")
@@ -222,6 +228,9 @@ class FeatureBatcher:
         self._order_cache: tuple[int, np.ndarray] | None = None
         self.buckets = bucket_lengths(length, length_buckets)
         self._lengths: np.ndarray | None = None
+        if length_grouping < 0:
+            raise ValueError(f"length_grouping must be >= 0, got {length_grouping}")
+        self.length_grouping = length_grouping if shuffle else 0
 
     @property
     def global_batch_size(self) -> int:
@@ -231,14 +240,39 @@ class FeatureBatcher:
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self.features) / self.global_batch_size)
 
+    def _row_lengths(self) -> np.ndarray:
+        if self._lengths is None:
+            self._lengths = np.asarray([row_length(f) for f in self.features], np.int64)
+        return self._lengths
+
     def _order(self, epoch: int) -> np.ndarray:
         if self._order_cache is None or self._order_cache[0] != epoch:
             if self.shuffle:
                 order = np.random.default_rng([self.seed, epoch]).permutation(len(self.features))
+                if self.length_grouping:
+                    order = self._grouped(order, epoch)
             else:
                 order = np.arange(len(self.features))
             self._order_cache = (epoch, order)
         return self._order_cache[1]
+
+    def _grouped(self, order: np.ndarray, epoch: int) -> np.ndarray:
+        """``order`` with rows of similar length in the same global batch: each window of
+        ``length_grouping`` global batches is sorted by length, cut into global batches, and
+        those are visited in a seeded random order (a short last batch stays last)."""
+        size, lengths = self.global_batch_size, self._row_lengths()
+        rng = np.random.default_rng([self.seed, epoch, 11])
+        window = size * self.length_grouping
+        out = []
+        for start in range(0, len(order), window):
+            chunk = order[start:start + window]
+            chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+            batches = [chunk[i:i + size] for i in range(0, len(chunk), size)]
+            short = [b for b in batches if len(b) < size]
+            full = [b for b in batches if len(b) == size]
+            out.extend(full[i] for i in rng.permutation(len(full)))
+            out.extend(short)
+        return np.concatenate(out)
 
     def indices(self, step: int) -> np.ndarray:
         """Feature indices of this host's rows at global ``step`` (-1 = padding example)."""
@@ -255,12 +289,10 @@ class FeatureBatcher:
         the smallest bucket holding the longest row of the global batch."""
         if self.buckets is None:
             return self.length
-        if self._lengths is None:
-            self._lengths = np.asarray([row_length(f) for f in self.features], np.int64)
         epoch, within = divmod(step, self.steps_per_epoch)
         order = self._order(epoch)
         rows = order[within * self.global_batch_size:(within + 1) * self.global_batch_size]
-        return bucket_for(int(self._lengths[rows].max()), self.buckets)
+        return bucket_for(int(self._row_lengths()[rows].max()), self.buckets)
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
         index = self.indices(step)

@@ -434,10 +434,11 @@ def task_batcher(
     part_size: int = PART_SIZE,
     length_buckets: Sequence[int] | str | None = None,
     mlm_packing: str = "stream",
+    length_grouping: int = 0,
 ) -> FeatureBatcher:
     """Batches of one task split; its features from ``task_features`` (each host featurizes its
-    parts when ``cache_dir`` is shared, see there). ``length_buckets``: see
-    ``feature_converters.bucket_lengths``; ``mlm_packing``: see ``task_features``."""
+    parts when ``cache_dir`` is shared, see there). ``length_buckets`` and
+    ``length_grouping``: see ``feature_converters``; ``mlm_packing``: see ``task_features``."""
     spec = get_task(name)
     length = max_length or spec.max_length
     features = task_features(name, split, tokenizer, data_dir=data_dir, max_length=length,
@@ -448,7 +449,7 @@ def task_batcher(
     return FeatureBatcher(
         features, spec.kind, batch_size=batch_size, length=length, seed=seed, shuffle=shuffle,
         shard_info=shard_info, num_choices=spec.num_choices, mlm=mlm,
-        length_buckets=length_buckets,
+        length_buckets=length_buckets, length_grouping=length_grouping,
     )  # fmt: skip
 
 
@@ -466,10 +467,11 @@ def mixture_batcher(
     allow_samples: bool = False,
     length_buckets: Sequence[int] | str | None = None,
     mlm_packing: str = "stream",
+    length_grouping: int = 0,
 ) -> MixtureBatcher:
     """Per-step task choice by the mixture's rates (sizes = featurized training examples).
     ``max_length``: one length for every task, or a length per task (multi-head training);
-    ``length_buckets`` and ``mlm_packing``: see ``task_batcher``."""
+    ``length_buckets``, ``length_grouping`` and ``mlm_packing``: see ``task_batcher``."""
     batchers = {
         task: task_batcher(
             task,
@@ -484,6 +486,7 @@ def mixture_batcher(
             allow_samples=allow_samples,
             length_buckets=length_buckets,
             mlm_packing=mlm_packing,
+            length_grouping=length_grouping,
         )  # fmt: skip
         for task in mixture_tasks(mixture)
     }
