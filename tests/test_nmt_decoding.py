@@ -50,7 +50,6 @@ def _assert_same(ours: np.ndarray, theirs: np.ndarray, pad: int) -> None:
 CASES = [
     ("m2m100", 0.33, DecodeSettings(num_beams=1, max_length=12)),
     ("nllb", 0.4, DecodeSettings(num_beams=1, max_length=12)),
-    ("m2m100", 0.2, DecodeSettings(num_beams=4, max_length=12)),
     ("nllb", 0.2, DecodeSettings(num_beams=4, max_length=12)),
     ("nllb", 0.2, DecodeSettings(num_beams=4, max_length=10, early_stopping=True,
                                  length_penalty=0.6)),

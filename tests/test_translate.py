@@ -108,6 +108,8 @@ def test_killed_run_resumes_without_duplicates_or_gaps(checkpoint, tmp_path):
 
 
 def test_changed_settings_refuse_old_shards_and_unknown_language(checkpoint, tmp_path):
+    from xstilts.translate import main
+
     data, out = tmp_path / "data", tmp_path / "out"
     _glue_mnli(data / "mnli/train.tsv", 3)
     parts = out / "xnli/translate-train/en-yo-translated.tsv.parts"
@@ -115,9 +117,8 @@ def test_changed_settings_refuse_old_shards_and_unknown_language(checkpoint, tmp
     (parts / "settings.json").write_text(json.dumps({"model": "other"}))
     base = ["--task", "mnli", "--data_dir", str(data), "--output_dir", str(out), "--model",
             str(checkpoint), "--max_length", "6", "--no_progress"]
-    proc = _run([*base, "--languages", "yo"])
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode != 0 and "unfinished shards of another run" in err
-    proc = _run([*base, "--languages", "xx"])
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode != 0 and "language 'xx'" in err
+    with pytest.raises(ValueError, match=r"\.parts: unfinished shards of another run"):
+        main([*base, "--languages", "yo"])
+    with pytest.raises(KeyError, match="language 'xx'"):
+        main([*base, "--languages", "xx"])
+    assert not (out / "xnli/translate-train/en-xx-translated.tsv").exists()
