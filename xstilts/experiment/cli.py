@@ -69,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="share RUN_DIR with other launches: compute every N-th cell, "
                              "starting at the i-th (waiting for upstream cells of others)")
     args = parser.parse_args(gin_utils.rewrite_gin_args(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        force=True)  # progress lines even where absl set up logging first
     if not args.gin_file:
         raise SystemExit("python -m xstilts.experiment: at least one --gin_file is required")
     bindings = list(args.gin_bindings)
