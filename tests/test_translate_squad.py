@@ -78,3 +78,40 @@ def test_squad_sample_translated_and_read_back(checkpoint, tmp_path):
     assert len(rows) == kept
     # the registered task of XTREME's SQuAD translate-train languages reads our file
     assert len(list(sources.read(tasks.get_task("squad_v1.de"), "train", tmp_path))) == kept
+
+
+class _UpperCase:
+    """A stand-in translator (``str.upper``), so every answer projects: the file path of
+    ``translate_task`` with kept answers, which the random tiny model never gives."""
+
+    max_source_length, dtype = 64, "float32"
+
+    def __init__(self, folder):
+        from xstilts.decoding import DecodeSettings
+
+        self.folder, self.settings = str(folder), DecodeSettings()
+
+    def check_languages(self, langs, src):
+        return None
+
+    def translate(self, texts, src, tgt):
+        return [t.upper() for t in texts]
+
+
+def test_projected_answers_are_read_back_by_the_task(tmp_path):
+    from xstilts.translate import translate_task
+
+    data = shared_data_dir()
+    (path,) = translate_task("squad_v1", ["de"], str(data), str(tmp_path),
+                             _UpperCase(tmp_path), model_name="upper", allow_samples=True,
+                             shard_size=1, progress=False)
+    manifest = json.loads(path.with_name(path.name + ".manifest.json").read_text())
+    assert manifest["answers"] == {"marker": 5, "exact": 0, "fuzzy": 0, "dropped": 0}
+    rows = list(sources.read(tasks.get_task("squad_v1.de"), "train", tmp_path))
+    english = list(sources.read(tasks.get_task("squad_v1.en"), "train", data,
+                                allow_samples=True))
+    assert [(r["id"], r["question"]) for r in rows] == [
+        (e["id"], e["question"].upper()) for e in english]
+    for r, e in zip(rows, english, strict=True):  # the reader checked each span's alignment
+        assert r["answers"] == [{"text": e["answers"][0]["text"].upper(),
+                                 "answer_start": e["answers"][0]["answer_start"]}]
