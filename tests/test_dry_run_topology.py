@@ -88,11 +88,21 @@ def test_cli_exits_1_naming_the_steps_that_do_not_fit(tmp_path, monkeypatch, cap
 
 
 # Bad shapes: errors naming the step, before anything compiles --------------------------------
-def test_a_batch_the_slice_does_not_divide_is_an_error(tmp_path):
+def test_a_batch_the_slice_does_not_divide_is_an_error(tmp_path, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(aot, "chip_figures", lambda *a: compiled.append(a))
     with pytest.raises(ValueError, match=re.escape(
-            "dry run: mlm(2) batch 8 x 32, used by phase0 pretrain: global batch size 8 is not "
-            "divisible by the 16 data shards of the mesh")):
+            "dry run: classification(2) batch 8 x 48, used by phase2 synthetic.paraphrase: global "
+            "batch size 8 is not divisible by the 16 data shards of the mesh")):
         experiment.dry_run(_grid(tmp_path), topology="v5e:4x4")
+    assert compiled == []  # checked before anything compiles
+    # Only phase 0's batch does not divide: still named before any other step compiles.
+    grid = _grid(tmp_path, pretrain={"steps": 2, "batch_size": 6, "max_length": 32})
+    with pytest.raises(ValueError, match=re.escape(
+            "dry run: mlm(2) batch 6 x 32, used by phase0 pretrain: global batch size 6 is not "
+            "divisible by the 4 data shards")):
+        experiment.dry_run(grid, topology="v5e:2x2")
+    assert compiled == []
 
 
 def test_a_length_past_the_positions_is_an_error(tmp_path):

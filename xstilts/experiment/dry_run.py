@@ -19,7 +19,8 @@ use exactly the slice's chips.
 from __future__ import annotations
 
 import dataclasses
-import logging
+import math
+import sys
 import time
 from typing import Any
 
@@ -36,8 +37,6 @@ from xstilts.experiment.grid import Grid
 from xstilts.experiment.plan import PhaseJob
 from xstilts.models.heads import XLMRMultiTask
 from xstilts.models.xlmr import check_length
-
-log = logging.getLogger(__name__)
 
 PLACEHOLDER_LABELS = 2  # tasks whose label set is read from the data (CCG supertags)
 DRY_RUN_SIZE = 1000  # examples per task for mixture rates (the dry run reads no data)
@@ -145,13 +144,19 @@ def job_shapes(job: PhaseJob, notes: list[str]) -> list[StepShape]:
         for t, length in job.lengths))
 
 
+def check_shape(grid: Grid, shape: StepShape, partitioner: partitioning.Partitioner) -> None:
+    """A ``ValueError`` for a step that cannot run: a length past the model's positions, a
+    batch the mesh's data axes do not divide."""
+    check_length(grid.model_config, shape.length)
+    partitioner.check_batch_size(shape.batch_size)
+
+
 def lower_step(grid: Grid, shape: StepShape, partitioner: partitioning.Partitioner,
                topology: str | None = None) -> dict[str, Any]:
     """Lower one train step on abstract inputs; its parameter count and loss shape (and, for a
     ``topology``, the TPU compile's per-chip figures: ``aot.chip_figures``)."""
     start = time.perf_counter()
-    check_length(grid.model_config, shape.length)
-    partitioner.check_batch_size(shape.batch_size)
+    check_shape(grid, shape, partitioner)
     tx, schedule = trainer_lib.make_optimizer(total_steps=1000)
     if shape.heads:  # the all-heads state, this head's step (as train.train(heads=...))
         model = XLMRMultiTask(grid.model_config, shape.heads, use_pooler=grid.use_pooler)
@@ -217,8 +222,19 @@ def dry_run(grid: Grid, partitioner: partitioning.Partitioner | None = None,
         for shape in job_shapes(job, notes):
             used_by.setdefault(shape, set()).update(users)
     # A TPU compile of the paper's model takes minutes: single-task steps (every phase's kinds
-    # and lengths) before the multi-task heads, so a cut-short run has covered each kind.
-    order = sorted(used_by, key=lambda s: bool(s.heads)) if topology else list(used_by)
+    # and lengths) before the multi-task heads, the most tokens per step first, so a cut-short
+    # run has covered each kind and the steps most likely not to fit.
+    order = sorted(used_by, key=lambda s: (bool(s.heads), -math.prod(s.input_shape))) \
+        if topology else list(used_by)
+    def named(shape: StepShape, e: ValueError) -> ValueError:
+        return ValueError(f"dry run: {describe(shape)}, used by "
+                          f"{', '.join(sorted(used_by[shape]))}: {e}")
+
+    for shape in order:  # every shape checked before the first (minutes-long) compile
+        try:
+            check_shape(grid, shape, partitioner)
+        except ValueError as e:
+            raise named(shape, e) from e
     for i, shape in enumerate(order):
         if lowered_steps.get(shape, {}).get("topology", topology) != topology:
             del lowered_steps[shape]  # lowered for another target: compile it for this one
@@ -227,11 +243,10 @@ def dry_run(grid: Grid, partitioner: partitioning.Partitioner | None = None,
         try:
             lowered_steps[shape] = lower_step(grid, shape, partitioner, topology)
         except ValueError as e:
-            raise ValueError(f"dry run: {describe(shape)}, used by "
-                             f"{', '.join(sorted(used_by[shape]))}: {e}") from e
-        if topology is not None:
-            log.info("[%d/%d] %s: %s", i + 1, len(order), describe(shape),
-                     info_text(lowered_steps[shape]))
+            raise named(shape, e) from e
+        if topology is not None:  # minutes per step: progress on stderr, whatever the logging
+            print(f"dry run [{i + 1}/{len(order)}] {describe(shape)}: "
+                  f"{info_text(lowered_steps[shape])}", file=sys.stderr, flush=True)
     steps = {shape: {**lowered_steps[shape], "used_by": users}
              for shape, users in used_by.items()}
     return DryRunResult(_touched(grid, jobs), mixtures, steps, list(dict.fromkeys(notes)),
