@@ -182,6 +182,8 @@ class Experiment:
                      "launch that finds every cell finished")
             return []
         self._vocab()
+        rt.merge_manifests([c.name for c in ledger.cells if c.phase in ("phase0", "phase1",
+                                                                          "phase2")])
         rows = [r for c in ledger.cells if c.phase in ("chance", "retrieval", "phase2")
                 for r in read_rows(run_dir / c.done)]
         rows.sort(key=lambda r: (r["config"] != CHANCE, r["config"], r["task"], r["language"],

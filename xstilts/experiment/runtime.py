@@ -89,6 +89,16 @@ class Runtime:
         old = _records(whole) if whole.exists() else []
         atomic_text(whole, manifest.manifest_json(records, old) + "\n")
 
+    def merge_manifests(self, job_dirs: Sequence[str]) -> None:
+        """The run directory's ``data_manifest.json`` again from every job's (chief): launches
+        that share the run directory merge into it concurrently, so one could miss another's
+        records until this runs (when every cell is finished)."""
+        if not is_chief():
+            return
+        records = [r for d in job_dirs if (self.run_dir / d / MANIFEST).exists()
+                   for r in _records(self.run_dir / d / MANIFEST)]
+        atomic_text(self.run_dir / MANIFEST, manifest.manifest_json(records) + "\n")
+
     def path(self, relative: str | None) -> str | None:
         return None if relative is None else str(self.run_dir / relative)
 
