@@ -113,9 +113,28 @@ class NMTConfig:
             raise ValueError(f"{path}: not valid JSON ({e})") from e
         return cls.from_hf_dict(hf, source=path, **overrides)
 
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> NMTConfig:
+        """The released checkpoints' shapes (their config.json), for AOT compiles and sizing."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown NMT preset {name!r}: expected one of {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
     @property
     def embed_scale(self) -> float:
         return math.sqrt(self.d_model) if self.scale_embedding else 1.0
+
+
+_NLLB = dict(vocab_size=256206, max_position_embeddings=1024)
+_M2M = dict(vocab_size=128112, max_position_embeddings=1024)
+PRESETS: dict[str, dict[str, Any]] = {
+    "nllb-200-distilled-600M": dict(_NLLB),
+    "nllb-200-distilled-1.3B": dict(_NLLB, encoder_layers=24, decoder_layers=24,
+                                    encoder_ffn_dim=8192, decoder_ffn_dim=8192),
+    "m2m100_418M": dict(_M2M),
+    "m2m100_1.2B": dict(_M2M, encoder_layers=24, decoder_layers=24, encoder_ffn_dim=8192,
+                        decoder_ffn_dim=8192),
+}
 
 
 def position_ids(ids: Array, pad_token_id: int, offset: Array | int = 0) -> Array:
