@@ -166,6 +166,22 @@ def test_parity_cases_exercise_cuts_windows_and_labels(world):
     assert hellaswag["input_ids"].shape == (2, 4, 32)
 
 
+def test_preprocessing_on_the_source_chunks_equals_the_rebatched_path(world):
+    """Big splits (not cached in memory by seqio) preprocess the source's own chunks; small
+    ones unbatch and rebatch: the same examples either way."""
+    task = seqio.get_mixture_or_task("xnli.de")
+    (preprocess,) = task.preprocessors
+    source = task.source.get_dataset("dev", shuffle=False)
+    assert source._xstilts_chunks is not None
+    chunked = list(preprocess(source, task.output_features).as_numpy_iterator())
+    plain = list(preprocess(source.map(dict), task.output_features).as_numpy_iterator())
+    assert len(chunked) == len(plain) == 500
+    for a, b in zip(chunked, plain, strict=True):
+        assert sorted(a) == sorted(b)
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+
+
 def test_longest_first_matches_the_tokenizer(world):
     a, b, budget = np.meshgrid(np.arange(0, 30), np.arange(0, 30), np.arange(0, 25))
     keep_a, keep_b = C.longest_first(tf.constant(a.ravel()), tf.constant(b.ravel()),

@@ -164,7 +164,9 @@ class _EncoderConverter(seqio.FeatureConverter):
         length = fit_length(task_feature_lengths)
         _need(ds.element_spec, self.TASK_FEATURES_READ, type(self).__name__)
         keys = self.TASK_FEATURES_READ
-        batches = ds.map(lambda ex: {k: ex[k] for k in keys}).ragged_batch(batch_size)
+        if set(ds.element_spec) != set(keys):  # a per-example map only where there are extras
+            ds = ds.map(lambda ex: {k: ex[k] for k in keys})
+        batches = ds.ragged_batch(batch_size)
         return batches.map(lambda b: self._convert_batch(b, length, buckets),
                            num_parallel_calls=tf.data.AUTOTUNE)
 
