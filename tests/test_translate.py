@@ -122,3 +122,23 @@ def test_changed_settings_refuse_old_shards_and_unknown_language(checkpoint, tmp
     with pytest.raises(KeyError, match="language 'xx'"):
         main([*base, "--languages", "xx"])
     assert not (out / "xnli/translate-train/en-xx-translated.tsv").exists()
+
+
+def test_pawsx_to_the_release_layout(checkpoint, tmp_path):
+    from xstilts.decoding import DecodeSettings
+    from xstilts.translate import Translator, translate_task
+
+    data = tmp_path / "data"
+    (data / "pawsx").mkdir(parents=True)
+    lines = (require_sample("pawsx/xtreme_format") / "dev-en.tsv").read_text().splitlines()[:5]
+    (data / "pawsx/train-en.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    translator = Translator(str(checkpoint), DecodeSettings(num_beams=1, max_length=6))
+    (path,) = translate_task("pawsx", ["de"], str(data), str(tmp_path / "out"), translator,
+                             model_name="tiny", progress=False)
+    assert path.read_text().startswith("id\tsentence1\tsentence2\tlabel\n")
+    english = list(readers.read_xtreme_pair_tsv(data / "pawsx/train-en.tsv",
+                                                labels=readers.BINARY_LABELS))
+    rows = list(readers.read_pawsx_original_tsv(path))
+    assert [(r["id"], r["label"]) for r in rows] == [(e["id"], e["label"]) for e in english]
+    # the registered task of the release's languages reads our file
+    assert len(list(sources.read(tasks.get_task("pawsx_tt.de"), "train", tmp_path / "out"))) == 5

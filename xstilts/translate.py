@@ -8,6 +8,8 @@ language, the layout of XTREME's translate-train release, so the existing reader
 
 * ``mnli``: ``O/xnli/translate-train/en-<lang>-translated.tsv``: English premise, English
   hypothesis, translated premise, translated hypothesis, label (``read_translate_train_tsv``);
+* ``pawsx``: ``O/pawsx/x-final/<lang>/translated_train.tsv``: the PAWS-X release's header and
+  columns (id, sentence1, sentence2, label; ``read_pawsx_original_tsv``, tasks ``pawsx_tt.<lang>``);
 * ``squad_v1``: ``O/squad/translate-train/squad.translate.train.en-<lang>.json``: SQuAD v1.1
   JSON, contexts and questions translated, answers projected (``xstilts.translate_squad``;
   questions without a projected answer are dropped and counted in the manifest);
@@ -75,6 +77,13 @@ def _pairs_translate(chunk: Sequence[dict], translate: Callable[[Sequence[str]],
                        for i, e in enumerate(chunk)])
 
 
+def _pawsx_translate(chunk: Sequence[dict], translate: Callable[[Sequence[str]], list[str]]
+                     ) -> str:
+    a, b = translate([e["text_a"] for e in chunk]), translate([e["text_b"] for e in chunk])
+    return _rows_text([[str(e["id"]), a[i], b[i], str(e["label"])]
+                       for i, e in enumerate(chunk)])
+
+
 def _squad_units(files: list[Path], _: list[dict]) -> list[dict]:
     from xstilts import translate_squad
 
@@ -101,6 +110,9 @@ LAYOUTS = {
     "mnli": TaskLayout("mnli.en", "xnli/translate-train/en-{lang}-translated.tsv",
                        lambda _, examples: examples, _pairs_translate,
                        lambda lines: ("".join(lines), {})),
+    "pawsx": TaskLayout("pawsx.en", "pawsx/x-final/{lang}/translated_train.tsv",
+                        lambda _, examples: examples, _pawsx_translate,
+                        lambda lines: ("id\tsentence1\tsentence2\tlabel\n" + "".join(lines), {})),
     "squad_v1": TaskLayout("squad_v1.en", "squad/translate-train/squad.translate.train.en-{lang}"
                            ".json", _squad_units, _squad_translate, _squad_assemble),
 }
