@@ -36,7 +36,16 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
+from tqdm import tqdm
+
+from xstilts import translate_squad
+from xstilts.data import sources, tasks
+from xstilts.decoding import DecodeSettings, generate
+from xstilts.models.convert import resolve_checkpoint_dir
+from xstilts.models.nmt_convert import load_nmt_checkpoint
+from xstilts.models.nmt_tokenizer import NMTTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -85,22 +94,16 @@ def _pawsx_translate(chunk: Sequence[dict], translate: Callable[[Sequence[str]],
 
 
 def _squad_units(files: list[Path], _: list[dict]) -> list[dict]:
-    from xstilts import translate_squad
-
     with open(files[0], encoding="utf-8") as f:
         return translate_squad.units(json.load(f))
 
 
 def _squad_translate(chunk: Sequence[dict], translate: Callable[[Sequence[str]], list[str]]
                      ) -> str:
-    from xstilts import translate_squad
-
     return translate_squad.shard_text(translate_squad.translate_paragraphs(chunk, translate))
 
 
 def _squad_assemble(lines: list[str]) -> tuple[str, dict[str, Any]]:
-    from xstilts import translate_squad
-
     text, counts = translate_squad.assemble(lines)
     return text, {"answers": counts, "questions": sum(counts.values()),
                   "dropped": counts["dropped"]}
@@ -123,17 +126,12 @@ class Translator:
     """A loaded checkpoint: tokenizer, config, params and the jit-compiled decoder."""
 
     folder: str
-    settings: Any  # xstilts.decoding.DecodeSettings
+    settings: DecodeSettings
     batch_size: int = 32
     max_source_length: int = 256
     dtype: str | None = None
 
     def __post_init__(self) -> None:
-        import jax
-
-        from xstilts.models.nmt_convert import load_nmt_checkpoint
-        from xstilts.models.nmt_tokenizer import NMTTokenizer
-
         if self.dtype is None:
             self.dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
         self.tokenizer = NMTTokenizer.from_pretrained(self.folder)
@@ -157,10 +155,6 @@ class Translator:
 
     def translate(self, texts: Sequence[str], src: str, tgt: str) -> list[str]:
         """Translations of ``texts`` in their order (batches sorted by length)."""
-        import jax
-
-        from xstilts.decoding import generate
-
         ids = [self.tokenizer.encode_source(t, self.code(src), self.max_source_length)
                for t in texts]
         target = self.tokenizer.lang_id(self.code(tgt))
@@ -234,10 +228,6 @@ def translate_task(task: str, languages: Sequence[str], data_dir: str, output_di
                    shard_size: int = 1000, allow_samples: bool = False,
                    progress: bool = True) -> list[Path]:
     """Translate ``task``'s English train split into ``languages``; returns the files written."""
-    from tqdm import tqdm
-
-    from xstilts.data import sources, tasks
-
     if task not in LAYOUTS:
         raise ValueError(f"--task {task!r}: expected one of {sorted(LAYOUTS)} (others: not yet)")
     layout = LAYOUTS[task]
@@ -311,9 +301,6 @@ def translate_task(task: str, languages: Sequence[str], data_dir: str, output_di
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from xstilts.decoding import DecodeSettings
-    from xstilts.models.convert import resolve_checkpoint_dir
-
     p = argparse.ArgumentParser(prog="python -m xstilts.translate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", required=True, choices=sorted(LAYOUTS))

@@ -22,18 +22,17 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from xstilts import aot
+from xstilts.decoding import DecodeSettings, beam_search, greedy_search
+from xstilts.models.nmt import PRESETS, NMTConfig, init_params
 
 
-def compile_decode(preset: str, *, batch: int, source_length: int, settings: Any,
+def compile_decode(preset: str, *, batch: int, source_length: int, settings: DecodeSettings,
                    dtype: str = "bfloat16", topology: str | None = None,
                    config_overrides: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
     """``(compiled, figures)`` of the beam search for ``preset`` (``NMTConfig.preset`` names)."""
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-    from xstilts import aot
-    from xstilts.decoding import beam_search, greedy_search
-    from xstilts.models.nmt import NMTConfig, init_params
-
     config = NMTConfig.preset(preset, dtype=dtype, **dict(config_overrides or {}))
     devices = aot.topology_devices(topology) if topology else jax.devices()
     if batch % len(devices):
@@ -71,9 +70,6 @@ def compile_decode(preset: str, *, batch: int, source_length: int, settings: Any
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from xstilts.decoding import DecodeSettings
-    from xstilts.models.nmt import PRESETS
-
     p = argparse.ArgumentParser(prog="python -m xstilts.translate_aot", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="nllb-200-distilled-600M", choices=sorted(PRESETS))
