@@ -126,9 +126,9 @@ def test_a_failed_save_is_raised_naming_step_path_and_cause_and_leaves_no_partia
     cmd = _cli(run, "--gin.TRAIN_STEPS=6")
     wrapper = _small_filesystem()
     if wrapper is not None:
-        # One tiny-model checkpoint is ~1.5 MB: step 2 fits in 2 MiB, step 4 does not.
+        # One tiny-model checkpoint is ~1.5 MB: step 2 fits in 2.6 MB, step 4 does not.
         # The tmpfs vanishes with the process's mount namespace: list it from inside.
-        script = (f'mount -t tmpfs -o size=2m tmpfs {checkpoints} && {{ "$@"; rc=$?; '
+        script = (f'mount -t tmpfs -o size=2600k tmpfs {checkpoints} && {{ "$@"; rc=$?; '
                   f'echo "LISTING: $(ls -A {checkpoints} | tr "\\n" " ")" >&2; exit $rc; }}')
         proc = _run([*wrapper, script, "sh", *cmd])
     elif os.geteuid() != 0:
@@ -141,18 +141,22 @@ def test_a_failed_save_is_raised_naming_step_path_and_cause_and_leaves_no_partia
     assert proc.returncode == 1, proc.stderr[-3000:]
     (error,) = _errors(proc.stderr)
     if wrapper is not None:  # the step-4 save ran out of space in the background
+        kept = ["2"]
+        if "checkpoint of step 2 to" in error:  # TensorStore's transient files filled it
+            kept = []  # already at step 2 (seen rarely, on a loaded machine)
+        step = 4 if kept else 2
         assert error.startswith(
-            f"CheckpointSaveError: saving the checkpoint of step 4 to {checkpoints}/4 failed: "
-            f"No space left on device (errno 28, ENOSPC); removed the partial "
-            f"4.orbax-checkpoint-tmp. Finished checkpoints in {checkpoints}: [2]; free space "
-            f"there"), error
-        assert "RESOURCE_EXHAUSTED" not in proc.stderr.replace(error, "")  # not Orbax's echoes
+            f"CheckpointSaveError: saving the checkpoint of step {step} to {checkpoints}/{step} "
+            f"failed: No space left on device (errno 28, ENOSPC); removed the partial "
+            f"{step}.orbax-checkpoint-tmp. Finished checkpoints in {checkpoints}: "
+            f"{[2] if kept else 'none'}; free space there"), error
+        assert "RESOURCE_EXHAUSTED" not in proc.stderr.replace(error, ""), proc.stderr[-3000:]
         (listing,) = [line for line in proc.stderr.splitlines() if line.startswith("LISTING:")]
-        assert listing.split()[1:] == ["2"], listing  # step 2 kept, no partial directory
+        assert listing.split()[1:] == kept, listing  # no partial directory left
     else:  # a read-only directory: Orbax may fail creating the step's directory already
         assert error.startswith(f"CheckpointSaveError: saving the checkpoint of step 2 to "
                                 f"{checkpoints}/2 failed: Permission denied (errno 13"), error
-    assert "Traceback" not in proc.stderr  # one message, not Orbax's hundreds of lines
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]  # one message, not hundreds
     assert _steps(run)[-1] <= 6
     if wrapper is None:
         assert not any(".orbax-checkpoint-tmp" in p.name for p in checkpoints.iterdir())

@@ -27,6 +27,7 @@ import re
 import socket
 import sys
 import time
+import traceback
 from collections.abc import Mapping
 from typing import Any
 
@@ -320,6 +321,45 @@ class _SaveFailureEchoes(logging.Filter):
 logging.getLogger("absl").addFilter(_SaveFailureEchoes())
 
 
+class _UnretrievedSaveWrites(logging.Filter):
+    """Drops asyncio's "exception was never retrieved" records of the other array writes of a
+    failed save (TensorStore futures left behind once the first write failed): the same
+    failure, already raised as one ``CheckpointSaveError``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            text = record.getMessage()
+            if record.exc_info and record.exc_info[1] is not None:
+                text += str(record.exc_info[1])
+        except Exception:  # noqa: BLE001 - a record we cannot read is not ours to drop
+            return True
+        return not ("never retrieved" in text and _TMP in text)
+
+
+logging.getLogger("asyncio").addFilter(_UnretrievedSaveWrites())
+
+
+def _quiet_closed_loop_callbacks() -> None:
+    """After a failed save, the other array writes TensorStore still had in flight complete
+    into the event loop Orbax already closed, and each prints ``RuntimeError: Event loop is
+    closed`` with its traceback (through ``sys.excepthook``): the same failure, raised once as
+    a ``CheckpointSaveError``. Only that error, raised in asyncio's ``call_soon_threadsafe``,
+    is dropped."""
+    previous = sys.excepthook
+    if getattr(previous, "_xstilts_closed_loop", False):
+        return
+
+    def hook(kind: Any, value: Any, tb: Any) -> None:
+        frames = traceback.extract_tb(tb)
+        if (kind is RuntimeError and str(value) == "Event loop is closed" and frames
+                and frames[0].name == "call_soon_threadsafe"):
+            return
+        previous(kind, value, tb)
+
+    hook._xstilts_closed_loop = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return (text[0] if text else type(error).__name__)[:300]
@@ -427,20 +467,42 @@ class Checkpointer:
         """Remove the step's partial ``.orbax-checkpoint-tmp`` directory and raise a
         ``CheckpointSaveError`` naming the step, the path and the cause."""
         self._saving = None
-        removed = []
-        if self.path.is_dir():
-            for entry in self.path.iterdir():
-                if entry.name.startswith(f"{step}{_TMP}"):
-                    entry.rmtree(missing_ok=True) if entry.is_dir() else entry.unlink()
-                    removed.append(entry.name)
+        _quiet_closed_loop_callbacks()
+        removed, left = self._remove_partial(step)
         kept = [s for s in self.all_steps() if s != step]
+        note = (f"; could not remove the partial {left[0]}" if left else
+                f"; removed the partial {removed[0]}" if removed else "")
         raise CheckpointSaveError(
             f"saving the checkpoint of step {step} to {self.directory}/{step} failed: "
-            f"{save_failure_cause(error)}"
-            f"{f'; removed the partial {removed[0]}' if removed else ''}. Finished checkpoints "
+            f"{save_failure_cause(error)}{note}. Finished checkpoints "
             f"in {self.directory}: {kept or 'none'}; free space there (or fix its permissions) "
             f"and rerun the same command to resume from the latest. Orbax said: "
             f"{_first_line(error)}") from error
+
+    def _remove_partial(self, step: int, settle: float = 0.3, limit: float = 10.0
+                        ) -> tuple[list[str], list[str]]:
+        """Remove ``<step>.orbax-checkpoint-tmp*`` until it stays gone for ``settle`` seconds
+        (TensorStore may still finish writes of the failed save, re-creating folders in it);
+        returns the names removed and those left after ``limit`` seconds."""
+        removed: set[str] = set()
+        quiet_since = time.monotonic()
+        deadline = quiet_since + limit
+        found: list[Any] = []
+        while time.monotonic() < deadline:
+            found = [e for e in self.path.iterdir() if e.name.startswith(f"{step}{_TMP}")] \
+                if self.path.is_dir() else []
+            for entry in found:
+                try:
+                    entry.rmtree(missing_ok=True) if entry.is_dir() else entry.unlink()
+                except OSError:
+                    pass  # still being written: the next round removes it
+                removed.add(entry.name)
+            if found:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= settle:
+                return sorted(removed), []
+            time.sleep(0.05)
+        return sorted(removed), sorted(e.name for e in found)
 
     def poll(self) -> None:
         """Raise the failure of a background save that has ended, without waiting for one
