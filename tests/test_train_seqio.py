@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 
+import gin
 import jax
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ pytest.importorskip("tensorflow")
 from train_setup import enable_compilation_cache  # noqa: E402
 
 from tests.conftest import REPO_ROOT, require_sample  # noqa: E402
-from xstilts import train  # noqa: E402
+from xstilts import gin_utils, train  # noqa: E402
 from xstilts.data import seqio_cache  # noqa: E402
 from xstilts.data import seqio_tasks as S  # noqa: E402
 from xstilts.models.xlmr import XLMRConfig  # noqa: E402
@@ -126,6 +127,25 @@ def test_exact_resume_of_a_seqio_fed_run(user, tmp_path):
     for a, b in zip(jax.tree.leaves(full.state.params), jax.tree.leaves(resumed.state.params),
                     strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_eval_gin_evaluates_a_seqio_tasks_split(user, tmp_path):
+    """eval.gin on a seqio name: the dev split of mnli.en, one pass, every example once."""
+    _train(tmp_path / "run", _batches("mnli.en"), 2)
+    gin.clear_config()
+    try:
+        gin_utils.parse_gin(["models/xlmr_tiny.gin", "runs/eval.gin"], [
+            f"MODEL_DIR = '{tmp_path / 'run'}'", "TASK_TYPE = 'classification'",
+            "NUM_LABELS = 3", "BATCH_SIZE = 8", "EVAL_BATCHES = @train_script.SeqioBatches()",
+            "MIXTURE_OR_TASK_NAME = 'mnli.en'", "TASK_FEATURE_LENGTHS = {'inputs': 24}",
+            "EVAL_SPLIT = 'dev'", "LENGTH_BUCKETS = 'auto'", "DROPOUT_RATE = 0.0"])
+        result = gin_utils.configured(train.entry_point)()
+    finally:
+        gin.clear_config()
+    examples = seqio.get_mixture_or_task("mnli.en").num_input_examples("dev")
+    saved = json.loads((tmp_path / "run" / "eval_results.json").read_text())
+    assert saved["step"] == 2 and saved["weight"] == float(examples) > 0
+    assert np.isfinite(result["loss"]) and 0.0 <= result["accuracy"] <= 1.0
 
 
 def test_hosts_read_their_own_shard_and_batches_resume(user):

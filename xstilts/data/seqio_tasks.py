@@ -782,7 +782,7 @@ def seqio_batches(
                          f"seqio_feed.SeqioBatches passes one): a host sees only its shard")
     options = dict(lengths=lengths, batch_size=batch_size, split=split, shard_info=shard_info,
                    seed=seed, shuffle=training if shuffle is None else shuffle,
-                   num_epochs=num_epochs if num_epochs is not None or not training else None,
+                   num_epochs=num_epochs if num_epochs is not None else (None if training else 1),
                    use_cached=use_cached, buckets=buckets,
                    agree_width=agree_width if buckets else None)  # fmt: skip
     provider = _provider(name)
