@@ -57,6 +57,7 @@ def test_mnli_sample_to_release_layout(checkpoint, tmp_path):
         manifest = json.loads(path.with_name(path.name + ".manifest.json").read_text())
         assert manifest["rows"] == len(english) and manifest["task"] == f"mnli.{lang}"
         assert manifest["decoding"]["num_beams"] == 4 and len(manifest["model_sha256"]) == 64
+        assert manifest["truncated_sources_this_run"] == 0
         assert not path.with_name(path.name + ".parts").exists()
     # a language XTREME's release has is a registered task: it reads our file as its own
     registered = list(sources.read(tasks.get_task("mnli.sw"), "train", tmp_path))
@@ -132,10 +133,15 @@ def test_pawsx_to_the_release_layout(checkpoint, tmp_path):
     (data / "pawsx").mkdir(parents=True)
     lines = (require_sample("pawsx/xtreme_format") / "dev-en.tsv").read_text().splitlines()[:5]
     (data / "pawsx/train-en.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    translator = Translator(str(checkpoint), DecodeSettings(num_beams=1, max_length=6))
+    translator = Translator(str(checkpoint), DecodeSettings(num_beams=1, max_length=6),
+                            max_source_length=12)
     (path,) = translate_task("pawsx", ["de"], str(data), str(tmp_path / "out"), translator,
                              model_name="tiny", progress=False)
     assert path.read_text().startswith("id\tsentence1\tsentence2\tlabel\n")
+    manifest = json.loads(path.with_name(path.name + ".manifest.json").read_text())
+    longer = sum(len(translator.tokenizer.encode_source(t, "eng_Latn")) > 12
+                 for line in lines for t in line.split("\t")[:2])
+    assert manifest["truncated_sources_this_run"] == longer > 0
     english = list(readers.read_xtreme_pair_tsv(data / "pawsx/train-en.tsv",
                                                 labels=readers.BINARY_LABELS))
     rows = list(readers.read_pawsx_original_tsv(path))

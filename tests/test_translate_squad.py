@@ -84,7 +84,7 @@ class _UpperCase:
     """A stand-in translator (``str.upper``), so every answer projects: the file path of
     ``translate_task`` with kept answers, which the random tiny model never gives."""
 
-    max_source_length, dtype = 64, "float32"
+    max_source_length, dtype, truncated = 64, "float32", 0
 
     def __init__(self, folder):
         from xstilts.decoding import DecodeSettings

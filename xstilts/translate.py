@@ -137,6 +137,7 @@ class Translator:
         self.tokenizer = NMTTokenizer.from_pretrained(self.folder)
         self.config, self.params = load_nmt_checkpoint(self.folder, dtype=self.dtype)
         self.devices = jax.local_devices()
+        self.truncated = 0  # sources cut to max_source_length (counted into the manifest)
         if len(self.devices) > 1:  # data parallel: params replicated, batch rows split
             from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -155,8 +156,10 @@ class Translator:
 
     def translate(self, texts: Sequence[str], src: str, tgt: str) -> list[str]:
         """Translations of ``texts`` in their order (batches sorted by length)."""
+        full = [self.tokenizer.encode_source(t, self.code(src)) for t in texts]
         ids = [self.tokenizer.encode_source(t, self.code(src), self.max_source_length)
-               for t in texts]
+               if len(x) > self.max_source_length else x for t, x in zip(texts, full, strict=True)]
+        self.truncated += sum(len(x) > self.max_source_length for x in full)
         target = self.tokenizer.lang_id(self.code(tgt))
         out: list[str] = [""] * len(texts)
         order = np.argsort([len(x) for x in ids], kind="stable")
@@ -264,7 +267,7 @@ def translate_task(task: str, languages: Sequence[str], data_dir: str, output_di
         shards = range(0, len(units), shard_size)
         bar = tqdm(total=len(units), desc=f"{task} en->{lang}", unit="ex",
                    disable=not progress, file=sys.stderr)
-        start, done_now = time.perf_counter(), 0
+        start, done_now, truncated_before = time.perf_counter(), 0, translator.truncated
 
         def translate(texts: Sequence[str], lang: str = lang) -> list[str]:
             return translator.translate(texts, "en", lang)
@@ -290,12 +293,17 @@ def translate_task(task: str, languages: Sequence[str], data_dir: str, output_di
                     "source": "translate-train-ours", "file": str(out),
                     "file_sha256": file_sha256([out]), "rows": len(units), **counts,
                     "seconds_this_run": round(time.perf_counter() - start, 3),
-                    "translated_this_run": done_now}
+                    "translated_this_run": done_now,
+                    "truncated_sources_this_run": translator.truncated - truncated_before}
         _atomic_write(out.with_name(out.name + ".manifest.json"), json.dumps(manifest, indent=1))
         for shard in parts.iterdir():
             shard.unlink()
         parts.rmdir()
         log.info("%s: %d rows (%d translated now)", out, len(units), done_now)
+        if manifest["truncated_sources_this_run"]:
+            log.warning("%s: %d source sentence(s) longer than --max_source_length %d were cut "
+                        "(counted in the manifest)", out, manifest["truncated_sources_this_run"],
+                        translator.max_source_length)
         written.append(out)
     return written
 
