@@ -32,6 +32,7 @@ bench: $(VENV)/.installed-all
 	$(PY) benchmarks/model_step.py
 	$(PY) benchmarks/retrieval.py
 	$(PY) benchmarks/data_pipeline.py
+	$(PY) benchmarks/finetune_throughput.py --quick
 
 lint: $(VENV)/.installed-all
 	$(VENV)/bin/ruff check xstilts tests benchmarks

@@ -350,17 +350,21 @@ def test_two_processes_train_checkpoint_resume_match_one_process(reference_runs,
 
 
 # NaN / Inf -----------------------------------------------------------------------------------
-def test_nan_loss_stops_with_last_good_checkpoint_intact(tmp_path):
+def test_nan_loss_stops_naming_the_last_validated_checkpoint(tmp_path):
     spec = {"model_dir": str(tmp_path), "mesh": {"data": 1}, "total_steps": 6,
             "save_every": 1, "lr": 1e38}
-    with pytest.raises(train.NonFiniteLossError, match="last good checkpoint") as info:
+    with pytest.raises(train.NonFiniteLossError,
+                       match="last checkpoint validated by a finite next step") as info:
         run_train(spec)
     text = str(info.value)
     bad_step = int(re.search(r"at step (\d+)", text).group(1))
     ckpt = checkpoints.Checkpointer(tmp_path / "checkpoints", read_only=True)
     steps = ckpt.all_steps()
+    # every step up to the bad one was saved; the one just before it was never followed by a
+    # finite step, so the message steers to the step before that and names the later one
     assert steps and max(steps) == bad_step - 1 < 6
-    assert f"(step {max(steps)} in" in text
+    assert f"validated by a finite next step is step {bad_step - 2} in" in text
+    assert f"the later [{bad_step - 1}] were not" in text
     # the inputs were checked before each step: the message blames the optimisation, not them
     assert text.endswith("Every batch's token ids and labels were checked in range before its "
                          "step, so the cause is the optimisation: lower the learning rate (or "
