@@ -148,6 +148,22 @@ def test_eval_gin_evaluates_a_seqio_tasks_split(user, tmp_path):
     assert np.isfinite(result["loss"]) and 0.0 <= result["accuracy"] <= 1.0
 
 
+def test_a_run_with_length_buckets_trains_at_each_batchs_width(user, tmp_path):
+    seen = []
+    batches = _batches("user_nli", length=32, length_buckets=(16, 24), kind="classification",
+                       num_labels=3)  # short rows
+
+    def factory(**kwargs):
+        for item in batches(**kwargs):
+            seen.append(item["input_ids"].shape[-1])
+            yield item
+
+    factory.model = batches.model
+    run = _train(tmp_path / "run", factory, 4)
+    assert run.step == 4 and all(np.isfinite(r["loss"]) for r in run.history)
+    assert set(seen) <= {16, 24, 32} and min(seen) < 32
+
+
 def test_hosts_read_their_own_shard_and_batches_resume(user):
     batches = _batches("user_nli", num_labels=3)
     assert batches.model() == train.DataModel("classification", 3)
