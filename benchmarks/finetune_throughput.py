@@ -36,10 +36,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from child_process import run_child  # benchmarks/ is the script's directory
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -165,17 +166,7 @@ def run_hf(args: argparse.Namespace, dynamic: bool) -> dict:
 
 
 def _spawn(system: str, argv: list[str], timeout: float) -> dict | None:
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", system, *argv]
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV)
-    except subprocess.TimeoutExpired:
-        print(f"  {system}: timed out after {timeout:.0f} s")
-        return None
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    print(f"  {system}: failed (rc {out.returncode}): {out.stderr.strip().splitlines()[-3:]}")
-    return None
+    return run_child(__file__, system, argv, timeout, env=ENV)
 
 
 def parse_buckets(text: str):

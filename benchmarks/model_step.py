@@ -16,9 +16,9 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
+
+from child_process import run_child  # benchmarks/ is the script's directory
 
 SYSTEMS = ("ours", "torch_eager", "torch_compile")
 
@@ -97,18 +97,8 @@ def _child(args: argparse.Namespace) -> None:
 
 
 def _spawn(system: str, argv: list[str], timeout: float) -> list[float] | None:
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", system, *argv]
-    env = {**os.environ, "USE_TF": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        print(f"  {system}: timed out after {timeout:.0f} s")
-        return None
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])["times"]
-    print(f"  {system}: failed (rc {out.returncode}): {out.stderr.strip().splitlines()[-1:]}")
-    return None
+    result = run_child(__file__, system, argv, timeout)
+    return None if result is None else result["times"]
 
 
 def main() -> None:

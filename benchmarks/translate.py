@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from child_process import QUIET, run_child  # benchmarks/ is the script's directory
 
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEMS = ("ours", "torch", "ctranslate2")
@@ -104,20 +104,10 @@ def _child(args) -> None:
 
 
 def _spawn(system: str, args, timeout: float) -> dict | None:
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", system, "--workdir",
-           args.workdir, "--batch", str(args.batch), "--beams", str(args.beams),
-           "--max_length", str(args.max_length)]
-    env = {**os.environ, "USE_TF": "0", "TF_CPP_MIN_LOG_LEVEL": "2", "JAX_PLATFORMS": "cpu"}
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        print(f"  {system}: timed out after {timeout:.0f} s")
-        return None
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    print(f"  {system}: failed (rc {out.returncode}): {out.stderr.strip().splitlines()[-1:]}")
-    return None
+    argv = ["--workdir", args.workdir, "--batch", str(args.batch), "--beams", str(args.beams),
+            "--max_length", str(args.max_length)]
+    return run_child(__file__, system, argv, timeout, env={**os.environ, **QUIET,
+                                                           "JAX_PLATFORMS": "cpu"})
 
 
 def _prepare(args) -> None:
