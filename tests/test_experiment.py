@@ -283,3 +283,31 @@ def test_paper_scale_dry_run(clean_gin):
             "intermediate.all9.en (equal-steps budget)") in summary
     assert "note: intermediate.all9.multilingual: each task family at its share in " \
            "intermediate.all9.en" in summary
+
+
+def test_phase_length_buckets_reach_the_cells_batches(tmp_path, data_dir):
+    """A phase's ``length_buckets`` / ``length_grouping`` cut the experiment's training batches
+    (the FeatureBatcher the cell trains on), with the same rows as the unbucketed batches."""
+    from xstilts.data.feature_converters import ShardInfo
+    from xstilts.experiment.grid import Phase
+    from xstilts.experiment.inputs import Inputs
+
+    phase = Phase.of({"length_buckets": [16, 32, 48], "length_grouping": 4}, "finetune")
+    assert phase.batching() == {"length_buckets": (16, 32, 48), "length_grouping": 4}
+    grid = _grid(tmp_path / "run", data_dir, finetune={
+        "steps": 4, "batch_size": 8, "max_length": 256, "length_buckets": "auto"})
+    inputs = Inputs(grid)
+    inputs.prepare_tokenizer()
+    task = "synthetic.paraphrase.en"
+    fixed = inputs.task_batcher(task, "train", 256, 0, True)(ShardInfo(0, 1), 8)
+    cut = inputs.task_batcher(task, "train", 256, 0, True, **grid.finetune.batching())(
+        ShardInfo(0, 1), 8)
+    widths = set()
+    for step in range(6):
+        full, short = fixed.batch(step), cut.batch(step)
+        width = short["input_ids"].shape[-1]
+        widths.add(width)
+        assert width in cut.buckets and width >= int(full["attention_mask"].sum(-1).max())
+        np.testing.assert_array_equal(short["input_ids"], full["input_ids"][:, :width])
+        np.testing.assert_array_equal(short["labels"], full["labels"])
+    assert max(widths) < 256  # the synthetic rows are shorter: every batch is cut

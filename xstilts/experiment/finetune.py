@@ -81,8 +81,8 @@ def run_finetune(rt: Runtime, job: PhaseJob) -> list[dict[str, Any]]:
     best = f"eval/{metrics.primary(job.selection)}" if select else None
     start = time.perf_counter()
     result = rt.train(
-        job, train_batches=factory(rt.inputs.task_batcher(job.source, "train", job.length,
-                                                          job.seed, True)),
+        job, train_batches=factory(rt.inputs.task_batcher(
+            job.source, "train", job.length, job.seed, True, **job.settings.batching())),
         total_steps=steps, num_labels=num_labels, best_metric=best,
         evaluator=english_dev_evaluator(rt, job, spec, num_labels) if select else None)
     shape = trainer_lib.StepShape(job.kind, num_labels, job.settings.batch_size, job.length,

@@ -37,6 +37,20 @@ class Phase:
     max_steps: int | None = None  # cap on epoch-derived steps
     patience: int | None = None  # stop after this many evaluations without improvement
     # (jiant's no_improvements_for_n_evals; None: train on, keep the best)
+    # Padding (xstilts.data.feature_converters): each training batch cut to the smallest of these
+    # widths holding its longest row ("auto": multiples of max_length/8; None: max_length), and
+    # windows of ``length_grouping`` batches sorted by length (0: off). Same examples, same order
+    # of steps, fewer pad tokens; each width compiles once.
+    length_buckets: Sequence[int] | str | None = None
+    length_grouping: int = 0
+
+    def __post_init__(self) -> None:
+        if self.length_buckets is not None and not isinstance(self.length_buckets, str):
+            object.__setattr__(self, "length_buckets", tuple(int(b) for b in self.length_buckets))
+
+    def batching(self) -> dict[str, Any]:
+        """The batcher options of this phase (``FeatureBatcher``'s keywords)."""
+        return {"length_buckets": self.length_buckets, "length_grouping": self.length_grouping}
 
     @classmethod
     def of(cls, value: Phase | Mapping[str, Any] | None, where: str) -> Phase:

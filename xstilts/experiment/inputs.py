@@ -136,8 +136,10 @@ class Inputs:
             return len(pipeline.task_labels(spec, self.grid.data_dir))
         return num_labels
 
-    def task_batcher(self, name: str, split: str, length: int, seed: int, shuffle: bool):
-        """``make(shard, batch_size)`` of a FeatureBatcher over one task split."""
+    def task_batcher(self, name: str, split: str, length: int, seed: int, shuffle: bool,
+                     **batching: Any):
+        """``make(shard, batch_size)`` of a FeatureBatcher over one task split; ``batching``:
+        ``Phase.batching()`` (length buckets, length grouping)."""
         spec = tasks.get_task(name)
 
         def make(shard: ShardInfo, batch_size: int) -> FeatureBatcher:
@@ -145,17 +147,18 @@ class Inputs:
             return FeatureBatcher(self.features(name, split, length), spec.kind,
                                   batch_size=batch_size, length=length, seed=seed,
                                   shuffle=shuffle, shard_info=shard,
-                                  num_choices=spec.num_choices, mlm=mlm)
+                                  num_choices=spec.num_choices, mlm=mlm, **batching)
 
         return make
 
-    def mixture_batcher(self, mixture: str, length: int | Mapping[str, int], seed: int):
+    def mixture_batcher(self, mixture: str, length: int | Mapping[str, int], seed: int,
+                        **batching: Any):
         """``make(shard, batch_size)`` of a mixture at one length or a length per task."""
         def make(shard: ShardInfo, batch_size: int):
             return pipeline.mixture_batcher(
                 mixture, self.tokenizer, batch_size=batch_size, data_dir=self.grid.data_dir,
                 seed=seed, shard_info=shard, max_length=length,
-                cache_dir=local_cache_dir(self.run_dir))
+                cache_dir=local_cache_dir(self.run_dir), **batching)
 
         return make
 

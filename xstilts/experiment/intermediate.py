@@ -37,14 +37,15 @@ def run_intermediate(rt: Runtime, job: PhaseJob) -> None:
     elif job.kind != "multitask":
         first = tasks.get_task(job.lengths[0][0])
         rt.train(job, train_batches=factory(rt.inputs.mixture_batcher(
-            job.source, job.length, job.seed)), total_steps=steps,
+            job.source, job.length, job.seed, **job.settings.batching())), total_steps=steps,
             num_labels=job.num_labels or rt.inputs.num_labels(first))
     else:
         heads = {head: (kind, labels or _data_labels(rt, job, head))
                  for head, kind, labels in job.heads}
         log.info("phase 1 %s: %d heads %s", job.config, len(heads), heads)
         rt.train(job, train_batches=factory(rt.inputs.mixture_batcher(
-            job.source, lengths, job.seed), with_task=True), total_steps=steps, heads=heads)
+            job.source, lengths, job.seed, **job.settings.batching()), with_task=True),
+            total_steps=steps, heads=heads)
     rundir.write_json(rt.run_dir / job.model_dir / "budget.json", budget_record(rt, job, steps))
     if not job.seqio:  # a seqio name's files are its DataSources' (not the registry's)
         rt.record_data(job.model_dir, mixture=job.source, max_length=dict(job.lengths))

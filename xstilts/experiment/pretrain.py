@@ -19,7 +19,8 @@ def run_pretrain(rt: Runtime, job: PhaseJob) -> None:
     if is_done(done):
         return
     start = time.perf_counter()
-    rt.train(job, train_batches=factory(rt.inputs.mixture_batcher(job.source, job.length, 0)),
+    rt.train(job, train_batches=factory(rt.inputs.mixture_batcher(
+        job.source, job.length, 0, **job.settings.batching())),
              total_steps=int(job.settings.steps))
     rt.record_data(job.model_dir, mixture=job.source, max_length=job.length)
     mark_done(done)
