@@ -136,8 +136,8 @@ def test_metrics_are_read_only_at_logging_steps_and_every_step_is_recorded(tmp_p
 
 
 def test_a_nan_is_caught_at_the_next_logging_step_before_any_save(tmp_path):
-    with pytest.raises(train.NonFiniteLossError, match=r"at step (\d+).*last good checkpoint "
-                                                       r"\(step None in ") as info:
+    with pytest.raises(train.NonFiniteLossError, match=r"at step (\d+).*No checkpoint in \S+ was "
+                       r"followed by a finite step \(saved: none\)") as info:
         train.train(
             model_dir=str(tmp_path), model_config=XLMRConfig.tiny(), total_steps=8,
             batch_size=BATCH, task_type="classification", num_labels=NUM_LABELS,
