@@ -31,6 +31,7 @@ class StopRequest:
     def __init__(self) -> None:
         self.requested = False
         self.in_loop = False
+        self.signal_name = ""
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopRequest:
@@ -42,6 +43,7 @@ class StopRequest:
     def _handle(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
         if not self.in_loop:
+            self.requested, self.signal_name = True, name  # for enter_loop, should this be lost
             raise StopRequested(name)
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
@@ -49,6 +51,14 @@ class StopRequest:
                     " (press Ctrl-C again to stop without one)" if signum == signal.SIGINT
                     else "")
         self.requested = True
+
+    def enter_loop(self) -> None:
+        """From here a signal checkpoints and stops. A set-up signal whose ``StopRequested``
+        was swallowed (Python runs a handler between any two bytecodes, also inside a finalizer
+        or a callback whose exceptions are only printed) stops the run here instead."""
+        if self.requested:
+            raise StopRequested(self.signal_name)
+        self.in_loop = True
 
     def __exit__(self, *exc: Any) -> None:
         for signum, previous in self._previous.items():

@@ -838,7 +838,7 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
         run_settings.record(model_dir, settings, accepted=accepted,
                             resume_step=None if resume_step is None else start_step)
     try:
-        stop.in_loop = True
+        stop.enter_loop()
         step = start_step
         clock.resume()
         while step < end_step:
