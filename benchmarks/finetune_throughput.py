@@ -97,19 +97,12 @@ def batches(args: argparse.Namespace, buckets) -> list[dict]:
 
 def run_ours(args: argparse.Namespace) -> dict:
     import jax
+    from step_timing import classification_trainer  # benchmarks/ is the script's directory
 
-    from xstilts import partitioning, trainer
-    from xstilts.models.heads import XLMRForSequenceClassification
     from xstilts.models.xlmr import XLMRConfig
 
     config = XLMRConfig(**_config_kwargs(args.model))
-    optimizer, schedule = trainer.make_optimizer(learning_rate=2e-5, total_steps=1000,
-                                                 weight_decay=0.01)
-    tr = trainer.Trainer(
-        model=XLMRForSequenceClassification(config, 3, use_pooler=False),
-        loss_fn=trainer.task_loss("classification"), optimizer=optimizer, schedule=schedule,
-        partitioner=partitioning.Partitioner(partitioning.create_mesh(
-            devices=jax.devices()[:1])))
+    tr = classification_trainer(config)
     keys = ("input_ids", "attention_mask", "labels", "example_mask")
     steps = [{k: b[k] for k in keys} for b in batches(args, parse_buckets(args.buckets))]
     state = tr.init_state(jax.random.key(0), (args.batch, args.length))

@@ -43,20 +43,12 @@ def _data(args: argparse.Namespace):
 def run_ours(args: argparse.Namespace) -> list[float]:
     """The real ``xstilts.trainer.Trainer`` step: AdamW with decay mask, clipping, dropout."""
     import jax
-    from step_timing import time_train_steps  # benchmarks/ is the script's directory
+    from step_timing import classification_trainer, time_train_steps  # benchmarks/ dir
 
-    from xstilts import partitioning, trainer
-    from xstilts.models.heads import XLMRForSequenceClassification
     from xstilts.models.xlmr import XLMRConfig
 
     config = XLMRConfig(**_config_kwargs(args), dtype=args.dtype)
-    optimizer, schedule = trainer.make_optimizer(learning_rate=2e-5, total_steps=1000,
-                                                 weight_decay=0.01)
-    tr = trainer.Trainer(
-        model=XLMRForSequenceClassification(config, 3, use_pooler=False),
-        loss_fn=trainer.task_loss("classification"), optimizer=optimizer, schedule=schedule,
-        partitioner=partitioning.Partitioner(partitioning.create_mesh(
-            devices=jax.devices()[:1])))
+    tr = classification_trainer(config)
     ids, mask, labels = _data(args)
     batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     state = tr.init_state(jax.random.key(0), ids.shape)
