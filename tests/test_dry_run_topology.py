@@ -3,6 +3,8 @@ cannot run: each a clear error before anything compiles."""
 
 from __future__ import annotations
 
+import importlib
+import json
 import re
 import textwrap
 
@@ -11,9 +13,12 @@ import pytest
 
 from tests.conftest import require_libtpu
 from xstilts import aot, experiment
+from xstilts.experiment import compiled_steps
 from xstilts.models.xlmr import XLMRConfig
 
 TINY = XLMRConfig.tiny(num_hidden_layers=1)
+# the module (the package's ``dry_run`` attribute is the function)
+dry_run_lib = importlib.import_module("xstilts.experiment.dry_run")
 
 
 def _grid(tmp_path, **overrides):
@@ -78,10 +83,14 @@ def test_cli_exits_1_naming_the_steps_that_do_not_fit(tmp_path, monkeypatch, cap
         """))
     gin.clear_config()
     try:
-        code = experiment.main([f"--gin_file={gin_file}", "--dry_run", "--topology", "v5e:2x2"])
+        with pytest.raises(SystemExit, match="--compiled_steps needs --topology"):
+            experiment.main([f"--gin_file={gin_file}", "--dry_run", "--compiled_steps", "x"])
+        code = experiment.main([f"--gin_file={gin_file}", "--dry_run", "--topology", "v5e:2x2",
+                                f"--compiled_steps={tmp_path / 'steps.jsonl'}"])
     finally:
         gin.clear_config()
     assert code == 1
+    assert len((tmp_path / "steps.jsonl").read_text().splitlines()) == 1
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last == ("does NOT fit the 6.10352e-05 GiB of HBM per TPU v5e chip: "
                     "classification(2) batch 8 x 48")
@@ -123,3 +132,44 @@ def test_a_mesh_that_does_not_match_the_topology_is_an_error(capsys):
     assert "topology v5e:2x2 has 4 chips" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"topology 'v5e:3x7': libtpu cannot describe it"):
         aot.topology_devices("v5e:3x7")
+
+
+# A cut-short compile resumes from its record ----------------------------------------------------
+def test_compiled_steps_record_lets_a_cut_short_dry_run_resume(tmp_path, monkeypatch, caplog):
+    record = tmp_path / "compiled.jsonl"
+    one_step = dict(pretrain=None, intermediate={"baseline": None})
+    first = experiment.dry_run(_grid(tmp_path, **one_step), topology="v5e:2x2",
+                               compiled_steps=record)
+    [(shape, info)] = first.steps.items()
+    [line] = record.read_text().splitlines()
+    assert json.loads(line)["step"] == "classification(2) batch 8 x 48"
+    assert "recorded" not in info
+
+    def no_compile(*args, **kwargs):
+        raise AssertionError("compiled a step that was recorded")
+
+    monkeypatch.setattr(dry_run_lib, "lower_step", no_compile)
+    again = experiment.dry_run(_grid(tmp_path, **one_step), topology="v5e:2x2",
+                               compiled_steps=record)
+    recorded = again.steps[shape]
+    assert recorded["recorded"] == str(record)
+    for key in ("bytes_per_chip", "hlo_flops_per_chip", "bytes_accessed_per_chip", "fits",
+                "params", "loss_shape", "topology"):
+        assert recorded[key] == info[key], key
+    assert f"(recorded in {record})" in again.summary()
+
+    # Another model config is another key: it compiles (here: refuses to, as patched).
+    with pytest.raises(AssertionError, match="compiled a step that was recorded"):
+        experiment.dry_run(_grid(tmp_path, model_config=TINY.replace(num_hidden_layers=2),
+                                 **one_step), topology="v5e:2x2", compiled_steps=record)
+
+    # A last line cut short by a kill is dropped with a warning (and the step recompiles) ...
+    record.write_text(line + "\n" + line[:40])
+    with caplog.at_level("WARNING"):
+        assert len(compiled_steps.CompiledSteps(record)) == 1
+    assert "dropping a record cut short" in caplog.text
+    assert record.read_text() == line + "\n"
+    # ... any other bad line is an error naming the file and line.
+    record.write_text("not json\n" + line + "\n")
+    with pytest.raises(ValueError, match=re.escape(f"{record}:1: not a compiled-step record")):
+        compiled_steps.CompiledSteps(record)

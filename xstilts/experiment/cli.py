@@ -30,16 +30,19 @@ def run_experiment(*, run_dir: str, model_config: XLMRConfig,
                    dry_run: bool = False,
                    partitioner: partitioning.Partitioner | None = None, progress: bool = False,
                    lowered: dict | None = None, topology: str | None = None,
+                   compiled_steps: str | None = None,
                    **settings: Any) -> Any:
     """Run (or, with ``dry_run``, plan and lower) the grid; gin binds the arguments, and the
     rest are ``Grid``'s fields (an unknown one is an error naming the known ones).
-    ``topology`` (dry run only): compile each step for that TPU slice with libtpu."""
+    ``topology`` (dry run only): compile each step for that TPU slice with libtpu;
+    ``compiled_steps``: the record file that lets a cut-short compile resume (``dry_run``)."""
     grid = make_grid(run_dir=run_dir, model_config=model_config, intermediate=intermediate,
                      targets=targets, **settings)
     if dry_run:
-        return dry_run_grid(grid, partitioner=partitioner, lowered=lowered, topology=topology)
-    if topology is not None:
-        raise ValueError("topology is for the dry run only (dry_run=True)")
+        return dry_run_grid(grid, partitioner=partitioner, lowered=lowered, topology=topology,
+                            compiled_steps=compiled_steps)
+    if topology is not None or compiled_steps is not None:
+        raise ValueError("topology and compiled_steps are for the dry run only (dry_run=True)")
     return Experiment(grid, partitioner=partitioner, progress=progress).run()
 
 
@@ -57,6 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="with --dry_run: compile every train step for this TPU slice with "
                              "libtpu (e.g. v5e:2x2) and print its per-chip memory; exit 1 naming "
                              "the steps that do not fit")
+    parser.add_argument("--compiled_steps", metavar="FILE", default=None,
+                        help="with --topology: record each compiled step in FILE (JSON lines) "
+                             "and take the steps already recorded there for the same model, "
+                             "mesh, versions and code, so a cut-short dry run resumes")
     parser.add_argument("--on_change", choices=ON_CHANGE, default=None,
                         help="when a recorded cell was computed with other settings: stop and "
                              "print the differences (default), rerun the changed cells and "
@@ -86,6 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         bindings.append(f"experiment.run_experiment.on_change = '{args.on_change}'")
     if args.topology:
         bindings.append(f"experiment.run_experiment.topology = {args.topology!r}")
+    if args.compiled_steps:
+        if not args.topology:
+            raise SystemExit("python -m xstilts.experiment: --compiled_steps needs --topology")
+        bindings.append(f"experiment.run_experiment.compiled_steps = {args.compiled_steps!r}")
     gin_utils.parse_gin(args.gin_file, ["from xstilts import experiment", *bindings])
     if not args.dry_run:  # a pod forms before JAX touches a device (create_mesh would too)
         partitioning.initialize_distributed()

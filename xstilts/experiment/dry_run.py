@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 import time
 from typing import Any
@@ -33,6 +34,7 @@ from xstilts import trainer as trainer_lib
 from xstilts.data import tasks
 from xstilts.data.registry import family_shares
 from xstilts.experiment import plan as plan_lib
+from xstilts.experiment.compiled_steps import CompiledSteps, step_key
 from xstilts.experiment.grid import Grid
 from xstilts.experiment.plan import PhaseJob
 from xstilts.models.heads import XLMRMultiTask
@@ -88,9 +90,10 @@ def info_text(info: dict[str, Any]) -> str:
     if "bytes_per_chip" not in info:
         return f"lowered in {info['seconds']:.1f} s"
     verdict = "fits" if info["fits"] else "does NOT fit"
+    when = f" (recorded in {info['recorded']})" if info.get("recorded") else ""
     return (f"{info['bytes_per_chip'] / aot.GIB:.2f} GiB per chip ({verdict} "
             f"{info['hbm_gib']:g}), {info['hlo_flops_per_chip']:.3e} HLO FLOPs per chip, "
-            f"compiled in {info['seconds']:.0f} s")
+            f"compiled in {info['seconds']:.0f} s{when}")
 
 
 def recipe_line(job: PhaseJob) -> str:
@@ -193,9 +196,16 @@ def _touched(grid: Grid, jobs: list[PhaseJob]) -> list[str]:
 
 def dry_run(grid: Grid, partitioner: partitioning.Partitioner | None = None,
             lowered: dict[StepShape, dict[str, Any]] | None = None,
-            topology: str | None = None) -> DryRunResult:
+            topology: str | None = None,
+            compiled_steps: str | os.PathLike[str] | None = None) -> DryRunResult:
     """Plan ``grid`` as the run does and lower each distinct train step once; ``lowered``
-    (shape -> info) carries steps already lowered for another grid on the same model and mesh."""
+    (shape -> info) carries steps already lowered for another grid on the same model and mesh.
+    ``compiled_steps`` (with ``topology``): a ``CompiledSteps`` record file; steps recorded
+    there for the same model, mesh, versions and code are taken from it, and each new compile
+    is appended, so a cut-short dry run resumes where it stopped."""
+    if compiled_steps is not None and topology is None:
+        raise ValueError("dry run: compiled_steps records TPU compiles; it needs a topology")
+    record = None if compiled_steps is None else CompiledSteps(compiled_steps)
     if topology is not None:
         if partitioner is not None:
             raise ValueError("dry run: give a partitioner or a topology, not both (the "
@@ -240,10 +250,18 @@ def dry_run(grid: Grid, partitioner: partitioning.Partitioner | None = None,
             del lowered_steps[shape]  # lowered for another target: compile it for this one
         if shape in lowered_steps:
             continue
-        try:
-            lowered_steps[shape] = lower_step(grid, shape, partitioner, topology)
-        except ValueError as e:
-            raise named(shape, e) from e
+        key = None if record is None else step_key(
+            shape, topology=topology, model_config=grid.model_config,
+            use_pooler=grid.use_pooler, partitioner=partitioner)
+        if record is not None and (earlier := record.get(key)) is not None:
+            lowered_steps[shape] = earlier
+        else:
+            try:
+                lowered_steps[shape] = lower_step(grid, shape, partitioner, topology)
+            except ValueError as e:
+                raise named(shape, e) from e
+            if record is not None:
+                record.put(key, describe(shape), lowered_steps[shape])
         if topology is not None:  # minutes per step: progress on stderr, whatever the logging
             print(f"dry run [{i + 1}/{len(order)}] {describe(shape)}: "
                   f"{info_text(lowered_steps[shape])}", file=sys.stderr, flush=True)
