@@ -3,7 +3,6 @@ cannot run: each a clear error before anything compiles."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 import textwrap
@@ -17,8 +16,6 @@ from xstilts.experiment import compiled_steps
 from xstilts.models.xlmr import XLMRConfig
 
 TINY = XLMRConfig.tiny(num_hidden_layers=1)
-# the module (the package's ``dry_run`` attribute is the function)
-dry_run_lib = importlib.import_module("xstilts.experiment.dry_run")
 
 
 def _grid(tmp_path, **overrides):
@@ -148,7 +145,7 @@ def test_compiled_steps_record_lets_a_cut_short_dry_run_resume(tmp_path, monkeyp
     def no_compile(*args, **kwargs):
         raise AssertionError("compiled a step that was recorded")
 
-    monkeypatch.setattr(dry_run_lib, "lower_step", no_compile)
+    monkeypatch.setattr(aot, "chip_figures", no_compile)
     again = experiment.dry_run(_grid(tmp_path, **one_step), topology="v5e:2x2",
                                compiled_steps=record)
     recorded = again.steps[shape]
@@ -158,7 +155,7 @@ def test_compiled_steps_record_lets_a_cut_short_dry_run_resume(tmp_path, monkeyp
         assert recorded[key] == info[key], key
     assert f"(recorded in {record})" in again.summary()
 
-    # Another model config is another key: it compiles (here: refuses to, as patched).
+    # Another model is another lowered module, so another key: it compiles (here: refuses to).
     with pytest.raises(AssertionError, match="compiled a step that was recorded"):
         experiment.dry_run(_grid(tmp_path, model_config=TINY.replace(num_hidden_layers=2),
                                  **one_step), topology="v5e:2x2", compiled_steps=record)

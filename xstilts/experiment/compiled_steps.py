@@ -4,9 +4,9 @@ Compiling one XLM-R Large train step for a TPU slice takes about ten minutes on 
 machine, and a paper grid has some twenty distinct steps: a dry run that is stopped (a session
 limit, a pre-empted VM) would otherwise start again from nothing. ``CompiledSteps`` keeps one
 JSON line per compiled step, appended (and fsynced) as soon as the step has compiled, and keyed
-by everything the compile depends on: the step's shape, the topology, the model config, the
-mesh and its logical axis rules, the jax and libtpu versions, and the sha256 of the modules
-that build the step (model, heads, attention, trainer, partitioning, aot). A change to any of
+by what the compile depends on: the lowered module's text (StableHLO, without source
+locations: the model, the step, the shapes and the shardings, whatever code produced them),
+the topology, the mesh's device layout, and the jax and libtpu versions. A change to any of
 them is another key, so a stale figure is never reused; a recorded figure is marked as such.
 
 A last line cut short by a kill (no final newline) is dropped with a warning and recompiled;
@@ -15,6 +15,7 @@ any other line that is not a record is an error naming the file and line.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -24,16 +25,9 @@ from typing import Any
 
 import jax
 
-from xstilts import fingerprint, partitioning
-from xstilts import trainer as trainer_lib
+from xstilts import fingerprint
 
 log = logging.getLogger(__name__)
-
-# The modules whose code decides what a train step compiles to.
-STEP_MODULES = ("models/xlmr.py", "models/heads.py", "models/attention.py", "trainer.py",
-                "partitioning.py", "aot.py")
-_PACKAGE = Path(__file__).resolve().parent.parent
-
 
 def _version(distribution: str) -> str | None:
     try:
@@ -42,15 +36,14 @@ def _version(distribution: str) -> str | None:
         return None
 
 
-def step_key(shape: trainer_lib.StepShape, *, topology: str, model_config: Any,
-             use_pooler: Any, partitioner: partitioning.Partitioner) -> str:
-    """sha256 of everything one step's TPU compile depends on."""
+def step_key(lowered: Any, *, topology: str, mesh: Any) -> str:
+    """sha256 of everything one step's TPU compile depends on (``lowered``: ``jit(...).lower``
+    of the step, whose text holds its computation, shapes and shardings)."""
     return fingerprint.digest({
-        "shape": shape, "topology": topology, "model_config": model_config,
-        "use_pooler": use_pooler, "mesh": dict(partitioner.mesh.shape),
-        "logical_axis_rules": partitioner.rules, "jax": jax.__version__,
-        "libtpu": _version("libtpu"),
-        "code": {m: fingerprint.file_sha256(_PACKAGE / m) for m in STEP_MODULES}})
+        "module": hashlib.sha256(lowered.as_text().encode("utf-8")).hexdigest(),
+        "topology": topology, "mesh": dict(mesh.shape),
+        "devices": [str(d) for d in mesh.devices.flat], "jax": jax.__version__,
+        "libtpu": _version("libtpu")})
 
 
 class CompiledSteps:

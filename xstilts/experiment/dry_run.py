@@ -155,9 +155,11 @@ def check_shape(grid: Grid, shape: StepShape, partitioner: partitioning.Partitio
 
 
 def lower_step(grid: Grid, shape: StepShape, partitioner: partitioning.Partitioner,
-               topology: str | None = None) -> dict[str, Any]:
+               topology: str | None = None, record: CompiledSteps | None = None
+               ) -> dict[str, Any]:
     """Lower one train step on abstract inputs; its parameter count and loss shape (and, for a
-    ``topology``, the TPU compile's per-chip figures: ``aot.chip_figures``)."""
+    ``topology``, the TPU compile's per-chip figures: ``aot.chip_figures``, taken from
+    ``record`` when it holds this lowered step, else compiled and added to it)."""
     start = time.perf_counter()
     check_shape(grid, shape, partitioner)
     tx, schedule = trainer_lib.make_optimizer(total_steps=1000)
@@ -181,9 +183,17 @@ def lower_step(grid: Grid, shape: StepShape, partitioner: partitioning.Partition
         raise AssertionError(f"{shape}: the lowered step changes the parameter tree")
     info = {"params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)),
             "loss_shape": tuple(step_metrics["loss"].shape), "topology": topology}
-    if topology is not None:
-        info.update(aot.chip_figures(lowered.compile(), topology))
+    if topology is None:
+        info["seconds"] = time.perf_counter() - start
+        return info
+    key = None if record is None else step_key(lowered, topology=topology,
+                                               mesh=partitioner.mesh)
+    if record is not None and (earlier := record.get(key)) is not None:
+        return {**info, **earlier}
+    info.update(aot.chip_figures(lowered.compile(), topology))
     info["seconds"] = time.perf_counter() - start
+    if record is not None:
+        record.put(key, describe(shape), info)
     return info
 
 
@@ -200,9 +210,9 @@ def dry_run(grid: Grid, partitioner: partitioning.Partitioner | None = None,
             compiled_steps: str | os.PathLike[str] | None = None) -> DryRunResult:
     """Plan ``grid`` as the run does and lower each distinct train step once; ``lowered``
     (shape -> info) carries steps already lowered for another grid on the same model and mesh.
-    ``compiled_steps`` (with ``topology``): a ``CompiledSteps`` record file; steps recorded
-    there for the same model, mesh, versions and code are taken from it, and each new compile
-    is appended, so a cut-short dry run resumes where it stopped."""
+    ``compiled_steps`` (with ``topology``): a ``CompiledSteps`` record file; a step whose
+    lowered module, mesh and versions are recorded there is not compiled again, and each new
+    compile is appended, so a cut-short dry run resumes where it stopped."""
     if compiled_steps is not None and topology is None:
         raise ValueError("dry run: compiled_steps records TPU compiles; it needs a topology")
     record = None if compiled_steps is None else CompiledSteps(compiled_steps)
@@ -250,18 +260,10 @@ def dry_run(grid: Grid, partitioner: partitioning.Partitioner | None = None,
             del lowered_steps[shape]  # lowered for another target: compile it for this one
         if shape in lowered_steps:
             continue
-        key = None if record is None else step_key(
-            shape, topology=topology, model_config=grid.model_config,
-            use_pooler=grid.use_pooler, partitioner=partitioner)
-        if record is not None and (earlier := record.get(key)) is not None:
-            lowered_steps[shape] = earlier
-        else:
-            try:
-                lowered_steps[shape] = lower_step(grid, shape, partitioner, topology)
-            except ValueError as e:
-                raise named(shape, e) from e
-            if record is not None:
-                record.put(key, describe(shape), lowered_steps[shape])
+        try:
+            lowered_steps[shape] = lower_step(grid, shape, partitioner, topology, record)
+        except ValueError as e:
+            raise named(shape, e) from e
         if topology is not None:  # minutes per step: progress on stderr, whatever the logging
             print(f"dry run [{i + 1}/{len(order)}] {describe(shape)}: "
                   f"{info_text(lowered_steps[shape])}", file=sys.stderr, flush=True)
