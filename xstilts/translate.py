@@ -4,15 +4,14 @@
         --model facebook/nllb-200-distilled-600M [--output_dir O] [--max_examples N]
 
 reads the task's English train split from ``D`` (as the task registry finds it) and writes, per
-language, the layout of XTREME's translate-train release, so the existing readers load it:
-
-* ``mnli``: ``O/xnli/translate-train/en-<lang>-translated.tsv``: English premise, English
-  hypothesis, translated premise, translated hypothesis, label (``read_translate_train_tsv``);
-* ``pawsx``: ``O/pawsx/x-final/<lang>/translated_train.tsv``: the PAWS-X release's header and
-  columns (id, sentence1, sentence2, label; ``read_pawsx_original_tsv``, tasks ``pawsx_tt.<lang>``);
-* ``squad_v1``: ``O/squad/translate-train/squad.translate.train.en-<lang>.json``: SQuAD v1.1
-  JSON, contexts and questions translated, answers projected (``xstilts.translate_squad``;
-  questions without a projected answer are dropped and counted in the manifest);
+language, one file the existing readers load (``xstilts.translate_layouts``, the table of paths):
+the layout of the official translate-train release where one exists (``mnli``: XTREME's TSV,
+``pawsx``: the PAWS-X release's, ``squad_v1``: SQuAD JSON with the answers projected by
+``xstilts.translate_squad``), else the English file's own layout under
+``<dataset>/translate-train/<lang>/`` (``qqp``, ``anli`` = ``anli_r1..3``, and the multiple-choice
+``hellaswag``, ``cosmosqa``, ``commonsenseqa``: ``xstilts.translate_records``,
+``xstilts.translate_choice``); examples dropped (SQuAD answers not projected, empty or colliding
+choices) are counted in the manifest;
 
 next to it ``<file>.manifest.json`` (model, its sha256, decoding settings, counts). The work is
 cut in shards of ``--shard_size`` examples, each written atomically under ``<file>.parts/``: a
@@ -32,20 +31,19 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
-from xstilts import translate_squad
 from xstilts.data import sources, tasks
 from xstilts.decoding import DecodeSettings, generate
 from xstilts.models.convert import resolve_checkpoint_dir
 from xstilts.models.nmt_convert import load_nmt_checkpoint
 from xstilts.models.nmt_tokenizer import NMTTokenizer
+from xstilts.translate_layouts import GROUPS, LAYOUTS, TASKS
 
 log = logging.getLogger(__name__)
 
@@ -60,64 +58,6 @@ NLLB_CODES = {
     "ru": "rus_Cyrl", "sw": "swh_Latn", "ta": "tam_Taml", "te": "tel_Telu", "th": "tha_Thai",
     "tl": "tgl_Latn", "tr": "tur_Latn", "ur": "urd_Arab", "vi": "vie_Latn", "wo": "wol_Latn",
     "yo": "yor_Latn", "zh": "zho_Hans",
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskLayout:
-    """Where a task's English train split comes from and how its translation is written.
-
-    ``units`` are what a shard holds (an example, a SQuAD paragraph); ``translate`` turns a chunk
-    of them into the shard's text (one line per unit); ``assemble`` the shards' lines into the
-    final file's text and the counts the manifest records.
-    """
-
-    task: str  # the registry task of the English train split
-    path: str  # output file under the output dir, {lang} filled in
-    units: Callable[[list[Path], list[dict]], list[dict]]  # (input files, examples) -> units
-    translate: Callable[[Sequence[dict], Callable[[Sequence[str]], list[str]]], str]
-    assemble: Callable[[list[str]], tuple[str, dict[str, Any]]]
-
-
-def _pairs_translate(chunk: Sequence[dict], translate: Callable[[Sequence[str]], list[str]]
-                     ) -> str:
-    a, b = translate([e["text_a"] for e in chunk]), translate([e["text_b"] for e in chunk])
-    return _rows_text([[e["text_a"], e["text_b"], a[i], b[i], e["label"]]
-                       for i, e in enumerate(chunk)])
-
-
-def _pawsx_translate(chunk: Sequence[dict], translate: Callable[[Sequence[str]], list[str]]
-                     ) -> str:
-    a, b = translate([e["text_a"] for e in chunk]), translate([e["text_b"] for e in chunk])
-    return _rows_text([[str(e["id"]), a[i], b[i], str(e["label"])]
-                       for i, e in enumerate(chunk)])
-
-
-def _squad_units(files: list[Path], _: list[dict]) -> list[dict]:
-    with open(files[0], encoding="utf-8") as f:
-        return translate_squad.units(json.load(f))
-
-
-def _squad_translate(chunk: Sequence[dict], translate: Callable[[Sequence[str]], list[str]]
-                     ) -> str:
-    return translate_squad.shard_text(translate_squad.translate_paragraphs(chunk, translate))
-
-
-def _squad_assemble(lines: list[str]) -> tuple[str, dict[str, Any]]:
-    text, counts = translate_squad.assemble(lines)
-    return text, {"answers": counts, "questions": sum(counts.values()),
-                  "dropped": counts["dropped"]}
-
-
-LAYOUTS = {
-    "mnli": TaskLayout("mnli.en", "xnli/translate-train/en-{lang}-translated.tsv",
-                       lambda _, examples: examples, _pairs_translate,
-                       lambda lines: ("".join(lines), {})),
-    "pawsx": TaskLayout("pawsx.en", "pawsx/x-final/{lang}/translated_train.tsv",
-                        lambda _, examples: examples, _pawsx_translate,
-                        lambda lines: ("id\tsentence1\tsentence2\tlabel\n" + "".join(lines), {})),
-    "squad_v1": TaskLayout("squad_v1.en", "squad/translate-train/squad.translate.train.en-{lang}"
-                           ".json", _squad_units, _squad_translate, _squad_assemble),
 }
 
 
@@ -219,20 +159,24 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _rows_text(rows: Sequence[Sequence[str]]) -> str:
-    """TSV lines; a tab or line break inside a field (never in the releases) becomes a space."""
-    def field(text: str) -> str:
-        return text.replace("\t", " ").replace("\r", " ").replace("\n", " ")
-    return "".join("\t".join(field(c) for c in row) + "\n" for row in rows)
-
-
 def translate_task(task: str, languages: Sequence[str], data_dir: str, output_dir: str,
                    translator: Translator, *, model_name: str, max_examples: int | None = None,
                    shard_size: int = 1000, allow_samples: bool = False,
                    progress: bool = True) -> list[Path]:
-    """Translate ``task``'s English train split into ``languages``; returns the files written."""
-    if task not in LAYOUTS:
-        raise ValueError(f"--task {task!r}: expected one of {sorted(LAYOUTS)} (others: not yet)")
+    """Translate ``task``'s English train split into ``languages``; returns the files written.
+
+    ``task`` is a key of ``LAYOUTS`` or of ``GROUPS`` (``anli``: its three rounds in turn)."""
+    if task not in TASKS:
+        raise ValueError(f"--task {task!r}: expected one of {list(TASKS)}")
+    return [path for name in GROUPS.get(task, (task,)) for path in _translate_one(
+        name, languages, data_dir, output_dir, translator, model_name=model_name,
+        max_examples=max_examples, shard_size=shard_size, allow_samples=allow_samples,
+        progress=progress)]
+
+
+def _translate_one(task: str, languages: Sequence[str], data_dir: str, output_dir: str,
+                   translator: Translator, *, model_name: str, max_examples: int | None,
+                   shard_size: int, allow_samples: bool, progress: bool) -> list[Path]:
     layout = LAYOUTS[task]
     spec = tasks.get_task(layout.task)
     inputs = sources.resolve(spec, "train", data_dir, allow_samples=allow_samples)
@@ -311,7 +255,7 @@ def translate_task(task: str, languages: Sequence[str], data_dir: str, output_di
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m xstilts.translate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", required=True, choices=sorted(LAYOUTS))
+    p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--languages", required=True, help="comma-separated XTREME codes: yo,tl")
     p.add_argument("--data_dir", required=True, help="where the English train split is")
     p.add_argument("--output_dir", help="where the translations go (default: --data_dir)")
