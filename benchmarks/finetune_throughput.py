@@ -2,7 +2,8 @@
 xstilts' Trainer with length buckets against Hugging Face PyTorch padded to the maximum length
 (jiant's way) and with dynamic padding (``DataCollatorWithPadding``).
 
-    python benchmarks/finetune_throughput.py [--quick] [--models tiny,base] [--steps 6]
+    python benchmarks/finetune_throughput.py [--quick] [--models tiny,base] [--steps 6] \
+        [--group_by_length]
 
 Lengths: the 7,500 pairs of the 15 XTREME XNLI dev files in ``../shared/data/xnli``, encoded
 ``<s> A </s></s> B </s>`` with longest-first truncation to ``--length`` by the project's
@@ -19,7 +20,10 @@ Every system trains on the same ``--steps`` batches: ``FeatureBatcher(seed=0)``'
   every 32 tokens). No packing: classification rows hold one example each (the heads read
   one ``<s>`` per row). Every bucket width the
   timed steps use is compiled by one untimed step first (a fine-tuning run compiles each width
-  once); the compile time is printed separately.
+  once); the compile time is printed separately. ``--group_by_length``: also
+  ``length_grouping`` over the S timed steps (their rows sorted by length into batches: the
+  same rows as the other systems' S steps, checked), as Hugging Face Trainer's
+  ``group_by_length``; the baselines stay as they are (random batches).
 * **hf_max**: ``XLMRobertaForSequenceClassification``, the same rows padded to ``--length``.
 * **hf_dynamic**: the same, padded by ``DataCollatorWithPadding`` to each batch's longest row.
 
@@ -85,13 +89,16 @@ def xnli_features(length: int) -> list[dict]:
     return features
 
 
-def batches(args: argparse.Namespace, buckets) -> list[dict]:
-    """The timed steps' batches (``FeatureBatcher`` steps 0..S-1)."""
+def batches(args: argparse.Namespace, buckets, grouped: bool = False) -> list[dict]:
+    """The timed steps' batches (``FeatureBatcher`` steps 0..S-1); ``grouped``: with
+    ``length_grouping=S``, which sorts exactly those S batches' rows by length (the same rows
+    as the ungrouped steps 0..S-1, so every system trains on the same examples)."""
     from xstilts.data.feature_converters import FeatureBatcher
 
     batcher = FeatureBatcher(xnli_features(args.length), "classification",
                              batch_size=args.batch, length=args.length, seed=0,
-                             length_buckets=buckets)
+                             length_buckets=buckets,
+                             length_grouping=args.steps if grouped else 0)
     return [batcher.batch(step) for step in range(args.steps)]
 
 
@@ -104,7 +111,8 @@ def run_ours(args: argparse.Namespace) -> dict:
     config = XLMRConfig(**_config_kwargs(args.model))
     tr = classification_trainer(config)
     keys = ("input_ids", "attention_mask", "labels", "example_mask")
-    steps = [{k: b[k] for k in keys} for b in batches(args, parse_buckets(args.buckets))]
+    steps = [{k: b[k] for k in keys}
+             for b in batches(args, parse_buckets(args.buckets), args.group_by_length)]
     state = tr.init_state(jax.random.key(0), (args.batch, args.length))
     start = time.perf_counter()
     widths: dict[int, dict] = {}
@@ -180,6 +188,10 @@ def main() -> None:
     parser.add_argument("--buckets", default=BUCKETS,
                         help="ours: a list of lengths (L is added), 'auto' (32, 64, 128, ... L) "
                              "or 'off' (every batch L wide)")
+    parser.add_argument("--group_by_length", action="store_true",
+                        help="ours: length_grouping over the timed steps (the same rows as the "
+                             "others' steps, sorted by length into batches: HF Trainer's "
+                             "group_by_length, which the dynamic-padding baseline does not use)")
     parser.add_argument("--quick", action="store_true",
                         help="fewer steps and rows for base (minutes, not tens of minutes)")
     parser.add_argument("--timeout", type=float, default=1800)
@@ -199,10 +211,18 @@ def main() -> None:
                 (min(steps, 3), min(batch, 16))
         argv = [f"--model={model}", f"--length={args.length}", f"--batch={batch}",
                 f"--steps={steps}", f"--buckets={args.buckets}"]
+        if args.group_by_length:
+            argv.append("--group_by_length")
         run = argparse.Namespace(length=args.length, batch=batch, steps=steps)
+        rows = {flag: sorted(tuple(r[m.astype(bool)]) for b in batches(run, None, flag)
+                             for r, m in zip(b["input_ids"], b["attention_mask"], strict=True))
+                for flag in (False, True)}
+        if rows[False] != rows[True]:
+            raise AssertionError("length grouping changed which rows the timed steps hold")
         real = [int(b["attention_mask"].sum()) for b in batches(run, None)]
         print(f"finetune_throughput {model}: {steps} steps of batch {batch}, max length "
-              f"{args.length}, buckets {args.buckets}, {sum(real)} real tokens "
+              f"{args.length}, buckets {args.buckets}"
+              f"{', grouped by length' if args.group_by_length else ''}, {sum(real)} real tokens "
               f"(loadavg {os.getloadavg()[0]:.1f})", flush=True)
         rates, efficiency = {}, {}
         for system in SYSTEMS:
