@@ -59,7 +59,8 @@ def test_labels_past_num_labels_stop_the_cli_naming_batch_and_range(tmp_path):
     proc = _run(_cli(tmp_path / "run", "--gin.TRAIN_STEPS=4",
                      "--gin_bindings=train_script.synthetic_batches.num_labels = 6"))
     assert proc.returncode == 1, proc.stderr[-2000:]
-    assert "BadBatchError: train batch 0: classification labels hold" in proc.stderr
+    assert ("BadBatchError: train batch 0 (from synthetic_batches, which records no task or "
+            "file): classification labels hold") in proc.stderr
     assert "NUM_LABELS=3 expects labels in [0, 3)" in proc.stderr
     assert not (tmp_path / "run").exists()  # nothing half-written (the lock is gone too)
 
@@ -366,7 +367,8 @@ def test_nan_stop_names_the_checkpoint_a_finite_next_step_validated(tmp_path):
     assert np.isnan(np.asarray(jax.tree.leaves(params)[0])).all()
 
     # 4. eval batches get the train batches' checks (evaluate_checkpoint: before any compile)
-    with pytest.raises(trainer.BadBatchError, match=r"^eval batch 0: classification labels hold "
+    with pytest.raises(trainer.BadBatchError, match=r"^eval batch 0 \(from synthetic_batches, "
+                       r"which records no task or file\): classification labels hold "
                        r"\d+ value\(s\) \[3, 4, 5\], the first at index \d+ on real rows; "
                        r"NUM_LABELS=3 expects labels in \[0, 3\)"):
         train.evaluate_checkpoint(

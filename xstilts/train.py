@@ -70,7 +70,8 @@ import numpy as np
 from xstilts import checkpoints as ckpt_lib
 from xstilts import gin_utils, partitioning, run_settings
 from xstilts import trainer as trainer_lib
-from xstilts.data import manifest
+from xstilts.data import manifest, tasks
+from xstilts.data.feature_converters import provenance_of
 from xstilts.gin_utils import parse_gin, rewrite_gin_args
 from xstilts.models import convert
 from xstilts.models import heads as heads_lib  # ``train(heads=...)`` is a parameter
@@ -345,18 +346,18 @@ def _host_batch(batch: Mapping[str, Any], where: str) -> dict[str, np.ndarray]:
 
 def evaluate(trainer: trainer_lib.Trainer, params: Any, batches: Iterator[Mapping[str, Any]],
              layout: partitioning.DataLayout,
-             check: Callable[[Mapping[str, np.ndarray], str], None] | None = None
-             ) -> dict[str, float]:
+             check: Callable[..., None] | None = None) -> dict[str, float]:
     """Loss and accuracy over a finite iterator of host-local batches (honours example_mask).
 
-    ``check(batch, where)``: run on each host batch first (``train`` and
+    ``check(batch, where, source=...)``: run on each host batch first (``train`` and
     ``evaluate_checkpoint`` pass ``trainer.check_batch_values`` for their model, so an eval
-    label out of range is an error as in training, not a clipped one)."""
+    label out of range is an error as in training, not a clipped one); ``source`` describes a
+    row's task, split, file and example where the batch carries its provenance, else None."""
     totals: dict[str, float] = {}
     for number, batch in enumerate(batches):
         host = _host_batch(batch, f"eval batch {number}")
         if check is not None:
-            check(host, f"eval batch {number}")
+            check(host, f"eval batch {number}", source=_provenance_source(batch))
         global_batch = trainer.partitioner.host_local_to_global(host, layout.global_batch_size)
         sums = jax.device_get(trainer.eval_step(params, global_batch))
         for k, v in sums.items():
@@ -367,11 +368,31 @@ def evaluate(trainer: trainer_lib.Trainer, params: Any, batches: Iterator[Mappin
 
 
 def _check_values(batch: Mapping[str, np.ndarray], where: str, *, kind: str, num_labels: int,
-                  model_config: XLMRConfig) -> None:
-    """``trainer.check_batch_values`` against ``model_config``'s vocabulary and positions."""
+                  model_config: XLMRConfig, source: Callable[[int], str] | None = None,
+                  factory: Any = None) -> None:
+    """``trainer.check_batch_values`` against ``model_config``'s vocabulary and positions; an
+    error names the row's ``source`` (task, split, file, example), else the ``factory``."""
     trainer_lib.check_batch_values(batch, kind=kind, num_labels=num_labels,
                                    vocab_size=model_config.vocab_size, where=where,
-                                   max_length=model_config.max_length)
+                                   max_length=model_config.max_length,
+                                   source=source or _factory_source(factory))
+
+
+def _provenance_source(batch: Any) -> Callable[[int], str] | None:
+    """``row -> "task 'x', split 'y', file f, example index i [id ...]"`` of a batch that
+    carries its provenance (``feature_converters.Batch``: the native pipeline), else None."""
+    provenance = provenance_of(batch)
+    return None if provenance is None else provenance.describe
+
+
+def _factory_source(factory: Any) -> Callable[[int], str] | None:
+    """What is known of a plain batch's rows: the factory that made them (no task, no file)."""
+    if factory is None:
+        return None
+    name = getattr(factory, "__name__", None) or getattr(getattr(factory, "func", None),
+                                                         "__name__", None)
+    name = name or type(factory).__name__
+    return lambda row: f"from {name}, which records no task or file"
 
 
 def evaluate_heads(head_trainers: Mapping[str, trainer_lib.Trainer], params: Any,
@@ -480,7 +501,9 @@ def _check_required(fn_name: str, **values: Any) -> None:
 def _model_of_data(train_batches: Any, task_type: str | None, num_labels: int | None,
                    task_heads: Mapping[str, str] | None) -> tuple[Any, Any, Any, Any]:
     """``(task_type, num_labels, heads, task_heads)``: the given ones, or (``task_type`` None)
-    those of a factory that knows its data (``SeqioBatches.model()``)."""
+    those of a factory that knows its data (``SeqioBatches.model()``). A given ``num_labels``
+    is first checked against the label list of the project task(s) the factory names."""
+    _check_named_labels(train_batches, task_type, num_labels)
     describe = getattr(train_batches, "model", None)
     if task_type is not None and (num_labels is not None or task_type not in LABELLED_KINDS):
         return task_type, 2 if num_labels is None else num_labels, None, task_heads
@@ -492,6 +515,29 @@ def _model_of_data(train_batches: Any, task_type: str | None, num_labels: int | 
     if model.heads:
         return "multitask", 2, model.heads, task_heads or model.task_heads
     return model.task_type, model.num_labels, None, task_heads
+
+
+def _check_named_labels(train_batches: Any, task_type: str | None,
+                        num_labels: int | None) -> None:
+    """NUM_LABELS against the label list of each project task (``tasks.TASKS``) that the
+    factory's ``mixture_or_task_name`` names (a task, or a mixture's tasks): a ValueError naming
+    the task and its labels, before any data is read or any step compiled."""
+    name = getattr(train_batches, "mixture_or_task_name", None)
+    if num_labels is None or not isinstance(name, str):
+        return
+    names = [name] if name in tasks.TASKS else \
+        list(tasks.mixture_tasks(name)) if name in tasks.MIXTURES else []
+    for task in names:
+        spec = tasks.get_task(task)
+        if spec.labels is None or spec.kind not in LABELLED_KINDS or \
+                task_type not in (None, spec.kind):
+            continue
+        if int(num_labels) != len(spec.labels):
+            within = "" if task == name else f" (of mixture {name!r})"
+            raise ValueError(
+                f"NUM_LABELS={num_labels} but task {task!r}{within} has {len(spec.labels)} "
+                f"labels {list(spec.labels)}: set --gin.NUM_LABELS={len(spec.labels)}, or None "
+                f"to take the task's")
 
 
 _STOP: contextvars.ContextVar[_StopRequest | None] = contextvars.ContextVar("stop",
@@ -670,9 +716,9 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
         if not multi:
             batch = _host_batch(item, where)
             if check:
-                trainer_lib.check_batch_values(batch, kind=task_type, num_labels=num_labels,
-                                               vocab_size=model_config.vocab_size, where=where,
-                                               max_length=model_config.max_length)
+                _check_values(batch, where, kind=task_type, num_labels=num_labels,
+                              model_config=model_config, source=_provenance_source(item),
+                              factory=train_batches)
             return None, None, batch
         if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
             raise ValueError(f"{where}: multi-task batches must be (task name, batch) pairs, "
@@ -681,14 +727,16 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
         batch = _host_batch(item[1], where)
         if check:
             kind, n = labels_of[head]
-            trainer_lib.check_batch_values(batch, kind=kind, num_labels=n,
-                                           vocab_size=model_config.vocab_size,
-                                           where=f"{where} (task {item[0]!r}, head {head!r})",
-                                           max_length=model_config.max_length)
+            provenance = provenance_of(item[1])
+            if provenance is None:
+                where = f"{where} (task {item[0]!r}, head {head!r})"
+            _check_values(batch, where, kind=kind, num_labels=n, model_config=model_config,
+                          source=None if provenance is None else
+                          lambda row: f"{provenance.describe(row)}, head {head!r}")
         return item[0], head, batch
 
     check_eval = functools.partial(_check_values, kind=task_type, num_labels=num_labels,
-                                   model_config=model_config)
+                                   model_config=model_config, factory=eval_batches)
 
     def batches_from(start: int) -> Iterator[Any]:
         return iter(train_batches(shard_index=layout.shard_index, num_shards=layout.num_shards,
@@ -962,16 +1010,19 @@ def evaluate_checkpoint(*, model_dir: str, model_config: XLMRConfig, batch_size:
         return iter(eval_batches(shard_index=layout.shard_index, num_shards=layout.num_shards,
                                  batch_size=layout.per_host_batch_size, start_batch=0))
 
-    probe = _host_batch(next(batches()), "eval batch 0")
+    first = next(batches())
+    probe = _host_batch(first, "eval batch 0")
     _check_values(probe, "eval batch 0", kind=task_type, num_labels=num_labels,
-                  model_config=model_config)
+                  model_config=model_config, source=_provenance_source(first),
+                  factory=eval_batches)
     input_shape = (batch_size, *probe["input_ids"].shape[1:])
     try:
         params = checkpointer.restore_params(trainer.abstract_state(input_shape).params, step)
     finally:
         checkpointer.manager.close()
     result = evaluate(trainer, params, batches(), layout, check=functools.partial(
-        _check_values, kind=task_type, num_labels=num_labels, model_config=model_config))
+        _check_values, kind=task_type, num_labels=num_labels, model_config=model_config,
+        factory=eval_batches))
     if jax.process_index() == 0:
         _write_atomic(ckpt_lib.run_path(model_dir) / "eval_results.json",
                       json.dumps({"step": step, **result}, indent=1) + "\n")

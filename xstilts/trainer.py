@@ -482,6 +482,10 @@ class BadBatchError(ValueError):
     """A batch holds values its model cannot take (a label or token id out of range)."""
 
 
+def _first_row(bad: np.ndarray) -> int:
+    return int(np.argwhere(bad)[0][0])
+
+
 def _first_bad(values: np.ndarray, bad: np.ndarray) -> str:
     index = tuple(int(i) for i in np.argwhere(bad)[0])
     shown = sorted({int(v) for v in values[bad]})
@@ -491,24 +495,34 @@ def _first_bad(values: np.ndarray, bad: np.ndarray) -> str:
 
 
 def check_batch_values(batch: Mapping[str, Any], *, kind: str, num_labels: int,
-                       vocab_size: int, where: str, max_length: int | None = None) -> None:
+                       vocab_size: int, where: str, max_length: int | None = None,
+                       source: Callable[[int], str] | None = None) -> None:
     """Raise ``BadBatchError`` (naming ``where``) unless every value the loss or the embedding
     reads is in range: token ids in ``[0, vocab_size)``; on rows with ``example_mask`` 1,
     classification labels in ``[0, num_labels)``, multiple-choice labels in ``[0, choices)``,
     tags (where ``label_mask`` is 1) in ``[0, num_labels)`` or ``IGNORE_LABEL``, MLM targets in
     ``[0, vocab_size)``, QA positions in ``[0, length)``. Padding rows (``example_mask`` 0)
     may carry anything. numpy on the host: a few reductions per batch, before ``device_put``.
+    ``source(row)``: where the first bad row comes from (task, split, file, example; see
+    ``feature_converters.Provenance.describe``), named after ``where`` in parentheses.
     """
+    def at(row: int) -> str:
+        return where if source is None else f"{where} ({source(row)})"
+
     ids = np.asarray(batch["input_ids"])
     bad = (ids < 0) | (ids >= vocab_size)
     if bad.any():
         raise BadBatchError(
-            f"{where}: input_ids hold {_first_bad(ids, bad)}, outside the model's vocabulary "
-            f"[0, {vocab_size}) (MODEL_CONFIG vocab_size={vocab_size}): the data was tokenized "
-            f"with another vocabulary than the model's; these ids would turn the loss into NaN")
+            f"{at(_first_row(bad))}: input_ids hold {_first_bad(ids, bad)}, outside the model's "
+            f"vocabulary [0, {vocab_size}) (MODEL_CONFIG vocab_size={vocab_size}): the data was "
+            f"tokenized with another vocabulary than the model's; these ids would turn the loss "
+            f"into NaN")
     if max_length is not None and ids.shape[-1] > max_length:
-        raise BadBatchError(f"{where}: sequences of length {ids.shape[-1]}, but the model's "
-                            f"positions allow at most {max_length} tokens")
+        mask = np.asarray(batch.get("attention_mask", np.ones_like(ids)))[..., max_length:]
+        longer = mask.reshape(mask.shape[0], -1).any(axis=1)
+        raise BadBatchError(f"{at(_first_row(longer) if longer.any() else 0)}: sequences of "
+                            f"length {ids.shape[-1]}, but the model's positions allow at most "
+                            f"{max_length} tokens")
     rows = np.asarray(batch["example_mask"]) != 0 if "example_mask" in batch else \
         np.ones(ids.shape[0], bool)
     padding = "rows with example_mask 0 (padding) may carry -1"
@@ -524,8 +538,8 @@ def check_batch_values(batch: Mapping[str, Any], *, kind: str, num_labels: int,
             missing = " (-1 is a missing label: a labelled split holds an example without "\
                 "its label)" if (labels[bad] == IGNORE_LABEL).any() else ""
             raise BadBatchError(
-                f"{where}: {kind} labels hold {_first_bad(labels, bad)} on real rows; "
-                f"{what} expects labels in [0, {n}){missing}; {padding}")
+                f"{at(_first_row(bad))}: {kind} labels hold {_first_bad(labels, bad)} on real "
+                f"rows; {what} expects labels in [0, {n}){missing}; {padding}")
     elif kind in ("tagging", "mlm"):
         if "labels" not in batch or "label_mask" not in batch:
             raise BadBatchError(f"{where}: a {kind} batch needs 'labels' and 'label_mask' "
@@ -539,8 +553,8 @@ def check_batch_values(batch: Mapping[str, Any], *, kind: str, num_labels: int,
             expected = (f"MLM targets in [0, {n}) (the vocabulary)" if kind == "mlm" else
                         f"tags in [0, {n}) (NUM_LABELS={n}) or {IGNORE_LABEL} (no tag)")
             raise BadBatchError(
-                f"{where}: {kind} labels hold {_first_bad(labels, bad)} where label_mask is 1; "
-                f"expected {expected}; {padding}")
+                f"{at(_first_row(bad))}: {kind} labels hold {_first_bad(labels, bad)} where "
+                f"label_mask is 1; expected {expected}; {padding}")
     elif kind == "qa":
         length = int(ids.shape[-1])
         for key in ("start_positions", "end_positions"):
@@ -549,9 +563,9 @@ def check_batch_values(batch: Mapping[str, Any], *, kind: str, num_labels: int,
             pos = np.asarray(batch[key])
             bad = rows & ((pos < 0) | (pos >= length))
             if bad.any():
-                raise BadBatchError(f"{where}: {key} hold {_first_bad(pos, bad)}; expected "
-                                    f"positions in [0, {length}) (0 = <s>: no answer); "
-                                    f"{padding}")
+                raise BadBatchError(f"{at(_first_row(bad))}: {key} hold {_first_bad(pos, bad)}; "
+                                    f"expected positions in [0, {length}) (0 = <s>: no "
+                                    f"answer); {padding}")
 
 
 def summarize_eval(sums: Mapping[str, Any]) -> dict[str, float]:

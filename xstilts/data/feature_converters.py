@@ -12,6 +12,13 @@ choice) int32; ``labels`` ``[B]`` or ``[B, L]`` with ``label_mask``; ``start_pos
 ``feature_index`` ``[B]`` (the row's index into the feature list, -1 on padding) so the host can
 look up offsets and word ids for answer extraction and scoring.
 
+Provenance (host-side only, never a device array): ``FeatureBatcher.batch`` returns a ``Batch``,
+a ``dict`` whose ``provenance`` (``Provenance``) says, row by row, which task, split and file
+and which example (index in the split as read, and id) it holds, so a batch error can name
+them (``trainer.check_batch_values``). jax does not take a ``dict`` subclass as a pytree: hand
+``dict(batch)`` (or a comprehension over it, as ``train.py`` does) to jitted code, and use
+``without_keys`` to drop host keys and keep the provenance.
+
 Order: epoch ``e`` visits the features in ``permutation(seed, e)`` order (or in file order when
 ``shuffle=False``); global step ``k`` of an epoch covers positions ``[k*G, (k+1)*G)`` with
 ``G = batch_size * num_shards``, of which host ``i`` takes the ``i``-th block of ``batch_size``
@@ -112,6 +119,75 @@ def row_length(feature: Mapping[str, Any]) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
+class Origin:
+    """Where a batcher's features come from: task, split, file(s); ``note`` says what is known
+    where there is no file (generated data)."""
+
+    task: str | None = None
+    split: str | None = None
+    files: tuple[str, ...] = ()
+    note: str | None = None
+
+    def describe(self) -> str:
+        parts = [f"task {self.task!r}"] if self.task else []
+        if self.split:
+            parts.append(f"split {self.split!r}")
+        if self.files:
+            parts.append(f"file {self.files[0]}" if len(self.files) == 1 else
+                         f"files {', '.join(self.files)}")
+        if self.note:
+            parts.append(self.note)
+        return ", ".join(parts) or "unknown source"
+
+
+@dataclasses.dataclass(frozen=True)
+class Provenance:
+    """Where each row of one host batch comes from: the ``origin`` and, per row, its feature
+    index (-1: padding), example index (in the split as read; None where unknown, e.g. packed
+    MLM rows) and example id."""
+
+    origin: Origin
+    feature_indices: tuple[int, ...]
+    example_indices: tuple[int | None, ...]
+    example_ids: tuple[Any, ...]
+
+    def describe(self, row: int) -> str:
+        """``task 'x', split 'train', file /d/x.tsv, example index 17 [id 'a-17']`` of ``row``."""
+        where = self.origin.describe()
+        if not 0 <= row < len(self.feature_indices):
+            return f"{where}, row {row}"
+        if self.feature_indices[row] < 0:
+            return f"{where}, row {row} (a padding row)"
+        index, example_id = self.example_indices[row], self.example_ids[row]
+        what = (f"example index {index}" if index is not None else
+                f"feature {self.feature_indices[row]}")
+        return f"{where}, {what}" + ("" if example_id is None else f" [id {example_id!r}]")
+
+
+class Batch(dict):
+    """A batch (``dict`` of arrays) that also carries its ``provenance`` on the host; see the
+    module docstring (not a jax pytree: pass ``dict(batch)`` to jitted code)."""
+
+    provenance: Provenance | None = None
+
+    def __init__(self, arrays: Mapping[str, Any], provenance: Provenance | None = None):
+        super().__init__(arrays)
+        self.provenance = provenance
+
+
+def provenance_of(batch: Any) -> Provenance | None:
+    """The ``Provenance`` a batch carries, or None (a plain dict: nothing is known)."""
+    return getattr(batch, "provenance", None)
+
+
+def without_keys(batch: Mapping[str, Any], *keys: str) -> dict[str, Any]:
+    """``batch`` less ``keys`` (e.g. the host-only ``feature_index``), its provenance kept."""
+    kept = {k: v for k, v in batch.items() if k not in keys}
+    source = provenance_of(batch)
+    return Batch(kept, source) if source is not None else kept
+
+
+@dataclasses.dataclass(frozen=True)
 class ShardInfo:
     """Same fields as ``seqio.ShardInfo`` (either may be passed)."""
 
@@ -208,6 +284,7 @@ class FeatureBatcher:
         mlm: Mapping[str, Any] | None = None,
         length_buckets: Sequence[int] | str | None = None,
         length_grouping: int = 0,
+        origin: Origin | None = None,
     ):
         if not features:
             raise ValueError(f"no {kind} features to batch (empty split?)")
@@ -231,6 +308,7 @@ class FeatureBatcher:
         if length_grouping < 0:
             raise ValueError(f"length_grouping must be >= 0, got {length_grouping}")
         self.length_grouping = length_grouping if shuffle else 0
+        self.origin = origin or Origin(note="features with no task or file recorded")
 
     @property
     def global_batch_size(self) -> int:
@@ -294,7 +372,14 @@ class FeatureBatcher:
         rows = order[within * self.global_batch_size:(within + 1) * self.global_batch_size]
         return bucket_for(int(self._row_lengths()[rows].max()), self.buckets)
 
-    def batch(self, step: int) -> dict[str, np.ndarray]:
+    def provenance(self, index: np.ndarray) -> Provenance:
+        """Where the rows with feature indices ``index`` (-1: padding) come from."""
+        rows = [self.features[i] if i >= 0 else {} for i in index]
+        return Provenance(self.origin, tuple(int(i) for i in index),
+                          tuple(f.get("example_index") for f in rows),
+                          tuple(f.get("example_id") for f in rows))
+
+    def batch(self, step: int) -> Batch:
         index = self.indices(step)
         rows = [self.features[i] if i >= 0 else None for i in index]
         kind = "classification" if self.kind == "mlm" else self.kind
@@ -318,9 +403,10 @@ class FeatureBatcher:
             masked["label_mask"] *= batch["example_mask"][:, None]
             batch.update(masked)
         batch["feature_index"] = index.astype(np.int32)
-        return fit_width(batch, width) if width != self.length else batch
+        return Batch(fit_width(batch, width) if width != self.length else batch,
+                     self.provenance(index))
 
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    def __iter__(self) -> Iterator[Batch]:
         return self.iterate()
 
     def iterate(self, start_step: int = 0, num_steps: int | None = None) -> Iterator[dict]:

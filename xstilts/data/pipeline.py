@@ -46,11 +46,12 @@ import tqdm
 
 from xstilts.data import preprocessors as P
 from xstilts.data import sources
-from xstilts.data.feature_converters import FeatureBatcher, MixtureBatcher, ShardInfo
+from xstilts.data.feature_converters import FeatureBatcher, MixtureBatcher, Origin, ShardInfo
 from xstilts.data.tasks import TaskSpec, get_task, mixture_rates, mixture_tasks
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 3  # 2: training splits drop examples without a usable target; 3: parts
+CACHE_VERSION = 4  # 2: training splits drop examples without a usable target; 3: parts;
+# 4: features carry example_index
 PART_SIZE = 50_000  # examples per cache part: what one host featurizes (MLM packs within it)
 CHUNK = 2_000  # examples per featurize() call (the batched tokenizer call)
 SHARD_WAIT_SECONDS = 1800.0  # how long a host waits for a part another host featurizes
@@ -85,14 +86,27 @@ def usable_examples(
 ) -> list[Mapping[str, Any]]:
     """``examples`` less, when ``training``, those without a usable target
     (``preprocessors.example_problem``); every problem is counted by reason either way."""
+    return [examples[i] for i in _usable(spec, examples, training=training, counts=counts)]
+
+
+def _usable(spec: TaskSpec, examples: Sequence[Mapping[str, Any]], *, training: bool,
+            counts: P.Counts | None) -> list[int]:
+    """The indices of ``usable_examples``."""
     kept = []
-    for example in examples:
+    for index, example in enumerate(examples):
         problem = P.example_problem(spec.kind, example)
         if problem is not None:
             P.count(counts, problem)
         if problem is None or not training:
-            kept.append(example)
+            kept.append(index)
     return kept
+
+
+def _indexed(features: Sequence[dict[str, Any]], index: int) -> list[dict[str, Any]]:
+    """``features`` (of one example), each marked with the example's ``example_index``."""
+    for feature in features:
+        feature["example_index"] = index
+    return list(features)
 
 
 def featurize(
@@ -105,31 +119,48 @@ def featurize(
     counts: P.Counts | None = None,
     training: bool = False,
     mlm_packing: str = "stream",
+    first_index: int = 0,
 ) -> list[dict[str, Any]]:
     """Features of ``examples`` for the task's kind (see ``preprocessors.py``); ``labels``
     overrides the task's label list (see ``task_labels``). ``counts`` gets one count per example
     and reason (``preprocessors.DROP_REASONS`` and ``TRUNCATION_REASONS``); with ``training``
     the examples without a usable target are dropped (see ``usable_examples``). ``mlm_packing``:
-    how MLM rows are packed (``preprocessors.mlm_features``: ``stream`` or ``documents``)."""
+    how MLM rows are packed (``preprocessors.mlm_features``: ``stream`` or ``documents``).
+    Each feature but MLM's packed rows carries ``example_index``: ``first_index`` plus the
+    index of its example in ``examples`` (its place in the split, for error messages)."""
     length = max_length or spec.max_length
     labels = labels or spec.labels
-    examples = usable_examples(spec, examples, training=training, counts=counts)
+    kept = _usable(spec, examples, training=training, counts=counts)
+    indices = [first_index + i for i in kept]
+    examples = [examples[i] for i in kept]
     tokenizer = P.pre_encoded(spec.kind, examples, tokenizer)
+    out: list[dict[str, Any]] = []
     if spec.kind == "classification":
-        return [P.classification_features(e, tokenizer, length, labels, counts=counts)
-                for e in examples]  # fmt: skip
+        for e, i in zip(examples, indices, strict=True):
+            out.extend(_indexed([P.classification_features(e, tokenizer, length, labels,
+                                                           counts=counts)], i))
+        return out
     if spec.kind == "tagging":
         unknown = UNKNOWN_TAG if labels and labels[-1] == UNKNOWN_TAG else None
-        out: list[dict[str, Any]] = []
-        for e in examples:
-            out.extend(P.tagging_features(e, tokenizer, length, labels, unknown_tag=unknown,
-                                          counts=counts))  # fmt: skip
+        for e, i in zip(examples, indices, strict=True):
+            out.extend(_indexed(P.tagging_features(e, tokenizer, length, labels,
+                                                   unknown_tag=unknown, counts=counts), i))
         return out
-    if spec.kind == "qa":
-        return P.qa_features_for_examples(examples, tokenizer, max_length=length, counts=counts,
-                                          drop_misaligned=training)  # fmt: skip
+    if spec.kind == "qa":  # preprocessors.qa_features_for_examples, one example at a time
+        contexts: dict[str, Any] = {}
+        for e, i in zip(examples, indices, strict=True):
+            if e["context"] not in contexts:
+                contexts[e["context"]] = tokenizer.encode_with_offsets(
+                    e["context"], add_special_tokens=False)
+            out.extend(_indexed(P.qa_features(
+                e, tokenizer, max_length=length, counts=counts, drop_misaligned=training,
+                context_encoding=contexts[e["context"]]), i))
+        return out
     if spec.kind == "multiple_choice":
-        return [P.multiple_choice_features(e, tokenizer, length, counts=counts) for e in examples]
+        for e, i in zip(examples, indices, strict=True):
+            out.extend(_indexed([P.multiple_choice_features(e, tokenizer, length,
+                                                            counts=counts)], i))
+        return out
     if spec.kind == "mlm":
         return P.mlm_features([e["text"] for e in examples], tokenizer, length, mlm_packing)
     raise ValueError(f"task {spec.name}: kind {spec.kind!r} has no training features")
@@ -254,16 +285,18 @@ def _featurize_part(
     training: bool,
     progress: Any,
     mlm_packing: str = "stream",
+    first_index: int = 0,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(stats, features) of one part; chunks of 2,000 examples only drive the progress bar
-    (MLM packs the whole part at once)."""
+    """(stats, features) of one part (its first example is the split's ``first_index``-th);
+    chunks of 2,000 examples only drive the progress bar (MLM packs the whole part at once)."""
     counts: Counter[str] = Counter()
     features: list[dict[str, Any]] = []
     chunk = len(examples) if spec.kind == "mlm" else CHUNK
     for offset in range(0, len(examples), chunk):
         part = examples[offset : offset + chunk]
         features.extend(featurize(spec, part, tokenizer, length, labels, counts=counts,
-                                  training=training, mlm_packing=mlm_packing))  # fmt: skip
+                                  training=training, mlm_packing=mlm_packing,
+                                  first_index=first_index + offset))  # fmt: skip
         progress.update(len(part))
     return featurization_stats(len(examples), len(features), counts, training=training), features
 
@@ -321,7 +354,7 @@ def task_features(
                 continue
             begin, end = blocks[b]
             parts[b] = _featurize_part(spec, examples[begin:end], tokenizer, length, labels,
-                                       training, progress, mlm_packing)  # fmt: skip
+                                       training, progress, mlm_packing, begin)  # fmt: skip
             if path is not None:
                 _atomic_pickle(path, *parts[b])
     elapsed = time.perf_counter() - start
@@ -450,7 +483,15 @@ def task_batcher(
         features, spec.kind, batch_size=batch_size, length=length, seed=seed, shuffle=shuffle,
         shard_info=shard_info, num_choices=spec.num_choices, mlm=mlm,
         length_buckets=length_buckets, length_grouping=length_grouping,
+        origin=origin(name, split, data_dir, allow_samples=allow_samples),
     )  # fmt: skip
+
+
+def origin(name: str, split: str, data_dir: str | os.PathLike | None = None, *,
+           allow_samples: bool = False) -> Origin:
+    """Where the batches of task ``name``'s ``split`` come from (named in batch errors)."""
+    paths = sources.resolve(get_task(name), split, data_dir, allow_samples=allow_samples)
+    return Origin(name, split, tuple(str(path) for path in paths))
 
 
 def mixture_batcher(

@@ -12,13 +12,14 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from xstilts.data.readers import DataFormatError
 from xstilts.data.registry import get_task
 from xstilts.data.spec import SAMPLE_DIRS, SAMPLE_MARKERS, TaskSpec, is_sample
 from xstilts.data.tfds_sources import tfds_examples
 
 SOURCES = ("files", "tfds")
-__all__ = ["SAMPLE_DIRS", "SAMPLE_MARKERS", "examples", "is_sample", "load_retrieval",
-           "num_examples", "read", "resolve"]
+__all__ = ["SAMPLE_DIRS", "SAMPLE_MARKERS", "examples", "in_task", "is_sample",
+           "load_retrieval", "num_examples", "read", "resolve"]
 
 
 def resolve(
@@ -41,9 +42,29 @@ def read(
     *,
     allow_samples: bool = False,
 ) -> Iterator[dict]:
-    """Examples of ``split`` from the file(s) ``resolve`` picks, as the reader yields them."""
-    return spec.reader(*resolve(spec, split, data_dir, allow_samples=allow_samples),
-                       **spec.reader_kwargs)  # fmt: skip
+    """Examples of ``split`` from the file(s) ``resolve`` picks, as the reader yields them; a
+    ``DataFormatError`` (``path:line: ...``) also names the task and split (``in_task``)."""
+    paths = resolve(spec, split, data_dir, allow_samples=allow_samples)
+    return _naming_task(spec.reader(*paths, **spec.reader_kwargs), spec.name, split)
+
+
+def in_task(error: DataFormatError, task: str, split: str) -> DataFormatError:
+    """``error`` with `` (task 'x', split 'y')`` added; its ``path:line:`` prefix kept."""
+    if getattr(error, "task", None) is not None:
+        return error
+    where = error.path if error.line is None else f"{error.path}:{error.line}"
+    text = str(error)
+    message = text[len(where) + 2:] if text.startswith(f"{where}: ") else text
+    named = DataFormatError(error.path, error.line, f"{message} (task {task!r}, split {split!r})")
+    named.task, named.split = task, split
+    return named
+
+
+def _naming_task(examples: Iterator[dict], task: str, split: str) -> Iterator[dict]:
+    try:
+        yield from examples
+    except DataFormatError as error:
+        raise in_task(error, task, split) from None
 
 
 def examples(

@@ -16,7 +16,7 @@ import numpy as np
 from xstilts import train as train_lib
 from xstilts.checkpoints import is_url
 from xstilts.data import pipeline, sources, tasks
-from xstilts.data.feature_converters import FeatureBatcher, ShardInfo
+from xstilts.data.feature_converters import FeatureBatcher, ShardInfo, without_keys
 from xstilts.experiment.grid import Grid
 from xstilts.experiment.plan import task_kind
 from xstilts.experiment.rundir import SPM_FILENAME, atomic_bytes, local_cache_dir, run_dir_path
@@ -43,7 +43,7 @@ def factory(make_batcher: Any, *, with_task: bool = False) -> train_lib.BatchFac
             task = None
             if isinstance(batch, tuple):  # MixtureBatcher: (task, batch)
                 task, batch = batch
-            batch = {k: v for k, v in batch.items() if k != "feature_index"}
+            batch = without_keys(batch, "feature_index")  # its provenance kept
             if with_task and task is None:
                 raise TypeError("factory(with_task=True) needs a MixtureBatcher")
             yield (task, batch) if with_task else batch
@@ -147,7 +147,9 @@ class Inputs:
             return FeatureBatcher(self.features(name, split, length), spec.kind,
                                   batch_size=batch_size, length=length, seed=seed,
                                   shuffle=shuffle, shard_info=shard,
-                                  num_choices=spec.num_choices, mlm=mlm, **batching)
+                                  num_choices=spec.num_choices, mlm=mlm,
+                                  origin=pipeline.origin(name, split, self.grid.data_dir),
+                                  **batching)
 
         return make
 
