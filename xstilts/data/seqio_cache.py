@@ -1,9 +1,10 @@
 """Offline caching of seqio Tasks without Apache Beam, in the layout seqio reads.
 
-``seqio.scripts.cache_tasks_main`` (Beam) is the reference way to cache a Task. apache-beam 2.77
-(the newest) caps ``protobuf<7``, while this project pins protobuf 7.36.2 (sentencepiece 0.2.3's
-generated code needs a 7.x runtime), so Beam cannot be part of the ``data`` extra. This module
-writes the same files from the same steps, in one process: each source shard
+``seqio.scripts.cache_tasks_main`` (Beam) is the reference way to cache a Task
+(tests/test_seqio_beam_cache.py). It needs apache-beam[tfrecord] 2.77, which caps ``protobuf<7``:
+an environment with Beam takes protobuf 6.33 and sentencepiece 0.2.2 (0.2.3's generated code
+demands a 7.x protobuf runtime). This module needs no Beam and writes the same files from the
+same steps, in one process: each source shard
 (``task.source.list_shards``) read in order with Beam's per-shard preprocessor seed, the Task's
 preprocessors up to its ``seqio.CacheDatasetPlaceholder`` (``Task.preprocess_precache``), then
 ``<split>.tfrecord-0000i-of-0000n`` (``seqio.dict_to_tfexample``), ``info.<split>.json``,
