@@ -11,6 +11,7 @@ from xstilts.data.tables.intermediate import (
     DERIVED_FROM_TARGET,
     INTERMEDIATE_TASKS,
     MLM_LANGUAGES,
+    OURS,
     PAWSX_TRANSLATE_TRAIN,
     SQUAD_TRANSLATE_TRAIN,
     TYDIQA_TRANSLATE_TRAIN,
@@ -63,6 +64,50 @@ QQP_WITH_PAWSX_TT = "intermediate.qqp.multilingual+pawsx_tt"
 # An alternative MNLI arm: English + XNLI-MT-1.0 (XNLI's own MT) instead of XTREME's translations
 MNLI_XNLI_MT = "intermediate.mnli.multilingual.xnli_mt"
 OPT_IN = (SQUAD_WITH_TYDIQA, SQUAD_WITH_TYDIQA_TT, QQP_WITH_PAWSX_TT)
+
+
+# The low-resource arm: English plus the translations into XTREME's low-resource languages
+# (tier low of evals.xtreme_score, and yo, unseen by XLM-R: the experiment's low_resource list).
+# Each language's default task: the official release's where one exists (mnli.sw), else ours
+# (mnli.yo, tables/translated.py).
+LOW_RESOURCE = tuple(sorted(code for code, lang in LANGUAGES.items()
+                            if lang.tier in ("low", "unseen")))
+LOWRES = "lowres"  # intermediate.<task>.multilingual.lowres
+# intermediate task -> the translated datasets of its low-resource arm (ANLI+'s rounds; its
+# MNLI is the mnli arm's, so all9.multilingual.lowres does not count MNLI's translations twice)
+LOWRES_DATASETS = {"anli_plus": ("anli_r1", "anli_r2", "anli_r3")}
+
+
+def lowres_tasks(task: str) -> tuple[str, ...]:
+    """English plus ``task``'s translations into ``LOW_RESOURCE``; () where none is
+    registered (no translator layout yet: squad_v2, ccg)."""
+    ours = {row.dataset for row in OURS}
+    datasets = [d for d in LOWRES_DATASETS.get(task, (task,)) if d in ours]
+    if not datasets:
+        return ()
+    return (*english_tasks(task), *(f"{d}.{lang}" for d in datasets for lang in LOW_RESOURCE))
+
+
+def lowres_name(task: str) -> str:
+    return f"intermediate.{task}.multilingual.{LOWRES}"
+
+
+def lowres_mixtures(per_task: Iterable[tuple[MixtureSpec, MixtureSpec]]) -> list[MixtureSpec]:
+    """``intermediate.<task>.multilingual.lowres`` of each task with translations, and
+    ``intermediate.all9.multilingual.lowres``: every task family at its ``all9.en`` share, a
+    family without translations by its ``multilingual`` mixture."""
+    out, families = [], []
+    for english, multilingual in per_task:
+        task = english.name.split(".")[1]
+        if tasks := lowres_tasks(task):
+            out.append(_temperature(lowres_name(task), tasks, f"{task}: English + translations "
+                                    f"into {', '.join(LOW_RESOURCE)}", MULTILINGUAL_ENGLISH_SHARE))
+        families.append((out[-1].name if tasks else multilingual.name, english.name))
+    out.append(MixtureSpec(
+        lowres_name("all9"), families=tuple(families), match="intermediate.all9.en",
+        description="all nine intermediate tasks, English + low-resource translations, each "
+                    "task family at its all9.en share"))
+    return out
 
 
 def _per_language(dataset: str, languages: Iterable[str]) -> tuple[str, ...]:
@@ -128,8 +173,9 @@ def _per_task(task: str) -> tuple[MixtureSpec, MixtureSpec]:
 
 
 def intermediate_mixtures() -> list[MixtureSpec]:
-    """``mlm.xtreme``, ``intermediate.<task>.{en,multilingual}``, ``intermediate.all9.*`` and
-    the ``+mlm`` variant of each intermediate mixture, in registration order."""
+    """``mlm.xtreme``, ``intermediate.<task>.{en,multilingual}``, ``intermediate.all9.*``, the
+    ``*.multilingual.lowres`` arms and the ``+mlm`` variant of each intermediate mixture, in
+    registration order."""
     per_task = [_per_task(task) for task in INTERMEDIATE_TASKS]
     base = [m for pair in per_task for m in pair]
     english = MixtureSpec("intermediate.all9.en", _union(pair[0] for pair in per_task),
@@ -140,7 +186,7 @@ def intermediate_mixtures() -> list[MixtureSpec]:
         "intermediate.all9.multilingual", families=tuple((ml.name, en.name) for en, ml in per_task),
         match=english.name, description="all nine intermediate tasks, multilingual, each task "
         "family at its all9.en share")
-    base += [english, multilingual]
+    base += [english, multilingual, *lowres_mixtures(per_task)]
     mlm = _temperature(
         "mlm.xtreme",
         (f"mlm.{lang}" for lang in MLM_LANGUAGES),

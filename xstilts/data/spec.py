@@ -46,6 +46,9 @@ class TaskSpec:
     reader_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     tfds_name: str | None = None
     tfds_splits: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # The command that writes this task's files (``{data_dir}`` filled in), named where they are
+    # missing; None: they come from ``python -m xstilts.data.prepare``.
+    made_by: str | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -90,10 +93,11 @@ class TaskSpec:
                    and all((root / part).is_file() for part in c.split("|"))]  # fmt: skip
         hint = f"; a sample exists ({', '.join(samples)}): pass allow_samples=True to read it" \
             if samples else ""  # fmt: skip
+        how = self.made_by.format(data_dir=root) if self.made_by else \
+            f"fetch it with `python -m xstilts.data.prepare --data_dir {root}`"  # fmt: skip
         raise FileNotFoundError(
             f"task {self.name} split {split!r}: no data file found (looked for "
-            f"{', '.join(tried) or 'no prepared file: only samples are listed'}){hint}; fetch "
-            f"it with `python -m xstilts.data.prepare --data_dir {root}`"
+            f"{', '.join(tried) or 'no prepared file: only samples are listed'}){hint}; {how}"
         )
 
     def examples(self, split: str, data_dir: str | os.PathLike | None = None, *,

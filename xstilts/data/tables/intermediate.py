@@ -3,6 +3,7 @@
 from xstilts.benchmark import TASK2LANGS
 from xstilts.data import readers as r
 from xstilts.data.spec import TaskRow
+from xstilts.data.tables.translated import OursRow
 
 # The nine intermediate tasks of X-STILTs (Phang et al. 2020; nyu-mll/jiant
 # guides/projects/xstilts.md)
@@ -35,7 +36,8 @@ MLM_LANGUAGES = tuple(sorted({lang for langs in TASK2LANGS.values() for lang in 
 # Intermediate datasets derived from an XTREME target's own data (translated): a mixture holding
 # one makes that target translate-train, not zero-shot. (A target's own dataset name, e.g.
 # tydiqa, is such a source too; see mixtures.derived_targets.)
-DERIVED_FROM_TARGET: dict[str, str] = {"tydiqa_tt": "tydiqa", "pawsx_tt": "pawsx"}
+DERIVED_FROM_TARGET: dict[str, str] = {"tydiqa_tt": "tydiqa", "pawsx_tt": "pawsx",
+                                       "pawsx_tt_ours": "pawsx"}
 # ANLI+ = SNLI + MNLI + ANLI R1-R3 (jiant's anli_plus), one shared NLI head
 ANLI_PLUS = ("snli.en", "mnli.en", "anli_r1.en", "anli_r2.en", "anli_r3.en")
 
@@ -261,6 +263,29 @@ MLM = TaskRow(
     reader=r.read_text_lines,
     splits={"train": ("mlm/{lang}.txt",)},
 )
+# Our translations (python -m xstilts.translate) into every XTREME language: tables/translated.py
+# (mnli.yo is ours; where a release exists ours is mnli_ours.de). PAWS-X's is opt-in (a target).
+MNLI_OURS = OursRow("mnli", "mnli", "xnli/translate-train/en-{lang}-translated.tsv",
+                    MNLI_TRANSLATED, XNLI_TRANSLATE_TRAIN)
+PAWSX_OURS = OursRow("pawsx_tt", "pawsx", "pawsx/x-final/{lang}/translated_train.tsv",
+                     PAWSX_TRANSLATED, PAWSX_TRANSLATE_TRAIN)
+# our projected answers sit at their answer_start: a misaligned one is an error, not a drop
+SQUAD_V1_OURS = OursRow("squad_v1", "squad_v1",
+                        "squad/translate-train/squad.translate.train.en-{lang}.json",
+                        SQUAD_V1_TRANSLATED, SQUAD_TRANSLATE_TRAIN, reader_kwargs={})
+QQP_OURS = OursRow("qqp", "qqp", "qqp/translate-train/{lang}/train.tsv", QQP)
+ANLI_OURS = tuple(OursRow(row.dataset, row.dataset,
+                          f"anli/translate-train/{{lang}}/R{n}/train.jsonl", row)
+                  for n, row in enumerate(ANLI, 1))  # fmt: skip
+HELLASWAG_OURS = OursRow("hellaswag", "hellaswag",
+                         "hellaswag/translate-train/{lang}/hellaswag_train.jsonl", HELLASWAG)
+COSMOSQA_OURS = OursRow("cosmosqa", "cosmosqa", "cosmosqa/translate-train/{lang}/train.csv",
+                        COSMOSQA)
+COMMONSENSEQA_OURS = OursRow("commonsenseqa", "commonsenseqa",
+                             "commonsenseqa/translate-train/{lang}/train_rand_split.jsonl",
+                             COMMONSENSEQA)
+OURS = (MNLI_OURS, PAWSX_OURS, SQUAD_V1_OURS, QQP_OURS, *ANLI_OURS, HELLASWAG_OURS,
+        COSMOSQA_OURS, COMMONSENSEQA_OURS)
 ROWS = (
     MNLI,
     MNLI_TRANSLATED,
@@ -278,4 +303,5 @@ ROWS = (
     COMMONSENSEQA,
     CCG,
     MLM,
+    *OURS,
 )
