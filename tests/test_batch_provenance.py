@@ -175,3 +175,23 @@ def test_num_labels_disagreeing_with_the_task_stops_the_cli_before_any_work(tmp_
     assert ("NUM_LABELS=2 but task 'xnli.en' has 3 labels ['contradiction', 'entailment', "
             "'neutral']") in proc.stderr, proc.stderr[-3000:]
     assert not (tmp_path / "run").exists()
+
+
+def test_an_unknown_label_in_a_real_file_stops_the_cli_naming_task_and_file(tmp_path):
+    """``python -m xstilts.train`` on the registered ``pawsx.en`` (read by its seqio Task through
+    ``sources.read``): one line naming file, line, task and split; nothing written."""
+    pytest.importorskip("seqio")
+    spm = require_sample("spm/test_model.model")
+    path = _pawsx_train(tmp_path / "data", ["0", "1", "1", "0", "2", "1", "0", "1"])
+    proc = subprocess.run(
+        [sys.executable, "-m", "xstilts.train", "--gin_file=models/xlmr_tiny.gin",
+         "--gin_file=runs/finetune.gin", f"--gin.MODEL_DIR='{tmp_path / 'run'}'",
+         "--gin.TRAIN_STEPS=2", "--gin.INIT_ENCODER_FROM=None", "--gin.BATCH_SIZE=8",
+         "--gin.MIXTURE_OR_TASK_NAME='pawsx.en'", "--gin.TASK_FEATURE_LENGTHS={'inputs': 16}",
+         f"--gin.VOCABULARY='{spm}'", f"--gin.DATA_DIR='{tmp_path / 'data'}'"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=240,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert (f"DataFormatError: {path}:5: unknown label '2'; expected one of ['0', '1'] "
+            f"(task 'pawsx.en', split 'train')") in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()

@@ -72,6 +72,7 @@ from xstilts import gin_utils, partitioning, run_settings
 from xstilts import trainer as trainer_lib
 from xstilts.data import manifest, tasks
 from xstilts.data.feature_converters import provenance_of
+from xstilts.data.readers import DataFormatError
 from xstilts.gin_utils import parse_gin, rewrite_gin_args
 from xstilts.models import convert
 from xstilts.models import heads as heads_lib  # ``train(heads=...)`` is a parameter
@@ -1065,7 +1066,7 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
 
 
 # Errors that say what is wrong, where, and what to do: the command line prints the message alone.
-REPORTED_ERRORS = (trainer_lib.BadBatchError, gin_utils.GinMacroError,
+REPORTED_ERRORS = (trainer_lib.BadBatchError, DataFormatError, gin_utils.GinMacroError,
                    run_settings.SettingsChangedError, ckpt_lib.RunLockedError,
                    ckpt_lib.CheckpointReadError, ckpt_lib.CheckpointSaveError,
                    NonFiniteLossError)
