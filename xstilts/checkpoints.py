@@ -38,6 +38,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import serialization
 
+from xstilts import gcs_objects
 from xstilts.trainer import TrainState
 
 log = logging.getLogger(__name__)
@@ -141,20 +142,44 @@ class RunLock:
     the name exists) and removed on release. A lock left by a process that died (``kill -9``,
     an OOM kill, a reboot) is stale when its host is this host and its pid no longer runs (or
     the machine rebooted since): it is taken over with a warning. A lock held from another host
-    cannot be checked from here, so it is an error that says so and how to clear it. On a URL
-    (``gs://...``) the check-then-create is not atomic (a create-if-absent precondition needs
-    the store's own client): it catches a second run started later, not two started within the
-    same instant. Multi-process jobs: only process 0 takes it (``train``), the others share it.
+    cannot be checked from here, so it is an error that says so and how to clear it.
+
+    On ``gs://`` with ``google-cloud-storage`` installed the lock is one object created with a
+    does-not-exist precondition (``if_generation_match=0``: atomic on the server) and deleted
+    only while it is still the generation this run (or the stale holder taken over) wrote
+    (``gcs_objects.GcsObject``; ``gcs_client``: a ``storage.Client``, default one from the
+    environment's credentials). Without that package, and on other URLs (``s3://``...), the
+    check-then-create through ``etils.epath`` is NOT atomic (a warning says so): it catches a
+    second run started later, not two started within the same instant. Multi-process jobs:
+    only process 0 takes it (``train``), the others share it.
     """
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(self, directory: str | os.PathLike[str], *, gcs_client: Any = None) -> None:
         self.directory = run_path(directory)
         self.path = self.directory / LOCK_NAME
         self._created_dir = False
         self._held = False
+        self._gcs_client = gcs_client
+        self._gcs: gcs_objects.GcsObject | None = None
+        self._seen_generation: int | None = None  # of the holder read last (gs://)
+
+    def _object(self) -> gcs_objects.GcsObject | None:
+        """The lock's GCS object on ``gs://`` where ``google-cloud-storage`` is installed."""
+        url = str(self.path)
+        if self._gcs is None and url.startswith("gs://") and (
+                self._gcs_client is not None or gcs_objects.available()):
+            self._gcs = gcs_objects.GcsObject(url, self._gcs_client)
+        return self._gcs
 
     def holder(self) -> dict[str, Any] | None:
+        gcs = self._object()
         try:
+            if gcs is not None:
+                found = gcs.read()
+                if found is None:
+                    return None
+                text, self._seen_generation = found
+                return json.loads(text)
             return json.loads(self.path.read_text())
         except FileNotFoundError:
             return None
@@ -183,8 +208,11 @@ class RunLock:
         if str(self.path) in _HELD:
             raise RunLockedError(f"{self.directory}: this process already writes into it "
                                  f"({self.path}); one train() per run directory at a time")
-        if not self.directory.exists():
-            self.directory.mkdir(parents=True, exist_ok=True)
+        if is_url(str(self.path)) and self._object() is None:
+            log.warning("%s: a lock on this URL is not atomic (check, then write): install "
+                        "google-cloud-storage for a create-if-absent lock on gs://", self.path)
+        if self._object() is None and not self.directory.exists():
+            self.directory.mkdir(parents=True, exist_ok=True)  # (gs:// has no directories)
             self._created_dir = True
         me = {"pid": os.getpid(), "host": socket.gethostname(), "boot_id": _boot_id(),
               "started": time.time(), "command": " ".join(sys.argv)[:500]}
@@ -199,7 +227,7 @@ class RunLock:
             if attempt == 0 and holder and self._stale(holder):
                 log.warning("%s: taking over a stale lock of %s (that process no longer runs)",
                             self.path, self._describe(holder))
-                self.path.unlink(missing_ok=True)
+                self._remove(self._seen_generation)
                 continue
             if holder and holder.get("host") not in (None, socket.gethostname()):
                 fix = (f"this host ({socket.gethostname()}) cannot tell whether that process "
@@ -212,7 +240,19 @@ class RunLock:
                 f"other's checkpoints; {fix}")
         raise RunLockedError(f"{self.path}: could not take the lock (another run raced for it)")
 
+    def _remove(self, generation: int | None) -> bool:
+        """Delete the lock; on gs:// only while it is still ``generation`` (not a lock another
+        run wrote since)."""
+        gcs = self._object()
+        if gcs is None:
+            self.path.unlink(missing_ok=True)
+            return True
+        return generation is not None and gcs.delete(generation)
+
     def _create(self, text: str) -> bool:
+        gcs = self._object()
+        if gcs is not None:
+            return gcs.create(text)
         if is_url(str(self.path)):
             if self.path.exists():
                 return False
@@ -234,7 +274,9 @@ class RunLock:
             return
         self._held = False
         _HELD.discard(str(self.path))
-        self.path.unlink(missing_ok=True)
+        if not self._remove(None if self._gcs is None else self._gcs.generation):
+            log.warning("%s: not removed: it is no longer the lock this run created (another "
+                        "run took it over or deleted it)", self.path)
         if self._created_dir and not any(self.directory.iterdir()):
             self.directory.rmdir()  # a run that failed before writing anything leaves nothing
 
