@@ -245,6 +245,55 @@ def test_corrupt_checkpoint_names_path_step_and_the_intact_one(two_steps):
     ckpt.manager.close()
 
 
+def _tree(root) -> dict[str, bytes]:
+    return {os.path.relpath(os.path.join(d, n), root): open(os.path.join(d, n), "rb").read()
+            for d, _, names in os.walk(root) for n in names}
+
+
+def test_a_corrupt_step_is_set_aside_by_copy_where_directories_cannot_be_renamed(
+        two_steps, monkeypatch, caplog):
+    """gs:// has no directory rename: the bad step is copied whole, then removed (here forced
+    on a local directory through the same epath calls)."""
+    for root, _, files in os.walk(two_steps / "2" / "state"):
+        for name in files:
+            if os.path.basename(root) == "d":
+                with open(os.path.join(root, name), "wb") as f:
+                    f.write(b"not an array" * 4)
+    before = _tree(two_steps / "2")
+    monkeypatch.setattr(checkpoints, "set_aside",
+                        functools.partial(checkpoints.set_aside, by_copy=True))
+    ckpt = checkpoints.Checkpointer(two_steps)
+    with caplog.at_level("WARNING"):
+        state, meta = ckpt.restore_latest_intact(_abstract(_state(2)))
+    aside = f"{two_steps}.bad-step-2"
+    assert meta["step"] == 1 and float(state.params["roberta"]["kernel"][0, 0]) == 1.0
+    assert ckpt.all_steps() == [1] and not (two_steps / "2").exists()
+    assert _tree(aside) == before  # every file, byte for byte
+    assert f"moved it to {aside}" in caplog.text
+    ckpt.close()
+
+
+def test_set_aside_by_copy_removes_the_commit_marker_before_anything_else(tmp_path, monkeypatch):
+    step = tmp_path / "ckpt" / "3"
+    (step / "state" / "d").mkdir(parents=True)
+    (step / "state" / "d" / "x").write_bytes(b"123")
+    (step / "commit_success.txt").write_text("ok")
+    (tmp_path / "ckpt.bad-step-3").mkdir()  # taken: a time suffix is added
+    before = _tree(step)
+
+    def interrupted(self, missing_ok=False):
+        raise OSError("interrupted")
+
+    monkeypatch.setattr(type(checkpoints.epath.Path(step)), "rmtree", interrupted)
+    with pytest.raises(OSError, match="interrupted"):
+        checkpoints.set_aside(checkpoints.epath.Path(step), f"{tmp_path}/ckpt.bad-step-3",
+                              by_copy=True)
+    (copy,) = [p for p in tmp_path.iterdir() if p.name.startswith("ckpt.bad-step-3-")]
+    assert _tree(copy) == before  # whole before anything was removed
+    assert not (step / "commit_success.txt").exists()  # no longer a finished step on gs://
+    assert (step / "state" / "d" / "x").exists()
+
+
 def test_checkpoint_without_meta_names_path_and_item(two_steps):
     shutil.rmtree(two_steps / "2" / "meta")
     ckpt = checkpoints.Checkpointer(two_steps, read_only=True)

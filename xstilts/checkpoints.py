@@ -661,9 +661,10 @@ class Checkpointer:
                               ) -> tuple[TrainState, dict[str, Any]] | None:
         """``restore`` of the latest step that reads back whole (None: no checkpoint). A later
         step that does not (arrays corrupt, an item missing) is moved out of the directory to
-        ``<directory>.bad-step-<step>`` with a warning naming its path and the error, so the
-        run resumes from the intact one and later saves do not meet it again; with no intact
-        step left the ``CheckpointReadError`` is raised."""
+        ``<directory>.bad-step-<step>`` (``set_aside``: a rename, or on a URL a copy and then
+        the removal) with a warning naming its path and the error, so the run resumes from the
+        intact one and later saves do not meet it again; with no intact step left the
+        ``CheckpointReadError`` is raised."""
         for step in sorted(self.all_steps(), reverse=True):
             try:
                 return self.restore(abstract_state, step)
@@ -671,10 +672,7 @@ class Checkpointer:
                 earlier = [s for s in self.all_steps() if s < step]
                 if not earlier:
                     raise
-                aside = epath.Path(f"{self.directory}.bad-step-{step}")
-                if aside.exists():
-                    aside = epath.Path(f"{aside}-{int(time.time())}")
-                (self.path / str(step)).rename(aside)
+                aside = set_aside(self.path / str(step), f"{self.directory}.bad-step-{step}")
                 self.manager.reload()
                 log.warning("checkpoint %s/%d (step %d) cannot be read: %s; moved it to %s "
                             "and resuming from the previous step", self.directory, step, step,
@@ -703,6 +701,28 @@ class Checkpointer:
         restored = self._read_state(step, ocp.args.PyTreeRestore(
             item=target, restore_args=_restore_args(target), partial_restore=True))
         return restored["params"][key]
+
+
+def set_aside(source: epath.Path, target: str, *, by_copy: bool | None = None) -> epath.Path:
+    """Move the directory ``source`` to ``target`` (``-<unix time>`` added when taken) and
+    return where it went. A rename on a local file system; on a URL (``by_copy`` None: as
+    ``is_url`` says; object stores such as gs:// have no directory rename) every file is copied
+    first, then the source removed, Orbax's ``commit_success.txt`` (what makes a step finished
+    on gs://) first: an interruption leaves a whole copy and at most an unfinished step, which
+    Orbax does not list."""
+    aside = epath.Path(target)
+    if aside.exists():
+        aside = epath.Path(f"{aside}-{int(time.time())}")
+    if not (is_url(str(source)) if by_copy is None else by_copy):
+        return source.rename(aside)
+    for root, _, files in source.walk():
+        into = aside / root.relative_to(source)
+        into.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            (root / name).copy(into / name)
+    (source / "commit_success.txt").unlink(missing_ok=True)
+    source.rmtree()
+    return aside
 
 
 def restore_encoder_into(params: PyTree, source_dir: str, *, step: int | None = None,
