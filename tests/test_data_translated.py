@@ -245,3 +245,52 @@ def test_seqio_reads_our_task(corpus):
     assert source.num_input_examples("train") == 7
     labels = [e["label"] for e in source.examples("train")]
     assert labels == [label for *_, label in corpus["english"]]
+
+
+class _UpperCase:
+    """A stand-in translator (``str.upper``): every SQuAD answer projects and no
+    multiple-choice example is dropped, so the registered tasks must read back every row."""
+
+    max_source_length, dtype, truncated = 64, "float32", 0
+
+    def __init__(self, folder):
+        from xstilts.decoding import DecodeSettings
+
+        self.folder, self.settings = str(folder), DecodeSettings()
+
+    def check_languages(self, langs, src):
+        return None
+
+    def translate(self, texts, src, tgt):
+        return [t.upper() for t in texts]
+
+
+@pytest.mark.parametrize("task, datasets", [
+    ("squad_v1", ("squad_v1",)), ("qqp", ("qqp",)), ("anli", ("anli_r1", "anli_r2", "anli_r3")),
+    ("hellaswag", ("hellaswag",)), ("cosmosqa", ("cosmosqa",)),
+    ("commonsenseqa", ("commonsenseqa",))])
+def test_every_translator_layout_is_read_by_its_task(task, datasets, tmp_path):
+    """The translator's file of each task (from the shared English samples) is read by the
+    registered ``<dataset>.tl``: every English example, in order, translated."""
+    from xstilts.translate import translate_task
+
+    data = require_sample("english").parent
+    if task == "cosmosqa":  # the shared sample is a dev head: a train file of it in tmp_path
+        data = tmp_path / "en"
+        (data / "cosmosqa").mkdir(parents=True)
+        shutil.copy(require_sample("english/cosmosqa") / "valid.head300.csv",
+                    data / "cosmosqa/train.csv")
+    paths = translate_task(task, ["tl"], str(data), str(tmp_path), _UpperCase(tmp_path),
+                           model_name="upper", allow_samples=True, progress=False)
+    assert len(paths) == len(datasets)
+    for dataset, path in zip(datasets, paths, strict=True):
+        spec = T.get_task(f"{dataset}.tl")
+        assert sources.resolve(spec, "train", tmp_path)[0] == path
+        ours = list(sources.read(spec, "train", tmp_path))
+        english = list(sources.read(T.get_task(f"{dataset}.en"), "train", data,
+                                    allow_samples=True))
+        assert len(ours) == len(english) > 0, dataset
+        assert [e.get("label") for e in ours] == [e.get("label") for e in english]
+        if spec.kind == "qa":  # the strict reader checked every span's alignment
+            assert [e["answers"][0]["text"] for e in ours] == [
+                e["answers"][0]["text"].upper() for e in english]
