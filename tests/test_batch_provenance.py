@@ -93,6 +93,28 @@ def test_labels_out_of_range_name_task_split_file_and_example(tmp_path, tok):
     assert not (tmp_path / "run").exists()  # stopped before anything was written
 
 
+def test_a_multi_task_batch_error_names_the_example_and_the_head(tmp_path, tok):
+    labels = ["1", "0", "1", "1", "0", "0", "1", "0"]
+    path = _pawsx_train(tmp_path, labels)
+    native = _native_factory(tmp_path, tok)
+
+    def pairs(**kwargs):  # (task, batch) items, as a mixture's factory yields them
+        for batch in native(**kwargs):
+            yield "pawsx.en", batch
+
+    first = next(native(shard_index=0, num_shards=1, batch_size=8, start_batch=0))
+    index = first.provenance.example_indices[int(np.argmax(first["labels"] == 1))]
+    assert labels[index] == "1"
+    with pytest.raises(trainer.BadBatchError, match=(
+            rf"^train batch 0 \(task 'pawsx.en', split 'train', file {re.escape(path)}, example "
+            rf"index {index} \[id '{index + 1}'\], head 'paraphrase'\): classification labels "
+            rf"hold \d+ value\(s\) \[1\]")):
+        train.train(model_dir=str(tmp_path / "run"), model_config=XLMRConfig.tiny(),
+                    total_steps=2, batch_size=8, train_batches=pairs, task_type=None,
+                    num_labels=None, heads={"paraphrase": ("classification", 1)},
+                    task_heads={"pawsx.en": "paraphrase"}, progress=False)
+
+
 def test_token_ids_past_the_vocabulary_name_the_example(tmp_path, tok):
     """The tokenizer's ids against a model with a smaller vocabulary: the first row holding
     an id past it is named with its file and example."""
@@ -127,6 +149,18 @@ def test_example_indices_follow_the_split_across_parts_and_dropped_examples(tmp_
                                    part_size=3)
     assert [f["example_index"] for f in parts] == [f["example_index"] for f in whole] == \
         list(range(10))
+
+
+def test_plain_batches_name_their_factory():
+    def my_batches(**kwargs):
+        raise AssertionError("not called")
+
+    assert train._factory_source(my_batches)(3) == "from my_batches, which records no task or file"
+    seqio_batches = train.SeqioBatches(mixture_or_task_name="xnli.en",
+                                       task_feature_lengths={"inputs": 16})
+    assert train._factory_source(seqio_batches)(0) == (
+        "from SeqioBatches of 'xnli.en', which records no split, file or example")
+    assert train._factory_source(None) is None
 
 
 def test_without_keys_keeps_the_provenance_and_plain_batches_stay_plain():

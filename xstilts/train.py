@@ -393,6 +393,9 @@ def _factory_source(factory: Any) -> Callable[[int], str] | None:
     name = getattr(factory, "__name__", None) or getattr(getattr(factory, "func", None),
                                                          "__name__", None)
     name = name or type(factory).__name__
+    named = getattr(factory, "mixture_or_task_name", None)  # SeqioBatches: its task or mixture
+    if isinstance(named, str):
+        return lambda row: f"from {name} of {named!r}, which records no split, file or example"
     return lambda row: f"from {name}, which records no task or file"
 
 
