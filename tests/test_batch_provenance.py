@@ -151,6 +151,20 @@ def test_example_indices_follow_the_split_across_parts_and_dropped_examples(tmp_
         list(range(10))
 
 
+def test_a_batch_longer_than_the_positions_names_the_first_row_that_reaches_past_them():
+    mask = np.zeros((3, 9), np.int32)
+    mask[:, :4] = 1
+    mask[2, :9] = 1  # only row 2 has tokens beyond position 8
+    batch = {"input_ids": np.ones((3, 9), np.int32), "attention_mask": mask,
+             "labels": np.zeros(3, np.int32)}
+    with pytest.raises(trainer.BadBatchError, match=(
+            r"^train batch 1 \(row 2 of the source\): sequences of length 9, but the model's "
+            r"positions allow at most 8 tokens")):
+        trainer.check_batch_values(batch, kind="classification", num_labels=2, vocab_size=10,
+                                   where="train batch 1", max_length=8,
+                                   source=lambda row: f"row {row} of the source")
+
+
 def test_plain_batches_name_their_factory():
     def my_batches(**kwargs):
         raise AssertionError("not called")
