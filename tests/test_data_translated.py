@@ -19,6 +19,7 @@ from xstilts.data import readers as r
 from xstilts.data import sources
 from xstilts.data import tasks as T
 from xstilts.evals import xtreme_score
+from xstilts.experiment.dry_run import family_notes, recipe_line
 from xstilts.experiment.grid import make_grid
 from xstilts.experiment.plan import budget_configs, plan
 
@@ -235,6 +236,14 @@ def test_paper_scale_lowres_gin_resolves(clean_gin):
         assert set(M.LOW_RESOURCE) <= set(D.languages(name)["languages"])
     assert budget_configs(grid)["all9.multilingual.lowres"] == "all9.en"
     assert grid.multilingual_config == "mnli.multilingual.lowres"
+    # what the dry run prints of them (python -m xstilts.experiment ... --dry_run also lowers
+    # every train step of XLM-R Large: ~40 s here, left to the command)
+    jobs = {j.source: j for j in plan(grid) if j.phase == "phase1"}
+    assert recipe_line(jobs["intermediate.all9.multilingual.lowres"]).startswith(
+        "phase1 intermediate.all9.multilingual.lowres: the steps of 3 epochs of "
+        "intermediate.all9.en (equal-steps budget)")
+    (note,) = family_notes("intermediate.all9.multilingual.lowres")
+    assert "each task family at its share in intermediate.all9.en" in note
 
 
 def test_seqio_reads_our_task(corpus):
@@ -294,3 +303,4 @@ def test_every_translator_layout_is_read_by_its_task(task, datasets, tmp_path):
         if spec.kind == "qa":  # the strict reader checked every span's alignment
             assert [e["answers"][0]["text"] for e in ours] == [
                 e["answers"][0]["text"].upper() for e in english]
+
