@@ -27,6 +27,7 @@ NEW_MODULES = [
     "xstilts.data.registry",
     "xstilts.data.sources",
     "xstilts.data.tables.xtreme",
+    "xstilts.data.tables.translated",
     "xstilts.data.tables.intermediate",
     "xstilts.data.tables.synthetic",
     "xstilts.data.mixtures",
@@ -84,10 +85,12 @@ def test_each_module_imports_alone_and_the_registry_size_is_unchanged():
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     # issue 14 item 7: + 14 mnli_mt, 8 tydiqa_tt, 6 pawsx_tt tasks; + 3 mixtures (two opt-in)
-    assert json.loads(result.stdout.splitlines()[-1]) == [300, 58]
+    # issue 17 item 5: + 39 languages x 10 datasets of our translations (390 tasks); + 8
+    # .multilingual.lowres mixtures and their 8 +mlm variants
+    assert json.loads(result.stdout.splitlines()[-1]) == [690, 74]
     # the same counts from the tables and recipes (unaffected by tests that register more)
-    assert sum(len(row.specs()) for row in T.ROWS) == 300
-    assert len(mixtures.all_mixtures()) == 58
+    assert sum(len(row.specs()) for row in T.ROWS) == 690
+    assert len(mixtures.all_mixtures()) == 74
 
 
 def test_no_xstilts_import_inside_a_function_and_no_cycle():
