@@ -220,9 +220,9 @@ def test_num_labels_disagreeing_with_the_task_stops_the_cli_before_any_work(tmp_
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=240,
         env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert proc.returncode == 1, proc.stderr[-3000:]
-    assert ("NUM_LABELS=2 but task 'xnli.en' has 3 labels ['contradiction', 'entailment', "
-            "'neutral']") in proc.stderr, proc.stderr[-3000:]
-    assert not (tmp_path / "run").exists()
+    assert ("LabelCountError: NUM_LABELS=2 but task 'xnli.en' has 3 labels ['contradiction', "
+            "'entailment', 'neutral']") in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
 
 
 def test_an_unknown_label_in_a_real_file_stops_the_cli_naming_task_and_file(tmp_path):

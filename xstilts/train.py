@@ -521,10 +521,14 @@ def _model_of_data(train_batches: Any, task_type: str | None, num_labels: int | 
     return model.task_type, model.num_labels, None, task_heads
 
 
+class LabelCountError(ValueError):
+    """NUM_LABELS disagrees with the label list of the task the data names."""
+
+
 def _check_named_labels(train_batches: Any, task_type: str | None,
                         num_labels: int | None) -> None:
     """NUM_LABELS against the label list of each project task (``tasks.TASKS``) that the
-    factory's ``mixture_or_task_name`` names (a task, or a mixture's tasks): a ValueError naming
+    factory's ``mixture_or_task_name`` names (a task, or a mixture's tasks): an error naming
     the task and its labels, before any data is read or any step compiled."""
     name = getattr(train_batches, "mixture_or_task_name", None)
     if num_labels is None or not isinstance(name, str):
@@ -538,7 +542,7 @@ def _check_named_labels(train_batches: Any, task_type: str | None,
             continue
         if int(num_labels) != len(spec.labels):
             within = "" if task == name else f" (of mixture {name!r})"
-            raise ValueError(
+            raise LabelCountError(
                 f"NUM_LABELS={num_labels} but task {task!r}{within} has {len(spec.labels)} "
                 f"labels {list(spec.labels)}: set --gin.NUM_LABELS={len(spec.labels)}, or None "
                 f"to take the task's")
@@ -1069,7 +1073,8 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
 
 
 # Errors that say what is wrong, where, and what to do: the command line prints the message alone.
-REPORTED_ERRORS = (trainer_lib.BadBatchError, DataFormatError, gin_utils.GinMacroError,
+REPORTED_ERRORS = (trainer_lib.BadBatchError, DataFormatError, LabelCountError,
+                   gin_utils.GinMacroError,
                    run_settings.SettingsChangedError, ckpt_lib.RunLockedError,
                    ckpt_lib.CheckpointReadError, ckpt_lib.CheckpointSaveError,
                    NonFiniteLossError)
