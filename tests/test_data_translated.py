@@ -303,4 +303,3 @@ def test_every_translator_layout_is_read_by_its_task(task, datasets, tmp_path):
         if spec.kind == "qa":  # the strict reader checked every span's alignment
             assert [e["answers"][0]["text"] for e in ours] == [
                 e["answers"][0]["text"].upper() for e in english]
-
