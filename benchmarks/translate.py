@@ -8,8 +8,11 @@ tokenized by ``NMTTokenizer`` (the shared 1000-piece SentencePiece test model wi
 language codes). Both systems decode the same id batches (``--batch`` rows, length-sorted, beams
 ``--beams``, ``max_length`` ``--max_length``, forced target-language BOS); one untimed pass first
 (compilation, warm-up), then a timed pass. Printed: sentences/s of each, the ratio, and how many
-outputs are token for token the same. CTranslate2 is timed too where it is installed
-(``pip install ctranslate2``; converted from the same checkpoint).
+outputs are token for token the same. CTranslate2 (``pip install ctranslate2``, the ``bench``
+extra) is timed the same way, converted from the same checkpoint by its
+``TransformersConverter``, same beams and maximum length (its ``max_decoding_length`` counts
+the forced language token and ``</s>`` as HF's ``max_length`` does, less the decoder start).
+The load average is printed at the start and the end: on a busy machine the ratios drift.
 """
 
 from __future__ import annotations
@@ -71,21 +74,28 @@ def run_torch(args, batches, target: int) -> list[np.ndarray]:
 
 
 def run_ctranslate2(args, batches, target: int) -> list[np.ndarray]:
+    """CTranslate2 (converted from the same checkpoint) on the same ids: its tokens are strings of
+    its vocabulary file, which lists the tokenizer's tokens by id (then ``madeupwordN`` up to
+    the model's vocabulary size), so ids map to tokens and back by position."""
     import ctranslate2
 
     folder = Path(args.workdir) / "ct2"
     if not folder.exists():
         ctranslate2.converters.TransformersConverter(str(Path(args.workdir) / "model")).convert(
             str(folder))
+    vocab = json.loads((folder / "shared_vocabulary.json").read_text(encoding="utf-8"))
+    index = {token: i for i, token in enumerate(vocab)}
+    if len(index) != len(vocab):
+        raise ValueError(f"{folder}/shared_vocabulary.json: repeated tokens; ids are ambiguous")
     translator = ctranslate2.Translator(str(folder), device="cpu",
                                         intra_threads=os.cpu_count() or 2)
     out = []
     for ids, mask in batches:
-        tokens = [[str(t) for t in row[m.astype(bool)]] for row, m in zip(ids, mask, strict=True)]
-        results = translator.translate_batch(
-            tokens, target_prefix=[[str(target)]] * len(tokens), beam_size=args.beams,
-            max_decoding_length=args.max_length - 1, return_scores=False)
-        rows = [[2] + [int(t) for t in r.hypotheses[0]] for r in results]
+        tokens = [[vocab[t] for t in row[m.astype(bool)]] for row, m in zip(ids, mask, strict=True)]
+        results = translator.translate_batch(  # the prefix and </s> count, as in HF max_length
+            tokens, target_prefix=[[vocab[target]]] * len(tokens), beam_size=args.beams,
+            max_decoding_length=args.max_length - 1, return_end_token=True)
+        rows = [[2] + [index[t] for t in r.hypotheses[0]] for r in results]
         width = max(map(len, rows))
         out.append(np.array([r + [1] * (width - len(r)) for r in rows]))
     return out
@@ -159,7 +169,7 @@ def main() -> None:
         _prepare(args)
         print(f"translate: {args.sentences} sentences, batch {args.batch}, {args.beams} beams, "
               f"max_length {args.max_length}, d_model {args.d_model}, {args.layers}+{args.layers} "
-              f"layers, vocab {args.vocab}, {os.cpu_count()} CPUs")
+              f"layers, vocab {args.vocab}, {os.cpu_count()} CPUs, load average {_load()}")
         results = {}
         for system in SYSTEMS:
             if system == "ctranslate2":
@@ -173,14 +183,27 @@ def main() -> None:
                 results[system] = result
                 print(f"  {system}: {args.sentences / result['seconds']:.2f} sentences/s "
                       f"({result['seconds']:.2f} s)")
-        if "ours" in results and "torch" in results:
-            ours, theirs = results["ours"]["rows"], results["torch"]["rows"]
-            same = sum(a[:len(b)] == b and all(t == 1 for t in a[len(b):])
-                       for a, b in zip(ours, theirs, strict=True))
-            ratio = results["torch"]["seconds"] / results["ours"]["seconds"]
-            print(f"translate: ours / torch generate() = {ratio:.2f}x sentences/s; "
-                  f"{same}/{len(ours)} outputs token for token the same")
+        for peer, name in (("torch", "torch generate()"), ("ctranslate2", "CTranslate2")):
+            if "ours" in results and peer in results:
+                same = _same_rows(results["ours"]["rows"], results[peer]["rows"])
+                ratio = results[peer]["seconds"] / results["ours"]["seconds"]
+                print(f"translate: ours / {name} = {ratio:.2f}x sentences/s; "
+                      f"{same}/{args.sentences} outputs token for token the same")
+        print(f"translate: load average {_load()} at the end (1/5/15 min; "
+              f"{os.cpu_count()} CPUs: a load above that means a busy machine)")
 
+
+def _same_rows(ours: list[list[int]], theirs: list[list[int]]) -> int:
+    """Rows equal up to trailing padding (each system pads its batch to its own width)."""
+    def strip(row: list[int]) -> list[int]:
+        while row and row[-1] == 1:
+            row = row[:-1]
+        return row
+    return sum(strip(a) == strip(b) for a, b in zip(ours, theirs, strict=True))
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 if __name__ == "__main__":
     main()

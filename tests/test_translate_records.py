@@ -46,7 +46,7 @@ def test_qqp_sample_in_glue_layout(checkpoint, tmp_path):
     (path,) = translate_task("qqp", ["yo"], str(data), str(tmp_path), translator,
                              model_name="tiny", allow_samples=True, shard_size=2, progress=False)
     assert path == tmp_path / "qqp/translate-train/yo/train.tsv"
-    raw_en, raw = read_tsv(english_file), read_tsv(path)
+    raw_en, raw = [r for _, r in read_tsv(english_file)], [r for _, r in read_tsv(path)]
     assert path.read_text().splitlines()[0] == english_file.read_text().splitlines()[0]
     assert [{k: r[k] for k in ("id", "qid1", "qid2", "is_duplicate")} for r in raw] == [
         {k: r[k] for k in ("id", "qid1", "qid2", "is_duplicate")} for r in raw_en]
@@ -76,7 +76,8 @@ def test_anli_rounds_through_the_cli(checkpoint, tmp_path):
         relative = f"anli/translate-train/tl/R{n}/train.jsonl"
         assert str(tmp_path / relative) in proc.stdout
         english_file = require_sample(f"english/anli/original_jsonl_sample/R{n}/train.jsonl")
-        raw_en, raw = read_jsonl(english_file), read_jsonl(tmp_path / relative)
+        raw_en = [r for _, r in read_jsonl(english_file)]
+        raw = [r for _, r in read_jsonl(tmp_path / relative)]
         # every key kept; the English pair beside the translated one
         def rest(r):
             return {k: v for k, v in r.items() if k not in ("context", "hypothesis")}
@@ -91,3 +92,27 @@ def test_anli_rounds_through_the_cli(checkpoint, tmp_path):
         assert [r["text_a"] for r in rows] == [r["context"] for r in raw]
         manifest = json.loads((tmp_path / (relative + ".manifest.json")).read_text())
         assert manifest["task"] == f"anli_r{n}.tl" and manifest["rows"] == len(english) >= 2
+
+
+def test_a_record_without_the_field_to_translate_names_its_line(tmp_path):
+    """jiant's MNLI-style keys (premise/hypothesis) pass the NLI reader but are not ANLI's."""
+    from xstilts.data.readers import DataFormatError
+    from xstilts.decoding import DecodeSettings
+    from xstilts.translate import translate_task
+
+    class Never:
+        folder, settings, max_source_length, dtype, truncated = str(tmp_path), \
+            DecodeSettings(), 64, "float32", 0
+
+        def check_languages(self, langs, src):
+            raise AssertionError("reached translation")
+
+    (tmp_path / "anli/R1").mkdir(parents=True)
+    good = {"uid": "a", "context": "A dog.", "hypothesis": "An animal.", "label": "e"}
+    bad = {"uid": "b", "premise": "A cat.", "hypothesis": "An animal.", "label": "e"}
+    (tmp_path / "anli/R1/train.jsonl").write_text(
+        json.dumps(good) + "\n\n" + json.dumps(bad) + "\n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match=r"anli/R1/train\.jsonl:3: no field 'context'"):
+        translate_task("anli_r1", ["yo"], str(tmp_path), str(tmp_path / "out"), Never(),
+                       model_name="never", progress=False)
+    assert not (tmp_path / "out").exists()

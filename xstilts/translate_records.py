@@ -28,19 +28,19 @@ Translate = Callable[[Sequence[str]], list[str]]
 Record = dict[str, Any]
 
 
-def read_tsv(path: Path) -> list[Record]:
-    """Rows of a headed TSV (GLUE QQP), keys in header order, split as the English reader does."""
-    return [row for _, row in readers._read_headed_tsv(path, ())]
+def read_tsv(path: Path) -> list[tuple[int, Record]]:
+    """(line, row) of a headed TSV (GLUE QQP), keys in header order, split as its reader does."""
+    return list(readers._read_headed_tsv(path, ()))
 
 
-def read_csv(path: Path) -> list[Record]:
-    """Rows of a headed CSV (Cosmos QA), keys in header order."""
-    return [row for _, row in readers._csv_rows(path)]
+def read_csv(path: Path) -> list[tuple[int, Record]]:
+    """(line, row) of a headed CSV (Cosmos QA), keys in header order."""
+    return list(readers._csv_rows(path))
 
 
-def read_jsonl(path: Path) -> list[Record]:
-    """The JSON objects of a JSON-lines file (blank lines skipped, as the readers do)."""
-    return [record for _, record in readers._jsonl(path)]
+def read_jsonl(path: Path) -> list[tuple[int, Record]]:
+    """(line, object) of a JSON-lines file (blank lines skipped, as the readers do)."""
+    return list(readers._jsonl(path))
 
 
 def write_tsv(records: Sequence[Record], header: Sequence[str]) -> str:
@@ -63,7 +63,7 @@ def write_jsonl(records: Sequence[Record], header: Sequence[str]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
 
-FORMATS: dict[str, tuple[Callable[[Path], list[Record]], Callable[..., str]]] = {
+FORMATS: dict[str, tuple[Callable[[Path], list[tuple[int, Record]]], Callable[..., str]]] = {
     "tsv": (read_tsv, write_tsv),
     "csv": (read_csv, write_csv),
     "jsonl": (read_jsonl, write_jsonl),
@@ -84,7 +84,16 @@ class RecordTask:
     reasons: tuple[str, ...] = ()
 
     def units(self, files: list[Path], _examples: list[dict]) -> list[Record]:
-        return FORMATS[self.format][0](files[0])
+        """The file's records; one without a field to translate is an error naming its line."""
+        records = FORMATS[self.format][0](files[0])
+        for number, record in records:
+            try:
+                self.segments(record)
+            except (KeyError, TypeError, AttributeError) as error:
+                raise readers.DataFormatError(
+                    files[0], number, f"no field {error} to translate (keys: {sorted(record)})"
+                ) from None
+        return [record for _, record in records]
 
     def translate(self, chunk: Sequence[Record], translate: Translate) -> str:
         """The shard's lines: every segment of the chunk translated in one call."""
