@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import gin
+import jax
 import numpy as np
 import pytest
 
@@ -188,6 +189,17 @@ def test_without_keys_keeps_the_provenance_and_plain_batches_stay_plain():
     assert source.describe(1).endswith("row 1 (a padding row)")
     plain = without_keys({"input_ids": 1, "feature_index": 2}, "feature_index")
     assert plain == {"input_ids": 1} and type(plain) is dict
+
+
+def test_a_batch_with_provenance_goes_into_jitted_code_like_its_dict():
+    source = Provenance(Origin("pawsx.en", "train", ("/d/f.tsv",)), (0, 1), (3, 5), ("4", "6"))
+    arrays = {"labels": np.array([1, 0], np.int32), "input_ids": np.arange(6).reshape(2, 3)}
+    batch = Batch(arrays, source)
+    total = jax.jit(lambda b: b["input_ids"].sum() * 10 + b["labels"].sum())(batch)
+    assert int(total) == 151
+    assert jax.tree.leaves(batch)[0] is arrays["input_ids"]  # keys sorted, as for a dict
+    mapped = jax.tree.map(lambda x: x.shape, batch)
+    assert mapped == {"input_ids": (2, 3), "labels": (2,)} and type(mapped) is dict
 
 
 def test_num_labels_against_the_named_tasks_labels_is_a_set_up_error(tmp_path):

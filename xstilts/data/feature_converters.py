@@ -48,6 +48,7 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
 from xstilts.data.preprocessors import IGNORE_LABEL, mask_tokens, max_predictions
@@ -166,13 +167,20 @@ class Provenance:
 
 class Batch(dict):
     """A batch (``dict`` of arrays) that also carries its ``provenance`` on the host; see the
-    module docstring (not a jax pytree: pass ``dict(batch)`` to jitted code)."""
+    module docstring. A jax pytree like the ``dict`` it is (keys sorted, as jax flattens a
+    dict), so it goes straight into jitted code; what comes back out is a plain ``dict``."""
 
     provenance: Provenance | None = None
 
     def __init__(self, arrays: Mapping[str, Any], provenance: Provenance | None = None):
         super().__init__(arrays)
         self.provenance = provenance
+
+
+jax.tree_util.register_pytree_with_keys(
+    Batch,
+    lambda b: (tuple((jax.tree_util.DictKey(k), b[k]) for k in sorted(b)), tuple(sorted(b))),
+    lambda keys, values: dict(zip(keys, values, strict=True)))
 
 
 def provenance_of(batch: Any) -> Provenance | None:
