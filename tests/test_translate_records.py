@@ -116,3 +116,31 @@ def test_a_record_without_the_field_to_translate_names_its_line(tmp_path):
         translate_task("anli_r1", ["yo"], str(tmp_path), str(tmp_path / "out"), Never(),
                        model_name="never", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_kept_fields_with_unicode_line_separators(tmp_path):
+    """U+2028 / U+0085 in a field kept in English (ANLI's reason) survive the shards intact."""
+    from xstilts.decoding import DecodeSettings
+    from xstilts.translate import translate_task
+
+    class Upper:
+        folder, settings, max_source_length, dtype, truncated = str(tmp_path), \
+            DecodeSettings(), 64, "float32", 0
+
+        def check_languages(self, langs, src):
+            return None
+
+        def translate(self, texts, src, tgt):
+            return [t.upper() for t in texts]
+
+    (tmp_path / "anli/R2").mkdir(parents=True)
+    records = [{"uid": str(i), "context": f"context {i}", "hypothesis": f"hypothesis {i}",
+                "label": "nce"[i % 3], "reason": f"line\u2028separator\x85next {i}"}
+               for i in range(4)]
+    (tmp_path / "anli/R2/train.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    (path,) = translate_task("anli_r2", ["yo"], str(tmp_path), str(tmp_path / "out"), Upper(),
+                             model_name="upper", shard_size=3, progress=False)
+    assert [r for _, r in read_jsonl(path)] == [
+        {**r, "context": r["context"].upper(), "hypothesis": r["hypothesis"].upper(),
+         "context_en": r["context"], "hypothesis_en": r["hypothesis"]} for r in records]

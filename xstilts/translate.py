@@ -225,9 +225,8 @@ def _translate_one(task: str, languages: Sequence[str], data_dir: str, output_di
             bar.update(len(chunk))
             bar.set_postfix(ex_per_s=f"{done_now / max(time.perf_counter() - start, 1e-9):.1f}")
         bar.close()
-        lines = [line for first in shards for line in (
-            parts / f"shard-{first // shard_size:05d}.txt").read_text(
-                encoding="utf-8").splitlines(keepends=True)]
+        lines = [line for first in shards for line in _shard_lines(
+            parts / f"shard-{first // shard_size:05d}.txt")]
         if len(lines) != len(units):
             raise RuntimeError(f"{parts}: {len(lines)} rows for {len(units)} examples; a shard "
                                "is damaged: delete it and rerun")
@@ -250,6 +249,13 @@ def _translate_one(task: str, languages: Sequence[str], data_dir: str, output_di
                         translator.max_source_length)
         written.append(out)
     return written
+
+
+def _shard_lines(path: Path) -> list[str]:
+    """A shard's lines, split at "\\n" only (a kept English field may hold U+2028 or U+0085,
+    which ``str.splitlines`` would also split at)."""
+    text = path.read_bytes().decode("utf-8")
+    return [line + "\n" for line in text.split("\n")[:-1]]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
