@@ -267,7 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--output_dir", help="where the translations go (default: --data_dir)")
     p.add_argument("--model", default="facebook/nllb-200-distilled-600M",
                    help="Hugging Face checkpoint folder or hub id (M2M100 or NLLB-200)")
-    p.add_argument("--max_examples", type=int)
+    p.add_argument("--max_examples", type=int,
+                   help="the first N examples (SQuAD: paragraphs) of each file; anli: per round")
     p.add_argument("--shard_size", type=int, default=1000)
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--num_beams", type=int, default=4)
