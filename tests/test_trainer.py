@@ -383,3 +383,40 @@ def test_train_flops_count_by_hand():
     assert trainer.train_flops_per_example(XLMRConfig.tiny(), 16, num_choices=4) == 4 * expected
     mlm = trainer.train_flops_per_example(XLMRConfig.tiny(), 16, mlm=True)
     assert mlm == expected + 6 * 64 * 1002 * 16
+
+
+@pytest.mark.slow
+def test_two_processes_stop_together_on_changed_settings(reference_runs, tmp_path):
+    """Only process 0 compares the settings: the other must stop with it, not wait for it in the
+    first collective."""
+    import socket
+
+    def launch(stop_at: int, lr: float) -> list[subprocess.CompletedProcess]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        procs = []
+        for pid in range(2):
+            spec = {**reference_runs["mesh"]["spec"], "model_dir": str(tmp_path / "mp"),
+                    "stop_at": [stop_at], "devices": 4, "lr": lr,
+                    "distributed": {"coordinator": f"127.0.0.1:{port}", "num_processes": 2,
+                                    "process_id": pid}}
+            procs.append(subprocess.Popen([sys.executable, WORKER, json.dumps(spec)],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                          text=True))
+        out = []
+        for proc in procs:
+            try:
+                _, err = proc.communicate(timeout=300)
+            except subprocess.TimeoutExpired:
+                for p in procs:
+                    p.kill()
+                raise
+            out.append(subprocess.CompletedProcess(proc.args, proc.returncode, "", err))
+        return out
+
+    assert [p.returncode for p in launch(2, 1e-3)] == [0, 0]
+    chief, other = launch(4, 5e-3)
+    assert chief.returncode != 0 and other.returncode != 0
+    assert "SettingsChangedError" in chief.stderr and "learning_rate" in chief.stderr
+    assert "process 0 found settings that differ" in other.stderr, other.stderr[-2000:]

@@ -68,7 +68,7 @@ import jax
 import numpy as np
 
 from xstilts import checkpoints as ckpt_lib
-from xstilts import gin_utils, partitioning, run_settings
+from xstilts import gin_utils, multihost, partitioning, run_settings
 from xstilts import trainer as trainer_lib
 from xstilts.data import manifest, tasks
 from xstilts.data.feature_converters import provenance_of
@@ -683,8 +683,18 @@ def train(*, model_dir: str, model_config: XLMRConfig, total_steps: int, batch_s
             schedule=schedule, data_records=records)
         steps = run_settings.finished_steps(ckpt_lib.run_path(model_dir) / "checkpoints")
         resume_step = steps[-1] if steps else None
-        accepted = run_settings.check(model_dir, settings, resume_step=resume_step,
-                                      on_change=on_change)
+        try:
+            accepted = run_settings.check(model_dir, settings, resume_step=resume_step,
+                                          on_change=on_change)
+        except run_settings.SettingsChangedError as error:
+            settings_error: run_settings.SettingsChangedError | None = error
+        else:
+            settings_error = None
+    # Every process stops with the chief (the others would wait in the first collective).
+    if not multihost.agreed(not chief or settings_error is None):
+        raise settings_error if chief else run_settings.SettingsChangedError(
+            f"{model_dir}: process 0 found settings that differ from those the run was "
+            f"started with (its log lists them); stopping with it")
     if records is not None:
         _write_atomic(ckpt_lib.run_path(model_dir) / DATA_MANIFEST,
                       manifest.manifest_json(records) + "\n")
