@@ -66,7 +66,8 @@ def corpus(translator, tmp_path_factory):
     data = tmp_path_factory.mktemp("data")
     english = _glue_mnli(data / "mnli/train.tsv", 7)
     (yo,) = _translate(translator, ["yo"], data, data)
-    (sw,) = _translate(translator, ["sw"], data, data / "translate-train-ours")
+    (sw,) = _translate(translator, ["sw"], data, data)
+    assert sw == data / "translate-train-ours/xnli/translate-train/en-sw-translated.tsv"
     sizes = {"yo": 7}
     for n, lang in enumerate(OURS_LOW[:-1], 1):  # a different size per language: 1..7
         _translate(translator, [lang], data, data, max_examples=n)
@@ -107,8 +108,8 @@ def test_official_and_ours_stay_apart(corpus, tmp_path):
         sources.resolve(T.get_task("mnli_ours.bg"), "train", root)
     assert f"looked for {root}/translate-train-ours/xnli/translate-train/en-bg-translated.tsv" \
         in str(error.value)
-    assert (f"`python -m xstilts.translate --task mnli --languages bg --data_dir {root} "
-            f"--output_dir {root}/translate-train-ours`") in str(error.value)
+    assert f"`python -m xstilts.translate --task mnli --languages bg --data_dir {root}`" \
+        in str(error.value)  # which writes bg under translate-train-ours/
     with pytest.raises(FileNotFoundError, match=f"--languages tl --data_dir {root}`"):
         sources.resolve(T.get_task("mnli.tl"), "train", root)
 

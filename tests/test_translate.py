@@ -47,21 +47,25 @@ def test_mnli_sample_to_release_layout(checkpoint, tmp_path):
     assert proc.returncode == 0, err[-3000:]
     assert "ex/s" in err or "ex_per_s" in err  # the progress bar with its rate
     english = list(sources.read(tasks.get_task("mnli.en"), "train", data, allow_samples=True))
-    for lang in ("yo", "sw"):
-        path = tmp_path / f"xnli/translate-train/en-{lang}-translated.tsv"
-        assert str(path) in out
+    # sw has XTREME's release: ours goes under translate-train-ours/, the task mnli_ours.sw
+    for lang, task, under in (("yo", "mnli.yo", ""), ("sw", "mnli_ours.sw",
+                                                       "translate-train-ours/")):
+        path = tmp_path / f"{under}xnli/translate-train/en-{lang}-translated.tsv"
+        assert str(path) in out.splitlines()
         rows = list(readers.read_translate_train_tsv(path))
         assert [(r["text_a_en"], r["text_b_en"], r["label"]) for r in rows] == [
             (e["text_a"], e["text_b"], e["label"]) for e in english]
         assert all(r["text_a"] and r["text_b"] for r in rows)
         manifest = json.loads(path.with_name(path.name + ".manifest.json").read_text())
-        assert manifest["rows"] == len(english) and manifest["task"] == f"mnli.{lang}"
+        assert manifest["rows"] == len(english) and manifest["task"] == task
         assert manifest["decoding"]["num_beams"] == 4 and len(manifest["model_sha256"]) == 64
         assert manifest["truncated_sources_this_run"] == 0
         assert not path.with_name(path.name + ".parts").exists()
-    # a language XTREME's release has is a registered task: it reads our file as its own
-    registered = list(sources.read(tasks.get_task("mnli.sw"), "train", tmp_path))
-    assert len(registered) == len(english)
+        assert [r["text_a"] for r in sources.read(tasks.get_task(task), "train", tmp_path)] \
+            == [r["text_a"] for r in rows]
+    assert not (tmp_path / "xnli/translate-train/en-sw-translated.tsv").exists()
+    with pytest.raises(FileNotFoundError, match="python -m xstilts.data.prepare"):
+        sources.resolve(tasks.get_task("mnli.sw"), "train", tmp_path)  # never ours
 
 
 def _glue_mnli(path, n):
@@ -146,5 +150,67 @@ def test_pawsx_to_the_release_layout(checkpoint, tmp_path):
                                                 labels=readers.BINARY_LABELS))
     rows = list(readers.read_pawsx_original_tsv(path))
     assert [(r["id"], r["label"]) for r in rows] == [(e["id"], e["label"]) for e in english]
-    # the registered task of the release's languages reads our file
-    assert len(list(sources.read(tasks.get_task("pawsx_tt.de"), "train", tmp_path / "out"))) == 5
+    assert path == tmp_path / "out/translate-train-ours/pawsx/x-final/de/translated_train.tsv"
+    assert manifest["task"] == "pawsx_tt_ours.de"
+    # ours of a language the release has: pawsx_tt_ours.de, never the official pawsx_tt.de
+    assert len(list(sources.read(tasks.get_task("pawsx_tt_ours.de"), "train",
+                                 tmp_path / "out"))) == 5
+    with pytest.raises(FileNotFoundError, match="pawsx/x-final/de/translated_train.tsv"):
+        sources.resolve(tasks.get_task("pawsx_tt.de"), "train", tmp_path / "out")
+
+
+class _UpperCase:
+    """A stand-in translator (``str.upper``): the paths and refusals need no model."""
+
+    max_source_length, dtype, truncated = 64, "float32", 0
+
+    def __init__(self, folder):
+        from xstilts.decoding import DecodeSettings
+
+        self.folder, self.settings = str(folder), DecodeSettings()
+
+    def check_languages(self, langs, src):
+        return None
+
+    def translate(self, texts, src, tgt):
+        return [t.upper() for t in texts]
+
+
+def test_official_release_and_ours_never_mix(tmp_path):
+    from xstilts.translate import translate_task
+
+    data, relative = tmp_path / "d", "xnli/translate-train/en-bg-translated.tsv"
+    _glue_mnli(data / "mnli/train.tsv", 3)
+    (data / relative).parent.mkdir(parents=True)
+    release = (require_sample("xnli/translate_train_sample") / "en-bg-translated.tsv").read_text()
+    (data / relative).write_text(release, encoding="utf-8")
+
+    def translate(out, **kwargs):
+        return translate_task("mnli", ["bg"], str(data), str(out), _UpperCase(tmp_path),
+                              model_name="upper", progress=False, **kwargs)
+
+    # (a) onto the release's path only when asked, and never over the release itself
+    with pytest.raises(FileExistsError, match=f"{data / relative}: the official release of "
+                       r"mnli\.bg is there.*drop --at_release_path.*task mnli_ours\.bg"):
+        translate(data, at_release_path=True)
+    assert sorted(p.name for p in (data / relative).parent.iterdir()) == [
+        "en-bg-translated.tsv"] and not (data / "translate-train-ours").exists()
+    (ours,) = translate(data)  # the default: beside the release
+    assert ours == data / "translate-train-ours" / relative
+    assert translate(data / "translate-train-ours") == [ours]  # that folder is not doubled
+    assert (data / relative).read_text() == release
+    official = list(sources.read(tasks.get_task("mnli.bg"), "train", data))
+    assert [r["text_a"] for r in official] == [
+        r["text_a"] for r in readers.read_translate_train_tsv(data / relative)]
+    english = list(readers.read_mnli(data / "mnli/train.tsv"))
+    assert [r["text_a"] for r in sources.read(tasks.get_task("mnli_ours.bg"), "train", data)] \
+        == [e["text_a"].upper() for e in english]
+    # (b) ours at the release's path (asked for, no release there): the official task refuses it
+    other = tmp_path / "o"
+    (at_release,) = translate(other, at_release_path=True)
+    assert at_release == other / relative
+    with pytest.raises(readers.DataFormatError,
+                       match=f"{at_release}: our translation .* read it as the task mnli_ours.bg"
+                       r".*\(task 'mnli.bg', split 'train'\)"):
+        list(sources.read(tasks.get_task("mnli.bg"), "train", other))
+    assert len(list(sources.read(tasks.get_task("mnli_ours.bg"), "train", other))) == 3

@@ -68,16 +68,17 @@ def test_squad_sample_translated_and_read_back(checkpoint, tmp_path):
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    path = tmp_path / "squad/translate-train/squad.translate.train.en-de.json"
+    path = tmp_path / "translate-train-ours/squad/translate-train/squad.translate.train.en-de.json"
     manifest = json.loads(path.with_name(path.name + ".manifest.json").read_text())
+    assert manifest["task"] == "squad_v1_ours.de"
     english = list(sources.read(tasks.get_task("squad_v1.en"), "train", data,
                                 allow_samples=True))
     assert manifest["questions"] == len(english) == sum(manifest["answers"].values())
     kept = len(english) - manifest["dropped"]
     rows = list(readers.read_squad_json(path, on_misaligned="drop"))
     assert len(rows) == kept
-    # the registered task of XTREME's SQuAD translate-train languages reads our file
-    assert len(list(sources.read(tasks.get_task("squad_v1.de"), "train", tmp_path))) == kept
+    # de has XTREME's release: ours is squad_v1_ours.de (under translate-train-ours/)
+    assert len(list(sources.read(tasks.get_task("squad_v1_ours.de"), "train", tmp_path))) == kept
 
 
 class _UpperCase:
@@ -107,7 +108,7 @@ def test_projected_answers_are_read_back_by_the_task(tmp_path):
                              shard_size=1, progress=False)
     manifest = json.loads(path.with_name(path.name + ".manifest.json").read_text())
     assert manifest["answers"] == {"marker": 5, "exact": 0, "fuzzy": 0, "dropped": 0}
-    rows = list(sources.read(tasks.get_task("squad_v1.de"), "train", tmp_path))
+    rows = list(sources.read(tasks.get_task("squad_v1_ours.de"), "train", tmp_path))
     english = list(sources.read(tasks.get_task("squad_v1.en"), "train", data,
                                 allow_samples=True))
     assert [(r["id"], r["question"]) for r in rows] == [
@@ -115,3 +116,13 @@ def test_projected_answers_are_read_back_by_the_task(tmp_path):
     for r, e in zip(rows, english, strict=True):  # the reader checked each span's alignment
         assert r["answers"] == [{"text": e["answers"][0]["text"].upper(),
                                  "answer_start": e["answers"][0]["answer_start"]}]
+    # written at the release's path (asked for): the official squad_v1.de refuses it
+    (at_release,) = translate_task("squad_v1", ["de"], str(data), str(tmp_path / "o"),
+                                   _UpperCase(tmp_path), model_name="upper", allow_samples=True,
+                                   progress=False, at_release_path=True)
+    assert at_release == tmp_path / "o/squad/translate-train/squad.translate.train.en-de.json"
+    with pytest.raises(readers.DataFormatError, match=f"{at_release}: our translation .*"
+                       "read it as the task squad_v1_ours.de"):
+        list(sources.read(tasks.get_task("squad_v1.de"), "train", tmp_path / "o"))
+    assert len(list(sources.read(tasks.get_task("squad_v1_ours.de"), "train",
+                                 tmp_path / "o"))) == 5

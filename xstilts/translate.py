@@ -11,7 +11,9 @@ the layout of the official translate-train release where one exists (``mnli``: X
 ``<dataset>/translate-train/<lang>/`` (``qqp``, ``anli`` = ``anli_r1..3``, and the multiple-choice
 ``hellaswag``, ``cosmosqa``, ``commonsenseqa``: ``xstilts.translate_records``,
 ``xstilts.translate_choice``); examples dropped (SQuAD answers not projected, empty or colliding
-choices) are counted in the manifest;
+choices) are counted in the manifest. A language the official release has (``mnli.de``) is
+written under ``O/translate-train-ours/`` and read as ``mnli_ours.de``; never onto the release's
+path unless ``--at_release_path`` (``output_path``);
 
 next to it ``<file>.manifest.json`` (model, its sha256, decoding settings, counts). The work is
 cut in shards of ``--shard_size`` examples, each written atomically under ``<file>.parts/``: a
@@ -39,6 +41,8 @@ import numpy as np
 from tqdm import tqdm
 
 from xstilts.data import sources, tasks
+from xstilts.data.tables.intermediate import OURS
+from xstilts.data.tables.translated import OURS_DIR, OursRow
 from xstilts.decoding import DecodeSettings, generate
 from xstilts.models.convert import resolve_checkpoint_dir
 from xstilts.models.nmt_convert import load_nmt_checkpoint
@@ -46,6 +50,7 @@ from xstilts.models.nmt_tokenizer import NMTTokenizer
 from xstilts.translate_layouts import GROUPS, LAYOUTS, TASKS
 
 log = logging.getLogger(__name__)
+ROWS: dict[str, OursRow] = {row.translate: row for row in OURS}  # --task (one layout) -> tasks
 
 # XTREME language -> NLLB-200 (FLORES-200) code; M2M100 uses the XTREME code itself.
 NLLB_CODES = {
@@ -162,21 +167,45 @@ def _atomic_write(path: Path, text: str) -> None:
 def translate_task(task: str, languages: Sequence[str], data_dir: str, output_dir: str,
                    translator: Translator, *, model_name: str, max_examples: int | None = None,
                    shard_size: int = 1000, allow_samples: bool = False,
-                   progress: bool = True) -> list[Path]:
+                   progress: bool = True, at_release_path: bool = False) -> list[Path]:
     """Translate ``task``'s English train split into ``languages``; returns the files written.
 
-    ``task`` is a key of ``LAYOUTS`` or of ``GROUPS`` (``anli``: its three rounds in turn)."""
+    ``task`` is a key of ``LAYOUTS`` or of ``GROUPS`` (``anli``: its three rounds in turn). A
+    language with an official release is written under ``output_dir/translate-train-ours/``
+    (``output_path``), at the release's own path only with ``at_release_path``."""
     if task not in TASKS:
         raise ValueError(f"--task {task!r}: expected one of {list(TASKS)}")
     return [path for name in GROUPS.get(task, (task,)) for path in _translate_one(
         name, languages, data_dir, output_dir, translator, model_name=model_name,
         max_examples=max_examples, shard_size=shard_size, allow_samples=allow_samples,
-        progress=progress)]
+        progress=progress, at_release_path=at_release_path)]
+
+
+def output_path(task: str, lang: str, output_dir: str | os.PathLike, *,
+                at_release_path: bool = False) -> Path:
+    """Where ``--task task`` writes ``lang``: ``output_dir/<layout path>``, or
+    ``output_dir/translate-train-ours/<layout path>`` where an official release exists (the
+    ``<dataset>_ours.<lang>`` task reads it there; an ``output_dir`` that is itself
+    ``translate-train-ours/`` is not doubled). With ``at_release_path`` the release's own path,
+    refused (``FileExistsError``) while an official file (no manifest of ours) is there."""
+    row, root = ROWS[task], Path(output_dir)
+    relative = row.output_path(lang, at_release_path=at_release_path)
+    if root.name == OURS_DIR and relative.startswith(f"{OURS_DIR}/"):
+        relative = relative[len(OURS_DIR) + 1:]
+    out = root / relative
+    manifest = out.with_name(out.name + ".manifest.json")
+    if at_release_path and lang in row.official and out.exists() and not manifest.exists():
+        raise FileExistsError(
+            f"{out}: the official release of {row.dataset}.{lang} is there; our translation "
+            f"never replaces it: drop --at_release_path (ours then goes to "
+            f"{root / row.output_path(lang)}, the task {row.name(lang)}) or move the release away")
+    return out
 
 
 def _translate_one(task: str, languages: Sequence[str], data_dir: str, output_dir: str,
                    translator: Translator, *, model_name: str, max_examples: int | None,
-                   shard_size: int, allow_samples: bool, progress: bool) -> list[Path]:
+                   shard_size: int, allow_samples: bool, progress: bool,
+                   at_release_path: bool) -> list[Path]:
     layout = LAYOUTS[task]
     spec = tasks.get_task(layout.task)
     inputs = sources.resolve(spec, "train", data_dir, allow_samples=allow_samples)
@@ -193,9 +222,11 @@ def _translate_one(task: str, languages: Sequence[str], data_dir: str, output_di
                 "decoding": dataclasses.asdict(translator.settings),
                 "max_source_length": translator.max_source_length,
                 "dtype": translator.dtype}
+    outputs = {lang: output_path(task, lang, output_dir, at_release_path=at_release_path)
+               for lang in languages}  # every refusal before any work
     written = []
     for lang in languages:
-        out = Path(output_dir) / layout.path.format(lang=lang)
+        out = outputs[lang]
         out.parent.mkdir(parents=True, exist_ok=True)
         parts = out.with_name(out.name + ".parts")
         parts.mkdir(exist_ok=True)
@@ -232,7 +263,7 @@ def _translate_one(task: str, languages: Sequence[str], data_dir: str, output_di
                                "is damaged: delete it and rerun")
         text, counts = layout.assemble(lines)
         _atomic_write(out, text)
-        manifest = {**settings, "task": f"{layout.task.split('.')[0]}.{lang}", "language": lang,
+        manifest = {**settings, "task": ROWS[task].name(lang), "language": lang,
                     "source": "translate-train-ours", "file": str(out),
                     "file_sha256": file_sha256([out]), "rows": len(units), **counts,
                     "seconds_this_run": round(time.perf_counter() - start, 3),
@@ -264,7 +295,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--languages", required=True, help="comma-separated XTREME codes: yo,tl")
     p.add_argument("--data_dir", required=True, help="where the English train split is")
-    p.add_argument("--output_dir", help="where the translations go (default: --data_dir)")
+    p.add_argument("--output_dir", help="where the translations go (default: --data_dir); a "
+                   "language with an official release (mnli: XNLI's 14, squad_v1: XQuAD's 10, "
+                   "pawsx: PAWS-X's 6) under its translate-train-ours/ (task mnli_ours.de)")
+    p.add_argument("--at_release_path", action="store_true",
+                   help="write such a language at the release's own path instead (refused "
+                   "while the release is there); the official task (mnli.de) refuses it, "
+                   "mnli_ours.de reads it")
     p.add_argument("--model", default="facebook/nllb-200-distilled-600M",
                    help="Hugging Face checkpoint folder or hub id (M2M100 or NLLB-200)")
     p.add_argument("--max_examples", type=int,
@@ -292,7 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                args.output_dir or args.data_dir, translator,
                                model_name=args.model, max_examples=args.max_examples,
                                shard_size=args.shard_size, allow_samples=args.allow_samples,
-                               progress=not args.no_progress):
+                               progress=not args.no_progress,
+                               at_release_path=args.at_release_path):
         print(path)
     return 0
 

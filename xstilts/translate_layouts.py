@@ -1,8 +1,9 @@
 """What ``python -m xstilts.translate --task T`` reads and writes, one row per task.
 
 Paths are relative to the output dir, ``{lang}`` the XTREME code. Tasks with an official
-translate-train release get its layout and path (the registered tasks read them as the release);
-the others the layout of their English file under ``<dataset>/translate-train/{lang}/``:
+translate-train release get its layout and path (a language the release has goes under
+``translate-train-ours/`` first: ``xstilts.translate.output_path``); the others the layout of their
+English file under ``<dataset>/translate-train/{lang}/``:
 
 ==============  ==========================================================  =====================
 task            path                                                        layout (reader)

@@ -1117,3 +1117,32 @@ def read_text_lines(path: str | Path) -> Iterator[Example]:
 def read_label_lines(path: str | Path) -> list[str]:
     """XTREME's label / prediction files: one label per line (blank lines separate sentences)."""
     return [line for _, line in _lines(path)]
+
+
+# --------------------------------------------------------------------------------------------
+# official releases never read our translations
+
+
+OURS_SOURCE = "translate-train-ours"  # the ``source`` of ``python -m xstilts.translate``'s manifest
+
+
+def read_release(path: str | Path, *paths: str | Path, reader: Any, ours: str,
+                 **reader_kwargs: Any) -> Iterator[Example]:
+    """``reader``'s examples of an official translate-train release file. A file with a
+    ``<file>.manifest.json`` beside it (``python -m xstilts.translate`` writes one; a release has
+    none) is a ``DataFormatError`` naming the file and our task (``<ours>.<lang>``) to read it."""
+    manifest = Path(f"{path}.manifest.json")
+    if manifest.exists():
+        try:
+            record = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            record = {"source": f"unreadable ({error})"}
+        record = record if isinstance(record, dict) else {"source": repr(record)}
+        source, language = record.get("source"), record.get("language", "<lang>")
+        what = "our translation (python -m xstilts.translate)" if source == OURS_SOURCE else \
+            f"not an official release ({manifest.name} beside it: source {source!r})"
+        raise DataFormatError(
+            path, None, f"{what}, not the official release this task reads; read it as the "
+            f"task {ours}.{language} (it reads this file with {manifest.name}), or put the "
+            f"official release back at this path")
+    yield from reader(path, *paths, **reader_kwargs)

@@ -7,11 +7,13 @@ exists (``mnli.de``: XTREME's translation), else ours (``mnli.yo``). Where a rel
 ours has dataset ``<dataset>_ours`` (``tasks_for("mnli_ours")``: all 39 languages) and the head of
 the English task.
 
-A task of ours reads ``translate-train-ours/<layout path>`` (the translator run with
-``--output_dir D/translate-train-ours``, beside an official release) or ``<layout path>`` (its
-default output, ``D``), only together with the ``.manifest.json`` the translator writes beside
-it, which must say ``source: translate-train-ours``, this language and the file's sha256: an
-official file is never read as ours, nor ours after the file changed.
+A task of ours reads ``translate-train-ours/<layout path>`` or ``<layout path>`` under the data
+dir, only together with the ``.manifest.json`` the translator writes beside it, which must say
+``source: translate-train-ours``, this language and the file's sha256: an official file is never
+read as ours, nor ours after the file changed. The translator writes a language that has an
+official release under ``<output_dir>/translate-train-ours/`` (``output_path``), never onto the
+release's path unless asked (``--at_release_path``); an official task refuses a file with a
+manifest beside it (``readers.read_release``, ``OursRow.official_row``), naming ours to use.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from xstilts.benchmark import TASK2LANGS
+from xstilts.data.readers import OURS_SOURCE, read_release
 from xstilts.data.spec import TaskRow, TaskSpec
 
-SOURCE = "translate-train-ours"
-OURS_DIR = "translate-train-ours"  # beside an official release: --output_dir D/translate-train-ours
+SOURCE = OURS_SOURCE
+OURS_DIR = "translate-train-ours"  # ours beside an official release: D/translate-train-ours/<path>
 # Every XTREME language but English (the union of the tasks' languages)
 XTREME_LANGUAGES = tuple(sorted({lang for langs in TASK2LANGS.values() for lang in langs}
                                 - {"en"}))  # fmt: skip
@@ -97,13 +100,29 @@ class OursRow:
     reader_kwargs: Mapping[str, Any] | None = None  # None: the template's
     languages: tuple[str, ...] = XTREME_LANGUAGES
 
+    @property
+    def source(self) -> str:  # as a TaskRow's (code that walks the table rows reads it)
+        return SOURCE
+
     def name(self, lang: str) -> str:
         return f"{self.dataset}{'_ours' if lang in self.official else ''}.{lang}"
 
     def command(self, lang: str, data_dir: str = "{data_dir}") -> str:
-        out = f" --output_dir {data_dir}/{OURS_DIR}" if lang in self.official else ""
         return (f"python -m xstilts.translate --task {self.translate} --languages {lang} "
-                f"--data_dir {data_dir}{out}")
+                f"--data_dir {data_dir}")
+
+    def output_path(self, lang: str, *, at_release_path: bool = False) -> str:
+        """The translator's file of ``lang`` under its output dir: ``translate-train-ours/`` +
+        the layout path where an official release exists (unless ``at_release_path``)."""
+        path = self.path.format(lang=lang)
+        return f"{OURS_DIR}/{path}" if lang in self.official and not at_release_path else path
+
+    def official_row(self) -> TaskRow:
+        """The official release's row (``template``) whose reader refuses our translation
+        (``readers.read_release``: a file with a manifest beside it), naming this dataset's
+        task of ours."""
+        return dataclasses.replace(self.template, reader=functools.partial(
+            read_release, reader=self.template.reader, ours=f"{self.dataset}_ours"))
 
     def spec(self, lang: str) -> TaskSpec:
         base = self.template.spec(lang)
