@@ -304,3 +304,39 @@ def test_every_translator_layout_is_read_by_its_task(task, datasets, tmp_path):
         if spec.kind == "qa":  # the strict reader checked every span's alignment
             assert [e["answers"][0]["text"] for e in ours] == [
                 e["answers"][0]["text"].upper() for e in english]
+
+
+def test_data_manifest_and_report_name_our_translations(corpus, tmp_path):
+    """``data_manifest.json`` gives each file its source (ours: the translator's model and
+    hash); the report names the tasks of ours in one line, and none in a run without them."""
+    from tests.test_report import _hand_meta, _hand_rows, _write
+    from xstilts import report
+    from xstilts.data import manifest as DM
+
+    data = corpus["data"]
+    (data_bg := tmp_path / "d" / "xnli/translate-train").mkdir(parents=True)
+    shutil.copy(require_sample("xnli/translate_train_sample") / "en-bg-translated.tsv", data_bg)
+    records = DM.records_for_tasks([("mnli.yo", "train"), ("mnli_ours.sw", "train"),
+                                    ("mnli.en", "train")], data)
+    records += DM.records_for_tasks([("mnli.bg", "train")], tmp_path / "d")
+    files = {r["task"]: r["files"] for r in records}
+    yo = json.loads(corpus["yo"].with_name(corpus["yo"].name + ".manifest.json").read_text())
+    assert files["mnli.yo"][0] == {**files["mnli.yo"][0], "source": "translate-train-ours",
+                                   "path": "xnli/translate-train/en-yo-translated.tsv",
+                                   "model": "tiny", "model_sha256": yo["model_sha256"]}
+    assert files["mnli.yo"][1]["source"] == "translate-train-ours"
+    assert "model" not in files["mnli.yo"][1]  # the translator's manifest itself
+    assert files["mnli_ours.sw"][0]["path"] == \
+        "translate-train-ours/xnli/translate-train/en-sw-translated.tsv"
+    assert [(f["source"], "model" in f) for f in files["mnli.bg"] + files["mnli.en"]] == [
+        ("translate-train", False), ("native", False)]
+    run = tmp_path / "run"
+    _write(run, _hand_rows(), _hand_meta())
+    DM.write_manifest(run / "data_manifest.json", records)
+    text = report.write_report(run, resamples=20)
+    (line,) = [x for x in text.splitlines() if x.startswith("Translations of ours")]
+    assert (f"were read for: mnli.yo, mnli_ours.sw; model: tiny (sha256 "
+            f"{yo['model_sha256'][:12]})") in line
+    assert "mnli.en" not in line and "mnli.bg" not in line
+    DM.write_manifest(run / "data_manifest.json", records[2:])  # mnli.en and mnli.bg
+    assert "Translations of ours" not in report.write_report(run, resamples=20)

@@ -14,6 +14,8 @@ per-example statistics ``RUN_DIR/phase2/<config>/<train task>/seed<k>/example_st
   other row with a Holm-adjusted p-value; and a check that every non-English score beats chance.
 * ``xtreme_table.csv``, ``xtreme_table_dev.csv``, ``selection.csv``, ``comparisons.csv``,
   ``tiers.csv`` (one per comparison), ``deltas.csv``: the same numbers, machine-readable.
+* a line naming the tasks read from translations of ours (``RUN_DIR/data_manifest.json``'s
+  ``source: translate-train-ours``) and the model that wrote them, where there are any.
 * ``deltas.png``: per-language deltas against the baseline; ``tiers.png``: English-only vs
   multilingual per tier with the intervals.
 
@@ -433,6 +435,16 @@ def budget_section(budgets: Sequence[Mapping[str, Any]]) -> tuple[list[str], str
     return md, _csv(["config", "language", "steps", "batch_size", "examples"], rows)
 
 
+def ours_section(ours: Mapping[str, Sequence[str]]) -> list[str]:
+    """One line naming the tasks read from translations of ours (``rt.ours_tasks``)."""
+    if not ours:
+        return []
+    models = sorted({m for found in ours.values() for m in found})
+    return [f"Translations of ours (`python -m xstilts.translate`, not an official release) "
+            f"were read for: {', '.join(ours)}; model: {'; '.join(models) or 'not recorded'} "
+            f"(every file's source: `data_manifest.json`).", ""]
+
+
 HIDDEN_SETTINGS = ("model", "tokenizer", "weights", "data", "phase")  # long or shown elsewhere
 
 
@@ -474,9 +486,11 @@ def settings_section(meta: Mapping[str, Any]) -> list[str]:
 
 def build_report(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any],
                  example_stats: Mapping[rt.Key, np.ndarray] | None = None, *,
-                 resamples: int = 2000, budgets: Sequence[Mapping[str, Any]] = ()
+                 resamples: int = 2000, budgets: Sequence[Mapping[str, Any]] = (),
+                 data_records: Sequence[Mapping[str, Any]] = ()
                  ) -> tuple[str, dict[str, str], dict[str, bytes]]:
-    """(markdown, {csv name: text}, {png name: bytes})."""
+    """(markdown, {csv name: text}, {png name: bytes}); ``data_records``: the run's
+    ``data_manifest.json`` records (the tasks of our translations are named)."""
     data = rt.run_data(rows, meta, example_stats)
     configs, tasks = data.configs, data.tasks
     md: list[str] = ["# X-STILTs experiment report", ""]
@@ -508,6 +522,7 @@ def build_report(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any],
     if budget_md:
         md += budget_md
         csvs["budget.csv"] = budget_csv
+    md += ours_section(rt.ours_tasks(data_records))
     compare_md, compare_csvs, compare_pngs = comparisons(data, configs, resamples=resamples)
     md += compare_md
     csvs |= compare_csvs
@@ -594,7 +609,8 @@ def write_report(run_dir: str | os.PathLike, *, resamples: int = 2000) -> str:
     returns it, only the chief, process 0, writes the files)."""
     rows, meta, example_stats = rt.load(run_dir)
     text, csvs, pngs = build_report(rows, meta, example_stats, resamples=resamples,
-                                    budgets=rt.read_budgets(run_dir))
+                                    budgets=rt.read_budgets(run_dir),
+                                    data_records=rt.read_data_records(run_dir))
     if "jax" in sys.modules and sys.modules["jax"].process_index() != 0:
         return text
     out = location(run_dir) / "report"

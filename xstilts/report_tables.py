@@ -71,6 +71,36 @@ def read_budgets(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return out
 
 
+DATA_MANIFEST = "data_manifest.json"  # xstilts.data.manifest's file in the run directory
+OURS_SOURCE = "translate-train-ours"  # a task of our translations (python -m xstilts.translate)
+
+
+def read_data_records(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of ``RUN_DIR/data_manifest.json`` (none where the run wrote no manifest)."""
+    path = location(run_dir) / DATA_MANIFEST
+    if not path.is_file():
+        return []
+    try:
+        records = json.loads(path.read_text(encoding="utf-8")).get("records")
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise ValueError(f"{path}: not a data manifest ({e})") from None
+    if not isinstance(records, list):
+        raise ValueError(f"{path}: no list of records")
+    return records
+
+
+def ours_tasks(records: Iterable[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """Tasks the run read from translations of ours -> the models that wrote them
+    (``model (sha256 <12 hex>)``, from each file's record), tasks sorted."""
+    out: dict[str, set[str]] = {}
+    for r in records:
+        if r.get("source") == OURS_SOURCE:
+            out.setdefault(r["task"], set()).update(
+                f"{f['model']} (sha256 {f['model_sha256'][:12]})"
+                for f in r.get("files", ()) if "model" in f)
+    return {task: sorted(models) for task, models in sorted(out.items())}
+
+
 def budget_table(budgets: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Per config: mean steps and examples per language over its phase-1 runs."""
     by_config: dict[str, list[Mapping[str, Any]]] = {}

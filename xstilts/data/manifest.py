@@ -8,10 +8,15 @@ A record (one task split)::
     {"task": "mnli.bg", "split": "train", "kind": "classification", "source": "translate-train",
      "mixture": "intermediate.mnli.multilingual" | None, "max_length": 256 | None,
      "files": [{"path": "xnli/translate-train/en-bg-translated.tsv", "bytes": ..., "sha256": ...,
-                "sample": False}],
+                "sample": False, "source": "translate-train"}],
      "examples": 392702, "kept": 392699, "features": 392702 | None, "featurized": True,
      "dropped": {"missing_label": 3}, "flagged": {}, "truncated": {"too_long": 12},
      "rate": 0.071 | None, "share": 0.071 | None}
+
+A file's ``source`` is its task's: ``translate-train`` (an official release), ``native``,
+``synthetic``, ``local-only``, or ``translate-train-ours`` (``python -m xstilts.translate``; its
+data file adds ``model`` and ``model_sha256`` from the translator's ``.manifest.json``, the
+second file listed).
 
 ``examples``: what the reader yields; ``kept``: those left after the featurization drops (the
 training split's examples the batches hold). ``dropped``: examples removed, by reason, at read time
@@ -39,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from xstilts.data import pipeline, sources
+from xstilts.data.readers import OURS_SOURCE
 from xstilts.data.spec import TaskSpec, data_directory
 from xstilts.data.tasks import get_task, mixture_rates, mixture_tasks
 
@@ -63,15 +69,28 @@ def sha256_file(path: str | os.PathLike) -> str:
     return _SHA256[key]
 
 
-def file_record(path: Path, root: Path) -> dict[str, Any]:
-    """``{"path" (relative to root), "bytes", "sha256", "sample"}`` of one data file."""
+def file_record(path: Path, root: Path, source: str | None = None) -> dict[str, Any]:
+    """``{"path" (relative to root), "bytes", "sha256", "sample"[, "source"]}`` of one data
+    file; a translation of ours (``source`` translate-train-ours, not its manifest) also has the
+    ``model`` and ``model_sha256`` its translator manifest (``<file>.manifest.json``) records."""
     relative = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
-    return {
+    record = {
         "path": relative,
         "bytes": path.stat().st_size,
         "sha256": sha256_file(path),
         "sample": sources.is_sample(relative),
     }
+    if source is not None:
+        record["source"] = source
+    if source == OURS_SOURCE and not path.name.endswith(".manifest.json"):
+        manifest = path.with_name(path.name + ".manifest.json")
+        translator = json.loads(manifest.read_text(encoding="utf-8"))
+        missing = [key for key in ("model", "model_sha256") if key not in translator]
+        if missing:
+            raise ValueError(f"{manifest}: no {missing} (not written by python -m "
+                             f"xstilts.translate?); translate {relative} again")
+        record.update(model=translator["model"], model_sha256=translator["model_sha256"])
+    return record
 
 
 def _qa_questions(path: Path) -> int:
@@ -154,7 +173,7 @@ def task_split_record(
         "source": spec.source,
         "mixture": None,
         "max_length": (max_length or spec.max_length) if featurized else None,
-        "files": [file_record(path, root) for path in paths],
+        "files": [file_record(path, root, spec.source) for path in paths],
         "examples": stats["examples"],
         "kept": stats["examples"] - sum(stats["dropped"].values()),
         "features": stats["features"],
