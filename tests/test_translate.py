@@ -68,6 +68,27 @@ def test_mnli_sample_to_release_layout(checkpoint, tmp_path):
         sources.resolve(tasks.get_task("mnli.sw"), "train", tmp_path)  # never ours
 
 
+def test_rows_over_the_data_axis_of_every_local_device_translate_the_same(checkpoint):
+    """The translator's 1-D ``data`` mesh over the 8 fake CPU devices (rows padded to a
+    multiple of 8, params replicated) gives the same translations as one device, twice."""
+    import jax
+
+    from xstilts.decoding import DecodeSettings
+    from xstilts.translate import Translator
+
+    if jax.local_device_count() < 8:
+        pytest.skip("needs the 8 fake CPU devices of conftest's XLA_FLAGS")
+    lines = (require_sample("tatoeba/v1") / "tatoeba.deu-eng.eng").read_text().splitlines()
+    texts = [lines[i] for i in range(11)] + [""]  # mixed lengths, 12 rows
+    settings = DecodeSettings(num_beams=2, max_length=8)
+    many = Translator(str(checkpoint), settings, batch_size=4)
+    one = Translator(str(checkpoint), settings, batch_size=4, devices=jax.local_devices()[:1])
+    assert many.row_sharding.mesh.shape == {"data": 8} and one.row_sharding is None
+    out = many.translate(texts, "en", "yo")
+    assert out == one.translate(texts, "en", "yo") == many.translate(texts, "en", "yo")
+    assert any(out) and len(set(out)) > 1  # real, differing outputs
+
+
 def _glue_mnli(path, n):
     lines = (require_sample("tatoeba/v1") / "tatoeba.deu-eng.eng").read_text().splitlines()
     labels = ("entailment", "neutral", "contradiction")

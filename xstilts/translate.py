@@ -75,13 +75,14 @@ class Translator:
     batch_size: int = 32
     max_source_length: int = 256
     dtype: str | None = None
+    devices: Sequence[jax.Device] | None = None  # the data axis; None: every local device
 
     def __post_init__(self) -> None:
         if self.dtype is None:
             self.dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
         self.tokenizer = NMTTokenizer.from_pretrained(self.folder)
         self.config, self.params = load_nmt_checkpoint(self.folder, dtype=self.dtype)
-        self.devices = jax.local_devices()
+        self.devices = list(self.devices or jax.local_devices())
         self.truncated = 0  # sources cut to max_source_length (counted into the manifest)
         if len(self.devices) > 1:  # data parallel: params replicated, batch rows split
             from jax.sharding import Mesh, NamedSharding, PartitionSpec
