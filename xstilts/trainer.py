@@ -113,7 +113,9 @@ def _xent(logits: Array, labels: Array) -> Array:
 
 
 def classification_loss(logits: Array, batch: Batch) -> LossOutput:
-    """Sequence classification / multiple choice: ``logits [B, n]``, ``labels [B]``."""
+    """Sequence classification / multiple choice: ``logits [B, n]``, ``labels [B]``; packed
+    classification rows: ``logits [B, S, n]``, ``labels`` and ``example_mask [B, S]`` (each
+    example slot weighs 1, empty slots 0: the sums of the unpacked batch)."""
     w = _example_mask(batch, logits.shape[0])
     labels = batch["labels"]
     correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
@@ -238,9 +240,13 @@ class StepShape:
     head: str | None = None  # multi-task: this step's head of ``heads`` ((name, kind, labels))
     heads: tuple[tuple[str, str, int], ...] = ()
     packed: bool = False  # rows pack several sequences: the batch has ``segment_ids``
+    segments: int = 0  # packed classification: examples per row at most (``max_segments``)
 
     def __post_init__(self) -> None:
         task_loss(self.kind)  # ValueError naming the kinds
+        if self.packed and self.kind == "classification" and self.segments < 1:
+            raise ValueError("a packed classification StepShape needs segments >= 1 (the "
+                             "batcher's max_segments)")
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -256,7 +262,10 @@ class StepShape:
                   "example_mask": (b,)}
         if self.packed:
             shapes["segment_ids"] = self.input_shape
-        if self.kind in ("classification", "multiple_choice"):
+        if self.packed and self.kind == "classification":
+            shapes["labels"] = shapes["example_mask"] = shapes["segment_starts"] = \
+                (b, self.segments)
+        elif self.kind in ("classification", "multiple_choice"):
             shapes["labels"] = (b,)
         elif self.kind in ("tagging", "mlm"):
             shapes["labels"] = shapes["label_mask"] = (b, n)
@@ -355,7 +364,8 @@ class Trainer:
     def _forward(self, params: PyTree, batch: Batch, *, deterministic: bool,
                  rng: Array | None) -> Any:
         rngs = None if deterministic else {"dropout": self._dropout_key(rng)}
-        extra = {key: batch[key] for key in ("masked_positions", "segment_ids") if key in batch}
+        extra = {key: batch[key] for key in ("masked_positions", "segment_ids", "segment_starts")
+                 if key in batch}
         return self.model.apply({"params": params}, batch["input_ids"],
                                 batch["attention_mask"], deterministic=deterministic, rngs=rngs,
                                 **extra)

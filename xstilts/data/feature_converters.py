@@ -39,6 +39,26 @@ the step; the seqio path has no such order).
 Packed MLM rows (``preprocessors.mlm_documents``) carry ``segment_ids`` ``[B, L]`` (0 on
 padding, 1, 2, ... per document chunk); the model restarts positions and blocks attention per
 segment (``models.xlmr.position_ids_from_segment_ids``).
+
+Packed classification rows (``classification_packing=True``, training batches of
+classification features; other kinds are never packed this way): whole examples, each its own
+``<s> A </s></s> B </s>``, packed first-fit decreasing (``preprocessors.pack_first_fit``) into
+rows of ``L`` tokens and at most ``S = max_segments`` examples (default ``L // 16``). The packing
+is fixed for the feature list (a function of the lengths only); each epoch visits the packed
+rows in ``permutation(seed, epoch)`` order, so "step -> rows" stays a pure function of the step
+(exact resume) and ``steps_per_epoch`` counts packed rows. Keys (``pack_batch``):
+
+* ``input_ids``, ``attention_mask``, ``segment_ids`` ``[B, L]`` (``segment_ids``: 0 on padding,
+  ``s + 1`` on the tokens of the row's ``s``-th example);
+* ``segment_starts`` ``[B, S]``: the position of each example's ``<s>`` in its row (0 on empty
+  slots), which the classification head gathers (one head per example: logits ``[B, S, C]``);
+* ``labels``, ``example_mask`` ``[B, S]``: per example slot (-1 and 0 on empty slots), so the
+  loss (``trainer.classification_loss``) weighs each real example once, as unpacked;
+* ``feature_index`` ``[B, S]`` (host-side; -1 on empty slots).
+
+``segment_starts`` is a batch key rather than derived in the model because ``S`` must be
+static and the host knows each start for free (as MLM's ``masked_positions`` gives the head
+its positions).
 """
 
 from __future__ import annotations
@@ -51,11 +71,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from xstilts.data.preprocessors import IGNORE_LABEL, mask_tokens, max_predictions
+from xstilts.data.preprocessors import IGNORE_LABEL, mask_tokens, max_predictions, pack_first_fit
 
 PAD_ID = 1
 KINDS = ("classification", "tagging", "qa", "multiple_choice", "mlm")
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "labels", "label_mask", "segment_ids")
+PACKED_SEQUENCE_KEYS = ("input_ids", "attention_mask", "segment_ids")  # labels are per slot
 AUTO_BUCKETS = 8  # "auto": L/8, 2L/8, ..., L (multiples of 8)
 
 
@@ -91,15 +112,17 @@ def bucket_for(longest: int, buckets: Sequence[int]) -> int:
                      f"{buckets[-1]}")
 
 
-def fit_width(batch: Mapping[str, np.ndarray], width: int) -> dict[str, np.ndarray]:
-    """``batch`` with its sequence axis (the last of ``SEQUENCE_KEYS`` arrays of rank >= 2) cut
-    or padded to ``width``; cutting removes padding only (else ValueError)."""
+def fit_width(batch: Mapping[str, np.ndarray], width: int,
+              keys: Sequence[str] = SEQUENCE_KEYS) -> dict[str, np.ndarray]:
+    """``batch`` with its sequence axis (the last of ``keys`` arrays of rank >= 2; packed
+    classification rows: ``PACKED_SEQUENCE_KEYS``) cut or padded to ``width``; cutting removes
+    padding only (else ValueError)."""
     have = batch["input_ids"].shape[-1]
     if width < have and batch["attention_mask"][..., width:].any():
         raise ValueError(f"cannot cut a batch to width {width}: a row has tokens beyond it")
     fill = {"input_ids": PAD_ID, "labels": IGNORE_LABEL}
     out = dict(batch)
-    for key in SEQUENCE_KEYS:
+    for key in keys:
         value = batch.get(key)
         if value is None or value.ndim < 2:
             continue
@@ -145,11 +168,11 @@ class Origin:
 class Provenance:
     """Where each row of one host batch comes from: the ``origin`` and, per row, its feature
     index (-1: padding), example index (in the split as read; None where unknown, e.g. packed
-    MLM rows) and example id."""
+    MLM rows) and example id. A packed classification row has a tuple of each (its examples)."""
 
     origin: Origin
-    feature_indices: tuple[int, ...]
-    example_indices: tuple[int | None, ...]
+    feature_indices: tuple[int | tuple[int, ...], ...]
+    example_indices: tuple[int | None | tuple[int | None, ...], ...]
     example_ids: tuple[Any, ...]
 
     def describe(self, row: int) -> str:
@@ -157,9 +180,12 @@ class Provenance:
         where = self.origin.describe()
         if not 0 <= row < len(self.feature_indices):
             return f"{where}, row {row}"
+        index, example_id = self.example_indices[row], self.example_ids[row]
+        if isinstance(index, tuple):
+            return (f"{where}, packed row {row}: example indices {list(index)} [ids "
+                    f"{list(example_id)}]" if index else f"{where}, row {row} (a padding row)")
         if self.feature_indices[row] < 0:
             return f"{where}, row {row} (a padding row)"
-        index, example_id = self.example_indices[row], self.example_ids[row]
         what = (f"example index {index}" if index is not None else
                 f"feature {self.feature_indices[row]}")
         return f"{where}, {what}" + ("" if example_id is None else f" [id {example_id!r}]")
@@ -275,8 +301,48 @@ def pad_batch(
     return batch
 
 
+def pack_batch(features: Sequence[Mapping[str, Any]], rows: Sequence[Sequence[int] | None],
+               length: int, max_segments: int) -> dict[str, np.ndarray]:
+    """Packed classification rows (the module docstring's keys): row ``r`` holds
+    ``features[i]`` for ``i`` in ``rows[r]``, one after another (``None``: a padding row)."""
+    size = len(rows)
+    batch = {"input_ids": np.full((size, length), PAD_ID, np.int32),
+             "attention_mask": np.zeros((size, length), np.int32),
+             "segment_ids": np.zeros((size, length), np.int32),
+             "segment_starts": np.zeros((size, max_segments), np.int32),
+             "labels": np.full((size, max_segments), IGNORE_LABEL, np.int32),
+             "example_mask": np.zeros((size, max_segments), np.int32),
+             "feature_index": np.full((size, max_segments), -1, np.int32)}
+    for r, row in enumerate(rows):
+        if row is None:
+            continue
+        if len(row) > max_segments:
+            raise ValueError(f"packed row {r} holds {len(row)} examples, more than "
+                             f"max_segments={max_segments}")
+        at = 0
+        for slot, i in enumerate(row):
+            ids = features[i]["input_ids"]
+            end = at + len(ids)
+            if end > length:
+                raise ValueError(f"packed row {r}: example {features[i].get('example_id')!r} "
+                                 f"ends at token {end}, past the row length {length}")
+            batch["input_ids"][r, at:end] = ids
+            batch["attention_mask"][r, at:end] = 1
+            batch["segment_ids"][r, at:end] = slot + 1
+            batch["segment_starts"][r, slot] = at
+            batch["labels"][r, slot] = features[i].get("labels", IGNORE_LABEL)
+            batch["example_mask"][r, slot] = 1
+            batch["feature_index"][r, slot] = i
+            at = end
+    return batch
+
+
 class FeatureBatcher:
-    """Deterministic, shardable, resumable batches over a list of features of one kind."""
+    """Deterministic, shardable, resumable batches over a list of features of one kind.
+
+    ``classification_packing`` (classification features only; ignored for other kinds, whose
+    heads read every token or one row per example): rows pack whole examples, at most
+    ``max_segments`` (None: ``max(1, length // 16)``) each; see the module docstring."""
 
     def __init__(
         self,
@@ -293,6 +359,8 @@ class FeatureBatcher:
         length_buckets: Sequence[int] | str | None = None,
         length_grouping: int = 0,
         origin: Origin | None = None,
+        classification_packing: bool = False,
+        max_segments: int | None = None,
     ):
         if not features:
             raise ValueError(f"no {kind} features to batch (empty split?)")
@@ -317,6 +385,24 @@ class FeatureBatcher:
             raise ValueError(f"length_grouping must be >= 0, got {length_grouping}")
         self.length_grouping = length_grouping if shuffle else 0
         self.origin = origin or Origin(note="features with no task or file recorded")
+        self.packed = bool(classification_packing) and kind == "classification"
+        self.max_segments = max(1, length // 16) if max_segments is None else int(max_segments)
+        if self.max_segments < 1:
+            raise ValueError(f"max_segments must be >= 1, got {max_segments}")
+        self._rows: list[list[int]] | None = None
+
+    @property
+    def rows(self) -> list[list[int]]:
+        """Packed classification rows: the feature indices of each (``pack_first_fit``)."""
+        if self._rows is None:
+            lengths = [row_length(f) for f in self.features]
+            self._rows = pack_first_fit(lengths, self.length, self.max_segments)
+        return self._rows
+
+    @property
+    def num_rows(self) -> int:
+        """Rows of one epoch: packed rows, or one per feature."""
+        return len(self.rows) if self.packed else len(self.features)
 
     @property
     def global_batch_size(self) -> int:
@@ -324,21 +410,23 @@ class FeatureBatcher:
 
     @property
     def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.features) / self.global_batch_size)
+        return math.ceil(self.num_rows / self.global_batch_size)
 
     def _row_lengths(self) -> np.ndarray:
         if self._lengths is None:
-            self._lengths = np.asarray([row_length(f) for f in self.features], np.int64)
+            lengths = np.asarray([row_length(f) for f in self.features], np.int64)
+            self._lengths = np.asarray([lengths[r].sum() for r in self.rows], np.int64) \
+                if self.packed else lengths
         return self._lengths
 
     def _order(self, epoch: int) -> np.ndarray:
         if self._order_cache is None or self._order_cache[0] != epoch:
             if self.shuffle:
-                order = np.random.default_rng([self.seed, epoch]).permutation(len(self.features))
+                order = np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
                 if self.length_grouping:
                     order = self._grouped(order, epoch)
             else:
-                order = np.arange(len(self.features))
+                order = np.arange(self.num_rows)
             self._order_cache = (epoch, order)
         return self._order_cache[1]
 
@@ -361,7 +449,8 @@ class FeatureBatcher:
         return np.concatenate(out)
 
     def indices(self, step: int) -> np.ndarray:
-        """Feature indices of this host's rows at global ``step`` (-1 = padding example)."""
+        """Feature indices (packed: packed-row indices) of this host's rows at global ``step``
+        (-1 = padding example)."""
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
         epoch, within = divmod(step, self.steps_per_epoch)
@@ -381,7 +470,15 @@ class FeatureBatcher:
         return bucket_for(int(self._row_lengths()[rows].max()), self.buckets)
 
     def provenance(self, index: np.ndarray) -> Provenance:
-        """Where the rows with feature indices ``index`` (-1: padding) come from."""
+        """Where the rows with feature indices ``index`` (-1: padding) come from; packed:
+        ``index`` are packed-row indices, each row naming its examples."""
+        if self.packed:
+            slots = [tuple(self.rows[i]) if i >= 0 else () for i in index]
+            return Provenance(self.origin, slots,
+                              tuple(tuple(self.features[j].get("example_index") for j in s)
+                                    for s in slots),
+                              tuple(tuple(self.features[j].get("example_id") for j in s)
+                                    for s in slots))
         rows = [self.features[i] if i >= 0 else {} for i in index]
         return Provenance(self.origin, tuple(int(i) for i in index),
                           tuple(f.get("example_index") for f in rows),
@@ -389,6 +486,12 @@ class FeatureBatcher:
 
     def batch(self, step: int) -> Batch:
         index = self.indices(step)
+        if self.packed:
+            batch = pack_batch(self.features, [self.rows[i] if i >= 0 else None for i in index],
+                               self.length, self.max_segments)
+            width = self.width(step)
+            return Batch(batch if width == self.length else
+                         fit_width(batch, width, PACKED_SEQUENCE_KEYS), self.provenance(index))
         rows = [self.features[i] if i >= 0 else None for i in index]
         kind = "classification" if self.kind == "mlm" else self.kind
         batch = pad_batch(rows, kind, self.length, num_choices=self.num_choices)

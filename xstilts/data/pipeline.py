@@ -468,10 +468,14 @@ def task_batcher(
     length_buckets: Sequence[int] | str | None = None,
     mlm_packing: str = "stream",
     length_grouping: int = 0,
+    classification_packing: bool = False,
+    max_segments: int | None = None,
 ) -> FeatureBatcher:
     """Batches of one task split; its features from ``task_features`` (each host featurizes its
-    parts when ``cache_dir`` is shared, see there). ``length_buckets`` and
-    ``length_grouping``: see ``feature_converters``; ``mlm_packing``: see ``task_features``."""
+    parts when ``cache_dir`` is shared, see there). ``length_buckets``, ``length_grouping``,
+    ``classification_packing`` and ``max_segments`` (packed rows of whole examples, for
+    classification tasks only; other kinds are batched as before): see
+    ``feature_converters``; ``mlm_packing``: see ``task_features``."""
     spec = get_task(name)
     length = max_length or spec.max_length
     features = task_features(name, split, tokenizer, data_dir=data_dir, max_length=length,
@@ -484,6 +488,7 @@ def task_batcher(
         shard_info=shard_info, num_choices=spec.num_choices, mlm=mlm,
         length_buckets=length_buckets, length_grouping=length_grouping,
         origin=origin(name, split, data_dir, allow_samples=allow_samples),
+        classification_packing=classification_packing, max_segments=max_segments,
     )  # fmt: skip
 
 
@@ -509,10 +514,13 @@ def mixture_batcher(
     length_buckets: Sequence[int] | str | None = None,
     mlm_packing: str = "stream",
     length_grouping: int = 0,
+    classification_packing: bool = False,
+    max_segments: int | None = None,
 ) -> MixtureBatcher:
     """Per-step task choice by the mixture's rates (sizes = featurized training examples).
     ``max_length``: one length for every task, or a length per task (multi-head training);
-    ``length_buckets``, ``length_grouping`` and ``mlm_packing``: see ``task_batcher``."""
+    ``length_buckets``, ``length_grouping``, ``mlm_packing``, ``classification_packing`` and
+    ``max_segments``: see ``task_batcher`` (packing applies to the classification tasks)."""
     batchers = {
         task: task_batcher(
             task,
@@ -528,6 +536,8 @@ def mixture_batcher(
             length_buckets=length_buckets,
             mlm_packing=mlm_packing,
             length_grouping=length_grouping,
+            classification_packing=classification_packing,
+            max_segments=max_segments,
         )  # fmt: skip
         for task in mixture_tasks(mixture)
     }

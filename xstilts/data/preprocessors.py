@@ -486,6 +486,42 @@ def mlm_features(texts: Sequence[str], tokenizer: Tokenizer, max_length: int,
     raise ValueError(f"mlm packing {packing!r}: expected one of {MLM_PACKINGS}")
 
 
+def pack_first_fit(lengths: Sequence[int], length: int, max_segments: int) -> list[list[int]]:
+    """Whole sequences packed into rows of at most ``length`` tokens and ``max_segments``
+    sequences, first-fit decreasing: longest first (ties in index order), each into the first
+    row with room. Returns each row's sequence indices in the order they sit in the row. A
+    deterministic function of ``lengths`` (every host packs alike); a max-capacity segment tree
+    over the rows finds the first row with room in O(log n)."""
+    sizes = np.asarray(lengths, np.int64)
+    if length < 1 or max_segments < 1:
+        raise ValueError(f"pack_first_fit: length {length} and max_segments {max_segments} "
+                         f"must be positive")
+    bad = np.flatnonzero((sizes < 1) | (sizes > length))
+    if bad.size:
+        raise ValueError(f"pack_first_fit: sequence {int(bad[0])} has {int(sizes[bad[0]])} "
+                         f"tokens; expected 1..{length} (the row length)")
+    leaves = 1
+    while leaves < len(sizes):
+        leaves *= 2
+    room = [length] * (2 * leaves)  # a node: the most room of any row below it (-1: row full)
+    rows: list[list[int]] = []
+    for index in np.argsort(-sizes, kind="stable").tolist():
+        need = int(sizes[index])
+        node = 1
+        while node < leaves:
+            node = 2 * node if room[2 * node] >= need else 2 * node + 1
+        row = node - leaves
+        if row == len(rows):
+            rows.append([])
+        rows[row].append(index)
+        room[node] = room[node] - need if len(rows[row]) < max_segments else -1
+        node //= 2
+        while node:
+            room[node] = max(room[2 * node], room[2 * node + 1])
+            node //= 2
+    return rows
+
+
 def max_predictions(length: int, mask_probability: float = 0.15) -> int:
     """Masked positions per row at most (BERT's ``max_predictions_per_seq``): ``p*L`` plus 5
     standard deviations of the Binomial(L, p) count, rounded up to a multiple of 8 (at most

@@ -10,6 +10,9 @@ The STILTs transfer restores the ``roberta`` subtree and starts a fresh head.
 ``XLMRForSequenceClassification(use_pooler=True)`` is jiant's classifier: the pooler (dense + tanh
 on ``<s>``) followed by the RoBERTa classification head (dense, tanh, out_proj). With
 ``use_pooler=False`` it is Hugging Face's ``XLMRobertaForSequenceClassification`` (head on ``<s>``).
+On packed rows (``segment_ids`` plus ``segment_starts [B, S]``, the position of each packed
+example's ``<s>``; ``feature_converters.pack_batch``) the pooler and head run on each example's
+``<s>``: logits ``[B, S, num_labels]``, each the example's logits alone in its own row.
 """
 
 from __future__ import annotations
@@ -60,19 +63,51 @@ class ClassificationHead(nn.Module):
                             name="out_proj")(x)
 
 
+def segment_first_tokens(hidden: Array, segment_starts: Array) -> Array:
+    """``hidden [B, L, H]`` at each packed example's first token (``segment_starts [B, S]``):
+    ``[B, S, H]``."""
+    if segment_starts.ndim != 2 or segment_starts.shape[0] != hidden.shape[0]:
+        raise ValueError(f"segment_starts: expected [batch {hidden.shape[0]}, S], got shape "
+                         f"{segment_starts.shape}")
+    return jnp.take_along_axis(hidden, segment_starts[..., None].astype(jnp.int32), axis=1)
+
+
+def pooled_output(encoder: XLMRModel, hidden: Array, segment_starts: Array | None = None
+                  ) -> Array:
+    """The RoBERTa pooler on ``<s>``: ``[B, H]``, or per packed example ``[B, S, H]``."""
+    if segment_starts is None:
+        return encoder.pool(hidden)
+    first = segment_first_tokens(hidden, segment_starts)
+    batch, slots, width = first.shape
+    return encoder.pool(first.reshape(batch * slots, 1, width)).reshape(batch, slots, -1)
+
+
+def _check_packed(segment_ids: Array | None, segment_starts: Array | None) -> None:
+    if segment_starts is not None and segment_ids is None:
+        raise ValueError("segment_starts (packed classification rows) needs segment_ids: "
+                         "without them the packed examples would attend to each other")
+
+
 def task_head(config: XLMRConfig, kind: str, num_labels: int, use_pooler: bool, hidden: Array,
               *, pooled: Array | None, word_embeddings: Array | None, choices: int,
-              deterministic: bool, masked_positions: Array | None = None) -> Any:
+              deterministic: bool, masked_positions: Array | None = None,
+              segment_starts: Array | None = None) -> Any:
     """The head of task ``kind`` on the encoder's ``hidden`` states (``[B*C, L, H]`` for multiple
     choice), as submodules of the calling module (``classifier``, ``qa_outputs``, ``lm_head``):
     the single-task models and ``TaskHead`` both call it inside their ``nn.compact`` method.
     ``pooled`` is the RoBERTa pooler's output (classification with the pooler, multiple choice),
     ``word_embeddings`` the tied decoder (MLM), ``masked_positions [B, P]`` the positions the
-    MLM head computes logits at (all ``L`` when None). Output logits are float32 (the last
-    matmul accumulates in float32 whatever the compute dtype)."""
+    MLM head computes logits at (all ``L`` when None), ``segment_starts [B, S]`` each packed
+    example's ``<s>`` (classification: logits ``[B, S, n]``; ``pooled`` then ``[B, S, H]``).
+    Output logits are float32 (the last matmul accumulates in float32 whatever the compute
+    dtype)."""
     c = config
     if kind == "classification":
-        features = pooled if use_pooler else hidden[:, 0]
+        if use_pooler:
+            features = pooled
+        else:
+            features = hidden[:, 0] if segment_starts is None else \
+                segment_first_tokens(hidden, segment_starts)
         head = ClassificationHead(c, num_labels, name="classifier")
         return head(features, deterministic=deterministic)
     if kind == "tagging":
@@ -94,7 +129,8 @@ def task_head(config: XLMRConfig, kind: str, num_labels: int, use_pooler: bool, 
 
 
 class XLMRForSequenceClassification(nn.Module):
-    """Sentence (pair) classification: ``[B, L]`` -> logits ``[B, num_labels]``."""
+    """Sentence (pair) classification: ``[B, L]`` -> logits ``[B, num_labels]``; packed rows
+    (``segment_ids`` and ``segment_starts [B, S]``) -> ``[B, S, num_labels]``."""
 
     config: XLMRConfig
     num_labels: int
@@ -102,13 +138,16 @@ class XLMRForSequenceClassification(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids: Array, attention_mask: Array, *,
-                 segment_ids: Array | None = None, deterministic: bool = True) -> Array:
+                 segment_ids: Array | None = None, segment_starts: Array | None = None,
+                 deterministic: bool = True) -> Array:
+        _check_packed(segment_ids, segment_starts)
         encoder = _encoder(self.config)
         hidden = encoder(input_ids, attention_mask, segment_ids=segment_ids,
                          deterministic=deterministic)
+        pooled = pooled_output(encoder, hidden, segment_starts) if self.use_pooler else None
         return task_head(self.config, "classification", self.num_labels, self.use_pooler, hidden,
-                         pooled=encoder.pool(hidden) if self.use_pooler else None,
-                         word_embeddings=None, choices=1, deterministic=deterministic)
+                         pooled=pooled, word_embeddings=None, choices=1,
+                         deterministic=deterministic, segment_starts=segment_starts)
 
 
 class XLMRForTokenClassification(nn.Module):
@@ -262,10 +301,12 @@ class TaskHead(nn.Module):
 
     @nn.compact
     def __call__(self, hidden: Array, *, pooled: Array | None, word_embeddings: Array | None,
-                 choices: int, deterministic: bool, masked_positions: Array | None = None) -> Any:
+                 choices: int, deterministic: bool, masked_positions: Array | None = None,
+                 segment_starts: Array | None = None) -> Any:
         return task_head(self.config, self.kind, self.num_labels, self.use_pooler, hidden,
                          pooled=pooled, word_embeddings=word_embeddings, choices=choices,
-                         deterministic=deterministic, masked_positions=masked_positions)
+                         deterministic=deterministic, masked_positions=masked_positions,
+                         segment_starts=segment_starts)
 
 
 class XLMRMultiTask(nn.Module):
@@ -277,6 +318,7 @@ class XLMRMultiTask(nn.Module):
     ``task=name`` (``model.clone(task=name)``) computes only that head, with the single-task
     model's inputs and outputs (multiple choice takes ``[B, C, L]``); ``task=None`` (use it to
     ``init``) runs every head on ``[B, L]`` inputs and returns ``{name: outputs}``.
+    ``segment_starts`` (packed classification rows): only with classification heads chosen.
     """
 
     config: XLMRConfig
@@ -306,9 +348,15 @@ class XLMRMultiTask(nn.Module):
     @nn.compact
     def __call__(self, input_ids: Array, attention_mask: Array, *,
                  segment_ids: Array | None = None, deterministic: bool = True,
-                 masked_positions: Array | None = None) -> Any:
+                 masked_positions: Array | None = None,
+                 segment_starts: Array | None = None) -> Any:
         c = self.config
         chosen = [h for h in self.heads if self.task is None or h[0] == self.task]
+        _check_packed(segment_ids, segment_starts)
+        other = sorted({k for _, k, _ in chosen if k != "classification"})
+        if segment_starts is not None and other:
+            raise ValueError(f"segment_starts (packed classification rows) with heads of kind "
+                             f"{other}: only classification heads read packed examples")
         lead = input_ids.shape[:-1]
         choices = lead[1] if len(lead) == 2 else 1
         encoder = _encoder(c)
@@ -319,7 +367,7 @@ class XLMRMultiTask(nn.Module):
                          deterministic=deterministic)
         needs_pool = any(k == "multiple_choice" or (k == "classification" and self.use_pooler)
                          for _, k, _ in chosen)
-        pooled = encoder.pool(hidden) if needs_pool else None
+        pooled = pooled_output(encoder, hidden, segment_starts) if needs_pool else None
         embeddings = encoder.word_embedding_matrix() if any(k == "mlm" for _, k, _ in chosen) \
             else None
         outputs = {}
@@ -327,5 +375,6 @@ class XLMRMultiTask(nn.Module):
             head = TaskHead(c, kind, num_labels, self.use_pooler, name=head_key(name))
             outputs[name] = head(hidden, pooled=pooled, word_embeddings=embeddings,
                                  choices=choices, deterministic=deterministic,
-                                 masked_positions=masked_positions if kind == "mlm" else None)
+                                 masked_positions=masked_positions if kind == "mlm" else None,
+                                 segment_starts=segment_starts)
         return outputs if self.task is None else outputs[self.task]
