@@ -27,7 +27,9 @@ Sections (each printed as one line, examples/s on this CPU):
   XNLI-like length distribution of the 15 XTREME XNLI dev files (``xnli.<lang>``, lengths 128
   and 256, batch 32 shuffled, one epoch): fixed max-length padding, length buckets (``"auto"``:
   L/8, 2L/8, ..., L), buckets with ``length_grouping=32`` (rows of similar length batched
-  together) and pad-to-longest (dynamic, for reference: a new shape every batch);
+  together), pad-to-longest (dynamic, for reference: a new shape every batch) and packed
+  classification rows (``classification_packing``: whole pairs first-fit into rows of ``L``
+  tokens, at most ``L // 16`` per row, batch 32 rows; with ``"auto"`` buckets beside it);
   and MLM rows from the same premises as documents: one document per row, the token stream
   cut into rows (``stream``), and rows packed from document segments (``documents``, with
   ``segment_ids``).
@@ -287,10 +289,12 @@ def _padding_at(data: Path, tok, length: int) -> None:
     features = [f for lang in LANGUAGES["xnli"] for f in pipeline.task_features(
         f"xnli.{lang}", "dev", tok, data_dir=data, max_length=length)]
 
-    def efficiency(rows, kind, buckets=None, dynamic=False, grouping=0) -> tuple[float, int]:
+    def efficiency(rows, kind, buckets=None, dynamic=False, grouping=0, packing=False
+                   ) -> tuple[float, int]:
         batcher = FeatureBatcher(rows, kind, batch_size=batch, length=length, seed=0,
                                  length_buckets=buckets, length_grouping=grouping,
-                                 mlm={"mask_id": tok.mask_id} if kind == "mlm" else None)
+                                 mlm={"mask_id": tok.mask_id} if kind == "mlm" else None,
+                                 classification_packing=packing)
         real = computed = 0
         widths = set()
         for b in batcher.epoch(0):
@@ -305,13 +309,19 @@ def _padding_at(data: Path, tok, length: int) -> None:
     bucketed, shapes = efficiency(features, "classification", "auto")
     dynamic, dynamic_shapes = efficiency(features, "classification", dynamic=True)
     grouped, grouped_shapes = efficiency(features, "classification", "auto", grouping=32)
+    packed_pairs, _ = efficiency(features, "classification", packing=True)
+    packed_cut, packed_shapes = efficiency(features, "classification", "auto", packing=True)
+    per_row = len(features) / FeatureBatcher(features, "classification", batch_size=batch,
+                                             length=length, classification_packing=True).num_rows
     lengths = np.array([len(f["input_ids"]) for f in features])
     print(f"padding: {len(features)} XNLI dev pairs at length {length}, batch {batch} (row "
           f"tokens median {np.median(lengths):.0f}, p90 {np.percentile(lengths, 90):.0f}): "
           f"real/computed tokens fixed {fixed:.3f}, buckets auto {bucketed:.3f} ({shapes} "
           f"shapes, {bucketed / fixed:.2f}x), buckets + length_grouping=32 {grouped:.3f} "
           f"({grouped_shapes} shapes, {grouped / fixed:.2f}x), pad-to-longest {dynamic:.3f} "
-          f"({dynamic_shapes} shapes)")
+          f"({dynamic_shapes} shapes), packed {packed_pairs:.3f} ({per_row:.1f} pairs per row "
+          f"of at most {max(1, length // 16)}, {packed_pairs / fixed:.2f}x), packed + buckets "
+          f"auto {packed_cut:.3f} ({packed_shapes} shapes)")
     texts = [e["text_a"] for lang in LANGUAGES["xnli"]
              for e in readers.read_xtreme_pair_tsv(data / f"xnli/xtreme_format/dev-{lang}.tsv")]
     single = [{"input_ids": np.asarray([tok.bos_id, *tok.encode_text(t)[:length - 2],
