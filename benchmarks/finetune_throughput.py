@@ -3,7 +3,7 @@ xstilts' Trainer with length buckets against Hugging Face PyTorch padded to the 
 (jiant's way) and with dynamic padding (``DataCollatorWithPadding``).
 
     python benchmarks/finetune_throughput.py [--quick] [--models tiny,base] [--steps 6] \
-        [--group_by_length]
+        [--group_by_length | --packing]
 
 Lengths: the 7,500 pairs of the 15 XTREME XNLI dev files in ``../shared/data/xnli``, encoded
 ``<s> A </s></s> B </s>`` with longest-first truncation to ``--length`` by the project's
@@ -23,7 +23,11 @@ Every system trains on the same ``--steps`` batches: ``FeatureBatcher(seed=0)``'
   once); the compile time is printed separately. ``--group_by_length``: also
   ``length_grouping`` over the S timed steps (their rows sorted by length into batches: the
   same rows as the other systems' S steps, checked), as Hugging Face Trainer's
-  ``group_by_length``; the baselines stay as they are (random batches).
+  ``group_by_length``; the baselines stay as they are (random batches). ``--packing``: ours on
+  packed classification rows instead (``classification_packing``): the S timed steps' examples
+  packed first-fit into rows of ``--length`` tokens (at most ``length // 16`` pairs a row),
+  cut into S steps of equally many rows (the same examples, checked; ``--buckets`` applies
+  to the packed rows' widths).
 * **hf_max**: ``XLMRobertaForSequenceClassification``, the same rows padded to ``--length``.
 * **hf_dynamic**: the same, padded by ``DataCollatorWithPadding`` to each batch's longest row.
 
@@ -102,6 +106,39 @@ def batches(args: argparse.Namespace, buckets, grouped: bool = False) -> list[di
     return [batcher.batch(step) for step in range(args.steps)]
 
 
+def examples_of(steps: list[dict]) -> list[tuple[int, ...]]:
+    """The sorted token rows of every example the batches hold (packed rows split by
+    ``segment_ids``)."""
+    out = []
+    for b in steps:
+        for r in range(len(b["input_ids"])):
+            ids, seg = b["input_ids"][r], b.get("segment_ids", b["attention_mask"])[r]
+            out.extend(tuple(ids[seg == s].tolist()) for s in range(1, int(seg.max()) + 1))
+    return sorted(out)
+
+
+def packed_batches(args: argparse.Namespace, buckets) -> list[dict]:
+    """The timed steps' examples (``batches(args, None)``) in packed classification rows:
+    ``args.steps`` batches of equally many rows (the last padded with empty rows)."""
+    import math
+
+    from xstilts.data.feature_converters import FeatureBatcher
+
+    features = xnli_features(args.length)
+    plain = FeatureBatcher(features, "classification", batch_size=args.batch,
+                           length=args.length, seed=0)
+    chosen = [features[i] for step in range(args.steps) for i in plain.indices(step) if i >= 0]
+    options = dict(length=args.length, shuffle=False, classification_packing=True,
+                   length_buckets=buckets)
+    rows = FeatureBatcher(chosen, "classification", batch_size=1, **options).num_rows
+    packer = FeatureBatcher(chosen, "classification",
+                            batch_size=math.ceil(rows / args.steps), **options)
+    steps = [packer.batch(step) for step in range(packer.steps_per_epoch)]
+    if examples_of(steps) != examples_of(batches(args, None)):
+        raise AssertionError("packing changed which examples the timed steps hold")
+    return steps
+
+
 def run_ours(args: argparse.Namespace) -> dict:
     import jax
     from step_timing import classification_trainer  # benchmarks/ is the script's directory
@@ -110,9 +147,11 @@ def run_ours(args: argparse.Namespace) -> dict:
 
     config = XLMRConfig(**_config_kwargs(args.model))
     tr = classification_trainer(config)
-    keys = ("input_ids", "attention_mask", "labels", "example_mask")
-    steps = [{k: b[k] for k in keys}
-             for b in batches(args, parse_buckets(args.buckets), args.group_by_length)]
+    keys = ("input_ids", "attention_mask", "labels", "example_mask", "segment_ids",
+            "segment_starts")
+    made = packed_batches(args, parse_buckets(args.buckets)) if args.packing else \
+        batches(args, parse_buckets(args.buckets), args.group_by_length)
+    steps = [{k: b[k] for k in keys if k in b} for b in made]
     state = tr.init_state(jax.random.key(0), (args.batch, args.length))
     start = time.perf_counter()
     widths: dict[int, dict] = {}
@@ -128,8 +167,10 @@ def run_ours(args: argparse.Namespace) -> dict:
         state, metrics = tr.train_step(state, batch)
         float(metrics["loss"])
         times.append(time.perf_counter() - t0)
-    return {"times": times, "compile_s": compile_s, "widths": [b["input_ids"].shape[1]
-                                                               for b in steps]}
+    return {"times": times, "compile_s": compile_s,
+            "widths": [b["input_ids"].shape[1] for b in steps],
+            "computed": sum(int(b["input_ids"].size) for b in steps),
+            "rows": [int(b["input_ids"].shape[0]) for b in steps]}
 
 
 def run_hf(args: argparse.Namespace, dynamic: bool) -> dict:
@@ -192,10 +233,15 @@ def main() -> None:
                         help="ours: length_grouping over the timed steps (the same rows as the "
                              "others' steps, sorted by length into batches: HF Trainer's "
                              "group_by_length, which the dynamic-padding baseline does not use)")
+    parser.add_argument("--packing", action="store_true",
+                        help="ours: packed classification rows holding the timed steps' "
+                             "examples (classification_packing)")
     parser.add_argument("--quick", action="store_true",
                         help="fewer steps and rows for base (minutes, not tens of minutes)")
     parser.add_argument("--timeout", type=float, default=1800)
     args = parser.parse_args()
+    if args.packing and args.group_by_length:
+        parser.error("--packing and --group_by_length: choose one (ours has one order)")
     if args.system:
         result = run_ours(args) if args.system == "ours" else \
             run_hf(args, dynamic=args.system == "hf_dynamic")
@@ -213,6 +259,8 @@ def main() -> None:
                 f"--steps={steps}", f"--buckets={args.buckets}"]
         if args.group_by_length:
             argv.append("--group_by_length")
+        if args.packing:
+            argv.append("--packing")
         run = argparse.Namespace(length=args.length, batch=batch, steps=steps)
         rows = {flag: sorted(tuple(r[m.astype(bool)]) for b in batches(run, None, flag)
                              for r, m in zip(b["input_ids"], b["attention_mask"], strict=True))
@@ -222,7 +270,8 @@ def main() -> None:
         real = [int(b["attention_mask"].sum()) for b in batches(run, None)]
         print(f"finetune_throughput {model}: {steps} steps of batch {batch}, max length "
               f"{args.length}, buckets {args.buckets}"
-              f"{', grouped by length' if args.group_by_length else ''}, {sum(real)} real tokens "
+              f"{', grouped by length' if args.group_by_length else ''}"
+              f"{', ours packed' if args.packing else ''}, {sum(real)} real tokens "
               f"(loadavg {os.getloadavg()[0]:.1f})", flush=True)
         rates, efficiency = {}, {}
         for system in SYSTEMS:
@@ -230,9 +279,11 @@ def main() -> None:
             if not got:
                 continue
             rates[system] = sum(real) / sum(got["times"])
-            computed = batch * sum(got["widths"])
+            computed = got.get("computed", batch * sum(got["widths"]))
             efficiency[system] = sum(real) / computed
             extra = f", compile {got['compile_s']:.1f} s" if "compile_s" in got else ""
+            if args.packing and "rows" in got:
+                extra += f", {got['rows'][0]} packed rows a step"
             print(f"  {system:>10}: {rates[system]:9.1f} real tok/s, step median "
                   f"{np.median(got['times']):.3f} s, widths {sorted(set(got['widths']))}, "
                   f"padding efficiency {efficiency[system]:.2f}{extra}", flush=True)
