@@ -297,8 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--languages", required=True, help="comma-separated XTREME codes: yo,tl")
     p.add_argument("--data_dir", required=True, help="where the English train split is")
     p.add_argument("--output_dir", help="where the translations go (default: --data_dir); a "
-                   "language with an official release (mnli: XNLI's 14, squad_v1: XQuAD's 10, "
-                   "pawsx: PAWS-X's 6) under its translate-train-ours/ (task mnli_ours.de)")
+                   "language with an official release (mnli: XNLI's 14, squad_v1: XTREME's 10, "
+                   "pawsx: PAWS-X's 6) goes under its translate-train-ours/ (task mnli_ours.de)")
     p.add_argument("--at_release_path", action="store_true",
                    help="write such a language at the release's own path instead (refused "
                    "while the release is there); the official task (mnli.de) refuses it, "
