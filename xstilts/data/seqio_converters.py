@@ -170,6 +170,18 @@ class _EncoderConverter(seqio.FeatureConverter):
         return batches.map(lambda b: self._convert_batch(b, length, buckets),
                            num_parallel_calls=tf.data.AUTOTUNE)
 
+    def cut_batch(self, batch: Mapping[str, tf.Tensor], length: int,
+                  buckets: Sequence[int] | None) -> dict[str, tf.Tensor]:
+        """A batch converted at width ``length`` cut to its bucket's width (what
+        ``convert_batches`` gives for the same rows): the smallest of ``buckets`` holding the
+        longest row's ``attention_mask``."""
+        if not buckets:
+            return dict(batch)
+        longest = tf.reduce_max(tf.reduce_sum(batch["attention_mask"], axis=-1))
+        width = bucket_width(longest, length, buckets)
+        return {k: v[..., :width] if self.MODEL_FEATURES[k].rank else v
+                for k, v in batch.items()}
+
     def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
                           ) -> tf.data.Dataset:
         length = fit_length(task_feature_lengths)

@@ -43,7 +43,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
 import numpy as np
 
 from xstilts.data import preprocessors as P
-from xstilts.data import sources
+from xstilts.data import seqio_batched, sources
 from xstilts.data.feature_converters import MixtureBatcher, bucket_lengths, fit_width
 from xstilts.data.pipeline import TRAIN_SPLIT, UNKNOWN_TAG, task_labels, usable_examples
 from xstilts.data.registry import family_shares
@@ -178,12 +178,20 @@ class ReaderDataSource(seqio.FunctionDataSource):
     def __init__(self, spec: TaskSpec, data_dir: Any = None, *, allow_samples: bool = False):
         self.spec, self.data_dir, self.allow_samples = spec, data_dir, allow_samples
         self._counts: dict[str, int] = {}
+        self._read: dict[str, tuple[Any, list[Mapping[str, Any]]]] = {}
         super().__init__(self._dataset_fn, splits=tuple(spec.splits))
 
     def examples(self, split: str) -> list[Mapping[str, Any]]:
-        """The split's reader examples, the unusable ones dropped from ``train``."""
-        read = sources.read(self.spec, split, self.data_dir, allow_samples=self.allow_samples)
-        return usable_examples(self.spec, list(read), training=split == TRAIN_SPLIT)
+        """The split's reader examples, the unusable ones dropped from ``train``. Read once
+        while the files are unchanged (path, size, mtime): ``num_input_examples``, each epoch
+        and each pipeline share one read."""
+        paths = sources.resolve(self.spec, split, self.data_dir, allow_samples=self.allow_samples)
+        stamp = tuple((str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths)
+        if split not in self._read or self._read[split][0] != stamp:
+            read = sources.read(self.spec, split, self.data_dir, allow_samples=self.allow_samples)
+            self._read[split] = (stamp, usable_examples(self.spec, list(read),
+                                                        training=split == TRAIN_SPLIT))
+        return self._read[split][1]
 
     @property
     def supports_arbitrary_sharding(self) -> bool:
@@ -453,10 +461,10 @@ def _tokenize(dataset: tf.data.Dataset, output_features: Mapping[str, seqio.Feat
     return _over_batches(dataset, _encoder(keys, output_features))
 
 
-def classification_inputs(dataset: tf.data.Dataset, output_features: Mapping[str, seqio.Feature],
-                          *, labels: Sequence[str], task: str) -> tf.data.Dataset:
-    """``label_index``, ``rekey`` (text_a/text_b -> inputs/inputs_b) and ``tokenize`` in one
-    pass over batches (three per-example maps cost more than the rest of the path)."""
+def classification_features(output_features: Mapping[str, seqio.Feature], *,
+                            labels: Sequence[str], task: str
+                            ) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The batch function of ``classification_inputs``: source fields -> task features."""
     lookup, encode = _label_lookup(labels, task), _encoder((INPUTS, "inputs_b"), output_features)
 
     def features(batch: dict[str, tf.Tensor]) -> dict[str, Any]:
@@ -464,7 +472,15 @@ def classification_inputs(dataset: tf.data.Dataset, output_features: Mapping[str
         return encode({INPUTS: batch["text_a"], "inputs_b": batch["text_b"],
                        "targets": batch["targets"]})
 
-    return _over_batches(dataset, features)
+    return features
+
+
+def classification_inputs(dataset: tf.data.Dataset, output_features: Mapping[str, seqio.Feature],
+                          *, labels: Sequence[str], task: str) -> tf.data.Dataset:
+    """``label_index``, ``rekey`` (text_a/text_b -> inputs/inputs_b) and ``tokenize`` in one
+    pass over batches (three per-example maps cost more than the rest of the path)."""
+    return _over_batches(dataset, classification_features(output_features, labels=labels,
+                                                          task=task))
 
 
 def task_preprocessors(spec: TaskSpec, vocabulary: Any, data_dir: Any = None, *,
@@ -678,10 +694,28 @@ def _pipeline_options() -> tf.data.Options:
     return options
 
 
+def _batched_features(provider: seqio.Task | seqio.Mixture, *, shuffle: bool, use_cached: bool
+                      ) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+    """The batch function of a project classification Task read from its files (its rows then
+    take ``seqio_batched``'s route, the same batches as ``get_dataset`` + the converter);
+    None for any other Task, a Mixture or a cache."""
+    if not isinstance(provider, seqio.Task) or use_cached \
+            or not isinstance(provider.source, ReaderDataSource):  # fmt: skip
+        return None
+    prep = provider.preprocessors
+    if len(prep) != 1 or not isinstance(prep[0], functools.partial) \
+            or prep[0].func is not classification_inputs:  # fmt: skip
+        return None
+    if shuffle and provider._shuffle_buffer_size is None:
+        return None  # get_dataset says why it cannot shuffle
+    return classification_features(provider.output_features, **prep[0].keywords)
+
+
 def _stream(name: str, *, lengths: Mapping[str, int], batch_size: int, split: str,
             shard_info: Any, seed: int, start_step: int, shuffle: bool,
             num_epochs: int | None, use_cached: bool, buckets: tuple[int, ...] | None,
-            agree_width: Callable[[int], int] | None) -> Iterator[dict[str, np.ndarray]]:
+            agree_width: Callable[[int], int] | None, batched: bool = True
+            ) -> Iterator[dict[str, np.ndarray]]:
     """Fixed-shape numpy batches of one Task, or one per-example Mixture, from ``start_step``."""
     provider = _provider(name)
     kind = seqio_task_kind(name)
@@ -691,14 +725,25 @@ def _stream(name: str, *, lengths: Mapping[str, int], batch_size: int, split: st
                 warm_up(feature.vocabulary)
     info = seqio.ShardInfo(int(shard_info.index), int(shard_info.num_shards)) \
         if shard_info is not None and shard_info.num_shards > 1 else None  # fmt: skip
-    dataset = provider.get_dataset(lengths, split=split, shuffle=shuffle, seed=seed,
-                                   shard_info=info, num_epochs=num_epochs,
-                                   use_cached=use_cached)  # fmt: skip
-    choices = _num_choices(name if isinstance(provider, seqio.Task) else provider.tasks[0].name,
-                           dataset) if kind == "multiple_choice" else None  # fmt: skip
-    converter = converter_for(kind, num_choices=choices)
-    # the converter batches directly (no per-example rows between it and the batch)
-    batches = converter.convert_batches(dataset, lengths, batch_size, buckets=buckets)
+    features = _batched_features(provider, shuffle=shuffle, use_cached=use_cached) \
+        if batched else None  # fmt: skip
+    if features is not None:
+        chunks = provider.source.get_dataset(split=split, shuffle=shuffle, seed=seed,
+                                             shard_info=info)._xstilts_chunks
+        batches = seqio_batched.classification_batches(
+            chunks, features, lengths[INPUTS], batch_size, buckets=buckets,
+            num_epochs=num_epochs, seed=seed,
+            shuffle_buffer_size=provider._shuffle_buffer_size if shuffle else None)
+    else:
+        dataset = provider.get_dataset(lengths, split=split, shuffle=shuffle, seed=seed,
+                                       shard_info=info, num_epochs=num_epochs,
+                                       use_cached=use_cached)  # fmt: skip
+        choices = _num_choices(name if isinstance(provider, seqio.Task)
+                               else provider.tasks[0].name,
+                               dataset) if kind == "multiple_choice" else None  # fmt: skip
+        converter = converter_for(kind, num_choices=choices)
+        # the converter batches directly (no per-example rows between it and the batch)
+        batches = converter.convert_batches(dataset, lengths, batch_size, buckets=buckets)
     batches = batches.skip(start_step).with_options(_pipeline_options()).prefetch(
         tf.data.AUTOTUNE)
     shards = info.num_shards if info else 1
@@ -739,6 +784,7 @@ def seqio_batches(
     use_cached: bool = False,
     length_buckets: Sequence[int] | str | None = None,
     agree_width: Callable[[int], int] | None = None,
+    batched: bool = True,
 ) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
     """``(task or mixture name, batch)`` from seqio Task or Mixture ``name``, one per step.
 
@@ -767,6 +813,10 @@ def seqio_batches(
     maps this host's width to the step's width (the largest over the hosts, e.g. by
     ``multihost_utils.process_allgather``; ``seqio_feed.SeqioBatches`` does this); several
     shards with buckets and no ``agree_width`` is an error.
+
+    A project classification Task read from its files takes ``seqio_batched``'s route (its
+    rows stay batched from the source to the batch; the same batches); ``batched=False`` sends
+    every Task through ``Task.get_dataset``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -783,7 +833,7 @@ def seqio_batches(
     options = dict(lengths=lengths, batch_size=batch_size, split=split, shard_info=shard_info,
                    seed=seed, shuffle=training if shuffle is None else shuffle,
                    num_epochs=num_epochs if num_epochs is not None else (None if training else 1),
-                   use_cached=use_cached, buckets=buckets,
+                   use_cached=use_cached, buckets=buckets, batched=batched,
                    agree_width=agree_width if buckets else None)  # fmt: skip
     provider = _provider(name)
     if isinstance(provider, seqio.Task) or mixes_per_example(provider):
