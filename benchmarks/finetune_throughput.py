@@ -17,8 +17,7 @@ Every system trains on the same ``--steps`` batches: ``FeatureBatcher(seed=0)``'
 
 * **ours**: the real ``Trainer.train_step`` on ``FeatureBatcher(length_buckets=...)`` batches
   (each batch as wide as the smallest bucket holding its longest row; ``--buckets``, default
-  every 32 tokens). No packing: classification rows hold one example each (the heads read
-  one ``<s>`` per row). Every bucket width the
+  every 32 tokens), one example per row unless ``--packing``. Every bucket width the
   timed steps use is compiled by one untimed step first (a fine-tuning run compiles each width
   once); the compile time is printed separately. ``--group_by_length``: also
   ``length_grouping`` over the S timed steps (their rows sorted by length into batches: the

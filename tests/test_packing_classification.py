@@ -253,3 +253,68 @@ def test_packed_step_shape_and_pack_batch_errors(features):
         pack_batch(features, [[0, 1]], LENGTH, 1)
     with pytest.raises(ValueError, match="past the row length"):
         pack_batch(features, [list(range(8))], LENGTH, 8)
+
+
+def test_experiment_phase_2_packs_classification_rows_only(tmp_path):
+    """``finetune={"classification_packing": True}``: the cell's FeatureBatcher packs a
+    classification task's rows (epochs then count packed rows) and leaves tagging as it was;
+    phase 0/1 refuse it; at its default the cell settings (fingerprints) do not change."""
+    from xstilts.data.synthetic import SyntheticWorld
+    from xstilts.experiment import cells
+    from xstilts.experiment.grid import Phase, make_grid
+    from xstilts.experiment.inputs import Inputs
+    from xstilts.experiment.plan import plan
+
+    SyntheticWorld(seed=0).write_files(tmp_path / "data" / "synthetic",
+                                       sizes={"train": 48, "dev": 16, "test": 16})
+    phase = {"steps": 2, "batch_size": 4, "learning_rate": 1e-3, "max_length": 64}
+    settings = dict(run_dir=str(tmp_path / "run"), data_dir=str(tmp_path / "data"),
+                    model_config=CONFIG, intermediate={"baseline": None},
+                    targets=["synthetic.paraphrase", "synthetic.pos"], seeds=[0],
+                    english_config=None, spm_vocab_size=300, pretrain_mixture="synthetic.mlm",
+                    intermediate_phase=phase)
+    packing = {"classification_packing": True, "max_segments": 4}
+    grid = make_grid(**settings, finetune={**phase, **packing})
+    assert grid.finetune.batching()["classification_packing"] is True
+    assert "classification_packing" not in Phase().batching()
+    inputs = Inputs(grid)
+    inputs.prepare_tokenizer()
+    made = {name: inputs.task_batcher(name, "train", 128, 0, True, **grid.finetune.batching())(
+        ShardInfo(0, 1), 4) for name in ("synthetic.paraphrase.en", "synthetic.pos.en")}
+    pairs, tags = made["synthetic.paraphrase.en"], made["synthetic.pos.en"]
+    assert pairs.packed and pairs.num_rows < len(pairs.features) / 1.5
+    assert pairs.batch(0)["labels"].shape == (4, 4)
+    assert not tags.packed and tags.num_rows == len(tags.features)
+    with pytest.raises(ValueError, match="intermediate_phase: classification_packing is for "
+                                         "phase 2"):
+        make_grid(**{**settings, "intermediate_phase": {**phase, **packing}}, finetune=phase)
+    plain = make_grid(**settings, finetune=phase)
+    on = {j.model_dir: cells.job_settings(j) for j in plan(grid) if j.phase == "phase2"}
+    off = {j.model_dir: cells.job_settings(j) for j in plan(plain) if j.phase == "phase2"}
+    assert on and on.keys() == off.keys()
+    for key, value in off.items():
+        assert "classification_packing" not in value and "max_segments" not in value
+        assert on[key] == {**value, **packing}
+
+
+def test_dry_run_lowers_the_packed_phase_2_step(tmp_path):
+    """The dry run's phase-2 step of a packing grid is the packed one (``[B, S]`` labels,
+    ``segment_starts``) and lowers with the real Trainer."""
+    from xstilts.experiment.dry_run import describe, job_shapes, lower_step
+    from xstilts.experiment.grid import make_grid
+    from xstilts.experiment.plan import plan
+
+    phase = {"steps": 2, "batch_size": 4, "learning_rate": 1e-3, "max_length": 64}
+    grid = make_grid(run_dir=str(tmp_path / "run"), data_dir=str(tmp_path / "data"),
+                     model_config=CONFIG, intermediate={"baseline": None},
+                     targets=["pawsx"], seeds=[0], english_config=None,
+                     intermediate_phase=phase,
+                     finetune={**phase, "classification_packing": True})
+    job = next(j for j in plan(grid) if j.phase == "phase2")
+    (shape,) = job_shapes(job, [])
+    assert shape.packed and shape.segments == 64 // 16
+    assert shape.shapes()["segment_starts"] == (4, 4) and shape.shapes()["labels"] == (4, 4)
+    assert "packed (<= 4 a row)" in describe(shape)
+    part = partitioning.Partitioner(partitioning.create_mesh(devices=jax.devices()[:1]))
+    info = lower_step(grid, shape, part)
+    assert info["loss_shape"] == () and info["params"] > 0

@@ -43,6 +43,8 @@ RECORD = "cell_settings.json"
 # Phase settings that cannot change a result: a checkpoint is also saved at every evaluation, so
 # the kept-best step and an exact resume do not depend on the save frequency.
 NO_EFFECT = ("save_every_steps",)
+LATER_DEFAULTS = {"classification_packing": False, "max_segments": None}  # Phase fields added
+# after runs existed: left out of a cell's settings at their default (its fingerprint unchanged)
 SHOWN = 12  # cell names listed per group of changes
 
 
@@ -123,7 +125,8 @@ def weights_settings(pretrained: str | None) -> dict[str, Any] | None:
 
 def job_settings(job: PhaseJob) -> dict[str, Any]:
     """The phase settings of a job that can change its result."""
-    phase = {k: v for k, v in dataclasses.asdict(job.settings).items() if k not in NO_EFFECT}
+    phase = {k: v for k, v in dataclasses.asdict(job.settings).items() if k not in NO_EFFECT
+             and not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
     out = {"phase": job.phase, "source": job.source, "seed": job.seed, "kind": job.kind,
            "num_labels": job.num_labels, **phase, "lengths": dict(job.lengths),
            "recipe_epochs": job.epochs}

@@ -81,8 +81,9 @@ def describe(shape: StepShape) -> str:
     """``classification(3) batch 32 x 256`` (+ choices, + the multi-task head)."""
     choices = f" x {shape.num_choices} choices" if shape.num_choices > 1 else ""
     head = f" (head {shape.head} of {len(shape.heads)})" if shape.heads else ""
+    packed = f" packed (<= {shape.segments} a row)" if shape.segments else ""
     return (f"{shape.kind}({shape.num_labels}) batch {shape.batch_size} x {shape.length}"
-            f"{choices}{head}")
+            f"{choices}{head}{packed}")
 
 
 def info_text(info: dict[str, Any]) -> str:
@@ -133,8 +134,10 @@ def job_shapes(job: PhaseJob, notes: list[str]) -> list[StepShape]:
         labels = _labels(job.num_labels, job.source, notes)
         # phase 0 (MLM) trains its mixture at the phase's one length
         lengths = job.lengths or ((job.source, s.max_length),)
+        packed = s.classification_packing and job.kind == "classification"  # phase 2 only
         return list(dict.fromkeys(StepShape(
-            job.kind, labels, s.batch_size, length, _choices(t))
+            job.kind, labels, s.batch_size, length, _choices(t), packed=packed,
+            segments=(s.max_segments or max(1, length // 16)) if packed else 0)
             for t, length in lengths))
     heads = tuple((h, k, _labels(n, h, notes)) for h, k, n in job.heads)
     kinds = {h: (k, n) for h, k, n in heads}

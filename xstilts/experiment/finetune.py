@@ -12,6 +12,7 @@ import numpy as np
 
 from xstilts import trainer as trainer_lib
 from xstilts.data import tasks
+from xstilts.data.feature_converters import ShardInfo
 from xstilts.evals import metrics
 from xstilts.experiment import rundir
 from xstilts.experiment.inputs import factory
@@ -76,13 +77,14 @@ def run_finetune(rt: Runtime, job: PhaseJob) -> list[dict[str, Any]]:
         return read_rows(results)
     spec = tasks.get_task(job.source)
     num_labels = job.num_labels or rt.inputs.num_labels(spec)
-    steps = job.num_steps(len(rt.inputs.features(job.source, "train", job.length)))
+    batcher = rt.inputs.task_batcher(job.source, "train", job.length, job.seed, True,
+                                     **job.settings.batching())
+    steps = job.num_steps(batcher(ShardInfo(0, 1), 1).num_rows)  # packed: rows, not examples
     select = "dev" in spec.splits and job.settings.eval_every_steps > 0
     best = f"eval/{metrics.primary(job.selection)}" if select else None
     start = time.perf_counter()
     result = rt.train(
-        job, train_batches=factory(rt.inputs.task_batcher(
-            job.source, "train", job.length, job.seed, True, **job.settings.batching())),
+        job, train_batches=factory(batcher),
         total_steps=steps, num_labels=num_labels, best_metric=best,
         evaluator=english_dev_evaluator(rt, job, spec, num_labels) if select else None)
     shape = trainer_lib.StepShape(job.kind, num_labels, job.settings.batch_size, job.length,

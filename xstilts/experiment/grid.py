@@ -43,6 +43,11 @@ class Phase:
     # of steps, fewer pad tokens; each width compiles once.
     length_buckets: Sequence[int] | str | None = None
     length_grouping: int = 0
+    # Phase 2 only: rows pack whole classification examples (at most max_segments a row, None:
+    # max_length // 16); batch_size then counts rows and epochs count packed rows
+    # (feature_converters: packed classification rows). Other kinds are batched as before.
+    classification_packing: bool = False
+    max_segments: int | None = None
 
     def __post_init__(self) -> None:
         if self.length_buckets is not None and not isinstance(self.length_buckets, str):
@@ -50,7 +55,10 @@ class Phase:
 
     def batching(self) -> dict[str, Any]:
         """The batcher options of this phase (``FeatureBatcher``'s keywords)."""
-        return {"length_buckets": self.length_buckets, "length_grouping": self.length_grouping}
+        packing = {"classification_packing": True, "max_segments": self.max_segments} \
+            if self.classification_packing else {}
+        return {"length_buckets": self.length_buckets, "length_grouping": self.length_grouping,
+                **packing}
 
     @classmethod
     def of(cls, value: Phase | Mapping[str, Any] | None, where: str) -> Phase:
@@ -179,6 +187,11 @@ class Grid:
         if self.intermediate_budget not in BUDGETS:
             raise ValueError(f"intermediate_budget {self.intermediate_budget!r}: expected one "
                              f"of {BUDGETS}")
+        for name, phase in (("pretrain", self.pretrain),
+                            ("intermediate_phase", self.intermediate_phase)):
+            if phase is not None and phase.classification_packing:
+                raise ValueError(f"{name}: classification_packing is for phase 2 (finetune) "
+                                 f"only: phase 0/1 steps and mixture rates count examples")
         if self.pretrain is not None and not self.pretrain_mixture:
             raise ValueError("pretrain is set but pretrain_mixture is not")
         if not self.seeds:
