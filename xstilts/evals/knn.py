@@ -96,24 +96,58 @@ def _topk_last(s: jax.Array, k: int, group: int,
     return values, jnp.take_along_axis(members, pos, axis=1)
 
 
-def _topk_first(s: jax.Array, k: int, group: int,
-                valid: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-    """Exact top-k along the first axis of ``s [R, C]`` (rows where ``valid [R]`` is False are
-    never chosen), returned as ``[C, k]``."""
+def _insert_rows(values: jax.Array, index: jax.Array, acc_v: jax.Array,
+                 acc_i: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Insert every row of ``values [R, C]`` (ids ``index [R, C]``) into the running sorted
+    top-k lists ``acc_v, acc_i [k, C]`` (best first), column by column.
+
+    A loop over rows whose body is ``k`` compare-and-swap steps on ``[C]`` vectors: contiguous,
+    vectorised, no transposes and no sort. An entry equal to one already held goes after it, so
+    earlier rows (and the lists' prior contents) win ties."""
+    k = acc_v.shape[0]
+
+    def insert(r, carry):
+        vs, ids = list(carry[0]), list(carry[1])
+        x = jax.lax.dynamic_index_in_dim(values, r, 0, keepdims=False)
+        xi = jax.lax.dynamic_index_in_dim(index, r, 0, keepdims=False)
+        for j in range(k):
+            better = x > vs[j]
+            vs[j], x = jnp.where(better, x, vs[j]), jnp.where(better, vs[j], x)
+            ids[j], xi = jnp.where(better, xi, ids[j]), jnp.where(better, ids[j], xi)
+        return tuple(vs), tuple(ids)
+
+    init = (tuple(acc_v[j] for j in range(k)), tuple(acc_i[j] for j in range(k)))
+    vs, ids = jax.lax.fori_loop(0, values.shape[0], insert, init)
+    return jnp.stack(vs), jnp.stack(ids)
+
+
+def _topk_first_into(s: jax.Array, group: int, acc_v: jax.Array, acc_i: jax.Array,
+                     base: jax.Array, valid: jax.Array | None = None
+                     ) -> tuple[jax.Array, jax.Array]:
+    """Merge the exact top-k along the first axis of ``s [R, C]`` (row ids ``base + r``; rows
+    where ``valid [R]`` is False never chosen) into the running ``[k, C]`` lists.
+
+    Groups are the row sets ``{g + i*G}``, ``G = R / group``: their maxima are an elementwise
+    max of ``group`` contiguous ``[G, C]`` slices, the k best groups per column are found by
+    insertion, and their ``k * group`` members are inserted into the running lists."""
     rows, cols = s.shape
-    if group <= 1:
-        return jax.lax.top_k((s if valid is None else jnp.where(valid[:, None], s, NEG_INF)).T, k)
-    n_groups = rows // group
+    k = acc_v.shape[0]
     masked = s if valid is None else jnp.where(valid[:, None], s, NEG_INF)
-    group_max = masked.reshape(group, n_groups, cols).max(axis=0)  # [G, C]
-    _, best_groups = jax.lax.top_k(group_max.T, k)  # [C, k]
-    members = best_groups[:, :, None] + (jnp.arange(group, dtype=jnp.int32) * n_groups)
-    members = members.reshape(cols, k * group)
-    values = s[members, jnp.arange(cols)[:, None]]
-    if valid is not None:
-        values = jnp.where(valid[members], values, NEG_INF)
-    values, pos = jax.lax.top_k(values, k)
-    return values, jnp.take_along_axis(members, pos, axis=1)
+    if group <= 1:
+        ids = jnp.broadcast_to(base + jnp.arange(rows, dtype=jnp.int32)[:, None], s.shape)
+        return _insert_rows(masked, ids, acc_v, acc_i)
+    n_groups = rows // group
+    group_max = functools.reduce(
+        jnp.maximum, [masked[i * n_groups:(i + 1) * n_groups] for i in range(group)])
+    group_ids = jnp.broadcast_to(jnp.arange(n_groups, dtype=jnp.int32)[:, None], group_max.shape)
+    _, best = _insert_rows(group_max, group_ids, jnp.full((k, cols), NEG_INF, s.dtype),
+                           jnp.full((k, cols), -1, jnp.int32))
+    members = (best[:, None, :] + (jnp.arange(group, dtype=jnp.int32) * n_groups)[None, :, None])
+    members = members.reshape(k * group, cols)  # rows of s, [k*group, C]
+    values = jnp.take_along_axis(masked, members, axis=0)
+    # Fewer than k groups with a valid row (a padded block) leave ids -1: never insert those.
+    values = jnp.where(jnp.repeat(best >= 0, group, axis=0), values, NEG_INF)
+    return _insert_rows(values, members + base, acc_v, acc_i)
 
 
 def _merge_topk(v1, i1, v2, i2, k: int):
@@ -182,8 +216,8 @@ def _plan(n: int, m: int, dim: int, k: int, both: bool, devices: int, block_size
     steps = math.ceil(n / (devices * block_size))
     block = 8 * math.ceil(n / (devices * steps * 8))
     block = max(block, 8 * math.ceil(ky / 8))  # a block must hold at least ky rows
-    cg = col_group if both and col_group > 1 and block % col_group == 0 \
-        and block // col_group >= max(ky, 2) else 1
+    cg = (_divisor_near(block, col_group) or 1) if both and col_group > 1 else 1
+    cg = cg if block // cg >= max(ky, 2) else 1
     # Y is consumed in tiles of at most tile_size columns, so that a [block, tile] slice of
     # similarities stays in cache while both top-ks read it; each tile is cut into interleaved
     # groups of ~row_group columns. A tile that divides M (50,000 = 20 x 2,500) with a group
@@ -217,13 +251,14 @@ def _compiled(plan: _Plan, mesh: Mesh, axis: str):
                     if p.m_padded != p.m else None
                 tv, ti = _topk_last(sims, p.kx, p.row_group, col_valid)
                 row = _merge_topk(row_v, row_i, tv, ti + first_col, p.kx)
-                if p.both:
-                    cv, ci = _topk_first(sims, p.ky, p.col_group, row_valid)  # [tile, ky]
-                    old_v = jax.lax.dynamic_slice_in_dim(col_buf[0], first_col, p.tile)
-                    old_i = jax.lax.dynamic_slice_in_dim(col_buf[1], first_col, p.tile)
-                    new_v, new_i = _merge_topk(old_v, old_i, cv, ci + base, p.ky)
-                    col_buf = (jax.lax.dynamic_update_slice_in_dim(col_buf[0], new_v, first_col, 0),
-                               jax.lax.dynamic_update_slice_in_dim(col_buf[1], new_i, first_col, 0))
+                if p.both:  # the column buffer is [ky, Mp]: this tile's columns are a slice
+                    old_v = jax.lax.dynamic_slice_in_dim(col_buf[0], first_col, p.tile, axis=1)
+                    old_i = jax.lax.dynamic_slice_in_dim(col_buf[1], first_col, p.tile, axis=1)
+                    new_v, new_i = _topk_first_into(sims, p.col_group, old_v, old_i, base,
+                                                    row_valid)
+                    col_buf = (
+                        jax.lax.dynamic_update_slice_in_dim(col_buf[0], new_v, first_col, 1),
+                        jax.lax.dynamic_update_slice_in_dim(col_buf[1], new_i, first_col, 1))
                 return (row, col_buf), None
 
             row0 = (jnp.full((p.block, p.kx), NEG_INF, jnp.float32),
@@ -232,17 +267,19 @@ def _compiled(plan: _Plan, mesh: Mesh, axis: str):
                 tile_step, (row0, col_buf), (y_tiles, jnp.arange(n_tiles, dtype=jnp.int32)))
             return col_buf, row
 
-        init = (jnp.full((p.m_padded, p.ky), NEG_INF, jnp.float32),
-                jnp.full((p.m_padded, p.ky), -1, jnp.int32))
+        init = (jnp.full((p.ky, p.m_padded), NEG_INF, jnp.float32),
+                jnp.full((p.ky, p.m_padded), -1, jnp.int32))
         (col_v, col_i), (row_v, row_i) = jax.lax.scan(
             block_step, init, (xs, jnp.arange(p.steps, dtype=jnp.int32)))
         if not p.both:
             return row_v, row_i
-        # Merge the per-device column buffers: [D, Mp, ky] -> [Mp, D*ky] -> top-k.
-        col_v = jnp.moveaxis(jax.lax.all_gather(col_v, axis), 0, 1).reshape(p.m_padded, -1)
-        col_i = jnp.moveaxis(jax.lax.all_gather(col_i, axis), 0, 1).reshape(p.m_padded, -1)
-        values, pos = jax.lax.top_k(col_v, p.ky)
-        return row_v, row_i, values, jnp.take_along_axis(col_i, pos, axis=1)
+        # Merge the per-device column buffers: [D, ky, Mp] -> [D*ky, Mp] -> top-k -> [Mp, ky].
+        col_v = jax.lax.all_gather(col_v, axis).reshape(-1, p.m_padded)
+        col_i = jax.lax.all_gather(col_i, axis).reshape(-1, p.m_padded)
+        if p.devices > 1:
+            col_v, col_i = _insert_rows(col_v, col_i, jnp.full((p.ky, p.m_padded), NEG_INF),
+                                        jnp.full((p.ky, p.m_padded), -1, jnp.int32))
+        return row_v, row_i, col_v.T, col_i.T
 
     out_specs = (P(axis), P(axis), P(), P()) if p.both else (P(axis), P(axis))
     sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(axis), P()),
@@ -252,7 +289,7 @@ def _compiled(plan: _Plan, mesh: Mesh, axis: str):
 
 def precompile(n: int, m: int, dim: int, k: int = 4, *, both: bool = True,
                block_size: int = 2048, mesh: Mesh | None = None, axis: str = DATA_AXIS,
-               row_group: int = 80, col_group: int = 8, tile_size: int = 4096) -> None:
+               row_group: int = 80, col_group: int = 25, tile_size: int = 4096) -> None:
     """Compile the scorer for ``[n, dim]`` x ``[m, dim]`` inputs without running it (a later
     ``knn`` call with the same arguments reuses the executable)."""
     mesh = mesh or default_mesh()
@@ -267,7 +304,7 @@ def precompile(n: int, m: int, dim: int, k: int = 4, *, both: bool = True,
 
 def knn(x: np.ndarray, y: np.ndarray, k: int = 4, *, both: bool = True,
         block_size: int = 2048, mesh: Mesh | None = None, axis: str = DATA_AXIS,
-        row_group: int = 80, col_group: int = 8, tile_size: int = 4096) -> Neighbours:
+        row_group: int = 80, col_group: int = 25, tile_size: int = 4096) -> Neighbours:
     """Exact top-k inner products of the rows of ``x`` against ``y`` (and of ``y`` against ``x``).
 
     Args:
