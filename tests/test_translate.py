@@ -145,9 +145,25 @@ def test_changed_settings_refuse_old_shards_and_unknown_language(checkpoint, tmp
             str(checkpoint), "--max_length", "6", "--no_progress"]
     with pytest.raises(ValueError, match=r"\.parts: unfinished shards of another run"):
         main([*base, "--languages", "yo"])
-    with pytest.raises(KeyError, match="language 'xx'"):
+    with pytest.raises(ValueError, match="--languages xx: .*language 'xx'"):
         main([*base, "--languages", "xx"])
     assert not (out / "xnli/translate-train/en-xx-translated.tsv").exists()
+
+
+def test_the_command_line_reports_its_errors_in_one_line(checkpoint, tmp_path, capsys):
+    from xstilts.translate import console_main
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    _glue_mnli(data / "mnli/train.tsv", 3)
+    base = ["--task", "mnli", "--data_dir", str(data), "--output_dir", str(out), "--no_progress"]
+    assert console_main([*base, "--languages", "xx", "--model", str(checkpoint)]) == 1
+    assert console_main([*base, "--languages", "yo", "--model", str(tmp_path / "none")]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith("python -m xstilts.translate: TranslateInputError: --languages "
+                               "xx: ") and "language 'xx'" in lines[0]
+    assert lines[1] == (f"python -m xstilts.translate: FileNotFoundError: {tmp_path / 'none'}: "
+                        f"no such folder (and not a Hugging Face hub id)")
+    assert len(lines) == 2 and not out.exists()
 
 
 def test_pawsx_to_the_release_layout(checkpoint, tmp_path):

@@ -41,6 +41,7 @@ import numpy as np
 from tqdm import tqdm
 
 from xstilts.data import sources, tasks
+from xstilts.data.readers import DataFormatError
 from xstilts.data.tables.intermediate import OURS
 from xstilts.data.tables.translated import OURS_DIR, OursRow
 from xstilts.decoding import DecodeSettings, generate
@@ -98,7 +99,10 @@ class Translator:
 
     def check_languages(self, langs: Sequence[str], src: str) -> None:
         for lang in [src, *langs]:
-            self.tokenizer.lang_id(self.code(lang))  # KeyError naming the tokenizer
+            try:
+                self.tokenizer.lang_id(self.code(lang))
+            except KeyError as error:  # it names the tokenizer file and its codes
+                raise TranslateInputError(f"--languages {lang}: {error.args[0]}") from None
 
     def translate(self, texts: Sequence[str], src: str, tgt: str) -> list[str]:
         """Translations of ``texts`` in their order (batches sorted by length)."""
@@ -175,11 +179,23 @@ def translate_task(task: str, languages: Sequence[str], data_dir: str, output_di
     language with an official release is written under ``output_dir/translate-train-ours/``
     (``output_path``), at the release's own path only with ``at_release_path``."""
     if task not in TASKS:
-        raise ValueError(f"--task {task!r}: expected one of {list(TASKS)}")
+        raise TranslateInputError(f"--task {task!r}: expected one of {list(TASKS)}")
     return [path for name in GROUPS.get(task, (task,)) for path in _translate_one(
         name, languages, data_dir, output_dir, translator, model_name=model_name,
         max_examples=max_examples, shard_size=shard_size, allow_samples=allow_samples,
         progress=progress, at_release_path=at_release_path)]
+
+
+class TranslateInputError(ValueError):
+    """A request the translator cannot carry out as asked (task, input, unfinished shards)."""
+
+
+class ReleaseFileError(FileExistsError):
+    """Our translation would replace an official release file."""
+
+
+# One line on the command line, no traceback: they name the file and what to do.
+REPORTED_ERRORS = (TranslateInputError, ReleaseFileError, DataFormatError, FileNotFoundError)
 
 
 def output_path(task: str, lang: str, output_dir: str | os.PathLike, *,
@@ -196,7 +212,7 @@ def output_path(task: str, lang: str, output_dir: str | os.PathLike, *,
     out = root / relative
     manifest = out.with_name(out.name + ".manifest.json")
     if at_release_path and lang in row.official and out.exists() and not manifest.exists():
-        raise FileExistsError(
+        raise ReleaseFileError(
             f"{out}: the official release of {row.dataset}.{lang} is there; our translation "
             f"never replaces it: drop --at_release_path (ours then goes to "
             f"{root / row.output_path(lang)}, the task {row.name(lang)}) or move the release away")
@@ -215,7 +231,8 @@ def _translate_one(task: str, languages: Sequence[str], data_dir: str, output_di
     if max_examples is not None:
         units = units[:max_examples]
     if not units:
-        raise ValueError(f"{inputs[0]}: no examples in the train split of {layout.task}")
+        raise TranslateInputError(
+            f"{inputs[0]}: no examples in the train split of {layout.task}")
     translator.check_languages(languages, "en")
     settings = {"model": model_name, "model_sha256": model_sha256(translator.folder),
                 "input_files": [str(p) for p in inputs], "input_sha256": file_sha256(inputs),
@@ -236,8 +253,9 @@ def _translate_one(task: str, languages: Sequence[str], data_dir: str, output_di
             before = json.loads(recorded.read_text(encoding="utf-8"))
             if before != settings:
                 changed = sorted(k for k in settings if before.get(k) != settings[k])
-                raise ValueError(f"{parts}: unfinished shards of another run (differs in "
-                                 f"{changed}); delete the folder or rerun with its settings")
+                raise TranslateInputError(
+                    f"{parts}: unfinished shards of another run (differs in {changed}); delete "
+                    f"the folder or rerun with its settings")
         else:
             _atomic_write(recorded, json.dumps(settings, indent=1))
         shards = range(0, len(units), shard_size)
@@ -336,5 +354,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def console_main(argv: Sequence[str] | None = None) -> int:
+    """``main`` with the errors of ``REPORTED_ERRORS`` printed as one line, exit 1."""
+    try:
+        return main(argv)
+    except REPORTED_ERRORS as error:
+        print(f"python -m xstilts.translate: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())
