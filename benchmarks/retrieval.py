@@ -1,6 +1,7 @@
 """Exact k=4 retrieval both ways + ratio margin: xstilts' jit scorer against faiss-cpu.
 
     python benchmarks/retrieval.py [--n 50000] [--d 1024] [--block-size 2048] [--reps 1]
+                                   [--baseline 8129cf0 | --baseline none]
 
 Data: X then Y, ``default_rng(0)`` normal, L2-normalised, fp32, N = M = ``--n``.
 
@@ -8,15 +9,23 @@ Data: X then Y, ``default_rng(0)`` normal, L2-normalised, fp32, N = M = ``--n``.
   searched with Y, and the ratio margins in numpy, exactly XTREME's formula.
 * **ours**: ``xstilts.evals.knn.knn`` (one jitted single pass: every ``X_blk @ Y_tile.T`` feeds
   both directions, so half of faiss's FLOPs) and ``knn.ratio_margins``; compiled beforehand.
+* **ours before** (``--baseline REV``, default ``8129cf0``, the scorer before issue 16's
+  column top-k; ``none`` skips it): ``xstilts/evals/knn.py`` as it was at that git revision
+  (read with ``git show``), timed in this process beside ours, alternating which goes first, to
+  measure our own speed-up on the same machine state; its neighbours must equal ours.
 * **numpy matmul**: ``X_blk @ Y.T`` over the same blocks, i.e. the N x M x d product once, as a
   yardstick for this machine's fp32 GEMM rate.
 
 faiss and numpy each run in a child process of their own (on the 2-core CI machine, timing BLAS
 peers in the same process as XLA distorted results by 15-40 %); ours runs in this process. The
 children get the data through ``.npy`` files and send their neighbours back the same way, so the
-results are checked on identical inputs. The order is ours, faiss, numpy per repetition; the
-minimum over repetitions is reported. ``OPENBLAS_CORETYPE`` is printed and left as found (an
-empty value makes faiss's bundled OpenBLAS fall back to SSE3 kernels, ~4x slower).
+results are checked on identical inputs. The order is ours (and ours before), faiss, numpy per
+repetition; the minimum over repetitions is reported. The load average is printed at the start,
+per repetition and at the end: on a shared machine the wall-clock ratio is only as good as the
+load allows, so each system's CPU seconds (``time.process_time``, all threads; faiss's OpenMP
+threads spin while they wait, which inflates its figure) are printed too. ``OPENBLAS_CORETYPE``
+is printed and left as found (an empty value makes faiss's bundled OpenBLAS fall back to SSE3
+kernels, ~4x slower).
 
 GFLOP/s: "real" counts the multiply-adds actually done (faiss 2 x 2NMd, ours 2NMd); "effective"
 is 2 x 2NMd / time for everyone (the work of answering both directions the two-pass way).
@@ -26,6 +35,7 @@ Last line: ``retrieval: ours <x> s, faiss <y> s, ratio <y/x>``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -68,7 +78,7 @@ def child_faiss(workdir: Path, threads: int) -> None:
         index = faiss.IndexFlatIP(warm.shape[1])
         index.add(warm)
         index.search(warm, K)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     index = faiss.IndexFlatIP(y.shape[1])
     index.add(y)
     sim_xy, idx_xy = index.search(x, K)
@@ -76,20 +86,20 @@ def child_faiss(workdir: Path, threads: int) -> None:
     index.add(x)
     sim_yx, idx_yx = index.search(y, K)
     fwd, bwd = numpy_margins(sim_xy, idx_xy, sim_yx, idx_yx)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     np.savez(workdir / "faiss.npz", sim_xy=sim_xy, idx_xy=idx_xy, sim_yx=sim_yx, idx_yx=idx_yx,
              fwd=fwd, bwd=bwd)
-    print(json.dumps({"seconds": seconds, "faiss": faiss.__version__,
+    print(json.dumps({"seconds": seconds, "cpu": cpu, "faiss": faiss.__version__,
                       "compile_options": faiss.get_compile_options()}))
 
 
 def child_numpy(workdir: Path, block: int) -> None:
     x, y = np.load(workdir / "x.npy"), np.load(workdir / "y.npy")
     x[:block] @ y[:2000].T  # warm-up
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for start in range(0, x.shape[0], block):
         x[start: start + block] @ y.T
-    print(json.dumps({"seconds": time.perf_counter() - t0}))
+    print(json.dumps({"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0}))
 
 
 def run_child(kind: str, workdir: Path, extra: list[str]) -> dict:
@@ -103,13 +113,29 @@ def run_child(kind: str, workdir: Path, extra: list[str]) -> dict:
 # -- ours ---------------------------------------------------------------------------------
 
 
-def run_ours(x, y, block_size: int):
-    from xstilts.evals import knn
+def load_baseline(rev: str):
+    """``xstilts/evals/knn.py`` as it was at git revision ``rev``, imported as a module."""
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run(["git", "-C", str(repo), "show", f"{rev}:xstilts/evals/knn.py"],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"--baseline {rev}: git show failed: {done.stderr.strip()}")
+    with tempfile.TemporaryDirectory(prefix="xstilts-knn-") as tmp:
+        path = Path(tmp) / f"knn_{rev}.py"
+        path.write_text(done.stdout)
+        spec = importlib.util.spec_from_file_location(f"knn_{rev}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up
+        spec.loader.exec_module(module)
+    return module
 
-    t0 = time.perf_counter()
+
+def run_ours(knn, x, y, block_size: int):
+    """One timed call of ``knn.knn`` + ``knn.ratio_margins``: (wall s, CPU s, results)."""
+    t0, c0 = time.perf_counter(), time.process_time()
     nb = knn.knn(x, y, K, block_size=block_size)
     fwd, bwd = knn.ratio_margins(nb)
-    return time.perf_counter() - t0, nb, fwd, bwd
+    return time.perf_counter() - t0, time.process_time() - c0, nb, fwd, bwd
 
 
 def compare(nb, fwd, bwd, ref) -> dict:
@@ -140,6 +166,9 @@ def main() -> None:
     parser.add_argument("--block-size", type=int, default=2048)
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--baseline", default="8129cf0",
+                        help="git revision of xstilts/evals/knn.py timed as 'ours before' "
+                             "('none' to skip)")
     parser.add_argument("--child", choices=["faiss", "numpy"], default=None)
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
@@ -162,33 +191,60 @@ def main() -> None:
         workdir = Path(tmp)
         np.save(workdir / "x.npy", x)
         np.save(workdir / "y.npy", y)
-        # Warm-up: compile ours for the full shapes without running it.
+        # Warm-up: compile ours (and ours before) for the full shapes without running them.
         from xstilts.evals import knn
 
-        t0 = time.perf_counter()
-        knn.precompile(n, n, d, K, block_size=args.block_size)
-        print(f"ours: compile {time.perf_counter() - t0:.1f} s")
-        ours_t, faiss_t, numpy_t = [], [], []
+        systems = {"ours": knn}
+        if args.baseline != "none":
+            systems["before"] = load_baseline(args.baseline)
+        for name, module in systems.items():
+            t0 = time.perf_counter()
+            module.precompile(n, n, d, K, block_size=args.block_size)
+            print(f"{name}: compile {time.perf_counter() - t0:.1f} s")
+        wall = {name: [] for name in [*systems, "faiss", "numpy"]}
+        cpu = {name: [] for name in wall}
+        results = {}
         for rep in range(args.reps):
-            t, nb, fwd, bwd = run_ours(x, y, args.block_size)
-            ours_t.append(t)
+            order = list(systems) if rep % 2 == 0 else list(systems)[::-1]
+            for name in order:
+                t, c, *results[name] = run_ours(systems[name], x, y, args.block_size)
+                wall[name].append(t)
+                cpu[name].append(c)
             faiss_info = run_child("faiss", workdir, ["--threads", str(args.threads)])
-            faiss_t.append(faiss_info["seconds"])
-            numpy_t.append(run_child("numpy", workdir, ["--block-size",
-                                                        str(args.block_size)])["seconds"])
-            print(f"rep {rep}: ours {t:.2f} s, faiss {faiss_t[-1]:.2f} s, numpy matmul "
-                  f"{numpy_t[-1]:.2f} s  (loadavg {os.getloadavg()[0]:.1f})", flush=True)
+            numpy_info = run_child("numpy", workdir, ["--block-size", str(args.block_size)])
+            for name, info in (("faiss", faiss_info), ("numpy", numpy_info)):
+                wall[name].append(info["seconds"])
+                cpu[name].append(info["cpu"])
+            print(f"rep {rep}: " + ", ".join(f"{name} {wall[name][-1]:.2f} s" for name in wall)
+                  + f"  (loadavg {os.getloadavg()[0]:.1f})", flush=True)
         ref = dict(np.load(workdir / "faiss.npz"))
+    nb, fwd, bwd = results["ours"]
     check = compare(nb, fwd, bwd, ref)
     print(f"faiss {faiss_info['faiss']} ({faiss_info['compile_options']}), threads {args.threads}")
     print("check vs faiss: " + json.dumps(check))
     if not check["equal"]:
         raise SystemExit("results differ from faiss beyond 1e-5")
-    ours, peer, mm = min(ours_t), min(faiss_t), min(numpy_t)
+    if "before" in results:
+        old = results["before"][0]
+        same_sims = all(np.array_equal(getattr(nb, f), getattr(old, f))
+                        for f in ("sim_xy", "sim_yx"))
+        tied = sum(int((getattr(nb, f) != getattr(old, f)).sum()) for f in ("idx_xy", "idx_yx"))
+        print(f"ours vs ours before ({args.baseline}): similarities identical {same_sims}, "
+              f"indices differing (ties) {tied}")
+        if not same_sims:
+            raise SystemExit("ours and ours before return different similarities")
+    best = {name: min(times) for name, times in wall.items()}
+    ours, peer, mm = best["ours"], best["faiss"], best["numpy"]
+    print("CPU s (min): " + ", ".join(f"{name} {min(c):.2f}" for name, c in cpu.items()))
     print(f"GFLOP/s real:      ours {flop / ours / 1e9:.0f}, faiss {2 * flop / peer / 1e9:.0f}, "
           f"numpy matmul {flop / mm / 1e9:.0f}")
     print(f"GFLOP/s effective: ours {2 * flop / ours / 1e9:.0f}, faiss {2 * flop / peer / 1e9:.0f}"
           f"  (ours real = {100 * mm / ours:.0f} % of numpy matmul rate)")
+    print(f"loadavg at end {os.getloadavg()}")
+    if "before" in best:
+        print(f"ours before ({args.baseline}): {best['before']:.2f} s, ratio to faiss "
+              f"{peer / best['before']:.2f}; ours after/before speed-up "
+              f"{best['before'] / ours:.2f}x")
     print(f"retrieval: ours {ours:.2f} s, faiss {peer:.2f} s, ratio {peer / ours:.2f}")
 
 
