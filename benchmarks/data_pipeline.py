@@ -18,8 +18,10 @@ Sections (each printed as one line, examples/s on this CPU):
   files to fixed-shape batches by the native path (``pipeline.task_batcher``: featurize into a
   shared cache, host ``i`` featurizing its parts, then ``FeatureBatcher``) and by the seqio path
   (``seqio_tasks.seqio_batches``: the registered seqio Task, ``XLMRVocabulary`` in TF, the
-  encoder feature converter), each with 1 host and with 2 hosts (two processes at once, shard
-  0/2 and 1/2); examples/s per host and in all, for one epoch's rows. The paper-scale model
+  encoder feature converter; rows batched from source to batch, ``seqio_batched``; the load
+  average is printed, since other work on the machine moves both figures), each with 1 host
+  and with 2 hosts (two processes at once, shard 0/2 and 1/2); examples/s per host and in
+  all, for one epoch's rows. The paper-scale model
   figure they are compared with: XLM-R Large, batch 32 x 256, bf16, ``PAPER_STEP_FLOPS`` (the
   TPU compiler's cost analysis of the train step, issue 16: 4.10e12 FLOPs per chip x 4 chips)
   at 45% MFU of one H100 (989 TFLOP/s dense bf16), i.e. ~870 examples/s per accelerator.
@@ -372,6 +374,8 @@ def streams_section(examples: int) -> None:
             for count in (1, 2):
                 rates[path, count] = _streams(path, root, count, examples, batch, length)
     need = 3 * paper_model_rate()
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"streams: load average (1, 5, 15 min) at the end: {load} on {os.cpu_count()} cores")
     for count in (1, 2):
         native, seqio = rates["native", count], rates["seqio", count]
         print(f"streams: {count} host(s), synthetic.nli.en train ({examples} examples, batch "

@@ -41,6 +41,7 @@ def classification_rows(chunks: tf.data.Dataset, features: BatchFn, length: int,
     converter give; ``shuffle_buffer_size`` None: not shuffled."""
     converter = ClassificationConverter()
 
+    @tf.autograph.experimental.do_not_convert  # plain TF ops: autograph only costs start-up
     def rows(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         out = features(batch)
         out[INPUTS] = out[INPUTS][:, :length]  # seqio's _trim_output_features
@@ -63,6 +64,7 @@ def classification_batches(chunks: tf.data.Dataset, features: BatchFn, length: i
     converter = ClassificationConverter()
     batches = classification_rows(chunks, features, length, **options).batch(batch_size)
     if buckets:
-        batches = batches.map(lambda b: converter.cut_batch(b, length, buckets))
+        batches = batches.map(tf.autograph.experimental.do_not_convert(
+            lambda b: converter.cut_batch(b, length, buckets)))
     return batches
 

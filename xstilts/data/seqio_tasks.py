@@ -266,7 +266,8 @@ def _over_batches(dataset: tf.data.Dataset, fn: Callable[[dict[str, Any]], dict[
     unbatching and batching them again: the same examples in the same order."""
     chunks = getattr(dataset, "_xstilts_chunks", None)
     batched = dataset.batch(TOKENIZE_BATCH) if chunks is None else chunks
-    batched = batched.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    batched = batched.map(tf.autograph.experimental.do_not_convert(fn),  # plain TF ops
+                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return batched.unbatch().map(dict)
 
 
