@@ -7,7 +7,10 @@ runs in its own process (measured on the 2-core CI machine: the Flax step ran 15
 torch models were stepped in the same process), the processes alternate round by round, and we
 report the median of every system's timed steps. The last line reads ``model_step: ours <x>
 tok/s, pytorch <y> tok/s, ratio <x/y>`` (pytorch = the faster of eager and ``torch.compile``,
-when the latter works here).
+when the latter works here) with our default dropout PRNG (threefry). ``--dropout_rng`` lists
+the PRNGs (``XLMRConfig.dropout_rng``) our step runs with, each as its own system (default
+``threefry,unsafe_rbg``: both are printed). The load average is printed at the start and the end
+(the 2-core machine is shared).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import time
 from child_process import run_child  # benchmarks/ is the script's directory
 
 SYSTEMS = ("ours", "torch_eager", "torch_compile")
+DEFAULT_RNG = "threefry"  # XLMRConfig.dropout_rng's default: the headline ratio uses it
+DROPOUT_RNGS = ("threefry", "rbg", "unsafe_rbg")  # xstilts.models.xlmr.DROPOUT_RNGS
 
 
 def _config_kwargs(args: argparse.Namespace) -> dict:
@@ -47,7 +52,8 @@ def run_ours(args: argparse.Namespace) -> list[float]:
 
     from xstilts.models.xlmr import XLMRConfig
 
-    config = XLMRConfig(**_config_kwargs(args), dtype=args.dtype)
+    rng = args.system.partition(":")[2] or DEFAULT_RNG
+    config = XLMRConfig(**_config_kwargs(args), dtype=args.dtype, dropout_rng=rng)
     tr = classification_trainer(config)
     ids, mask, labels = _data(args)
     batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
@@ -81,7 +87,7 @@ def run_torch(args: argparse.Namespace, compiled: bool) -> list[float]:
 
 
 def _child(args: argparse.Namespace) -> None:
-    if args.system == "ours":
+    if args.system.startswith("ours"):
         times = run_ours(args)
     else:
         times = run_torch(args, compiled=args.system == "torch_compile")
@@ -95,7 +101,7 @@ def _spawn(system: str, argv: list[str], timeout: float) -> list[float] | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--child", dest="system", choices=SYSTEMS)
+    parser.add_argument("--child", dest="system")
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--hidden", type=int, default=768)
     parser.add_argument("--vocab", type=int, default=32000)
@@ -107,6 +113,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating process rounds")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--dropout_rng", default="threefry,unsafe_rbg",
+                        help="comma-separated dropout PRNGs for our step (threefry, rbg, "
+                             "unsafe_rbg), each its own system; threefry always runs")
     args = parser.parse_args()
     if args.system:
         _child(args)
@@ -114,11 +123,17 @@ def main() -> None:
 
     argv = [f"--{k}={getattr(args, k)}" for k in
             ("layers", "hidden", "vocab", "batch", "length", "dtype", "steps", "warmup")]
-    systems = [s for s in SYSTEMS if not (args.no_compile and s == "torch_compile")]
+    rngs = [r for r in args.dropout_rng.split(",") if r and r != DEFAULT_RNG]
+    bad = [r for r in rngs if r not in DROPOUT_RNGS]
+    if bad:
+        parser.error(f"--dropout_rng {','.join(bad)}: expected names from {DROPOUT_RNGS}")
+    ours = ["ours"] + [f"ours:{r}" for r in dict.fromkeys(rngs)]
+    systems = ours + [s for s in SYSTEMS[1:] if not (args.no_compile and s == "torch_compile")]
     tokens = args.batch * args.length
     print(f"model_step: {args.layers} layers x {args.hidden}, vocab {args.vocab}, batch "
           f"{args.batch} x {args.length}, ours in {args.dtype}, torch fp32; {args.rounds} rounds "
-          f"x {args.steps} timed steps, separate processes, alternating")
+          f"x {args.steps} timed steps, separate processes, alternating; load average "
+          f"{_load()}")
     times: dict[str, list[float]] = {s: [] for s in systems}
     for r in range(args.rounds):
         order = systems if r % 2 == 0 else systems[::-1]
@@ -134,8 +149,16 @@ def main() -> None:
             print(f"{system:>14}: {rates[system]:8.1f} tok/s (min {tokens / max(ts):.1f}, "
                   f"max {tokens / min(ts):.1f}, {len(ts)} steps)")
     torch_best = max(v for k, v in rates.items() if k.startswith("torch"))
+    print(f"load average at the end {_load()}")
+    for system in (s for s in ours if s != "ours" and s in rates):
+        print(f"model_step: {system} {rates[system]:.1f} tok/s, ratio to pytorch "
+              f"{rates[system] / torch_best:.2f}")
     print(f"model_step: ours {rates['ours']:.1f} tok/s, pytorch {torch_best:.1f} tok/s, "
           f"ratio {rates['ours'] / torch_best:.2f}")
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 if __name__ == "__main__":
