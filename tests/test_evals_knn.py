@@ -1,6 +1,7 @@
 """The jit blockwise scorer against brute force (full matrix, argsort in numpy)."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -48,6 +49,9 @@ CASES = [  # n, m, d, k, block_size, devices, row_group, col_group (tiles of <= 
     (333, 5003, 16, 1, 64, 8, 64, 8),    # 8 devices, k=1, N < one block per device
     (777, 640, 8, 4, 200, 8, 1, 1),      # plain lax.top_k path
     (5, 3, 4, 4, 2048, 8, 80, 8),        # k larger than M: capped at M (and at N)
+    (338, 999, 16, 4, 64, 8, 16, 8),     # device 7's block has 2 valid rows: < k valid groups
+    (600, 1100, 16, 3, 200, 1, 16, 1),   # column top-k by insertion over every row (group 1)
+    (480, 1500, 16, 4, 240, 2, 16, 7),   # col group 7 -> 6 (a divisor of 240); tiles of 750
 ]
 
 
@@ -60,7 +64,7 @@ def test_knn_equals_brute_force(n, m, d, k, block, devices, row_group, col_group
                  col_group=col_group, tile_size=1024)
     plan = knn._plan(n, m, d, k, True, devices, block, row_group, col_group, 1024)
     two_stage = (plan.row_group > 1, plan.col_group > 1)
-    assert two_stage == ((True, True) if row_group > 1 and n > 5 else (False, False))
+    assert two_stage == (row_group > 1 and n > 5, col_group > 1 and n > 5)
     full, s_xy, i_xy, s_yx, i_yx = brute_force(x, y, k)
     assert_same_topk(full, nb.sim_xy, nb.idx_xy, s_xy, i_xy)
     assert_same_topk(full.T, nb.sim_yx, nb.idx_yx, s_yx, i_yx)
@@ -79,9 +83,34 @@ def test_knn_one_direction_and_block_plan():
     assert_same_topk(full, nb.sim_xy, nb.idx_xy, s_xy, i_xy)
     # 50,000 rows and a 2,048 block: 25 blocks of exactly 2,000 rows, no padding to mask;
     # 50,000 columns: 20 tiles of 2,500, each 50 groups of 50, no padding either.
-    plan = knn._plan(50_000, 50_000, 1024, 4, True, 1, 2048, 80, 8, 4096)
+    plan = knn._plan(50_000, 50_000, 1024, 4, True, 1, 2048, 80, 25, 4096)
     assert (plan.steps, plan.block, plan.rows_padded) == (25, 2000, False)
     assert (plan.tile, plan.row_group, plan.m_padded) == (2500, 50, 50_000)
+    assert plan.col_group == 25  # 80 groups of 25 rows per block of 2,000
+    assert knn._plan(480, 1500, 16, 4, True, 2, 240, 16, 7, 1024).col_group == 6
+
+
+def test_column_topk_insertion_and_tiles():
+    """The y->x side alone: exact against a full sort for every group size, with ties across
+    groups, padded rows masked, and the running lists merged over several calls."""
+    rng = np.random.default_rng(7)
+    s = rng.integers(0, 5, (120, 33)).astype(np.float32)  # many ties
+    ref = -np.sort(-s, axis=0)[:4]
+    topk_into = jax.jit(knn._topk_first_into, static_argnums=1)
+    for group in (1, 3, 20):
+        acc = (jnp.full((4, 33), -np.inf), jnp.full((4, 33), -1, jnp.int32))
+        for half in (0, 60):  # two blocks of 60 rows merged into the same lists
+            acc = topk_into(jnp.asarray(s[half:half + 60]), group, *acc, jnp.int32(half))
+        v, i = map(np.asarray, acc)
+        np.testing.assert_array_equal(v, ref)
+        np.testing.assert_array_equal(np.take_along_axis(s, i, axis=0), v)
+        assert all(len(set(col)) == 4 for col in i.T.tolist())
+    valid = jnp.arange(60) < 2  # only rows 0 and 1 count: 2 of 4 slots filled
+    v, i = topk_into(jnp.asarray(s[:60]), 6, jnp.full((4, 33), -np.inf),
+                     jnp.full((4, 33), -1, jnp.int32), jnp.int32(0), valid)
+    np.testing.assert_array_equal(np.asarray(v)[:2], -np.sort(-s[:2], axis=0))
+    assert (np.asarray(i)[2:] == -1).all() and (np.asarray(v)[2:] == -np.inf).all()
+    assert set(np.asarray(i)[:2].ravel()) <= {0, 1}
 
 
 def test_knn_ties_are_broken_consistently():
@@ -90,6 +119,10 @@ def test_knn_ties_are_broken_consistently():
     nb = knn.knn(x, y, 2, mesh=mesh_of(1))
     np.testing.assert_array_equal(nb.sim_xy, np.ones((4, 2)))
     assert all({int(a) % 4, int(b) % 4} == {r} for r, (a, b) in enumerate(nb.idx_xy))
+    # y -> x: each row of y has one sim of 1 and three of 0, tied; the 0s are any other rows.
+    np.testing.assert_array_equal(nb.sim_yx, np.tile([[1.0, 0.0]], (8, 1)))
+    assert [int(i) for i in nb.idx_yx[:, 0]] == [0, 1, 2, 3, 0, 1, 2, 3]
+    assert all(a != b for a, b in nb.idx_yx)
 
 
 def test_knn_bad_input():
