@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import gin
@@ -16,6 +16,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from xstilts.data import manifest, pipeline, tasks
+from xstilts.data.feature_converters import PAD_ID, fit_width
+from xstilts.data.preprocessors import IGNORE_LABEL
 from xstilts.models import heads as heads_lib
 
 log = logging.getLogger("xstilts.train")
@@ -133,6 +135,44 @@ def _names(value: str | Sequence[str] | None) -> list[str]:
 def agree_width(width: int) -> int:
     """The largest of every process's ``width`` (the step's batch width, length buckets)."""
     return int(np.max(multihost_utils.process_allgather(np.asarray(width, np.int32))))
+
+
+def gather_rows(row: np.ndarray) -> np.ndarray:
+    """Every process's ``row`` (int32 vector), stacked: ``[processes, len(row)]``."""
+    gathered = multihost_utils.process_allgather(np.asarray(row, np.int32))
+    return np.asarray(gathered).reshape(-1, len(row))
+
+
+def _padding_like(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A batch of ``batch``'s shapes holding only padding examples (``example_mask`` 0)."""
+    fill = {"input_ids": PAD_ID, "labels": IGNORE_LABEL}
+    return {k: np.full_like(v, fill.get(k, 0)) for k, v in batch.items()}
+
+
+def aligned_batches(stream: Iterator[dict[str, np.ndarray]], *, where: str,
+                    gather: Callable[[np.ndarray], np.ndarray] | None = None
+                    ) -> Iterator[dict[str, np.ndarray]]:
+    """A finite per-host ``stream`` (evaluation) with every host yielding the same number of
+    batches of the same width, so no host waits in a collective that another never enters:
+    per step one all-gather (``gather``) of (has a batch, its width); the step ends the pass
+    when no host has one, is as wide as the widest, and a host whose shard ran out yields a
+    batch of padding examples (``example_mask`` 0, never counted) of its last batch's shape.
+    A host whose shard is empty while another's is not is an error naming ``where``."""
+    gather = gather or gather_rows
+    last = None
+    while True:
+        batch = next(stream, None)
+        width = 0 if batch is None else int(batch["input_ids"].shape[-1])
+        steps = gather(np.asarray([batch is not None, width], np.int32))
+        if not steps[:, 0].any():
+            return
+        if batch is None:
+            if last is None:
+                raise ValueError(f"{where}: this host's shard has no examples while another "
+                                 f"host's has; use fewer hosts (processes) for this split")
+            batch = _padding_like(last)
+        last = batch
+        yield fit_width(batch, int(steps[:, 1].max()))
 
 
 DATA_MANIFEST = "data_manifest.json"  # what a run read, as the experiment writes per job
@@ -282,12 +322,20 @@ class SeqioBatches:
 
         from xstilts.data import seqio_tasks
 
+        # evaluation on several hosts: each host's shard may hold a different number of
+        # batches; aligned_batches pads them to the same count (and agrees on the width)
+        aligned = self.split != "train" and int(num_shards) > 1 and not model.heads
         stream = seqio_tasks.seqio_batches(
             self.mixture_or_task_name, sequence_length=self.task_feature_lengths,
             batch_size=batch_size, split=self.split,
             shard_info=seqio.ShardInfo(int(shard_index), int(num_shards)), seed=self.seed,
             start_step=int(start_batch), use_cached=self._cached,
             length_buckets=self.length_buckets,
-            agree_width=agree_width if int(num_shards) > 1 else None)
+            agree_width=(lambda width: width) if aligned
+            else agree_width if int(num_shards) > 1 else None)  # fmt: skip
+        if aligned:
+            yield from aligned_batches((batch for _, batch in stream),
+                                       where=f"{self.mixture_or_task_name} {self.split}")
+            return
         for task, batch in stream:
             yield (task, batch) if model.heads else batch
