@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from xstilts.models import xlmr
 
@@ -68,3 +69,18 @@ def test_stacked_qkv_projection_equals_three_dense_layers():
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
         scale = max(1.0, float(np.abs(b).max()))
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_gelu_erf_form_equals_flax_and_torch_exact_gelu():
+    torch = pytest.importorskip("torch")
+    x = jnp.concatenate([jnp.linspace(-12.0, 12.0, 4001),
+                         jax.random.normal(jax.random.key(0), (4000,)) * 3])
+    ours = xlmr.gelu_exact(x)
+    np.testing.assert_allclose(ours, nn.gelu(x, approximate=False), rtol=1e-6, atol=1e-6)
+    theirs = torch.nn.functional.gelu(torch.tensor(np.asarray(x))).numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
+    grad = jax.vmap(jax.grad(xlmr.gelu_exact))(x)
+    ref_grad = jax.vmap(jax.grad(lambda v: nn.gelu(v, approximate=False)))(x)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-5, atol=1e-6)
+    half = xlmr.gelu_exact(x.astype(jnp.bfloat16))
+    assert half.dtype == jnp.bfloat16  # the compute dtype is kept
