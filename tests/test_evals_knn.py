@@ -55,13 +55,15 @@ CASES = [  # n, m, d, k, block_size, devices, row_group, col_group (tiles of <= 
 ]
 
 
-@pytest.mark.parametrize("n,m,d,k,block,devices,row_group,col_group", CASES)
-def test_knn_equals_brute_force(n, m, d, k, block, devices, row_group, col_group):
+@pytest.mark.parametrize("n,m,d,k,block,devices,row_group,col_group,col_method",
+                         [(*case, "auto") for case in CASES]
+                         + [(*CASES[0], "sort"), (*CASES[6], "sort")])  # the GPU/TPU path
+def test_knn_equals_brute_force(n, m, d, k, block, devices, row_group, col_group, col_method):
     rng = np.random.default_rng(n + m)
     x = knn.l2_normalize(rng.standard_normal((n, d)))
     y = knn.l2_normalize(rng.standard_normal((m, d)))
     nb = knn.knn(x, y, k, block_size=block, mesh=mesh_of(devices), row_group=row_group,
-                 col_group=col_group, tile_size=1024)
+                 col_group=col_group, tile_size=1024, col_method=col_method)
     plan = knn._plan(n, m, d, k, True, devices, block, row_group, col_group, 1024)
     two_stage = (plan.row_group > 1, plan.col_group > 1)
     assert two_stage == (row_group > 1 and n > 5, col_group > 1 and n > 5)
@@ -133,6 +135,9 @@ def test_knn_bad_input():
         knn.knn(good, np.ones((0, 4)))
     with pytest.raises(ValueError, match=r"row 1 has a NaN"):
         knn.knn(np.array([[1.0, 0], [np.nan, 0]]), np.ones((2, 2)))
+    with pytest.raises(ValueError, match="col_method must be"):
+        knn.knn(good, good, 1, col_method="approx")
+    assert knn._col_insert("auto", mesh_of(1))  # CPU: insertion
     with pytest.raises(ValueError, match="k must be >= 1"):
         knn.knn(good, good, 0)
     with pytest.raises(ValueError, match="both directions"):

@@ -154,6 +154,27 @@ def _topk_first_into(s: jax.Array, group: int, acc_v: jax.Array, acc_i: jax.Arra
     return _insert_rows(values, members + base, acc_v, acc_i)
 
 
+def _topk_first(s: jax.Array, k: int, group: int,
+                valid: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Exact top-k along the first axis of ``s [R, C]`` (rows where ``valid [R]`` is False are
+    never chosen), returned as ``[C, k]``: ``lax.top_k`` over transposed group maxima, then over
+    the members. For GPU/TPU, where a loop of small steps costs a launch each."""
+    rows, cols = s.shape
+    if group <= 1:
+        return jax.lax.top_k((s if valid is None else jnp.where(valid[:, None], s, NEG_INF)).T, k)
+    n_groups = rows // group
+    masked = s if valid is None else jnp.where(valid[:, None], s, NEG_INF)
+    group_max = masked.reshape(group, n_groups, cols).max(axis=0)  # [G, C]
+    _, best_groups = jax.lax.top_k(group_max.T, k)  # [C, k]
+    members = best_groups[:, :, None] + (jnp.arange(group, dtype=jnp.int32) * n_groups)
+    members = members.reshape(cols, k * group)
+    values = s[members, jnp.arange(cols)[:, None]]
+    if valid is not None:
+        values = jnp.where(valid[members], values, NEG_INF)
+    values, pos = jax.lax.top_k(values, k)
+    return values, jnp.take_along_axis(members, pos, axis=1)
+
+
 def _merge_topk(v1, i1, v2, i2, k: int):
     values, pos = jax.lax.top_k(jnp.concatenate([v1, v2], axis=1), k)
     return values, jnp.take_along_axis(jnp.concatenate([i1, i2], axis=1), pos, axis=1)
@@ -177,6 +198,7 @@ class _Plan:
     row_group: int  # two-stage group size along Y (1 = plain top_k)
     col_group: int  # two-stage group size along a block's rows (1 = plain top_k)
     tile: int  # columns of Y per product (m_padded = tiles * tile)
+    col_insert: bool = True  # column top-k by insertion (XLA:CPU) or by lax.top_k (accelerators)
 
     @property
     def rows_padded(self) -> bool:
@@ -209,7 +231,8 @@ def _tiling(m: int, kx: int, tile_size: int, row_group: int) -> tuple[int, int]:
 
 
 def _plan(n: int, m: int, dim: int, k: int, both: bool, devices: int, block_size: int,
-          row_group: int, col_group: int, tile_size: int = 4096) -> _Plan:
+          row_group: int, col_group: int, tile_size: int = 4096,
+          col_insert: bool = True) -> _Plan:
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if block_size < 8:
@@ -228,7 +251,8 @@ def _plan(n: int, m: int, dim: int, k: int, both: bool, devices: int, block_size
     # size that divides the tile (2,500 = 50 x 50) needs no padding and no mask.
     tile, rg = _tiling(m, kx, tile_size, row_group)
     m_padded = tile * math.ceil(m / tile)
-    return _Plan(n, m, dim, kx, ky, both, devices, steps, block, m_padded, rg, cg, tile)
+    return _Plan(n, m, dim, kx, ky, both, devices, steps, block, m_padded, rg, cg, tile,
+                 col_insert)
 
 
 @functools.lru_cache(maxsize=32)
@@ -258,8 +282,13 @@ def _compiled(plan: _Plan, mesh: Mesh, axis: str):
                 if p.both:  # the column buffer is [ky, Mp]: this tile's columns are a slice
                     old_v = jax.lax.dynamic_slice_in_dim(col_buf[0], first_col, p.tile, axis=1)
                     old_i = jax.lax.dynamic_slice_in_dim(col_buf[1], first_col, p.tile, axis=1)
-                    new_v, new_i = _topk_first_into(sims, p.col_group, old_v, old_i, base,
-                                                    row_valid)
+                    if p.col_insert:
+                        new_v, new_i = _topk_first_into(sims, p.col_group, old_v, old_i, base,
+                                                        row_valid)
+                    else:
+                        cv, ci = _topk_first(sims, p.ky, p.col_group, row_valid)  # [tile, ky]
+                        new_v, new_i = _merge_topk(old_v.T, old_i.T, cv, ci + base, p.ky)
+                        new_v, new_i = new_v.T, new_i.T
                     col_buf = (
                         jax.lax.dynamic_update_slice_in_dim(col_buf[0], new_v, first_col, 1),
                         jax.lax.dynamic_update_slice_in_dim(col_buf[1], new_i, first_col, 1))
@@ -291,14 +320,23 @@ def _compiled(plan: _Plan, mesh: Mesh, axis: str):
     return jax.jit(sharded), NamedSharding(mesh, P(axis)), NamedSharding(mesh, P())
 
 
+def _col_insert(col_method: str, mesh: Mesh) -> bool:
+    if col_method not in ("auto", "insert", "sort"):
+        raise ValueError(f"col_method must be 'auto', 'insert' or 'sort', got {col_method!r}")
+    if col_method == "auto":
+        return mesh.devices.flat[0].platform == "cpu"
+    return col_method == "insert"
+
+
 def precompile(n: int, m: int, dim: int, k: int = 4, *, both: bool = True,
                block_size: int = 2048, mesh: Mesh | None = None, axis: str = DATA_AXIS,
-               row_group: int = 80, col_group: int = 25, tile_size: int = 4096) -> None:
+               row_group: int = 80, col_group: int = 25, tile_size: int = 4096,
+               col_method: str = "auto") -> None:
     """Compile the scorer for ``[n, dim]`` x ``[m, dim]`` inputs without running it (a later
     ``knn`` call with the same arguments reuses the executable)."""
     mesh = mesh or default_mesh()
     plan = _plan(n, m, dim, k, both, mesh.shape[axis], block_size, row_group, col_group,
-                 tile_size)
+                 tile_size, _col_insert(col_method, mesh))
     fn, x_sharding, replicated = _compiled(plan, mesh, axis)
     fn.lower(jax.ShapeDtypeStruct((plan.devices * plan.steps, plan.block, dim), jnp.float32,
                                   sharding=x_sharding),
@@ -308,7 +346,8 @@ def precompile(n: int, m: int, dim: int, k: int = 4, *, both: bool = True,
 
 def knn(x: np.ndarray, y: np.ndarray, k: int = 4, *, both: bool = True,
         block_size: int = 2048, mesh: Mesh | None = None, axis: str = DATA_AXIS,
-        row_group: int = 80, col_group: int = 25, tile_size: int = 4096) -> Neighbours:
+        row_group: int = 80, col_group: int = 25, tile_size: int = 4096,
+        col_method: str = "auto") -> Neighbours:
     """Exact top-k inner products of the rows of ``x`` against ``y`` (and of ``y`` against ``x``).
 
     Args:
@@ -322,6 +361,9 @@ def knn(x: np.ndarray, y: np.ndarray, k: int = 4, *, both: bool = True,
       row_group, col_group: group sizes of the exact two-stage top-ks, rounded to divisors of
         the tile / block (1 = one stage: ``lax.top_k`` over the tile's columns, insertion of
         every row of the block).
+      col_method: the y->x top-k: ``"insert"`` (vectorised insertion, fastest on XLA:CPU),
+        ``"sort"`` (``lax.top_k``; a loop of small steps costs a launch each on GPU/TPU) or
+        ``"auto"`` (insert on CPU meshes, sort elsewhere). Both are exact.
     """
     x = _check_matrix("x (queries)", x)
     y = _check_matrix("y (index)", y)
@@ -332,7 +374,8 @@ def knn(x: np.ndarray, y: np.ndarray, k: int = 4, *, both: bool = True,
         raise ValueError(f"mesh {dict(mesh.shape)} has no {axis!r} axis")
     devices = mesh.shape[axis]
     (n, dim), m = x.shape, y.shape[0]
-    plan = _plan(n, m, dim, k, both, devices, block_size, row_group, col_group, tile_size)
+    plan = _plan(n, m, dim, k, both, devices, block_size, row_group, col_group, tile_size,
+                 _col_insert(col_method, mesh))
     fn, x_sharding, replicated = _compiled(plan, mesh, axis)
 
     rows = devices * plan.steps * plan.block
