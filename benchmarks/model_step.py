@@ -8,9 +8,9 @@ torch models were stepped in the same process), the processes alternate round by
 report the median of every system's timed steps. The last line reads ``model_step: ours <x>
 tok/s, pytorch <y> tok/s, ratio <x/y>`` (pytorch = the faster of eager and ``torch.compile``,
 when the latter works here) with our default dropout PRNG (threefry). ``--dropout_rng`` lists
-the PRNGs (``XLMRConfig.dropout_rng``) our step runs with, each as its own system (default
-``threefry,unsafe_rbg``: both are printed). The load average is printed at the start and the end
-(the 2-core machine is shared).
+the PRNGs (``XLMRConfig.dropout_rng``) our step runs with, each as its own system (e.g.
+``threefry,unsafe_rbg``: both are printed; on XLA:CPU they cost about the same). The load
+average is printed at the start and the end (the 2-core machine is shared).
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating process rounds")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument("--timeout", type=float, default=900)
-    parser.add_argument("--dropout_rng", default="threefry,unsafe_rbg",
+    parser.add_argument("--dropout_rng", default=DEFAULT_RNG,
                         help="comma-separated dropout PRNGs for our step (threefry, rbg, "
                              "unsafe_rbg), each its own system; threefry always runs")
     args = parser.parse_args()

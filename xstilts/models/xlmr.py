@@ -248,31 +248,6 @@ def constrain(x: Array, axes: tuple[str | None, ...] = ACTIVATION_AXES) -> Array
     return nn.with_logical_constraint(x, axes)
 
 
-def _dense_params(module: nn.Module, in_shape: tuple[int, ...], features: tuple[int, ...],
-                  kernel_axes: tuple[str | None, ...], config: XLMRConfig) -> tuple[Array, Array]:
-    """A dense layer's float32 ``kernel [in..., out...]`` and ``bias [out...]`` in ``module``."""
-    kernel = module.param("kernel", _param_axes(_dense_init(config), kernel_axes),
-                          in_shape + tuple(features), jnp.float32)
-    bias = module.param("bias", _param_axes(nn.initializers.zeros_init(),
-                                            kernel_axes[len(in_shape):]),
-                        tuple(features), jnp.float32)
-    return kernel, bias
-
-
-class DenseParams(nn.Module):
-    """The parameters of a ``DenseGeneral`` (same names, shapes, axes and initial values),
-    returned rather than applied: for projections computed together (``SelfAttention``)."""
-
-    in_shape: tuple[int, ...]
-    features: tuple[int, ...]
-    kernel_axes: tuple[str | None, ...]
-    config: XLMRConfig
-
-    @nn.compact
-    def __call__(self) -> tuple[Array, Array]:
-        return _dense_params(self, self.in_shape, self.features, self.kernel_axes, self.config)
-
-
 class DenseGeneral(nn.Module):
     """A dense layer over ``axis`` whose kernel ``[in..., out...]`` and bias carry logical axes."""
 
@@ -289,8 +264,11 @@ class DenseGeneral(nn.Module):
         axes = tuple(a % x.ndim for a in axes)
         in_shape = tuple(x.shape[a] for a in axes)
         dtype = jnp.dtype(self.config.dtype)
-        kernel, bias = _dense_params(self, in_shape, self.features, self.kernel_axes,
-                                     self.config)
+        kernel = self.param("kernel", _param_axes(_dense_init(self.config), self.kernel_axes),
+                            in_shape + tuple(self.features), jnp.float32)
+        bias = self.param("bias", _param_axes(nn.initializers.zeros_init(),
+                                              self.kernel_axes[len(in_shape):]),
+                          tuple(self.features), jnp.float32)
         out = None if self.preferred_element_type is None else \
             jnp.dtype(self.preferred_element_type)
         y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype),
@@ -343,23 +321,6 @@ class Embeddings(nn.Module):
         return self.word_embeddings.embedding
 
 
-def _qkv_projection(module: nn.Module, x: Array) -> tuple[Array, Array, Array]:
-    """``query``, ``key`` and ``value`` (``[B, L, H, D]``, Hugging Face's three dense layers and
-    parameters) as one matmul against the kernels stacked on a new axis: one ``[E, 3*H*D]``
-    GEMM forward and one per gradient instead of three narrow ones each (the narrow ones run at
-    about half the FLOP rate on XLA:CPU). The stacked axis is unsharded, so the heads keep
-    their mesh axis."""
-    c = module.config
-    heads = (c.num_attention_heads, c.head_dim)
-    params = [DenseParams((x.shape[-1],), heads, (EMBED, HEADS, KV), c, name=name)()
-              for name in ("query", "key", "value")]
-    dtype = jnp.dtype(c.dtype)
-    kernel = jnp.stack([w for w, _ in params], axis=1).astype(dtype)  # [E, 3, H, D]
-    bias = jnp.stack([b for _, b in params], axis=0).astype(dtype)  # [3, H, D]
-    y = jnp.einsum("ble,ethd->blthd", x.astype(dtype), kernel) + bias
-    return y[:, :, 0], y[:, :, 1], y[:, :, 2]
-
-
 class SelfAttention(nn.Module):
     """Multi-head self-attention; softmax in float32 whatever the compute dtype.
 
@@ -374,7 +335,11 @@ class SelfAttention(nn.Module):
     def __call__(self, x: Array, attention_mask: Array, *, deterministic: bool,
                  segment_ids: Array | None = None) -> Array:
         c = self.config
-        q, k, v = _qkv_projection(self, x)
+        heads = (c.num_attention_heads, c.head_dim)
+        qkv_axes = (EMBED, HEADS, KV)
+        q = DenseGeneral(heads, qkv_axes, c, name="query")(x)
+        k = DenseGeneral(heads, qkv_axes, c, name="key")(x)
+        v = DenseGeneral(heads, qkv_axes, c, name="value")(x)
         q = nn.with_logical_constraint(q, (BATCH, LENGTH, HEADS, KV))
         k = nn.with_logical_constraint(k, (BATCH, LENGTH, HEADS, KV))
         v = nn.with_logical_constraint(v, (BATCH, LENGTH, HEADS, KV))
