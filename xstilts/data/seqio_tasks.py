@@ -178,20 +178,13 @@ class ReaderDataSource(seqio.FunctionDataSource):
     def __init__(self, spec: TaskSpec, data_dir: Any = None, *, allow_samples: bool = False):
         self.spec, self.data_dir, self.allow_samples = spec, data_dir, allow_samples
         self._counts: dict[str, int] = {}
-        self._read: dict[str, tuple[Any, list[Mapping[str, Any]]]] = {}
         super().__init__(self._dataset_fn, splits=tuple(spec.splits))
 
     def examples(self, split: str) -> list[Mapping[str, Any]]:
-        """The split's reader examples, the unusable ones dropped from ``train``. Read once
-        while the files are unchanged (path, size, mtime): ``num_input_examples``, each epoch
-        and each pipeline share one read."""
-        paths = sources.resolve(self.spec, split, self.data_dir, allow_samples=self.allow_samples)
-        stamp = tuple((str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths)
-        if split not in self._read or self._read[split][0] != stamp:
-            read = sources.read(self.spec, split, self.data_dir, allow_samples=self.allow_samples)
-            self._read[split] = (stamp, usable_examples(self.spec, list(read),
-                                                        training=split == TRAIN_SPLIT))
-        return self._read[split][1]
+        """The split's reader examples, the unusable ones dropped from ``train``. Read anew
+        each time (not kept: a multilingual mixture's splits would stay in memory together)."""
+        read = sources.read(self.spec, split, self.data_dir, allow_samples=self.allow_samples)
+        return usable_examples(self.spec, list(read), training=split == TRAIN_SPLIT)
 
     @property
     def supports_arbitrary_sharding(self) -> bool:
