@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import require_sample
 from tests.nmt_reference import make_hf_nmt
+from tests.translate_stand_in import UpperCase as _UpperCase
 from xstilts import experiment, gin_utils
 from xstilts.data import describe as D
 from xstilts.data import mixtures as M
@@ -255,24 +256,6 @@ def test_seqio_reads_our_task(corpus):
     assert source.num_input_examples("train") == 7
     labels = [e["label"] for e in source.examples("train")]
     assert labels == [label for *_, label in corpus["english"]]
-
-
-class _UpperCase:
-    """A stand-in translator (``str.upper``): every SQuAD answer projects and no
-    multiple-choice example is dropped, so the registered tasks must read back every row."""
-
-    max_source_length, dtype, truncated = 64, "float32", 0
-
-    def __init__(self, folder):
-        from xstilts.decoding import DecodeSettings
-
-        self.folder, self.settings = str(folder), DecodeSettings()
-
-    def check_languages(self, langs, src):
-        return None
-
-    def translate(self, texts, src, tgt):
-        return [t.upper() for t in texts]
 
 
 @pytest.mark.parametrize("task, datasets", [

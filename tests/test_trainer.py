@@ -301,23 +301,19 @@ def test_kill_minus_9_mid_checkpoint_then_resume_is_exact(reference_runs, tmp_pa
 
 
 # Two processes (jax.distributed, gloo) -------------------------------------------------------
-@pytest.mark.slow
-def test_two_processes_train_checkpoint_resume_match_one_process(reference_runs, tmp_path):
-    ref = reference_runs["mesh"]
+def _two_processes(spec: dict) -> list[subprocess.CompletedProcess]:
+    """``spec`` run by two worker processes of one job (4 fake CPU devices each)."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    model_dir = str(tmp_path / "mp")
-    procs = []
-    for pid in range(2):
-        spec = {**ref["spec"], "model_dir": model_dir, "stop_at": [2, 4], "devices": 4,
-                "distributed": {"coordinator": f"127.0.0.1:{port}", "num_processes": 2,
-                                "process_id": pid},
-                "result": str(tmp_path / "mp_result")}
-        procs.append(subprocess.Popen([sys.executable, WORKER, json.dumps(spec)],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    procs = [subprocess.Popen(
+        [sys.executable, WORKER, json.dumps({
+            **spec, "devices": 4, "distributed": {"coordinator": f"127.0.0.1:{port}",
+                                                  "num_processes": 2, "process_id": pid}})],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for pid in range(2)]
+    out = []
     for proc in procs:
         try:
             _, err = proc.communicate(timeout=300)
@@ -325,7 +321,17 @@ def test_two_processes_train_checkpoint_resume_match_one_process(reference_runs,
             for p in procs:
                 p.kill()
             raise
-        assert proc.returncode == 0, err.decode()[-3000:]
+        out.append(subprocess.CompletedProcess(proc.args, proc.returncode, "", err))
+    return out
+
+
+@pytest.mark.slow
+def test_two_processes_train_checkpoint_resume_match_one_process(reference_runs, tmp_path):
+    ref = reference_runs["mesh"]
+    model_dir = str(tmp_path / "mp")
+    for proc in _two_processes({**ref["spec"], "model_dir": model_dir, "stop_at": [2, 4],
+                                "result": str(tmp_path / "mp_result")}):
+        assert proc.returncode == 0, proc.stderr[-3000:]
     with open(tmp_path / "mp_result.json") as f:
         out = json.load(f)
     assert out["process_count"] == 2
@@ -389,31 +395,9 @@ def test_train_flops_count_by_hand():
 def test_two_processes_stop_together_on_changed_settings(reference_runs, tmp_path):
     """Only process 0 compares the settings: the other must stop with it, not wait for it in the
     first collective."""
-    import socket
-
     def launch(stop_at: int, lr: float) -> list[subprocess.CompletedProcess]:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        procs = []
-        for pid in range(2):
-            spec = {**reference_runs["mesh"]["spec"], "model_dir": str(tmp_path / "mp"),
-                    "stop_at": [stop_at], "devices": 4, "lr": lr,
-                    "distributed": {"coordinator": f"127.0.0.1:{port}", "num_processes": 2,
-                                    "process_id": pid}}
-            procs.append(subprocess.Popen([sys.executable, WORKER, json.dumps(spec)],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                          text=True))
-        out = []
-        for proc in procs:
-            try:
-                _, err = proc.communicate(timeout=300)
-            except subprocess.TimeoutExpired:
-                for p in procs:
-                    p.kill()
-                raise
-            out.append(subprocess.CompletedProcess(proc.args, proc.returncode, "", err))
-        return out
+        return _two_processes({**reference_runs["mesh"]["spec"], "lr": lr,
+                               "model_dir": str(tmp_path / "mp"), "stop_at": [stop_at]})
 
     assert [p.returncode for p in launch(2, 1e-3)] == [0, 0]
     chief, other = launch(4, 5e-3)

@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT, require_sample, shared_data_dir
 from tests.nmt_reference import make_hf_nmt
+from tests.translate_stand_in import UpperCase as _UpperCase
 from xstilts.data import readers, sources, tasks
 
 transformers = pytest.importorskip("transformers")
@@ -194,23 +195,6 @@ def test_pawsx_to_the_release_layout(checkpoint, tmp_path):
                                  tmp_path / "out"))) == 5
     with pytest.raises(FileNotFoundError, match="pawsx/x-final/de/translated_train.tsv"):
         sources.resolve(tasks.get_task("pawsx_tt.de"), "train", tmp_path / "out")
-
-
-class _UpperCase:
-    """A stand-in translator (``str.upper``): the paths and refusals need no model."""
-
-    max_source_length, dtype, truncated = 64, "float32", 0
-
-    def __init__(self, folder):
-        from xstilts.decoding import DecodeSettings
-
-        self.folder, self.settings = str(folder), DecodeSettings()
-
-    def check_languages(self, langs, src):
-        return None
-
-    def translate(self, texts, src, tgt):
-        return [t.upper() for t in texts]
 
 
 def test_official_release_and_ours_never_mix(tmp_path):

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO_ROOT, require_sample, shared_data_dir
+from tests.translate_stand_in import UpperCase as _UpperCase
 from xstilts import translate_squad
 from xstilts.data import readers, sources, tasks
 from xstilts.translate_squad import project
@@ -79,24 +80,6 @@ def test_squad_sample_translated_and_read_back(checkpoint, tmp_path):
     assert len(rows) == kept
     # de has XTREME's release: ours is squad_v1_ours.de (under translate-train-ours/)
     assert len(list(sources.read(tasks.get_task("squad_v1_ours.de"), "train", tmp_path))) == kept
-
-
-class _UpperCase:
-    """A stand-in translator (``str.upper``), so every answer projects: the file path of
-    ``translate_task`` with kept answers, which the random tiny model never gives."""
-
-    max_source_length, dtype, truncated = 64, "float32", 0
-
-    def __init__(self, folder):
-        from xstilts.decoding import DecodeSettings
-
-        self.folder, self.settings = str(folder), DecodeSettings()
-
-    def check_languages(self, langs, src):
-        return None
-
-    def translate(self, texts, src, tgt):
-        return [t.upper() for t in texts]
 
 
 def test_projected_answers_are_read_back_by_the_task(tmp_path):
