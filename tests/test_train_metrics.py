@@ -16,7 +16,7 @@ from etils import epath
 from etils.epath import backend as epath_backend
 from train_setup import enable_compilation_cache
 
-from xstilts import checkpoints, train, trainer
+from xstilts import checkpoints, gcs_objects, train, trainer
 from xstilts.models.xlmr import XLMRConfig
 
 enable_compilation_cache()
@@ -259,6 +259,15 @@ def local_bucket(tmp_path, monkeypatch):
         return real_manager(epath.Path(bucket.local(str(directory))), *args, **kwargs)
 
     monkeypatch.setattr(checkpoints.ocp, "CheckpointManager", manager)
+    # The bucket is epath's: the writer.lock takes epath's route too, not google-cloud-storage's
+    # client (which would look for credentials; tests/test_gcs_lock.py covers that route).
+    monkeypatch.setattr(gcs_objects, "available", lambda: False)
+    # Likewise tensorboardX: its own gs:// writer (google-cloud-storage) gives way to epath's.
+    from tensorboardX import record_writer
+
+    monkeypatch.setattr(record_writer, "GCS_ENABLED", False)
+    monkeypatch.setitem(record_writer.REGISTERED_FACTORIES, "gs",
+                        record_writer.REGISTERED_FACTORIES.get("gs"))
     bucket.managers = managers
     return bucket
 
