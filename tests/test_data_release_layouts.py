@@ -138,13 +138,14 @@ def test_conllu_release_with_multiword_tokens_and_empty_nodes():
     conversion, which uses the fused forms, is data/udpos.py's.)"""
     # the French fixture of the udpos tests (one hand-written file; ../shared/data has no
     # French or Spanish treebank)
-    first, _, third = udpos.read_conllu(FIXTURES.parent / "conllu/fr_fixture-ud-test.conllu")
+    french = FIXTURES.parent / "conllu/fr_handwritten-ud-test.conllu"
+    first, _, third = udpos.read_conllu(french)
     assert first["id"] == "fr-fixture-1"
     assert first["tokens"] == ["Le", "chat", "de", "le", "voisin", "dort", "à", "le", "soleil", "."]
     assert first["tags"][2:4] == ["ADP", "DET"]
     assert third["tokens"] == ["Marie", "mange", "une", "pomme", "et", "Paul", "une", "poire", "."]
     # XTREME's conversion of the same file keeps the fused form "du" (one token, one tag)
-    fused, _ = next(udpos.conllu_sentences(FIXTURES.parent / "conllu/fr_fixture-ud-test.conllu"))
+    fused, _ = next(udpos.conllu_sentences(french))
     assert fused[:4] == ["Le", "chat", "du", "voisin"]
 
 

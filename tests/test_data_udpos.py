@@ -18,8 +18,8 @@ from xstilts.data import readers as r
 from xstilts.data import tasks as T
 
 FIXTURES = Path(__file__).parent / "fixtures" / "conllu"
-FR = FIXTURES / "fr_fixture-ud-test.conllu"
-ES = FIXTURES / "es_fixture-ud-test.conllu"
+FR = FIXTURES / "fr_handwritten-ud-test.conllu"
+ES = FIXTURES / "es_handwritten-ud-test.conllu"
 
 # sha256 of the dev-<lang>.tsv that XTREME's scripts wrote from each file (test files renamed to
 # *-dev-* so that XTREME keeps the tags; am run as a udpos language with --lang am).
@@ -153,7 +153,7 @@ def _release(tmp_path: Path) -> Path:
     _conllu(root / "UD_French-Other" / "fr_other-ud-train.conllu", train)
     _conllu(root / "UD_French-Other" / "fr_other-ud-extra.conllu", train)  # no split: skipped
     (root / "UD_Spanish-Fixture").mkdir()
-    shutil.copy(ES, root / "UD_Spanish-Fixture" / "es_fixture-ud-dev.conllu")
+    shutil.copy(ES, root / "UD_Spanish-Fixture" / "es_handwritten-ud-dev.conllu")
     _conllu(root / "UD_English-X" / "en_x-ud-test.conllu", train)  # not asked for
     return root
 
@@ -222,7 +222,7 @@ def test_prepare_converts_the_ud_release_archive(tmp_path, capsys):
         prepare._udpos(("fr", "de"))(archive, tmp_path / "other")
 
 
-@pytest.mark.parametrize("name", [n for n in XTREME_SHA256 if "fixture" not in n])
+@pytest.mark.parametrize("name", [n for n in XTREME_SHA256 if "handwritten" not in n])
 def test_real_treebank_samples_match_xtreme_scripts(shared_data, name):
     path = shared_data(f"udpos/conllu/{name}")
     sentences = list(udpos.conllu_sentences(path))
