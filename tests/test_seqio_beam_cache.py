@@ -7,7 +7,6 @@ not installed the test skips and says so."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
@@ -19,10 +18,8 @@ import pytest
 seqio = pytest.importorskip("seqio")
 tf = pytest.importorskip("tensorflow")
 
-from tests.conftest import REPO_ROOT, require_sample  # noqa: E402
-
-FIXTURES = REPO_ROOT / "tests" / "fixtures"
-LABELS = ("entailment", "neutral", "contradiction")
+from tests.conftest import REPO_ROOT  # noqa: E402
+from tests.seqio_user import FIXTURES, forget_user_tasks, import_user_tasks  # noqa: E402
 
 
 def _require_beam() -> None:
@@ -40,23 +37,9 @@ def _require_beam() -> None:
 def user(tmp_path_factory):
     """The user's TSV and the environment tests/fixtures/seqio_user_tasks.py reads; imported."""
     _require_beam()
-    spm = require_sample("spm/test_model.model")
-    mnli = require_sample("english/mnli/multinli_1.0_train.jsonl")
-    root = tmp_path_factory.mktemp("beam_user")
-    words = [chr(97 + i // 26) + chr(97 + i % 26) for i in range(40)]
-    (root / "user.tsv").write_text("".join(
-        f"premise {w} about {LABELS[i % 3][:4]}\thypothesis {w}\t{LABELS[i % 3]}\n"
-        for i, w in enumerate(words)))
-    env = {"USER_NLI_TSV": str(root / "user.tsv"), "USER_NLI_SPM": str(spm),
-           "XSTILTS_DATA_DIR": str(mnli.parents[2]), "USER_NLI_ALLOW_SAMPLES": "1"}
-    os.environ.update(env)
-    sys.path.insert(0, str(FIXTURES))
-    seqio.MixtureRegistry.remove("user_nli+mnli")
-    seqio.TaskRegistry.remove("user_nli")
-    sys.modules.pop("seqio_user_tasks", None)
-    importlib.import_module("seqio_user_tasks")
+    env, _, _ = import_user_tasks(tmp_path_factory.mktemp("beam_user"), 40)
     yield {"env": env}
-    sys.path.remove(str(FIXTURES))
+    forget_user_tasks()
 
 
 def _run(args, env, timeout=300):

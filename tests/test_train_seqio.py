@@ -21,15 +21,15 @@ pytest.importorskip("tensorflow")
 
 from train_setup import enable_compilation_cache  # noqa: E402
 
-from tests.conftest import REPO_ROOT, require_sample  # noqa: E402
+from tests.conftest import REPO_ROOT  # noqa: E402
+from tests.seqio_user import FIXTURES, forget_user_tasks, import_user_tasks  # noqa: E402
 from xstilts import gin_utils, train  # noqa: E402
 from xstilts.data import seqio_cache  # noqa: E402
 from xstilts.data import seqio_tasks as S  # noqa: E402
 from xstilts.models.xlmr import XLMRConfig  # noqa: E402
 
 enable_compilation_cache()
-FIXTURES = REPO_ROOT / "tests" / "fixtures"
-LABELS = ("entailment", "neutral", "contradiction")
+
 TINY = ["--gin_file=models/xlmr_tiny.gin", "--gin_file=runs/intermediate.gin"]
 
 
@@ -37,23 +37,10 @@ TINY = ["--gin_file=models/xlmr_tiny.gin", "--gin_file=runs/intermediate.gin"]
 def user(tmp_path_factory):
     """The user's TSV (its label word is in the premise, so the task is learnable) and the
     environment its module (tests/fixtures/seqio_user_tasks.py) reads; the module imported."""
-    spm = require_sample("spm/test_model.model")
-    mnli = require_sample("english/mnli/multinli_1.0_train.jsonl")
     root = tmp_path_factory.mktemp("seqio_user")
-    words = [chr(97 + i // 26) + chr(97 + i % 26) for i in range(60)]  # digits would be <unk>
-    (root / "user.tsv").write_text("".join(
-        f"premise {w} about {LABELS[i % 3][:4]}\thypothesis {w}\t{LABELS[i % 3]}\n"
-        for i, w in enumerate(words)))
-    env = {"USER_NLI_TSV": str(root / "user.tsv"), "USER_NLI_SPM": str(spm),
-           "XSTILTS_DATA_DIR": str(mnli.parents[2]), "USER_NLI_ALLOW_SAMPLES": "1"}
-    os.environ.update(env)
-    sys.path.insert(0, str(FIXTURES))
-    seqio.MixtureRegistry.remove("user_nli+mnli")
-    seqio.TaskRegistry.remove("user_nli")
-    sys.modules.pop("seqio_user_tasks", None)
-    module = importlib.import_module("seqio_user_tasks")
+    env, module, spm = import_user_tasks(root, 60)
     yield {"root": root, "env": env, "module": module, "spm": spm}
-    sys.path.remove(str(FIXTURES))
+    forget_user_tasks()
 
 
 def _cli(args, env, cwd=REPO_ROOT, timeout=300):
