@@ -135,3 +135,25 @@ def test_mlm_step_for_tpu_computes_logits_only_at_the_masked_positions():
     assert re.search(rf"\[2,40,{vocab}\]", hlo)  # 8 rows over 4 chips
     assert not re.search(rf"\[2,128,{vocab}\]", hlo)
     assert report.fits and report.roofline.hlo_flops > 0
+
+
+def test_scanned_layers_for_tpu_report_memory_but_no_roofline():
+    """With the layers under nn.scan, XLA's cost analysis counts the loop body once: the
+    scanned step's HLO FLOPs fall below the unrolled step's, so the report keeps the memory
+    and drops the roofline rather than print a wrong MFU."""
+    require_libtpu("deviceless TPU compile")
+    shape = dict(model="tiny", mesh_shape={"fsdp": 4}, batch=8, length=64, topology="v5e:2x2")
+    overrides = {"dtype": "bfloat16", "num_hidden_layers": 4}
+    _, plain = aot.compile_train_step(**shape, config_overrides=overrides)
+    _, scanned = aot.compile_train_step(**shape, config_overrides={**overrides,
+                                                                   "scan_layers": True})
+    assert not plain.roofline.scanned_layers and scanned.roofline.scanned_layers
+    assert scanned.roofline.hlo_flops < 0.6 * plain.roofline.hlo_flops
+    assert scanned.roofline.model_flops == plain.roofline.model_flops
+    assert scanned.fits and scanned.total_bytes > 0
+    as_json = scanned.to_json()
+    assert as_json["scanned_layers"] is True and as_json["roofline_mfu"] is None
+    assert as_json["roofline_step_seconds"] is None and as_json["fits"] is True
+    text = "\n".join(scanned.lines())
+    assert "counts the loop body once" in text and "MFU" not in text
+    assert "MFU <=" in "\n".join(plain.lines())

@@ -135,6 +135,10 @@ def hbm_fits(total_bytes: int, topology: str) -> bool:
     return total_bytes <= chip_spec(topology).hbm_gib * GIB
 
 
+SCANNED_COST = ("the layers are scanned and XLA's cost analysis counts the loop body once, so "
+                "these cover one layer of the stack, not the step")
+
+
 @dataclasses.dataclass(frozen=True)
 class Roofline:
     """Cost of one step on one chip, and the step time / MFU it implies at the chip's peak."""
@@ -146,6 +150,9 @@ class Roofline:
     # Per chip: FLOPs inside Pallas kernels (splash attention), which cost_analysis() cannot
     # see (an opaque custom call), estimated by the model count of attention.
     kernel_flops: float = 0.0
+    # Layers under ``nn.scan``: XLA's cost analysis counts a while loop's body once, not once
+    # per trip, so the HLO FLOPs and bytes cover one layer of the stack and no roofline holds.
+    scanned_layers: bool = False
 
     @property
     def flops(self) -> float:
@@ -170,6 +177,10 @@ class Roofline:
         c = self.chip
         kernels = f" + {self.kernel_flops:.3e} in Pallas kernels (model count)" \
             if self.kernel_flops else ""
+        if self.scanned_layers:
+            return [f"HLO FLOPs per chip: {self.hlo_flops:.3e}, bytes accessed "
+                    f"{self.bytes_accessed:.3e}: {SCANNED_COST}; model FLOPs per chip: "
+                    f"{self.model_flops:.3e}; no roofline (compile without --scan_layers)"]
         return [
             f"HLO FLOPs per chip: {self.hlo_flops:.3e}{kernels}; model FLOPs per chip: "
             f"{self.model_flops:.3e} (model/total {self.model_flops / self.flops:.2f})",
@@ -243,8 +254,11 @@ class AotReport:
             out.update(chip=r.chip.name, hbm_gib=r.chip.hbm_gib, fits=self.fits,
                        hlo_flops_per_chip=r.hlo_flops, kernel_flops_per_chip=r.kernel_flops,
                        bytes_accessed_per_chip=r.bytes_accessed,
-                       model_flops_per_chip=r.model_flops, roofline_step_seconds=r.step_seconds,
-                       roofline_bound=r.bound, roofline_mfu=r.mfu,
+                       model_flops_per_chip=r.model_flops,
+                       roofline_step_seconds=None if r.scanned_layers else r.step_seconds,
+                       roofline_bound=None if r.scanned_layers else r.bound,
+                       roofline_mfu=None if r.scanned_layers else r.mfu,
+                       scanned_layers=r.scanned_layers,
                        peak_bf16_flops=r.chip.peak_bf16_flops,
                        hbm_bytes_per_s=r.chip.hbm_bytes_per_s)
         return out
@@ -299,7 +313,8 @@ def compile_train_step(*, model: str, mesh_shape: Mapping[str, int], batch: int,
             kernel_flops = (12.0 * config.num_hidden_layers * config.hidden_size * length**2
                             * shape.num_choices * batch / mesh.size)
         roofline = Roofline(chip_spec(topology), float(cost["flops"]),
-                            float(cost["bytes accessed"]), model_flops, kernel_flops)
+                            float(cost["bytes accessed"]), model_flops, kernel_flops,
+                            scanned_layers=config.scan_layers)
     report = dataclasses.replace(
         _report(compiled.memory_analysis(), model, mesh_text or "single", shape),
         platform=platform if topology is None else f"{platform} {topology}",
@@ -307,9 +322,11 @@ def compile_train_step(*, model: str, mesh_shape: Mapping[str, int], batch: int,
     return compiled, report
 
 
-def chip_figures(compiled: Any, topology: str) -> dict[str, Any]:
+def chip_figures(compiled: Any, topology: str, *, scanned_layers: bool = False
+                 ) -> dict[str, Any]:
     """Per-chip memory (and whether it fits the HBM), HLO FLOPs and bytes accessed of a step
-    compiled for ``topology``."""
+    compiled for ``topology`` (with ``scanned_layers``, those two cover one layer: see
+    ``SCANNED_COST``)."""
     total = _report(compiled.memory_analysis(), "", "", trainer_lib.StepShape(
         "classification", 2, 1, 1)).total_bytes
     cost = compiled.cost_analysis()
@@ -317,7 +334,8 @@ def chip_figures(compiled: Any, topology: str) -> dict[str, Any]:
     return {"bytes_per_chip": total, "fits": hbm_fits(total, topology),
             "hbm_gib": chip_spec(topology).hbm_gib, "chip": chip_spec(topology).name,
             "hlo_flops_per_chip": float(cost["flops"]),
-            "bytes_accessed_per_chip": float(cost["bytes accessed"])}
+            "bytes_accessed_per_chip": float(cost["bytes accessed"]),
+            "scanned_layers": scanned_layers}
 
 
 def _report(stats: Any, model: str, mesh: str, shape: trainer_lib.StepShape) -> AotReport:

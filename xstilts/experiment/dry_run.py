@@ -92,9 +92,11 @@ def info_text(info: dict[str, Any]) -> str:
         return f"lowered in {info['seconds']:.1f} s"
     verdict = "fits" if info["fits"] else "does NOT fit"
     when = f" (recorded in {info['recorded']})" if info.get("recorded") else ""
+    flops = f"{info['hlo_flops_per_chip']:.3e} HLO FLOPs per chip"
+    if info.get("scanned_layers"):
+        flops = "HLO FLOPs not counted (layers scanned: XLA counts a loop body once)"
     return (f"{info['bytes_per_chip'] / aot.GIB:.2f} GiB per chip ({verdict} "
-            f"{info['hbm_gib']:g}), {info['hlo_flops_per_chip']:.3e} HLO FLOPs per chip, "
-            f"compiled in {info['seconds']:.0f} s{when}")
+            f"{info['hbm_gib']:g}), {flops}, compiled in {info['seconds']:.0f} s{when}")
 
 
 def recipe_line(job: PhaseJob) -> str:
@@ -193,7 +195,8 @@ def lower_step(grid: Grid, shape: StepShape, partitioner: partitioning.Partition
                                                mesh=partitioner.mesh)
     if record is not None and (earlier := record.get(key)) is not None:
         return {**info, **earlier}
-    info.update(aot.chip_figures(lowered.compile(), topology))
+    info.update(aot.chip_figures(lowered.compile(), topology,
+                                 scanned_layers=grid.model_config.scan_layers))
     info["seconds"] = time.perf_counter() - start
     if record is not None:
         record.put(key, describe(shape), info)
