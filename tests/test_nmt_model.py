@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.nmt_reference import FAMILIES, make_hf_nmt, source_batch
-from xstilts.models.nmt import NMTModel, init_cache
+from xstilts.models.nmt import NMTModel, init_cache, init_step_cache
 from xstilts.models.nmt_convert import load_nmt_checkpoint
 
 torch = pytest.importorskip("torch")
@@ -65,6 +65,46 @@ def test_cached_steps_equal_full_forward(tmp_path):
                                     method=NMTModel.decode)
         steps.append(np.asarray(logits[:, 0]))
     np.testing.assert_allclose(np.stack(steps, 1), full, atol=1e-5, rtol=0)
+
+
+def test_shared_cache_steps_follow_their_ancestors(tmp_path):
+    """``decode_step`` with two hypotheses per row sharing one cache: hypothesis 1 is fed other
+    tokens for positions 0-2 but attends to hypothesis 0's slots there (its ancestor, as after a
+    beam reorder), so from position 3 on its logits are those of hypothesis 0's prefix followed
+    by its own tokens; attending to its own slots would see the other tokens."""
+    hf = make_hf_nmt("m2m100", seed=4, embed_std=0.4)
+    hf.save_pretrained(tmp_path)
+    config, params = load_nmt_checkpoint(tmp_path)
+    model, variables = NMTModel(config), {"params": params}
+    ids, mask = source_batch(config.vocab_size, seed=5)
+    first = _decoder_ids(config.vocab_size, len(ids))
+    rng = np.random.default_rng(6)
+    second = np.where(np.arange(first.shape[1]) < 3, first,
+                      rng.integers(3, config.vocab_size, first.shape)).astype(np.int32)
+    fed = np.where(np.arange(first.shape[1]) < 3,
+                   rng.integers(3, config.vocab_size, first.shape), second).astype(np.int32)
+    enc = model.apply(variables, ids, mask, method=NMTModel.encode)
+    cross = model.apply(variables, enc, method=NMTModel.step_cross_kv)
+    length = first.shape[1]
+    cache = init_step_cache(config, len(ids), 2 * length)
+    ancestors = np.array([[0] * length, [0, 0, 0] + [1] * (length - 3)])  # [hypothesis, t]
+    steps = []
+    for t in range(length):
+        slot_of = np.arange(length)[:, None] * 2 + np.arange(2)  # [t, hypothesis]
+        visible = np.zeros((2, 2 * length), bool)
+        for j in range(2):
+            visible[j, slot_of[np.arange(t + 1), ancestors[j, :t + 1]]] = True
+        tokens = np.stack([first[:, t], fed[:, t]], axis=1)
+        logits, cache = model.apply(variables, tokens, cross, mask, cache, t,
+                                    np.broadcast_to(visible, (len(ids), *visible.shape)),
+                                    method=NMTModel.decode_step)
+        steps.append(np.asarray(logits))
+    steps = np.stack(steps, 2)  # [B, hypothesis, t, V]
+    for j, seq, start in ((0, first, 0), (1, second, 3)):
+        full = np.asarray(model.apply(variables, ids, mask, seq))
+        np.testing.assert_allclose(steps[:, j, start:], full[:, start:], atol=1e-5, rtol=0)
+    assert not np.allclose(steps[:, 1, 3:], np.asarray(
+        model.apply(variables, ids, mask, fed))[:, 3:], atol=1e-3), "the other tokens do matter"
 
 
 def test_untied_lm_head_and_unscaled_embeddings(tmp_path):

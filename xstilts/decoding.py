@@ -14,6 +14,13 @@ the same tokens:
   worst finished one; ``True``: stop once ``num_beams`` hypotheses are done; ``"never"``) and the
   same stopping condition for the whole batch.
 
+The cache is ``NMTModel.decode_step``'s: the ``num_beams`` hypotheses of a source row share
+``max_length * num_beams`` key/value slots (hypothesis ``j`` writes position ``t`` at slot
+``t * num_beams + j``) and each attends to the slots of its ancestors (``ancestors[b, j, t]``: the
+hypothesis that computed position ``t`` of beam ``j``'s prefix), so a step reorders a
+``[B, num_beams, max_length]`` table of ints instead of the whole cache, and the encoder output is
+not repeated per beam.
+
 ``generate`` returns ``[B, max_length]`` int32 token ids (the start token first, ``<pad>`` after
 the end, where HF's ``generate`` crops the padding columns) and the score of each best hypothesis.
 """
@@ -28,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xstilts.models.nmt import NMTConfig, NMTModel, init_cache
+from xstilts.models.nmt import NMTConfig, NMTModel, init_step_cache
 
 Array = jax.Array
 NEG = -1.0e9  # HF's "very large negative value" of beam search
@@ -63,20 +70,19 @@ def _process(log_probs: Array, forced_bos: Array, cur_len: Array) -> Array:
     return jnp.where(apply[:, None], forced, log_probs)
 
 
-def _encode(model: NMTModel, params: Any, input_ids: Array, attention_mask: Array, repeat: int):
+def _encode(model: NMTModel, params: Any, input_ids: Array, attention_mask: Array):
+    """The cross-attention keys and values of every decoder layer, one row per source row."""
     variables = {"params": params}
     encoded = model.apply(variables, input_ids, attention_mask, method=NMTModel.encode)
-    if repeat > 1:
-        encoded = jnp.repeat(encoded, repeat, axis=0)
-        attention_mask = jnp.repeat(attention_mask, repeat, axis=0)
-    cross = model.apply(variables, encoded, method=NMTModel.cross_kv)
-    return cross, attention_mask
+    return model.apply(variables, encoded, method=NMTModel.step_cross_kv)
 
 
-def _step(model: NMTModel, params: Any, tokens: Array, cross, mask: Array, cache, index: Array):
-    logits, cache = model.apply({"params": params}, tokens[:, None], cross, mask, cache, index,
-                                method=NMTModel.decode)
-    return logits[:, 0].astype(jnp.float32), cache
+def _step(model: NMTModel, params: Any, tokens: Array, cross, mask: Array, cache, index: Array,
+          visible: Array):
+    """Logits [B, T, V] (float32) of ``tokens`` [B, T] at ``index`` (``NMTModel.decode_step``)."""
+    logits, cache = model.apply({"params": params}, tokens, cross, mask, cache, index, visible,
+                                method=NMTModel.decode_step)
+    return logits.astype(jnp.float32), cache
 
 
 @functools.partial(jax.jit, static_argnames=("config", "settings"))
@@ -84,7 +90,7 @@ def greedy_search(config: NMTConfig, settings: DecodeSettings, params: Any, inpu
                   attention_mask: Array, forced_bos: Array) -> tuple[Array, Array]:
     """Greedy decoding (HF ``_sample`` with ``do_sample=False``); see the module docstring."""
     model, batch, length = NMTModel(config), input_ids.shape[0], settings.max_length
-    cross, mask = _encode(model, params, input_ids, attention_mask, 1)
+    cross = _encode(model, params, input_ids, attention_mask)
     tokens = jnp.full((batch, length), config.pad_token_id, jnp.int32)
     tokens = tokens.at[:, 0].set(config.decoder_start_token_id)
 
@@ -95,8 +101,10 @@ def greedy_search(config: NMTConfig, settings: DecodeSettings, params: Any, inpu
     def body(state):
         cur_len, tokens, cache, unfinished, score = state
         last = jax.lax.dynamic_index_in_dim(tokens, cur_len - 1, axis=1, keepdims=False)
-        logits, cache = _step(model, params, last, cross, mask, cache, cur_len - 1)
-        logits = _process(logits, forced_bos, cur_len)
+        visible = jnp.broadcast_to(jnp.arange(length) < cur_len, (batch, 1, length))
+        logits, cache = _step(model, params, last[:, None], cross, attention_mask, cache,
+                              cur_len - 1, visible)
+        logits = _process(logits[:, 0], forced_bos, cur_len)
         best = jnp.argmax(logits, axis=-1).astype(jnp.int32)
         logp = jnp.take_along_axis(jax.nn.log_softmax(logits), best[:, None], axis=-1)[:, 0]
         score = score + jnp.where(unfinished, logp, 0.0)
@@ -104,7 +112,7 @@ def greedy_search(config: NMTConfig, settings: DecodeSettings, params: Any, inpu
         tokens = jax.lax.dynamic_update_index_in_dim(tokens, best, cur_len, axis=1)
         return cur_len + 1, tokens, cache, unfinished & (best != config.eos_token_id), score
 
-    state = (jnp.asarray(1), tokens, init_cache(config, batch, length),
+    state = (jnp.asarray(1), tokens, init_step_cache(config, batch, length),
              jnp.ones((batch,), bool), jnp.zeros((batch,), jnp.float32))
     _, tokens, _, _, score = jax.lax.while_loop(cond, body, state)
     return tokens, score
@@ -125,7 +133,7 @@ def beam_search(config: NMTConfig, settings: DecodeSettings, params: Any, input_
     lp, early, vocab = settings.length_penalty, settings.early_stopping, config.vocab_size
     keep = 2 * k  # HF: max(2, 1 + number of eos tokens) * num_beams
     prompt = 1
-    cross, mask = _encode(model, params, input_ids, attention_mask, k)
+    cross = _encode(model, params, input_ids, attention_mask)
     forced = jnp.repeat(forced_bos, k)
     top_k_mask = jnp.arange(keep) < k
 
@@ -138,7 +146,8 @@ def beam_search(config: NMTConfig, settings: DecodeSettings, params: Any, input_
         finished=jnp.zeros((batch, k), bool),
         unsatisfied=jnp.ones((batch, 1), bool),
         hits=jnp.zeros((batch, keep), bool),
-        cache=init_cache(config, batch * k, length))
+        ancestors=jnp.zeros((batch, k, length), jnp.int32),
+        cache=init_step_cache(config, batch, length * k))
 
     def cond(s):
         improvement_possible = jnp.any(s["unsatisfied"])
@@ -148,8 +157,15 @@ def beam_search(config: NMTConfig, settings: DecodeSettings, params: Any, input_
     def body(s):
         cur_len = s["cur_len"]
         last = jax.lax.dynamic_index_in_dim(s["running"], cur_len - 1, axis=2, keepdims=False)
-        logits, cache = _step(model, params, last.reshape(-1), cross, mask, s["cache"],
-                              cur_len - 1)
+        # beam j's keys/values of position t are in slot t * k + ancestors[b, j, t]
+        ancestors = jax.lax.dynamic_update_index_in_dim(
+            s["ancestors"], jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (batch, k)),
+            cur_len - 1, axis=2)
+        visible = ((ancestors[..., None] == jnp.arange(k))
+                   & (jnp.arange(length) < cur_len)[:, None]).reshape(batch, k, length * k)
+        logits, cache = _step(model, params, last, cross, attention_mask, s["cache"],
+                              cur_len - 1, visible)
+        logits = logits.reshape(batch * k, vocab)
         log_probs = _process(jax.nn.log_softmax(logits), forced, cur_len)
         log_probs = log_probs.reshape(batch, k, vocab) + s["running_scores"][:, :, None]
         topk_scores, topk_idx = jax.lax.top_k(log_probs.reshape(batch, k * vocab), keep)
@@ -163,8 +179,7 @@ def beam_search(config: NMTConfig, settings: DecodeSettings, params: Any, input_
         _, next_idx = jax.lax.top_k(running_scores, k)
         running = _gather(topk_seqs, next_idx)
         new_running_scores = _gather(running_scores, next_idx)
-        reorder = (_gather(source_beam, next_idx) + jnp.arange(batch)[:, None] * k).reshape(-1)
-        cache = jax.tree.map(lambda c: c[reorder], cache)
+        ancestors = _gather(ancestors, _gather(source_beam, next_idx))  # no cache to reorder
 
         # finished hypotheses among the top num_beams enter the kept set
         just_finished = hits & top_k_mask[None, :]
@@ -189,7 +204,7 @@ def beam_search(config: NMTConfig, settings: DecodeSettings, params: Any, input_
         unsatisfied = s["unsatisfied"] & jnp.any(best_possible > worst, axis=-1, keepdims=True)
         return dict(cur_len=cur_len, running=running, sequences=sequences,
                     running_scores=new_running_scores, scores=scores, finished=finished,
-                    unsatisfied=unsatisfied, hits=hits, cache=cache)
+                    unsatisfied=unsatisfied, hits=hits, ancestors=ancestors, cache=cache)
 
     s = jax.lax.while_loop(cond, body, state)
     return s["sequences"][:, 0], s["scores"][:, 0]

@@ -12,6 +12,9 @@ The module tree follows Hugging Face's (``shared``, ``encoder/layers_<i>/self_at
 
 Decoding uses an explicit KV cache: ``encode`` once, ``cross_kv`` once (the encoder keys and values
 of every decoder layer), then ``decode`` one step at a time with ``self_cache`` from ``init_cache``.
+``xstilts.decoding`` uses ``step_cross_kv`` / ``decode_step`` / ``init_step_cache`` instead: the
+same arithmetic on keys and values laid out for the step's dots (no transpose per step), the
+hypotheses of a beam sharing one cache that is never reordered.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from xstilts.models.xlmr import BATCH, EMBED, HEADS, KV, LENGTH, MLP, VOCAB
 Array = jax.Array
 KVPair = tuple[Array, Array]
 CACHE_AXES = (BATCH, LENGTH, HEADS, KV)
+STEP_KEY_AXES = (BATCH, HEADS, KV, LENGTH)  # ``decode_step``'s keys: [B, H, D, S]
+STEP_VALUE_AXES = (BATCH, HEADS, LENGTH, KV)  # and values: [B, H, S, D]
 
 _ACTIVATIONS = {"relu": nn.relu, "gelu": lambda x: nn.gelu(x, approximate=False),
                 "gelu_new": nn.gelu, "silu": nn.silu, "swish": nn.silu}
@@ -213,12 +218,31 @@ class Attention(nn.Module):
     def __call__(self, x: Array, k: Array, v: Array, visible: Array) -> Array:
         """``x`` [B, T, E] attends to ``k``/``v`` [B, S, H, D] where ``visible`` [B, T, S]."""
         q = _constrain(self.q_proj(x), CACHE_AXES)
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+        probs = self._probs(scores, visible).astype(v.dtype)
+        return self.out_proj(_constrain(jnp.einsum("bhqk,bkhd->bqhd", probs, v), CACHE_AXES))
+
+    def step_kv(self, x: Array) -> KVPair:
+        """Keys ``[B, H, D, S]`` and values ``[B, H, S, D]`` of ``x`` [B, S, E]: the layouts
+        ``attend`` reads without transposing them (``STEP_KEY_AXES``, ``STEP_VALUE_AXES``)."""
+        k, v = self.kv(x)
+        return (_constrain(k.transpose(0, 2, 3, 1), STEP_KEY_AXES),
+                _constrain(v.transpose(0, 2, 1, 3), STEP_VALUE_AXES))
+
+    def attend(self, x: Array, keys: Array, values: Array, visible: Array) -> Array:
+        """``__call__`` on ``step_kv``'s layouts: ``keys`` [B, H, D, S], ``values`` [B, H, S, D]."""
+        q = _constrain(self.q_proj(x), CACHE_AXES)
+        scores = jnp.einsum("bqhd,bhdk->bhqk", q, keys)
+        probs = self._probs(scores, visible).astype(values.dtype)
+        ctx = jnp.einsum("bhqk,bhkd->bqhd", probs, values)
+        return self.out_proj(_constrain(ctx, CACHE_AXES))
+
+    def _probs(self, scores: Array, visible: Array) -> Array:
+        """Softmax over the visible keys of fp32 ``scores`` [B, H, T, S] scaled by 1/sqrt(D)."""
         scale = (self.config.d_model // self.num_heads) ** -0.5
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * scale
+        scores = scores.astype(jnp.float32) * scale
         scores = jnp.where(visible[:, None], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        ctx = _constrain(jnp.einsum("bhqk,bkhd->bqhd", probs, v), CACHE_AXES)
-        return self.out_proj(ctx)
+        return jax.nn.softmax(scores, axis=-1)
 
 
 class FeedForward(nn.Module):
@@ -277,6 +301,22 @@ class DecoderLayer(nn.Module):
         x = _constrain(x + self.encoder_attn(y, *cross, cross_visible))
         return _constrain(x + self.ffn(self.final_layer_norm(x))), (k, v)
 
+    def step_cross_kv(self, encoded: Array) -> KVPair:
+        return self.encoder_attn.step_kv(encoded)
+
+    def step(self, x: Array, self_visible: Array, cross: KVPair, cross_visible: Array,
+             cache: KVPair, slot: Array | int) -> tuple[Array, KVPair]:
+        """One decoding step of ``x`` [B, T, E] on ``step_kv``'s layouts: the T new keys/values
+        are written at cache slots ``slot..slot+T-1``; ``self_visible`` [B, T, slots]."""
+        y = self.self_attn_layer_norm(x)
+        k, v = self.self_attn.step_kv(y)
+        k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, 0, 0, slot))
+        v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, 0, slot, 0))
+        x = _constrain(x + self.self_attn.attend(y, k, v, self_visible))
+        y = self.encoder_attn_layer_norm(x)
+        x = _constrain(x + self.encoder_attn.attend(y, *cross, cross_visible))
+        return _constrain(x + self.ffn(self.final_layer_norm(x))), (k, v)
+
 
 class Stack(nn.Module):
     """The layers of the encoder or the decoder and their final ``layer_norm``."""
@@ -311,10 +351,12 @@ class NMTModel(nn.Module):
                                       (c.d_model, c.vocab_size), jnp.float32)
 
     def _embed(self, ids: Array, offset: Array | int) -> Array:
+        return self._embed_at(ids, position_ids(ids, self.config.pad_token_id, offset))
+
+    def _embed_at(self, ids: Array, positions: Array) -> Array:
         c = self.config
         x = self.shared(ids) * c.embed_scale
-        x = x + sinusoidal_positions(position_ids(ids, c.pad_token_id, offset), c.d_model,
-                                     c.pad_token_id)
+        x = x + sinusoidal_positions(positions, c.d_model, c.pad_token_id)
         return _constrain(x.astype(jnp.dtype(c.dtype)))
 
     def encode(self, input_ids: Array, attention_mask: Array) -> Array:
@@ -339,7 +381,6 @@ class NMTModel(nn.Module):
         With ``cache`` (``init_cache``'s layout) they are written at ``index`` and attend to every
         cached position up to their own; the updated cache is returned.
         """
-        c = self.config
         batch, length = decoder_input_ids.shape
         x = self._embed(decoder_input_ids, index)
         query_pos = index + jnp.arange(length)
@@ -353,12 +394,45 @@ class NMTModel(nn.Module):
             x, kv = layer(x, self_visible, cross[i], cross_visible,
                           None if cache is None else cache[i], index)
             new_cache.append(kv)
+        return self._logits(x), new_cache
+
+    def _logits(self, x: Array) -> Array:
+        """The output projection of the last decoder layer's ``x`` [B, T, E]: float32 logits."""
+        c = self.config
         x = self.decoder.layer_norm(x)
         kernel = self.shared.embedding.T if c.tie_word_embeddings else self.lm_head
         logits = jnp.einsum("bte,ev->btv", x.astype(jnp.dtype(c.dtype)),
                             kernel.astype(jnp.dtype(c.dtype)),
                             preferred_element_type=jnp.float32)
-        return _constrain(logits, (BATCH, LENGTH, VOCAB)), new_cache
+        return _constrain(logits, (BATCH, LENGTH, VOCAB))
+
+    def step_cross_kv(self, encoded: Array) -> list[KVPair]:
+        """``cross_kv`` in ``decode_step``'s layouts (keys [B, H, D, S], values [B, H, S, D])."""
+        return [layer.step_cross_kv(encoded) for layer in self.decoder.layers]
+
+    def decode_step(self, tokens: Array, cross: list[KVPair], attention_mask: Array,
+                    cache: list[KVPair], index: Array | int,
+                    visible: Array) -> tuple[Array, list[KVPair]]:
+        """Logits ``[B, T, V]`` (float32) of T hypotheses of each source row, one token each, all
+        at decoder position ``index``, and the updated cache (``init_step_cache``).
+
+        The hypotheses of a row share its cache: ``slots = max_length * T`` keys/values, the
+        token of hypothesis ``j`` written at slot ``index * T + j``. ``visible`` [B, T, slots]
+        says which slots each hypothesis attends to (its own ancestors': see
+        ``xstilts.decoding``), so a beam search reorders no cache. ``cross``: ``step_cross_kv``
+        of the encoder output, one row per source row.
+        """
+        c = self.config
+        positions = (index + 1) * (tokens != c.pad_token_id) + c.pad_token_id
+        x = self._embed_at(tokens, positions)
+        cross_visible = jnp.broadcast_to(attention_mask[:, None, :].astype(bool),
+                                         (x.shape[0], x.shape[1], attention_mask.shape[1]))
+        slot = index * tokens.shape[1]
+        new_cache = []
+        for i, layer in enumerate(self.decoder.layers):
+            x, kv = layer.step(x, visible, cross[i], cross_visible, cache[i], slot)
+            new_cache.append(kv)
+        return self._logits(x), new_cache
 
     def __call__(self, input_ids: Array, attention_mask: Array,
                  decoder_input_ids: Array) -> Array:
@@ -373,6 +447,15 @@ def init_cache(config: NMTConfig, batch: int, max_length: int) -> list[KVPair]:
     shape = (batch, max_length, h, config.d_model // h)
     dtype = jnp.dtype(config.dtype)
     return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+            for _ in range(config.decoder_layers)]
+
+
+def init_step_cache(config: NMTConfig, batch: int, slots: int) -> list[KVPair]:
+    """Zeroed keys ``[B, H, D, slots]`` and values ``[B, H, slots, D]`` per decoder layer, the
+    layouts of ``NMTModel.decode_step``."""
+    h = config.decoder_attention_heads
+    d, dtype = config.d_model // h, jnp.dtype(config.dtype)
+    return [(jnp.zeros((batch, h, d, slots), dtype), jnp.zeros((batch, h, slots, d), dtype))
             for _ in range(config.decoder_layers)]
 
 
