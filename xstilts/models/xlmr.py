@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xstilts.models import attention as attention_lib
+from xstilts.models.dropout import Dropout
 
 Array = jax.Array
 RematPolicy = Literal["none", "full", "dots", "dots_no_batch"]
@@ -302,7 +303,7 @@ class Embeddings(nn.Module):
             c.type_vocab_size, c.hidden_size, param_dtype=jnp.float32,
             embedding_init=_param_axes(_dense_init(c), (None, EMBED)))
         self.LayerNorm = layer_norm(c)
-        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+        self.dropout = Dropout(c.hidden_dropout_prob)
 
     def __call__(self, input_ids: Array, *, deterministic: bool,
                  segment_ids: Array | None = None) -> Array:
@@ -353,7 +354,7 @@ class SelfAttention(nn.Module):
             scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
             bias = attention_lib.mask_bias(attention_mask, segment_ids)
             probs = jax.nn.softmax(scores + bias, axis=-1)
-            probs = nn.Dropout(c.attention_probs_dropout_prob)(
+            probs = Dropout(c.attention_probs_dropout_prob)(
                 probs, deterministic=deterministic)
             ctx = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
         else:
@@ -382,7 +383,7 @@ class AttentionOutput(nn.Module):
     def __call__(self, ctx: Array, residual: Array, *, deterministic: bool) -> Array:
         c = self.config
         y = DenseGeneral((c.hidden_size,), (HEADS, KV, EMBED), c, axis=(-2, -1), name="dense")(ctx)
-        y = nn.Dropout(c.hidden_dropout_prob)(y, deterministic=deterministic)
+        y = Dropout(c.hidden_dropout_prob)(y, deterministic=deterministic)
         return constrain(layer_norm(c, name="LayerNorm")(constrain(y + residual)))
 
 
@@ -404,7 +405,7 @@ class Output(nn.Module):
     def __call__(self, y: Array, residual: Array, *, deterministic: bool) -> Array:
         c = self.config
         y = DenseGeneral((c.hidden_size,), (MLP, EMBED), c, name="dense")(y)
-        y = nn.Dropout(c.hidden_dropout_prob)(y, deterministic=deterministic)
+        y = Dropout(c.hidden_dropout_prob)(y, deterministic=deterministic)
         return constrain(layer_norm(c, name="LayerNorm")(constrain(y + residual)))
 
 
