@@ -93,10 +93,33 @@ def test_cli_exits_1_naming_the_steps_that_do_not_fit(tmp_path, monkeypatch, cap
                     "classification(2) batch 8 x 48")
 
 
+def test_a_step_the_tpu_compiler_refuses_for_hbm_is_recorded_as_not_fitting(tmp_path):
+    """A one-layer model with a 2M-wide feed-forward layer at batch 64 x 256 (its activations
+    alone ~33 GiB per chip): the TPU compiler itself stops with RESOURCE_EXHAUSTED. The dry
+    run records the step as not fitting (with the temporaries the compiler asked for) instead
+    of stopping, and the next run reads it from the record."""
+    wide = TINY.replace(intermediate_size=2_000_000)
+    grid = _grid(tmp_path, model_config=wide, pretrain=None, intermediate={"baseline": None},
+                 finetune={"steps": 2, "batch_size": 64, "max_length": 256})
+    record = tmp_path / "steps.jsonl"
+    result = experiment.dry_run(grid, topology="v5e:2x2", compiled_steps=record)
+    [(shape, info)] = result.steps.items()
+    assert info["fits"] is False and info["bytes_per_chip"] > 16 * 2**30
+    assert info["compile_error"].startswith("RESOURCE_EXHAUSTED: Ran out of memory on HBM")
+    assert result.unfit == [shape]
+    assert re.search(r"classification\(2\) batch 64 x 256: [\d,]+ params, loss \(\), does NOT fit "
+                     r"16 GiB: the TPU compiler asked for \d+\.\d\d GiB of temporaries per chip",
+                     result.summary())
+    assert result.summary().splitlines()[-1] == (
+        "does NOT fit the 16 GiB of HBM per TPU v5e chip: classification(2) batch 64 x 256")
+    again = experiment.dry_run(grid, topology="v5e:2x2", compiled_steps=record)
+    assert again.steps[shape]["recorded"] == str(record) and again.unfit == [shape]
+
+
 # Bad shapes: errors naming the step, before anything compiles --------------------------------
 def test_a_batch_the_slice_does_not_divide_is_an_error(tmp_path, monkeypatch):
     compiled = []
-    monkeypatch.setattr(aot, "chip_figures", lambda *a: compiled.append(a))
+    monkeypatch.setattr(aot, "compile_chip_figures", lambda *a, **k: compiled.append(a))
     with pytest.raises(ValueError, match=re.escape(
             "dry run: classification(2) batch 8 x 48, used by phase2 synthetic.paraphrase: global "
             "batch size 8 is not divisible by the 16 data shards of the mesh")):
@@ -145,7 +168,7 @@ def test_compiled_steps_record_lets_a_cut_short_dry_run_resume(tmp_path, monkeyp
     def no_compile(*args, **kwargs):
         raise AssertionError("compiled a step that was recorded")
 
-    monkeypatch.setattr(aot, "chip_figures", no_compile)
+    monkeypatch.setattr(aot, "compile_chip_figures", no_compile)
     again = experiment.dry_run(_grid(tmp_path, **one_step), topology="v5e:2x2",
                                compiled_steps=record)
     recorded = again.steps[shape]

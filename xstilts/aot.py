@@ -30,6 +30,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -336,6 +337,25 @@ def chip_figures(compiled: Any, topology: str, *, scanned_layers: bool = False
             "hlo_flops_per_chip": float(cost["flops"]),
             "bytes_accessed_per_chip": float(cost["bytes accessed"]),
             "scanned_layers": scanned_layers}
+
+
+def compile_chip_figures(lowered: Any, topology: str, *, scanned_layers: bool = False
+                         ) -> dict[str, Any]:
+    """``chip_figures`` of ``lowered.compile()``; when the TPU compiler refuses the step for
+    lack of HBM (``RESOURCE_EXHAUSTED``), the figures of a step that does not fit: its message,
+    and the temporaries it asked for as ``bytes_per_chip`` (a lower bound on the total)."""
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as e:
+        needed = re.search(r"RESOURCE_EXHAUSTED: .*?\(([\d.]+)G\) exceeds", str(e))
+        if needed is None:
+            raise
+        chip = chip_spec(topology)
+        return {"bytes_per_chip": int(float(needed.group(1)) * GIB), "fits": False,
+                "hbm_gib": chip.hbm_gib, "chip": chip.name, "hlo_flops_per_chip": None,
+                "bytes_accessed_per_chip": None, "scanned_layers": scanned_layers,
+                "compile_error": str(e).splitlines()[0]}
+    return chip_figures(compiled, topology, scanned_layers=scanned_layers)
 
 
 def _report(stats: Any, model: str, mesh: str, shape: trainer_lib.StepShape) -> AotReport:

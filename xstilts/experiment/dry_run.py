@@ -92,6 +92,10 @@ def info_text(info: dict[str, Any]) -> str:
         return f"lowered in {info['seconds']:.1f} s"
     verdict = "fits" if info["fits"] else "does NOT fit"
     when = f" (recorded in {info['recorded']})" if info.get("recorded") else ""
+    if info.get("compile_error"):
+        return (f"does NOT fit {info['hbm_gib']:g} GiB: the TPU compiler asked for "
+                f"{info['bytes_per_chip'] / aot.GIB:.2f} GiB of temporaries per chip "
+                f"({info['compile_error']}), compiled in {info['seconds']:.0f} s{when}")
     flops = f"{info['hlo_flops_per_chip']:.3e} HLO FLOPs per chip"
     if info.get("scanned_layers"):
         flops = "HLO FLOPs not counted (layers scanned: XLA counts a loop body once)"
@@ -163,7 +167,7 @@ def lower_step(grid: Grid, shape: StepShape, partitioner: partitioning.Partition
                topology: str | None = None, record: CompiledSteps | None = None
                ) -> dict[str, Any]:
     """Lower one train step on abstract inputs; its parameter count and loss shape (and, for a
-    ``topology``, the TPU compile's per-chip figures: ``aot.chip_figures``, taken from
+    ``topology``, the TPU compile's per-chip figures: ``aot.compile_chip_figures``, taken from
     ``record`` when it holds this lowered step, else compiled and added to it)."""
     start = time.perf_counter()
     check_shape(grid, shape, partitioner)
@@ -195,8 +199,8 @@ def lower_step(grid: Grid, shape: StepShape, partitioner: partitioning.Partition
                                                mesh=partitioner.mesh)
     if record is not None and (earlier := record.get(key)) is not None:
         return {**info, **earlier}
-    info.update(aot.chip_figures(lowered.compile(), topology,
-                                 scanned_layers=grid.model_config.scan_layers))
+    info.update(aot.compile_chip_figures(lowered, topology,
+                                         scanned_layers=grid.model_config.scan_layers))
     info["seconds"] = time.perf_counter() - start
     if record is not None:
         record.put(key, describe(shape), info)
