@@ -34,8 +34,7 @@ from xstilts.models.xlmr import BATCH, EMBED, HEADS, KV, LENGTH, MLP, VOCAB
 Array = jax.Array
 KVPair = tuple[Array, Array]
 CACHE_AXES = (BATCH, LENGTH, HEADS, KV)
-STEP_KEY_AXES = (BATCH, HEADS, KV, LENGTH)  # ``decode_step``'s keys: [B, H, D, S]
-STEP_VALUE_AXES = (BATCH, HEADS, LENGTH, KV)  # and values: [B, H, S, D]
+STEP_AXES = (BATCH, HEADS, KV, LENGTH)  # ``decode_step``'s keys and values: [B, H, D, S]
 
 _ACTIVATIONS = {"relu": nn.relu, "gelu": lambda x: nn.gelu(x, approximate=False),
                 "gelu_new": nn.gelu, "silu": nn.silu, "swish": nn.silu}
@@ -223,18 +222,19 @@ class Attention(nn.Module):
         return self.out_proj(_constrain(jnp.einsum("bhqk,bkhd->bqhd", probs, v), CACHE_AXES))
 
     def step_kv(self, x: Array) -> KVPair:
-        """Keys ``[B, H, D, S]`` and values ``[B, H, S, D]`` of ``x`` [B, S, E]: the layouts
-        ``attend`` reads without transposing them (``STEP_KEY_AXES``, ``STEP_VALUE_AXES``)."""
+        """Keys and values ``[B, H, D, S]`` of ``x`` [B, S, E]: the layout ``attend`` reads
+        without transposing it (both dots contract or keep S last: XLA:CPU runs them as
+        library matmuls; values as [B, H, S, D] went to a 3.5x slower loop)."""
         k, v = self.kv(x)
-        return (_constrain(k.transpose(0, 2, 3, 1), STEP_KEY_AXES),
-                _constrain(v.transpose(0, 2, 1, 3), STEP_VALUE_AXES))
+        return (_constrain(k.transpose(0, 2, 3, 1), STEP_AXES),
+                _constrain(v.transpose(0, 2, 3, 1), STEP_AXES))
 
     def attend(self, x: Array, keys: Array, values: Array, visible: Array) -> Array:
-        """``__call__`` on ``step_kv``'s layouts: ``keys`` [B, H, D, S], ``values`` [B, H, S, D]."""
+        """``__call__`` on ``step_kv``'s layout: ``keys`` and ``values`` [B, H, D, S]."""
         q = _constrain(self.q_proj(x), CACHE_AXES)
         scores = jnp.einsum("bqhd,bhdk->bhqk", q, keys)
         probs = self._probs(scores, visible).astype(values.dtype)
-        ctx = jnp.einsum("bhqk,bhkd->bqhd", probs, values)
+        ctx = jnp.einsum("bhqk,bhdk->bqhd", probs, values)
         return self.out_proj(_constrain(ctx, CACHE_AXES))
 
     def _probs(self, scores: Array, visible: Array) -> Array:
@@ -306,12 +306,12 @@ class DecoderLayer(nn.Module):
 
     def step(self, x: Array, self_visible: Array, cross: KVPair, cross_visible: Array,
              cache: KVPair, slot: Array | int) -> tuple[Array, KVPair]:
-        """One decoding step of ``x`` [B, T, E] on ``step_kv``'s layouts: the T new keys/values
+        """One decoding step of ``x`` [B, T, E] on ``step_kv``'s layout: the T new keys/values
         are written at cache slots ``slot..slot+T-1``; ``self_visible`` [B, T, slots]."""
         y = self.self_attn_layer_norm(x)
         k, v = self.self_attn.step_kv(y)
         k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, 0, 0, slot))
-        v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, 0, slot, 0))
+        v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, 0, 0, slot))
         x = _constrain(x + self.self_attn.attend(y, k, v, self_visible))
         y = self.encoder_attn_layer_norm(x)
         x = _constrain(x + self.encoder_attn.attend(y, *cross, cross_visible))
@@ -407,7 +407,7 @@ class NMTModel(nn.Module):
         return _constrain(logits, (BATCH, LENGTH, VOCAB))
 
     def step_cross_kv(self, encoded: Array) -> list[KVPair]:
-        """``cross_kv`` in ``decode_step``'s layouts (keys [B, H, D, S], values [B, H, S, D])."""
+        """``cross_kv`` in ``decode_step``'s layout (keys and values [B, H, D, S])."""
         return [layer.step_cross_kv(encoded) for layer in self.decoder.layers]
 
     def decode_step(self, tokens: Array, cross: list[KVPair], attention_mask: Array,
@@ -451,11 +451,11 @@ def init_cache(config: NMTConfig, batch: int, max_length: int) -> list[KVPair]:
 
 
 def init_step_cache(config: NMTConfig, batch: int, slots: int) -> list[KVPair]:
-    """Zeroed keys ``[B, H, D, slots]`` and values ``[B, H, slots, D]`` per decoder layer, the
-    layouts of ``NMTModel.decode_step``."""
+    """Zeroed keys and values ``[B, H, D, slots]`` per decoder layer, the layout of
+    ``NMTModel.decode_step``."""
     h = config.decoder_attention_heads
-    d, dtype = config.d_model // h, jnp.dtype(config.dtype)
-    return [(jnp.zeros((batch, h, d, slots), dtype), jnp.zeros((batch, h, slots, d), dtype))
+    shape, dtype = (batch, h, config.d_model // h, slots), jnp.dtype(config.dtype)
+    return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
             for _ in range(config.decoder_layers)]
 
 
