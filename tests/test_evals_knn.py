@@ -55,15 +55,17 @@ CASES = [  # n, m, d, k, block_size, devices, row_group, col_group (tiles of <= 
 ]
 
 
-@pytest.mark.parametrize("n,m,d,k,block,devices,row_group,col_group,col_method",
+@pytest.mark.parametrize("n,m,d,k,block,devices,row_group,col_group,method",
                          [(*case, "auto") for case in CASES]
-                         + [(*CASES[0], "sort"), (*CASES[6], "sort")])  # the GPU/TPU path
-def test_knn_equals_brute_force(n, m, d, k, block, devices, row_group, col_group, col_method):
+                         + [(*CASES[0], "sort"), (*CASES[6], "sort"), (*CASES[1], "sort"),
+                            (*CASES[4], "sort")])  # the GPU/TPU path
+def test_knn_equals_brute_force(n, m, d, k, block, devices, row_group, col_group, method):
     rng = np.random.default_rng(n + m)
     x = knn.l2_normalize(rng.standard_normal((n, d)))
     y = knn.l2_normalize(rng.standard_normal((m, d)))
     nb = knn.knn(x, y, k, block_size=block, mesh=mesh_of(devices), row_group=row_group,
-                 col_group=col_group, tile_size=1024, col_method=col_method)
+                 col_group=col_group, tile_size=1024, col_method=method,
+                 row_method="select" if method == "auto" else method)
     plan = knn._plan(n, m, d, k, True, devices, block, row_group, col_group, 1024)
     two_stage = (plan.row_group > 1, plan.col_group > 1)
     assert two_stage == (row_group > 1 and n > 5, col_group > 1 and n > 5)
@@ -84,10 +86,10 @@ def test_knn_one_direction_and_block_plan():
     assert nb.sim_yx is None and nb.idx_yx is None
     assert_same_topk(full, nb.sim_xy, nb.idx_xy, s_xy, i_xy)
     # 50,000 rows and a 2,048 block: 25 blocks of exactly 2,000 rows, no padding to mask;
-    # 50,000 columns: 20 tiles of 2,500, each 50 groups of 50, no padding either.
-    plan = knn._plan(50_000, 50_000, 1024, 4, True, 1, 2048, 80, 25, 4096)
+    # 50,000 columns: 20 tiles of 2,500, each 100 groups of 25, no padding either.
+    plan = knn._plan(50_000, 50_000, 1024, 4, True, 1, 2048, 25, 25, 2500)
     assert (plan.steps, plan.block, plan.rows_padded) == (25, 2000, False)
-    assert (plan.tile, plan.row_group, plan.m_padded) == (2500, 50, 50_000)
+    assert (plan.tile, plan.row_group, plan.m_padded) == (2500, 25, 50_000)
     assert plan.col_group == 25  # 80 groups of 25 rows per block of 2,000
     assert knn._plan(480, 1500, 16, 4, True, 2, 240, 16, 7, 1024).col_group == 6
 
@@ -115,6 +117,33 @@ def test_column_topk_insertion_and_tiles():
     assert set(np.asarray(i)[:2].ravel()) <= {0, 1}
 
 
+def test_row_topk_selection_and_tiles():
+    """The x->y side alone: exact against a full sort for every group size, with ties across
+    groups, masked columns, and the running lists merged over several tiles."""
+    rng = np.random.default_rng(8)
+    s = rng.integers(0, 5, (33, 120)).astype(np.float32)  # many ties
+    ref = -np.sort(-s, axis=1)[:, :4]
+    topk_into = jax.jit(knn._topk_last_into, static_argnums=1)
+    for group in (1, 3, 6):
+        acc = (jnp.full((4, 33), -np.inf), jnp.full((4, 33), -1, jnp.int32))
+        for half in (0, 60):  # two tiles of 60 columns merged into the same lists
+            acc = topk_into(jnp.asarray(s[:, half:half + 60]), group, *acc, jnp.int32(half))
+        v, i = (np.asarray(a).T for a in acc)
+        np.testing.assert_array_equal(v, ref)
+        np.testing.assert_array_equal(np.take_along_axis(s, i, axis=1), v)
+        assert all(len(set(row)) == 4 for row in i.tolist())
+    valid = jnp.arange(60) < 2  # only columns 0 and 1 count: 2 of 4 slots filled
+    v, i = topk_into(jnp.asarray(s[:, :60]), 6, jnp.full((4, 33), -np.inf),
+                     jnp.full((4, 33), -1, jnp.int32), jnp.int32(0), valid)
+    np.testing.assert_array_equal(np.asarray(v)[:2].T, -np.sort(-s[:, :2], axis=1))
+    assert (np.asarray(i)[2:] == -1).all() and (np.asarray(v)[2:] == -np.inf).all()
+    assert set(np.asarray(i)[:2].ravel()) <= {0, 1}
+    # Of equal values the running lists' entries (earlier tiles) come first.
+    ones = jnp.ones((2, 12), jnp.float32)
+    v, i = topk_into(ones, 3, jnp.ones((4, 2)), jnp.full((4, 2), 7, jnp.int32), jnp.int32(100))
+    assert (np.asarray(i) == 7).all()
+
+
 def test_knn_ties_are_broken_consistently():
     x = np.eye(4, dtype=np.float32)
     y = np.concatenate([np.eye(4), np.eye(4)]).astype(np.float32)  # every sim tied twice
@@ -137,6 +166,9 @@ def test_knn_bad_input():
         knn.knn(np.array([[1.0, 0], [np.nan, 0]]), np.ones((2, 2)))
     with pytest.raises(ValueError, match="col_method must be"):
         knn.knn(good, good, 1, col_method="approx")
+    with pytest.raises(ValueError, match="row_method must be"):
+        knn.knn(good, good, 1, row_method="approx")
+    assert knn._row_select("auto", mesh_of(1))  # CPU: selection
     assert knn._col_insert("auto", mesh_of(1))  # CPU: insertion
     with pytest.raises(ValueError, match="k must be >= 1"):
         knn.knn(good, good, 0)

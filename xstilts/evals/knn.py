@@ -8,17 +8,20 @@ row of X against Y and, from the *same* matrix products, of every row of Y again
   ``X_blk @ Y_tile.T`` (``[block, tile]``, 20 MB at 2,000 x 2,500) is the only slice of the
   ``N x M`` similarity matrix that ever exists.
 * Each product feeds both directions: its row top-k is merged into the block's running
-  ``[block, k]`` buffer (X -> Y), its column top-k into a running ``[k, M]`` buffer (Y -> X).
+  ``[k, block]`` buffer (X -> Y), its column top-k into a running ``[k, M]`` buffer (Y -> X).
   This "single pass" needs half the FLOPs of searching twice, which is what faiss / XTREME's
   ``knnCPU`` (google-research/xtreme ``third_party/utils_retrieve.py``) do.
-* Both top-ks are exact two-stage selections: maxima over interleaved groups of columns (rows),
-  the k best groups, then the best k of those groups' members. The top k elements always lie in
-  the k groups with the largest maxima, so this is exact, and the heavy pass is a vectorised max.
-  Rows: ``lax.top_k`` over the group maxima and the members. Columns: no transpose and no sort
-  (on XLA:CPU an outer-axis reduce and ``top_k`` of a transposed tile cost ~40 % of the matrix
-  product): the group maxima are an elementwise max of contiguous row slices, and groups and
-  members are inserted into running sorted ``[k, tile]`` lists by a loop of vectorised
-  compare-and-swaps, which also merges them with the previous blocks' lists.
+* Both top-ks are exact two-stage selections: maxima over groups of columns (rows), the k best
+  groups, then the best k of those groups' members. The top k elements always lie in the k
+  groups with the largest maxima, so this is exact, and the heavy pass is a vectorised max.
+  On XLA:CPU no step sorts (its TopK sorts row by row in scalar code; ``top_k`` of a transposed
+  tile and an outer-axis reduce cost ~40 % of the matrix product). Rows: maxima of contiguous
+  runs of columns, transposed to ``[groups, block]``; the k best groups and then, from k
+  contiguous windows per row, the k best members and running entries are picked by k passes of
+  vertical max / first-position reductions. Columns: the group maxima are an elementwise max of
+  contiguous row slices, and groups and members are inserted into running sorted ``[k, tile]``
+  lists by a loop of vectorised compare-and-swaps, which also merges them with the previous
+  blocks' lists. Elsewhere (GPU/TPU) both use ``lax.top_k``.
 * Query blocks are sharded over the mesh's ``data`` axis (``shard_map``); every device keeps its
   own column buffer, merged once at the end. Y is replicated.
 
@@ -98,6 +101,60 @@ def _topk_last(s: jax.Array, k: int, group: int,
         values = jnp.where(valid[members], values, NEG_INF)
     values, pos = jax.lax.top_k(values, k)
     return values, jnp.take_along_axis(members, pos, axis=1)
+
+
+def _select_first(values: jax.Array, index: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """Top-k along the first axis of ``values [n, C]`` (ids ``index [n, C]``), as ``[k, C]``.
+
+    k passes of vertical (elementwise, vectorised) reductions: the maximum, its first row, that
+    row's id; then the row is masked to -inf. Of equal values the first row wins, so earlier
+    rows (running lists placed first) win ties. -inf marks an empty slot: it comes back with
+    id -1 (a masked row may be met again once only -inf is left)."""
+    n = values.shape[0]
+    pos = jnp.arange(n, dtype=jnp.int32)[:, None]
+    out_v, out_i = [], []
+    for j in range(k):
+        best = values.max(axis=0)
+        hit = pos == jnp.where(values == best, pos, n).min(axis=0)  # one row per column
+        out_v.append(best)
+        out_i.append(jnp.where(best == NEG_INF, -1, jnp.where(hit, index, 0).sum(axis=0)))
+        if j + 1 < k:
+            values = jnp.where(hit, NEG_INF, values)
+    return jnp.stack(out_v), jnp.stack(out_i)
+
+
+def _topk_last_into(s: jax.Array, group: int, acc_v: jax.Array, acc_i: jax.Array,
+                    base: jax.Array, valid: jax.Array | None = None
+                    ) -> tuple[jax.Array, jax.Array]:
+    """Merge the exact top-k along the last axis of ``s [R, C]`` (column ids ``base + c``;
+    columns where ``valid [C]`` is False never chosen) into running ``[k, R]`` lists.
+
+    Groups are contiguous runs of ``group`` columns (``C % group == 0``): their maxima are a
+    reduction over the minor axis, the k best groups per row are selected from the transposed
+    ``[C / group, R]`` maxima, and their members are read as k contiguous windows per row, then
+    selected together with the running lists. No ``lax.top_k``: XLA:CPU's TopK sorts row by
+    row in scalar code, ~1 us per 200-element row."""
+    rows, cols = s.shape
+    k = acc_v.shape[0]
+    masked = s if valid is None else jnp.where(valid, s, NEG_INF)
+    if group <= 1:
+        ids = jnp.broadcast_to(base + jnp.arange(cols, dtype=jnp.int32)[:, None], (cols, rows))
+        return _select_first(jnp.concatenate([acc_v, masked.T]), jnp.concatenate([acc_i, ids]),
+                             k)
+    n_groups = cols // group
+    grouped = masked.reshape(rows, n_groups, group)
+    # The barrier keeps XLA from recomputing the maxima from ``s`` in every consumer's layout.
+    group_max = jax.lax.optimization_barrier(grouped.max(axis=2)).T  # [G, R]
+    group_ids = jnp.broadcast_to(jnp.arange(n_groups, dtype=jnp.int32)[:, None], group_max.shape)
+    best_max, best = _select_first(group_max, group_ids, k)  # [k, R]
+    # An empty slot (fewer than k groups with a valid column) reads group 0, masked.
+    windows = jnp.take_along_axis(grouped, jnp.maximum(best, 0).T[:, :, None], axis=1,
+                                  mode="promise_in_bounds")  # [R, k, group]
+    windows = jnp.where((best_max == NEG_INF).T[:, :, None], NEG_INF, windows)
+    values = windows.reshape(rows, k * group).T
+    ids = (best[:, None, :] * group + jnp.arange(group, dtype=jnp.int32)[None, :, None])
+    ids = ids.reshape(k * group, rows) + base
+    return _select_first(jnp.concatenate([acc_v, values]), jnp.concatenate([acc_i, ids]), k)
 
 
 def _insert_rows(values: jax.Array, index: jax.Array, acc_v: jax.Array,
@@ -195,10 +252,11 @@ class _Plan:
     steps: int  # blocks per device
     block: int  # rows per block, a multiple of 8
     m_padded: int
-    row_group: int  # two-stage group size along Y (1 = plain top_k)
+    row_group: int  # two-stage group size along Y (1 = one stage)
     col_group: int  # two-stage group size along a block's rows (1 = plain top_k)
     tile: int  # columns of Y per product (m_padded = tiles * tile)
     col_insert: bool = True  # column top-k by insertion (XLA:CPU) or by lax.top_k (accelerators)
+    row_select: bool = True  # row top-k by vertical selection (XLA:CPU) or by lax.top_k
 
     @property
     def rows_padded(self) -> bool:
@@ -232,7 +290,7 @@ def _tiling(m: int, kx: int, tile_size: int, row_group: int) -> tuple[int, int]:
 
 def _plan(n: int, m: int, dim: int, k: int, both: bool, devices: int, block_size: int,
           row_group: int, col_group: int, tile_size: int = 4096,
-          col_insert: bool = True) -> _Plan:
+          col_insert: bool = True, row_select: bool = True) -> _Plan:
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if block_size < 8:
@@ -246,13 +304,13 @@ def _plan(n: int, m: int, dim: int, k: int, both: bool, devices: int, block_size
     cg = (_divisor_near(block, col_group) or 1) if both and col_group > 1 else 1
     cg = cg if block // cg >= max(ky, 2) else 1
     # Y is consumed in tiles of at most tile_size columns, so that a [block, tile] slice of
-    # similarities stays in cache while both top-ks read it; each tile is cut into interleaved
-    # groups of ~row_group columns. A tile that divides M (50,000 = 20 x 2,500) with a group
-    # size that divides the tile (2,500 = 50 x 50) needs no padding and no mask.
+    # similarities stays in cache while both top-ks read it; each tile is cut into groups of
+    # ~row_group columns. A tile that divides M (50,000 = 20 x 2,500) with a group size that
+    # divides the tile (2,500 = 100 x 25) needs no padding and no mask.
     tile, rg = _tiling(m, kx, tile_size, row_group)
     m_padded = tile * math.ceil(m / tile)
     return _Plan(n, m, dim, kx, ky, both, devices, steps, block, m_padded, rg, cg, tile,
-                 col_insert)
+                 col_insert, row_select)
 
 
 @functools.lru_cache(maxsize=32)
@@ -277,8 +335,11 @@ def _compiled(plan: _Plan, mesh: Mesh, axis: str):
                 sims = jnp.dot(xb, yt.T, preferred_element_type=jnp.float32)  # [B, tile]
                 col_valid = first_col + jnp.arange(p.tile, dtype=jnp.int32) < p.m \
                     if p.m_padded != p.m else None
-                tv, ti = _topk_last(sims, p.kx, p.row_group, col_valid)
-                row = _merge_topk(row_v, row_i, tv, ti + first_col, p.kx)
+                if p.row_select:  # the row lists are [kx, block]
+                    row = _topk_last_into(sims, p.row_group, row_v, row_i, first_col, col_valid)
+                else:
+                    tv, ti = _topk_last(sims, p.kx, p.row_group, col_valid)
+                    row = _merge_topk(row_v, row_i, tv, ti + first_col, p.kx)
                 if p.both:  # the column buffer is [ky, Mp]: this tile's columns are a slice
                     old_v = jax.lax.dynamic_slice_in_dim(col_buf[0], first_col, p.tile, axis=1)
                     old_i = jax.lax.dynamic_slice_in_dim(col_buf[1], first_col, p.tile, axis=1)
@@ -294,11 +355,11 @@ def _compiled(plan: _Plan, mesh: Mesh, axis: str):
                         jax.lax.dynamic_update_slice_in_dim(col_buf[1], new_i, first_col, 1))
                 return (row, col_buf), None
 
-            row0 = (jnp.full((p.block, p.kx), NEG_INF, jnp.float32),
-                    jnp.full((p.block, p.kx), -1, jnp.int32))
+            shape = (p.kx, p.block) if p.row_select else (p.block, p.kx)
+            row0 = (jnp.full(shape, NEG_INF, jnp.float32), jnp.full(shape, -1, jnp.int32))
             (row, col_buf), _ = jax.lax.scan(
                 tile_step, (row0, col_buf), (y_tiles, jnp.arange(n_tiles, dtype=jnp.int32)))
-            return col_buf, row
+            return col_buf, (row[0].T, row[1].T) if p.row_select else row
 
         init = (jnp.full((p.ky, p.m_padded), NEG_INF, jnp.float32),
                 jnp.full((p.ky, p.m_padded), -1, jnp.int32))
@@ -328,15 +389,23 @@ def _col_insert(col_method: str, mesh: Mesh) -> bool:
     return col_method == "insert"
 
 
+def _row_select(row_method: str, mesh: Mesh) -> bool:
+    if row_method not in ("auto", "select", "sort"):
+        raise ValueError(f"row_method must be 'auto', 'select' or 'sort', got {row_method!r}")
+    if row_method == "auto":
+        return mesh.devices.flat[0].platform == "cpu"
+    return row_method == "select"
+
+
 def precompile(n: int, m: int, dim: int, k: int = 4, *, both: bool = True,
                block_size: int = 2048, mesh: Mesh | None = None, axis: str = DATA_AXIS,
-               row_group: int = 80, col_group: int = 25, tile_size: int = 4096,
-               col_method: str = "auto") -> None:
+               row_group: int = 25, col_group: int = 25, tile_size: int = 2500,
+               col_method: str = "auto", row_method: str = "auto") -> None:
     """Compile the scorer for ``[n, dim]`` x ``[m, dim]`` inputs without running it (a later
     ``knn`` call with the same arguments reuses the executable)."""
     mesh = mesh or default_mesh()
     plan = _plan(n, m, dim, k, both, mesh.shape[axis], block_size, row_group, col_group,
-                 tile_size, _col_insert(col_method, mesh))
+                 tile_size, _col_insert(col_method, mesh), _row_select(row_method, mesh))
     fn, x_sharding, replicated = _compiled(plan, mesh, axis)
     fn.lower(jax.ShapeDtypeStruct((plan.devices * plan.steps, plan.block, dim), jnp.float32,
                                   sharding=x_sharding),
@@ -346,8 +415,8 @@ def precompile(n: int, m: int, dim: int, k: int = 4, *, both: bool = True,
 
 def knn(x: np.ndarray, y: np.ndarray, k: int = 4, *, both: bool = True,
         block_size: int = 2048, mesh: Mesh | None = None, axis: str = DATA_AXIS,
-        row_group: int = 80, col_group: int = 25, tile_size: int = 4096,
-        col_method: str = "auto") -> Neighbours:
+        row_group: int = 25, col_group: int = 25, tile_size: int = 2500,
+        col_method: str = "auto", row_method: str = "auto") -> Neighbours:
     """Exact top-k inner products of the rows of ``x`` against ``y`` (and of ``y`` against ``x``).
 
     Args:
@@ -359,11 +428,12 @@ def knn(x: np.ndarray, y: np.ndarray, k: int = 4, *, both: bool = True,
       mesh: a mesh with a ``data`` axis over which the query blocks are sharded (default: all
         devices). ``axis`` names that axis.
       row_group, col_group: group sizes of the exact two-stage top-ks, rounded to divisors of
-        the tile / block (1 = one stage: ``lax.top_k`` over the tile's columns, insertion of
-        every row of the block).
+        the tile / block (1 = one stage: every column of the tile, every row of the block).
       col_method: the y->x top-k: ``"insert"`` (vectorised insertion, fastest on XLA:CPU),
         ``"sort"`` (``lax.top_k``; a loop of small steps costs a launch each on GPU/TPU) or
         ``"auto"`` (insert on CPU meshes, sort elsewhere). Both are exact.
+      row_method: the x->y top-k: ``"select"`` (vertical selection passes, fastest on XLA:CPU),
+        ``"sort"`` (``lax.top_k``) or ``"auto"`` (select on CPU meshes, sort elsewhere).
     """
     x = _check_matrix("x (queries)", x)
     y = _check_matrix("y (index)", y)
@@ -375,7 +445,7 @@ def knn(x: np.ndarray, y: np.ndarray, k: int = 4, *, both: bool = True,
     devices = mesh.shape[axis]
     (n, dim), m = x.shape, y.shape[0]
     plan = _plan(n, m, dim, k, both, devices, block_size, row_group, col_group, tile_size,
-                 _col_insert(col_method, mesh))
+                 _col_insert(col_method, mesh), _row_select(row_method, mesh))
     fn, x_sharding, replicated = _compiled(plan, mesh, axis)
 
     rows = devices * plan.steps * plan.block
