@@ -404,14 +404,19 @@ class Trainer:
     def _train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Array]]:
         step_rng = jax.random.fold_in(state.rng, state.step)
 
-        def loss_and_sums(params: PyTree, mb: Batch, rng: Array):
+        def loss_and_sums(params: PyTree, mb: Batch, rng: Array, *, mean: bool = False):
             mb = self._prepare(mb)
             out = self.loss_fn(self._forward(params, mb, deterministic=False, rng=rng), mb)
-            return out.loss_sum, _metric_sums(out, mb)
+            # mean: the gradient of the weighted mean (the weight does not depend on params),
+            # so the backward pass yields the normalised gradient; dividing afterwards cost
+            # XLA:CPU one more pass over all gradients (materialised for the norm's reduce).
+            loss = out.loss_sum / jax.lax.stop_gradient(jnp.maximum(out.weight, 1.0)) \
+                if mean else out.loss_sum
+            return loss, _metric_sums(out, mb)
 
         grad_fn = jax.grad(loss_and_sums, has_aux=True)
         if self.num_microbatches == 1:
-            grads, sums = grad_fn(state.params, batch, step_rng)
+            grads, sums = grad_fn(state.params, batch, step_rng, mean=True)
         else:
             mbs = self._split_microbatches(batch)
 
@@ -426,7 +431,8 @@ class Trainer:
             (grads, sums), _ = jax.lax.scan(
                 body, (zeros, zero_sums), (jnp.arange(self.num_microbatches), mbs))
         denom = jnp.maximum(sums["weight"], 1.0)
-        grads = jax.tree.map(lambda g: g / denom, grads)
+        if self.num_microbatches > 1:  # the slices' weights add up only after the scan
+            grads = jax.tree.map(lambda g: g / denom, grads)
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {
