@@ -7,11 +7,14 @@ the sentences are the first ``--sentences`` English Tatoeba lines of ``../shared
 tokenized by ``NMTTokenizer`` (the shared 1000-piece SentencePiece test model with NLLB's
 language codes). Both systems decode the same id batches (``--batch`` rows, length-sorted, beams
 ``--beams``, ``max_length`` ``--max_length``, forced target-language BOS); one untimed pass first
-(compilation, warm-up), then a timed pass. Printed: sentences/s of each, the ratio, and how many
-outputs are token for token the same. CTranslate2 (``pip install ctranslate2``, the ``bench``
-extra) is timed the same way, converted from the same checkpoint by its
-``TransformersConverter``, same beams and maximum length (its ``max_decoding_length`` counts
-the forced language token and ``</s>`` as HF's ``max_length`` does, less the decoder start).
+(model load, compilation, warm-up), then a timed pass: the model loaded again, then every batch
+decoded, each timed. Printed: sentences/s of each, decoding alone (what ``xstilts.translate``
+pays per sentence: it loads the model once per run) and with the load (the figure of earlier
+versions of this script), both ratios, and how many outputs are token for token the same.
+CTranslate2 (``pip install ctranslate2``, the ``bench`` extra) is timed the same way, converted
+from the same checkpoint by its ``TransformersConverter`` (on the untimed load), same beams and
+maximum length (its ``max_decoding_length`` counts the forced language token and ``</s>`` as
+HF's ``max_length`` does, less the decoder start).
 The load average is printed at the start and the end: on a busy machine the ratios drift.
 """
 
@@ -46,22 +49,32 @@ def _batches(args) -> list[tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def run_ours(args, batches, target: int) -> list[np.ndarray]:
+def load_ours(args):
     sys.path.insert(0, str(ROOT))
-    from xstilts.decoding import DecodeSettings, generate
     from xstilts.models.nmt_convert import load_nmt_checkpoint
 
-    config, params = load_nmt_checkpoint(Path(args.workdir) / "model")
+    return load_nmt_checkpoint(Path(args.workdir) / "model")
+
+
+def run_ours(args, model, batches, target: int) -> list[np.ndarray]:
+    from xstilts.decoding import DecodeSettings, generate
+
+    config, params = model
     settings = DecodeSettings(num_beams=args.beams, max_length=args.max_length)
     return [generate(config, params, ids, mask, target, settings)[0] for ids, mask in batches]
 
 
-def run_torch(args, batches, target: int) -> list[np.ndarray]:
+def load_torch(args):
     import torch
     from transformers import M2M100ForConditionalGeneration
 
     torch.set_num_threads(os.cpu_count() or 2)
-    model = M2M100ForConditionalGeneration.from_pretrained(Path(args.workdir) / "model").eval()
+    return M2M100ForConditionalGeneration.from_pretrained(Path(args.workdir) / "model").eval()
+
+
+def run_torch(args, model, batches, target: int) -> list[np.ndarray]:
+    import torch
+
     out = []
     with torch.inference_mode():
         for ids, mask in batches:
@@ -73,10 +86,8 @@ def run_torch(args, batches, target: int) -> list[np.ndarray]:
     return out
 
 
-def run_ctranslate2(args, batches, target: int) -> list[np.ndarray]:
-    """CTranslate2 (converted from the same checkpoint) on the same ids: its tokens are strings of
-    its vocabulary file, which lists the tokenizer's tokens by id (then ``madeupwordN`` up to
-    the model's vocabulary size), so ids map to tokens and back by position."""
+def load_ctranslate2(args):
+    """CTranslate2's model, converted from the same checkpoint (on the first, untimed load)."""
     import ctranslate2
 
     folder = Path(args.workdir) / "ct2"
@@ -84,11 +95,19 @@ def run_ctranslate2(args, batches, target: int) -> list[np.ndarray]:
         ctranslate2.converters.TransformersConverter(str(Path(args.workdir) / "model")).convert(
             str(folder))
     vocab = json.loads((folder / "shared_vocabulary.json").read_text(encoding="utf-8"))
-    index = {token: i for i, token in enumerate(vocab)}
-    if len(index) != len(vocab):
-        raise ValueError(f"{folder}/shared_vocabulary.json: repeated tokens; ids are ambiguous")
     translator = ctranslate2.Translator(str(folder), device="cpu",
                                         intra_threads=os.cpu_count() or 2)
+    return translator, vocab
+
+
+def run_ctranslate2(args, model, batches, target: int) -> list[np.ndarray]:
+    """CTranslate2 on the same ids: its tokens are strings of its vocabulary file, which lists
+    the tokenizer's tokens by id (then ``madeupwordN`` up to the model's vocabulary size), so ids
+    map to tokens and back by position."""
+    translator, vocab = model
+    index = {token: i for i, token in enumerate(vocab)}
+    if len(index) != len(vocab):
+        raise ValueError("shared_vocabulary.json: repeated tokens; ids are ambiguous")
     out = []
     for ids, mask in batches:
         tokens = [[vocab[t] for t in row[m.astype(bool)]] for row, m in zip(ids, mask, strict=True)]
@@ -104,13 +123,17 @@ def run_ctranslate2(args, batches, target: int) -> list[np.ndarray]:
 def _child(args) -> None:
     batches = _batches(args)
     target = json.loads((Path(args.workdir) / "meta.json").read_text())["target"]
-    run = {"ours": run_ours, "torch": run_torch, "ctranslate2": run_ctranslate2}[args.child]
-    run(args, batches, target)  # compile / warm up
+    load, run = {"ours": (load_ours, run_ours), "torch": (load_torch, run_torch),
+                 "ctranslate2": (load_ctranslate2, run_ctranslate2)}[args.child]
+    run(args, load(args), batches, target)  # load, compile, warm up
     start = time.perf_counter()
-    outputs = run(args, batches, target)
-    seconds = time.perf_counter() - start
+    model = load(args)
+    loaded = time.perf_counter()
+    outputs = run(args, model, batches, target)
+    end = time.perf_counter()
     rows = [row.tolist() for out in outputs for row in out]
-    print("RESULT " + json.dumps({"seconds": seconds, "rows": rows}))
+    print("RESULT " + json.dumps({"seconds": end - loaded, "load_seconds": loaded - start,
+                                  "rows": rows}))
 
 
 def _spawn(system: str, args, timeout: float) -> dict | None:
@@ -181,13 +204,19 @@ def main() -> None:
             result = _spawn(system, args, args.timeout)
             if result is not None:
                 results[system] = result
+                total = result["seconds"] + result["load_seconds"]
                 print(f"  {system}: {args.sentences / result['seconds']:.2f} sentences/s "
-                      f"({result['seconds']:.2f} s)")
+                      f"decoding ({result['seconds']:.2f} s); with the model load "
+                      f"{args.sentences / total:.2f} ({result['load_seconds']:.2f} s + decoding)")
         for peer, name in (("torch", "torch generate()"), ("ctranslate2", "CTranslate2")):
             if "ours" in results and peer in results:
-                same = _same_rows(results["ours"]["rows"], results[peer]["rows"])
-                ratio = results[peer]["seconds"] / results["ours"]["seconds"]
-                print(f"translate: ours / {name} = {ratio:.2f}x sentences/s; "
+                ours, theirs = results["ours"], results[peer]
+                same = _same_rows(ours["rows"], theirs["rows"])
+                ratio = theirs["seconds"] / ours["seconds"]
+                with_load = ((theirs["seconds"] + theirs["load_seconds"])
+                             / (ours["seconds"] + ours["load_seconds"]))
+                print(f"translate: ours / {name} = {ratio:.2f}x sentences/s decoding "
+                      f"({with_load:.2f}x with the model load); "
                       f"{same}/{args.sentences} outputs token for token the same")
         print(f"translate: load average {_load()} at the end (1/5/15 min; "
               f"{os.cpu_count()} CPUs: a load above that means a busy machine)")
