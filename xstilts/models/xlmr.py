@@ -60,6 +60,8 @@ class XLMRConfig:
     # PRNG of dropout masks in training: threefry (JAX's default), or rbg / unsafe_rbg (the
     # hardware RNG on TPU, much cheaper; maxtext's default is unsafe_rbg). The train state's key
     # stays threefry; each step's dropout key is derived from it (xstilts.trainer).
+    # On CPU threefry is the cheap one: xstilts.models.dropout fuses its hash into one kernel
+    # (an [8,12,128,128] mask: 2.3 ms CPU vs 23 ms for rbg / unsafe_rbg).
     dropout_rng: DropoutRng = "threefry"
 
     def __post_init__(self) -> None:
