@@ -382,20 +382,22 @@ def _compiled(plan: _Plan, mesh: Mesh, axis: str):
     return jax.jit(sharded), NamedSharding(mesh, P(axis)), NamedSharding(mesh, P())
 
 
-def _col_insert(col_method: str, mesh: Mesh) -> bool:
-    if col_method not in ("auto", "insert", "sort"):
-        raise ValueError(f"col_method must be 'auto', 'insert' or 'sort', got {col_method!r}")
-    if col_method == "auto":
+def _cpu_method(option: str, value: str, cpu_way: str, mesh: Mesh) -> bool:
+    """Whether ``value`` ('auto', ``cpu_way`` or 'sort') of ``option`` picks ``cpu_way`` (the
+    XLA:CPU kernel; 'auto': on a CPU mesh) rather than ``lax.top_k``'s sort."""
+    if value not in ("auto", cpu_way, "sort"):
+        raise ValueError(f"{option} must be 'auto', '{cpu_way}' or 'sort', got {value!r}")
+    if value == "auto":
         return mesh.devices.flat[0].platform == "cpu"
-    return col_method == "insert"
+    return value == cpu_way
+
+
+def _col_insert(col_method: str, mesh: Mesh) -> bool:
+    return _cpu_method("col_method", col_method, "insert", mesh)
 
 
 def _row_select(row_method: str, mesh: Mesh) -> bool:
-    if row_method not in ("auto", "select", "sort"):
-        raise ValueError(f"row_method must be 'auto', 'select' or 'sort', got {row_method!r}")
-    if row_method == "auto":
-        return mesh.devices.flat[0].platform == "cpu"
-    return row_method == "select"
+    return _cpu_method("row_method", row_method, "select", mesh)
 
 
 def precompile(n: int, m: int, dim: int, k: int = 4, *, both: bool = True,
