@@ -1,6 +1,7 @@
 """Test set-up: 8 fake CPU devices, no TensorFlow in transformers, the shared data samples."""
 
 import os
+import sys
 
 # Must happen before jax is imported anywhere in the test session.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -59,3 +60,21 @@ def require_libtpu(purpose: str) -> None:
 def shared_data():
     """Callable fixture: ``shared_data("tatoeba/v1")`` -> Path, failing in CI when absent."""
     return require_sample
+
+
+@pytest.fixture(autouse=True)
+def _seqio_registries_as_found():
+    """seqio's Task and Mixture registries are process-global: a test that registers the
+    project's tasks on its own data (``register_all``, ``SeqioBatches(vocabulary=...)``) would
+    otherwise leave them pointing there for the next test on the same xdist worker, whatever
+    module it belongs to. Each test gets back the registries it started with (module fixtures'
+    registrations included: they are set up before this one)."""
+    seqio = sys.modules.get("seqio")
+    if seqio is None:
+        yield
+        return
+    saved = [(r, dict(r._REGISTRY)) for r in (seqio.TaskRegistry, seqio.MixtureRegistry)]
+    yield
+    for registry, entries in saved:
+        registry._REGISTRY.clear()
+        registry._REGISTRY.update(entries)
