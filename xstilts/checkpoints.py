@@ -383,23 +383,31 @@ logging.getLogger("asyncio").addFilter(_UnretrievedSaveWrites())
 
 def _quiet_closed_loop_callbacks() -> None:
     """After a failed save, the other array writes TensorStore still had in flight complete
-    into the event loop Orbax already closed, and each prints ``RuntimeError: Event loop is
-    closed`` with its traceback (through ``sys.excepthook``): the same failure, raised once as
-    a ``CheckpointSaveError``. Only that error, raised in asyncio's ``call_soon_threadsafe``,
-    is dropped."""
-    previous = sys.excepthook
+    into the event loop Orbax already closed (sometimes before the failure reaches
+    ``Checkpointer``, so the hook goes in when one is made), and each prints ``RuntimeError:
+    Event loop is closed`` with its traceback (through ``sys.excepthook`` or, from
+    TensorStore's callbacks, ``sys.unraisablehook``): the same failure, raised once as a
+    ``CheckpointSaveError``. Only that error, raised in asyncio's ``call_soon_threadsafe``, is
+    dropped."""
+    previous, previous_unraisable = sys.excepthook, sys.unraisablehook
     if getattr(previous, "_xstilts_closed_loop", False):
         return
 
-    def hook(kind: Any, value: Any, tb: Any) -> None:
+    def closed_loop(kind: Any, value: Any, tb: Any) -> bool:
         frames = traceback.extract_tb(tb)
-        if (kind is RuntimeError and str(value) == "Event loop is closed" and frames
-                and frames[0].name == "call_soon_threadsafe"):
-            return
-        previous(kind, value, tb)
+        return (kind is RuntimeError and str(value) == "Event loop is closed" and bool(frames)
+                and frames[0].name == "call_soon_threadsafe")
+
+    def hook(kind: Any, value: Any, tb: Any) -> None:
+        if not closed_loop(kind, value, tb):
+            previous(kind, value, tb)
+
+    def unraisable(args: Any) -> None:  # TensorStore's callbacks report through this one
+        if not closed_loop(args.exc_type, args.exc_value, args.exc_traceback):
+            previous_unraisable(args)
 
     hook._xstilts_closed_loop = True  # type: ignore[attr-defined]
-    sys.excepthook = hook
+    sys.excepthook, sys.unraisablehook = hook, unraisable
 
 
 def _first_line(error: BaseException) -> str:
@@ -419,6 +427,9 @@ class Checkpointer:
         self.path = run_path(directory)
         self.directory = str(self.path)  # the URL itself for gs://..., else an absolute path
         self.config = config or CheckpointConfig()
+        # Before any save: a failed background write can close Orbax's loop while other writes
+        # are still in flight, and their callbacks fire before the failure reaches us.
+        _quiet_closed_loop_callbacks()
         c = self.config
         policies: list[Any] = [ocp.checkpoint_managers.LatestN(c.keep)]
         best_fn = None
