@@ -19,7 +19,7 @@ $(VENV)/.installed-core: pyproject.toml | $(PY)
 	@touch $@
 
 $(VENV)/.installed-all: pyproject.toml | $(PY)
-	$(PIP) install -e ".[data,test,bench]"
+	$(PIP) install -e ".[data,test,bench,mkl]"
 	@touch $@ $(VENV)/.installed-core
 
 demo: $(VENV)/.installed-core

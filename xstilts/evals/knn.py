@@ -40,6 +40,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from xstilts.models import cpu_gemm
+
 DATA_AXIS = "data"
 NEG_INF = float("-inf")
 
@@ -333,7 +335,8 @@ def _compiled(plan: _Plan, mesh: Mesh, axis: str):
                 (row_v, row_i), col_buf = carry
                 yt, t = tile_inputs
                 first_col = t * p.tile
-                sims = jnp.dot(xb, yt.T, preferred_element_type=jnp.float32)  # [B, tile]
+                sims = cpu_gemm.dot_general(xb, yt, (((1,), (1,)), ((), ())),  # [B, tile]
+                                            preferred_element_type=jnp.float32)
                 col_valid = first_col + jnp.arange(p.tile, dtype=jnp.int32) < p.m \
                     if p.m_padded != p.m else None
                 if p.row_select:  # the row lists are [kx, block]

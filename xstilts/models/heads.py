@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from xstilts.models import cpu_gemm
 from xstilts.models.xlmr import (
     BATCH,
     EMBED,
@@ -225,8 +226,8 @@ class LMHead(nn.Module):
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
                                                                (VOCAB,)),
                           (c.vocab_size,), jnp.float32)
-        logits = jnp.einsum("bld,vd->blv", x.astype(dtype), word_embeddings.astype(dtype),
-                            preferred_element_type=jnp.float32)
+        logits = cpu_gemm.dot_general(x.astype(dtype), word_embeddings.astype(dtype),  # bld,vd
+                                      (((2,), (1,)), ((), ())), preferred_element_type=jnp.float32)
         logits = nn.with_logical_constraint(logits, (BATCH, LENGTH, VOCAB))
         return logits + bias
 

@@ -29,6 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from xstilts.models import cpu_gemm
 from xstilts.models.xlmr import BATCH, EMBED, HEADS, KV, LENGTH, MLP, VOCAB
 
 Array = jax.Array
@@ -182,8 +183,8 @@ class Dense(nn.Module):
         bias = self.param("bias", _axes(nn.initializers.zeros_init(),
                                         self.kernel_axes[len(in_shape):]),
                           tuple(self.features), jnp.float32)
-        y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype),
-                                ((axes, tuple(range(len(in_shape)))), ((), ())))
+        y = cpu_gemm.dot_general(x.astype(dtype), kernel.astype(dtype),
+                                 ((axes, tuple(range(len(in_shape)))), ((), ())))
         return y + bias.astype(dtype)
 
 
@@ -400,10 +401,12 @@ class NMTModel(nn.Module):
         """The output projection of the last decoder layer's ``x`` [B, T, E]: float32 logits."""
         c = self.config
         x = self.decoder.layer_norm(x)
-        kernel = self.shared.embedding.T if c.tie_word_embeddings else self.lm_head
-        logits = jnp.einsum("bte,ev->btv", x.astype(jnp.dtype(c.dtype)),
-                            kernel.astype(jnp.dtype(c.dtype)),
-                            preferred_element_type=jnp.float32)
+        # The tied embedding is [V, E]: contracted on its last axis, never transposed in memory.
+        kernel, axis = (self.shared.embedding, 1) if c.tie_word_embeddings else (self.lm_head, 0)
+        dtype = jnp.dtype(c.dtype)
+        logits = cpu_gemm.dot_general(x.astype(dtype), kernel.astype(dtype),
+                                      (((2,), (axis,)), ((), ())),
+                                      preferred_element_type=jnp.float32)
         return _constrain(logits, (BATCH, LENGTH, VOCAB))
 
     def step_cross_kv(self, encoded: Array) -> list[KVPair]:

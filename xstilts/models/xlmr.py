@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xstilts.models import attention as attention_lib
+from xstilts.models import cpu_gemm
 from xstilts.models.dropout import Dropout
 
 Array = jax.Array
@@ -274,9 +275,9 @@ class DenseGeneral(nn.Module):
                           tuple(self.features), jnp.float32)
         out = None if self.preferred_element_type is None else \
             jnp.dtype(self.preferred_element_type)
-        y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype),
-                                ((axes, tuple(range(len(in_shape)))), ((), ())),
-                                preferred_element_type=out)
+        y = cpu_gemm.dot_general(x.astype(dtype), kernel.astype(dtype),
+                                 ((axes, tuple(range(len(in_shape)))), ((), ())),
+                                 preferred_element_type=out)
         return y + bias.astype(out or dtype)
 
 

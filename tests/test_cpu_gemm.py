@@ -1,0 +1,179 @@
+"""The MKL product (``xstilts.models.cpu_gemm``) against numpy, XLA's dot and Hugging Face.
+
+The test session has 8 fake CPU devices, where ``XSTILTS_CPU_GEMM=auto`` keeps XLA's dot, so
+these tests ask for ``mkl`` explicitly. Without MKL installed they skip, except in CI
+(``XSTILTS_CI=1``, which installs the ``mkl`` extra), where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hf_reference import make_hf_model, padded_batch
+
+from xstilts.evals import knn
+from xstilts.models import cpu_gemm, heads
+from xstilts.models.convert import load_hf_checkpoint, task_params
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture
+def mkl(monkeypatch):
+    """``XSTILTS_CPU_GEMM=mkl`` for one test; traces made before or after it are dropped, since
+    the setting is read when a function is traced."""
+    if not cpu_gemm.available():
+        message = "MKL or a C++ compiler is missing (pip install 'xstilts[mkl]')"
+        if os.environ.get("XSTILTS_CI") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    jax.clear_caches()
+    monkeypatch.setenv("XSTILTS_CPU_GEMM", "mkl")
+    yield
+    monkeypatch.setenv("XSTILTS_CPU_GEMM", "xla")
+    jax.clear_caches()
+
+
+def _reference(a, b, trans_a, trans_b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return (a.T if trans_a else a) @ (b.T if trans_b else b)
+
+
+# (m, k, n): odd sizes in one block; rows cut in blocks (m large); columns cut (m small, n large).
+SHAPES = [(13, 7, 5), (512, 256, 384), (8, 512, 4100)]
+
+
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("m,k,n", SHAPES)
+def test_gemm_and_its_gradients_equal_float64(mkl, m, k, n, trans_a, trans_b):
+    rng = np.random.default_rng(m + n)
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+    dc = rng.standard_normal((m, n)).astype(np.float32)
+    f = jax.jit(lambda a, b: cpu_gemm.gemm(a, b, trans_a, trans_b))
+    assert "xstilts_cpu_gemm" in f.lower(a, b).as_text()
+    c, vjp = jax.vjp(f, a, b)
+    ref = _reference(a, b, trans_a, trans_b)
+    np.testing.assert_allclose(np.asarray(c), ref, rtol=1e-4, atol=1e-4 * np.sqrt(k))
+    da, db = vjp(dc)
+    # C = op(A) op(B): dA = (dC op(B)^T) or its transpose; dB likewise.
+    ref_da = _reference(dc, b, False, not trans_b)
+    ref_db = _reference(a, dc, not trans_a, False)
+    np.testing.assert_allclose(np.asarray(da), ref_da.T if trans_a else ref_da,
+                               rtol=1e-4, atol=1e-4 * np.sqrt(n))
+    np.testing.assert_allclose(np.asarray(db), ref_db.T if trans_b else ref_db,
+                               rtol=1e-4, atol=1e-4 * np.sqrt(m))
+
+
+def test_dot_general_takes_dense_shapes_and_leaves_the_rest_to_xla(mkl):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 5, 4, 6)).astype(np.float32)
+    w = rng.standard_normal((4, 6, 7)).astype(np.float32)
+    cases = [  # (lhs, rhs, dimension numbers, goes to MKL)
+        (x, w, (((2, 3), (0, 1)), ((), ())), True),  # an attention output projection
+        (x, w.transpose(2, 0, 1), (((2, 3), (1, 2)), ((), ())), True),  # a tied embedding
+        (x.transpose(2, 3, 0, 1), w, (((0, 1), (0, 1)), ((), ())), True),  # leading dims
+        (x, w.transpose(1, 0, 2), (((2, 3), (1, 0)), ((), ())), False),  # crossed order
+        (x[..., 0], x[..., 1], (((2,), (2,)), ((0,), (0,))), False),  # batch dimensions
+    ]
+    for lhs, rhs, dims, routed in cases:
+        f = jax.jit(lambda a, b, dims=dims: cpu_gemm.dot_general(a, b, dims))
+        assert ("xstilts_cpu_gemm" in f.lower(lhs, rhs).as_text()) == routed, dims
+        np.testing.assert_allclose(np.asarray(f(lhs, rhs)),
+                                   np.asarray(jax.lax.dot_general(lhs, rhs, dims)),
+                                   rtol=1e-5, atol=1e-5)
+    bf16 = jax.jit(lambda a, b: cpu_gemm.dot_general(a, b, (((2, 3), (0, 1)), ((), ()))))
+    assert "xstilts_cpu_gemm" not in bf16.lower(x.astype(jnp.bfloat16),
+                                                w.astype(jnp.bfloat16)).as_text()
+
+
+def test_masked_lm_equals_hugging_face_and_xla_gradients(mkl, tmp_path, monkeypatch):
+    """The tiny MLM model (dense layers and the tied-embedding logits through MKL) against
+    transformers' logits, and its gradients against XLA's dot's."""
+    ids, mask = padded_batch()
+    hf = make_hf_model("XLMRobertaForMaskedLM", seed=3)
+    hf.save_pretrained(tmp_path)
+    config, loaded = load_hf_checkpoint(tmp_path)
+    model = heads.XLMRForMaskedLM(config)
+    fresh = model.init(jax.random.key(0), ids, mask)["params"]
+    params = task_params(loaded, jax.tree.map(np.asarray, jax.device_get(
+        __import__("flax").linen.unbox(fresh))))
+
+    def loss(p):
+        logits = model.apply({"params": p}, ids, mask)
+        return (jax.nn.log_softmax(logits) * (ids[..., None] == jnp.arange(logits.shape[-1]))
+                ).sum(), logits
+
+    step = jax.jit(jax.value_and_grad(loss, has_aux=True))
+    assert "xstilts_cpu_gemm" in step.lower(params).as_text()
+    (value, logits), grads = step(params)
+    with torch.no_grad():
+        theirs = hf(input_ids=torch.tensor(ids, dtype=torch.long),
+                    attention_mask=torch.tensor(mask, dtype=torch.long)).logits.numpy()
+    assert float(np.abs(np.asarray(logits) - theirs).max()) < 1e-5
+    monkeypatch.setenv("XSTILTS_CPU_GEMM", "xla")
+    jax.clear_caches()
+    xla_step = jax.jit(jax.value_and_grad(loss, has_aux=True))
+    assert "xstilts_cpu_gemm" not in xla_step.lower(params).as_text()
+    (xla_value, _), xla_grads = xla_step(params)
+    np.testing.assert_allclose(float(value), float(xla_value), rtol=1e-5)
+    scale = max(float(np.abs(np.asarray(g)).max()) for g in jax.tree.leaves(xla_grads))
+    for ours, ref in zip(jax.tree.leaves(grads), jax.tree.leaves(xla_grads), strict=True):
+        assert float(np.abs(np.asarray(ours) - np.asarray(ref)).max()) <= 1e-5 * scale
+
+
+def test_knn_through_mkl_equals_brute_force(mkl):
+    rng = np.random.default_rng(5)
+    x = knn.l2_normalize(rng.standard_normal((300, 32)))
+    y = knn.l2_normalize(rng.standard_normal((410, 32)))
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), (knn.DATA_AXIS,))
+    nb = knn.knn(x, y, 4, block_size=128, tile_size=256, mesh=mesh)
+    sims = x.astype(np.float64) @ y.T.astype(np.float64)
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :4]
+    np.testing.assert_allclose(nb.sim_xy, np.take_along_axis(sims, order, 1), atol=1e-5)
+    assert (nb.idx_xy == order).mean() > 0.99
+    order_yx = np.argsort(-sims.T, axis=1, kind="stable")[:, :4]
+    np.testing.assert_allclose(nb.sim_yx, np.take_along_axis(sims.T, order_yx, 1), atol=1e-5)
+
+
+def test_settings_are_checked(monkeypatch, tmp_path):
+    monkeypatch.setenv("XSTILTS_CPU_GEMM", "fast")
+    with pytest.raises(ValueError, match="XSTILTS_CPU_GEMM='fast'.*auto"):
+        cpu_gemm.uses_mkl()
+    monkeypatch.setenv("XSTILTS_CPU_GEMM", "auto")
+    assert jax.device_count() == 8 and not cpu_gemm.uses_mkl()  # the fake mesh keeps XLA's dot
+    monkeypatch.setenv("XSTILTS_CPU_GEMM", "xla")
+    assert not cpu_gemm.uses_mkl()
+    missing = tmp_path / "libmkl_rt.so.3"
+    monkeypatch.setenv("XSTILTS_MKL_LIB", str(missing))
+    with pytest.raises(cpu_gemm.CpuGemmUnavailable, match=str(missing)):
+        cpu_gemm.open_mkl()
+
+
+def test_beam_search_through_mkl_equals_hugging_face(mkl, tmp_path):
+    """The NMT decoder (every projection and the tied logits through MKL): num_beams=4 gives
+    ``generate()``'s tokens."""
+    from nmt_reference import make_hf_nmt, source_batch
+
+    from xstilts.decoding import DecodeSettings, generate
+    from xstilts.models.nmt_convert import load_nmt_checkpoint
+
+    hf = make_hf_nmt("nllb", seed=11, eos_boost=0.2)
+    hf.save_pretrained(tmp_path)
+    config, params = load_nmt_checkpoint(tmp_path)
+    lang = config.vocab_size - 4
+    ids, mask = source_batch(config.vocab_size, lengths=(9, 5, 2, 7, 3), seed=7,
+                             lang_id=config.vocab_size - 2)
+    settings = DecodeSettings(num_beams=4, max_length=12)
+    ours, _ = generate(config, params, ids, mask, lang, settings)
+    with torch.no_grad():
+        theirs = hf.generate(input_ids=torch.tensor(ids, dtype=torch.long),
+                             attention_mask=torch.tensor(mask, dtype=torch.long), num_beams=4,
+                             max_length=12, do_sample=False, forced_bos_token_id=lang).numpy()
+    np.testing.assert_array_equal(ours[:, :theirs.shape[1]], theirs)
+    assert (ours[:, theirs.shape[1]:] == config.pad_token_id).all()

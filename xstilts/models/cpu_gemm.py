@@ -1,0 +1,237 @@
+"""Float32 matrix products on CPU through MKL's sgemm, as an XLA FFI custom call.
+
+XLA:CPU's own GEMM (Eigen) reaches ~190-270 GFLOP/s on this project's 2-core benchmark machine
+where MKL reaches ~300-340 and PyTorch (which calls MKL) ~250-370 (``benchmarks/roofline.py``,
+``docs/cpu_train_step.md``): on CPU the dense layers' products are most of a train step, so the
+GEMM decides every CPU speed comparison with PyTorch. This module routes the products of
+:func:`dot_general` to MKL when:
+
+* the backend is ``XSTILTS_CPU_GEMM`` = ``auto`` (default): on a CPU backend with a single
+  device, when MKL is installed (``pip install 'xstilts[mkl]'``) and a C++ compiler is found;
+  ``mkl``: always on CPU (an error if MKL or the compiler is missing); ``xla``: never.
+  With several CPU devices (tests' fake meshes) ``auto`` keeps XLA's dot, which the SPMD
+  partitioner can shard (a custom call would be replicated on every device);
+* the operands are float32 with no batch dimensions, and each contracts one contiguous run of
+  leading or trailing dimensions (every dense layer, the tied-embedding logits, the retrieval
+  score blocks). Anything else is ``jax.lax.dot_general``.
+
+The handler (``cpu_gemm.cc``) is compiled once per source and jaxlib version into
+``$XDG_CACHE_HOME/xstilts`` (``~/.cache/xstilts``) with the FFI headers jaxlib ships, and cuts
+each product into blocks for XLA's intra-op thread pool (MKL itself runs sequentially, so its
+threads never compete with XLA's). Gradients are products of the same kind (``custom_vjp``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import glob
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+BACKENDS = ("auto", "mkl", "xla")
+TARGET = "xstilts_cpu_gemm"
+_SOURCE = Path(__file__).with_name("cpu_gemm.cc")
+_MKL_SEQUENTIAL = 1  # MKL_THREADING_SEQUENTIAL (mkl_service.h)
+_log = logging.getLogger(__name__)
+
+
+class CpuGemmUnavailable(RuntimeError):
+    """MKL or the compiler for the FFI handler is missing (``XSTILTS_CPU_GEMM=mkl``)."""
+
+
+def backend_setting() -> str:
+    """``XSTILTS_CPU_GEMM``: auto (default), mkl or xla."""
+    value = os.environ.get("XSTILTS_CPU_GEMM", "auto").strip().lower() or "auto"
+    if value not in BACKENDS:
+        raise ValueError(f"XSTILTS_CPU_GEMM={value!r}: expected one of {BACKENDS}")
+    return value
+
+
+def mkl_library_candidates() -> list[str]:
+    """Where ``libmkl_rt`` is looked for: ``XSTILTS_MKL_LIB``, else the environment's lib/."""
+    if os.environ.get("XSTILTS_MKL_LIB"):
+        return [os.environ["XSTILTS_MKL_LIB"]]
+    found: list[str] = []
+    for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
+        found += sorted(glob.glob(os.path.join(prefix, "lib", "libmkl_rt.so*")), reverse=True)
+    return found
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "xstilts"
+
+
+def _build(include_dir: str) -> Path:
+    """Compiles ``cpu_gemm.cc`` (once per source and jaxlib version); returns the .so path."""
+    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        raise CpuGemmUnavailable("no C++ compiler (g++ / c++ / $CXX) to build "
+                                 f"{_SOURCE.name}")
+    flags = ["-O2", "-std=c++17", "-shared", "-fPIC", "-I", include_dir]
+    key = hashlib.sha256(_SOURCE.read_bytes() + " ".join([compiler, *flags]).encode()
+                         + jax.__version__.encode()).hexdigest()[:16]
+    target = _cache_dir() / f"cpu_gemm-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # A temporary name, then an atomic rename: concurrent builders (xdist workers) never load a
+    # half-written library.
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        out = Path(tmp) / target.name
+        cmd = [compiler, *flags, str(_SOURCE), "-o", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            raise CpuGemmUnavailable(f"building {_SOURCE} failed ({' '.join(cmd)}):\n"
+                                     f"{proc.stderr[-2000:]}")
+        os.replace(out, target)
+    return target
+
+
+def open_mkl() -> ctypes.CDLL:
+    """``libmkl_rt`` from :func:`mkl_library_candidates`; CpuGemmUnavailable naming them if none
+    loads."""
+    candidates = mkl_library_candidates()
+    errors = []
+    for path in candidates:
+        try:
+            return ctypes.CDLL(path)
+        except OSError as error:
+            errors.append(str(error))
+    raise CpuGemmUnavailable(
+        f"libmkl_rt not found (looked at {candidates or [sys.prefix + '/lib/libmkl_rt.so*']}"
+        f"{': ' + '; '.join(errors) if errors else ''}; pip install 'xstilts[mkl]' or set "
+        "XSTILTS_MKL_LIB)")
+
+
+@functools.cache
+def _load() -> None:
+    """Loads MKL (sequential), builds and registers the handler; raises CpuGemmUnavailable."""
+    mkl = open_mkl()
+    mkl.MKL_Set_Threading_Layer.restype = ctypes.c_int
+    mkl.MKL_Set_Threading_Layer(ctypes.c_int(_MKL_SEQUENTIAL))
+    handler = ctypes.CDLL(str(_build(jax.ffi.include_dir())))
+    handler.xstilts_gemm_set_sgemm.argtypes = [ctypes.c_void_p]
+    handler.xstilts_gemm_set_sgemm(ctypes.cast(mkl.cblas_sgemm, ctypes.c_void_p))
+    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(handler.XstiltsCpuGemm),
+                                platform="cpu")
+
+
+def available() -> bool:
+    """Whether the MKL product can be used in this process (built and registered)."""
+    try:
+        _load()
+        return True
+    except CpuGemmUnavailable:
+        return False
+
+
+@functools.cache
+def _auto_reason() -> str | None:
+    """None when ``auto`` uses MKL; otherwise why not (logged once)."""
+    if jax.default_backend() != "cpu":
+        return f"backend {jax.default_backend()}"
+    if jax.device_count() != 1:
+        return f"{jax.device_count()} CPU devices (XLA's dot shards; a custom call would not)"
+    try:
+        _load()
+    except CpuGemmUnavailable as error:
+        _log.info("XSTILTS_CPU_GEMM=auto: XLA's dot (%s)", error)
+        return str(error)
+    return None
+
+
+def uses_mkl() -> bool:
+    """Whether products traced now go to MKL (``XSTILTS_CPU_GEMM`` and this process)."""
+    setting = backend_setting()
+    if setting == "xla" or jax.default_backend() != "cpu":
+        return False
+    if setting == "mkl":
+        _load()
+        return True
+    return _auto_reason() is None
+
+
+def _ffi_gemm(a: Array, b: Array, trans_a: bool, trans_b: bool) -> Array:
+    _load()
+    m = a.shape[1] if trans_a else a.shape[0]
+    n = b.shape[0] if trans_b else b.shape[1]
+    call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((m, n), jnp.float32),
+                            vmap_method="sequential")
+    return call(a, b, trans_a=trans_a, trans_b=trans_b, max_parts=np.int64(_cores()))
+
+
+@functools.cache
+def _cores() -> int:
+    """Cores this process may run on: the most blocks a product is cut into."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def gemm(a: Array, b: Array, trans_a: bool = False, trans_b: bool = False) -> Array:
+    """``op(a) @ op(b)`` for 2-D float32 operands, ``op`` transposing where asked, via MKL."""
+    return _ffi_gemm(a, b, trans_a, trans_b)
+
+
+def _gemm_fwd(a, b, trans_a, trans_b):
+    return _ffi_gemm(a, b, trans_a, trans_b), (a, b)
+
+
+def _gemm_bwd(trans_a, trans_b, residuals, dc):
+    a, b = residuals
+    # C = op(A) op(B): dop(A) = dC op(B)^T, dop(B) = op(A)^T dC, each written for A and B as
+    # stored (transposed back where op transposed them).
+    da = gemm(b, dc, trans_b, True) if trans_a else gemm(dc, b, False, not trans_b)
+    db = gemm(dc, a, True, trans_a) if trans_b else gemm(a, dc, not trans_a, False)
+    return da, db
+
+
+gemm.defvjp(_gemm_fwd, _gemm_bwd)
+
+
+def _run(dims: Sequence[int], ndim: int) -> str | None:
+    """'leading' / 'trailing' when ``dims`` are the first / last dimensions in order."""
+    dims = tuple(dims)
+    if not dims:
+        return None
+    if dims == tuple(range(len(dims))):
+        return "leading"
+    if dims == tuple(range(ndim - len(dims), ndim)):
+        return "trailing"
+    return None
+
+
+def dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None,
+                preferred_element_type=None) -> Array:
+    """``jax.lax.dot_general``, through MKL on CPU where :func:`uses_mkl` and the shape allow."""
+    (lc, rc), (lb, rb) = dimension_numbers
+    out = None if preferred_element_type is None else jnp.dtype(preferred_element_type)
+    lhs_run, rhs_run = _run(lc, lhs.ndim), _run(rc, rhs.ndim)
+    eligible = (not lb and not rb and lhs_run and rhs_run
+                and lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32
+                and out in (None, jnp.float32)
+                and [lhs.shape[d] for d in lc] == [rhs.shape[d] for d in rc])
+    if not eligible or not uses_mkl():
+        return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                                   preferred_element_type=preferred_element_type)
+    k = int(np.prod([lhs.shape[d] for d in lc]))
+    lhs_free = [lhs.shape[d] for d in range(lhs.ndim) if d not in lc]
+    rhs_free = [rhs.shape[d] for d in range(rhs.ndim) if d not in rc]
+    m, n = int(np.prod(lhs_free)), int(np.prod(rhs_free))
+    a = lhs.reshape((m, k) if lhs_run == "trailing" else (k, m))
+    b = rhs.reshape((k, n) if rhs_run == "leading" else (n, k))
+    y = gemm(a, b, lhs_run == "leading", rhs_run == "trailing")
+    return y.reshape(tuple(lhs_free) + tuple(rhs_free))
