@@ -12,7 +12,8 @@ Data: X then Y, ``default_rng(0)`` normal, L2-normalised, fp32, N = M = ``--n``.
 * **ours before** (``--baseline REV``, default ``8129cf0``, the scorer before issue 16's
   column top-k; ``none`` skips it): ``xstilts/evals/knn.py`` as it was at that git revision
   (read with ``git show``), timed in this process beside ours, alternating which goes first, to
-  measure our own speed-up on the same machine state; its neighbours must equal ours.
+  measure our own speed-up on the same machine state; its similarities must equal ours within
+  1e-6 (summation order: ours goes through ``cpu_gemm``'s MKL product on one CPU device).
 * **numpy matmul**: ``X_blk @ Y.T`` over the same blocks, i.e. the N x M x d product once, as a
   yardstick for this machine's fp32 GEMM rate.
 
@@ -193,11 +194,14 @@ def main() -> None:
 
     import jax
 
+    from xstilts.models import cpu_gemm
+
     coretype = os.environ.get("OPENBLAS_CORETYPE")
     print(f"OPENBLAS_CORETYPE={coretype!r} (left as found)"
           + ("  WARNING: empty value slows faiss ~4x" if coretype == "" else ""))
     print(f"jax {jax.__version__} devices={jax.devices()} cpus={os.cpu_count()} "
-          f"loadavg={os.getloadavg()}")
+          f"loadavg={os.getloadavg()} products={'MKL' if cpu_gemm.uses_mkl() else 'XLA'} "
+          f"(XSTILTS_CPU_GEMM={cpu_gemm.backend_setting()})")
     n, d = args.n, args.d
     x, y = make_data(n, d)
     flop = 2.0 * n * n * d  # one N x M x d product
@@ -245,13 +249,15 @@ def main() -> None:
         raise SystemExit("results differ from faiss beyond 1e-5")
     if "before" in results:
         old = results["before"][0]
-        same_sims = all(np.array_equal(getattr(nb, f), getattr(old, f))
-                        for f in ("sim_xy", "sim_yx"))
+        # Not bit-identical: on CPU ours sums the products in MKL's order (cpu_gemm), the old
+        # scorer in XLA's.
+        dsim = max(float(np.abs(getattr(nb, f) - getattr(old, f)).max())
+                   for f in ("sim_xy", "sim_yx"))
         tied = sum(int((getattr(nb, f) != getattr(old, f)).sum()) for f in ("idx_xy", "idx_yx"))
-        print(f"ours vs ours before ({args.baseline}): similarities identical {same_sims}, "
-              f"indices differing (ties) {tied}")
-        if not same_sims:
-            raise SystemExit("ours and ours before return different similarities")
+        print(f"ours vs ours before ({args.baseline}): similarities differ by at most "
+              f"{dsim:.2e}, indices differing (ties) {tied}")
+        if dsim > 1e-6:
+            raise SystemExit("ours and ours before return different similarities (> 1e-6)")
     best = {name: min(times) for name, times in wall.items()}
     ours, peer, mm = best["ours"], best["faiss"], best["numpy"]
     print("CPU s (min): " + ", ".join(f"{name} {min(c):.2f}" for name, c in cpu.items()))

@@ -70,16 +70,41 @@ def test_gemm_and_its_gradients_equal_float64(mkl, m, k, n, trans_a, trans_b):
                                rtol=1e-4, atol=1e-4 * np.sqrt(m))
 
 
-def test_dot_general_takes_dense_shapes_and_leaves_the_rest_to_xla(mkl):
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_batched_gemm_and_its_gradients_equal_float64(mkl, trans_a, trans_b):
+    """[B, M, K] x [B, K, N]: ranges of the batch go to the parts (MKL's strided batch call)."""
+    rng = np.random.default_rng(3)
+    nb, m, k, n = 6, 40, 64, 72
+    a = rng.standard_normal((nb, k, m) if trans_a else (nb, m, k)).astype(np.float32)
+    b = rng.standard_normal((nb, n, k) if trans_b else (nb, k, n)).astype(np.float32)
+    dc = rng.standard_normal((nb, m, n)).astype(np.float32)
+    c, vjp = jax.vjp(jax.jit(lambda a, b: cpu_gemm.gemm(a, b, trans_a, trans_b)), a, b)
+    da, db = vjp(dc)
+    for i in range(nb):
+        np.testing.assert_allclose(np.asarray(c[i]), _reference(a[i], b[i], trans_a, trans_b),
+                                   rtol=1e-4, atol=1e-4 * np.sqrt(k))
+        ref_da = _reference(dc[i], b[i], False, not trans_b)
+        ref_db = _reference(a[i], dc[i], not trans_a, False)
+        np.testing.assert_allclose(np.asarray(da[i]), ref_da.T if trans_a else ref_da,
+                                   rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(np.asarray(db[i]), ref_db.T if trans_b else ref_db,
+                                   rtol=1e-4, atol=1e-3)
+
+
+def test_dot_general_and_einsum_route_float32_products(mkl):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 5, 4, 6)).astype(np.float32)
     w = rng.standard_normal((4, 6, 7)).astype(np.float32)
+    q = rng.standard_normal((2, 40, 3, 32)).astype(np.float32)
+    kv = rng.standard_normal((2, 48, 3, 32)).astype(np.float32)
     cases = [  # (lhs, rhs, dimension numbers, goes to MKL)
         (x, w, (((2, 3), (0, 1)), ((), ())), True),  # an attention output projection
         (x, w.transpose(2, 0, 1), (((2, 3), (1, 2)), ((), ())), True),  # a tied embedding
         (x.transpose(2, 3, 0, 1), w, (((0, 1), (0, 1)), ((), ())), True),  # leading dims
-        (x, w.transpose(1, 0, 2), (((2, 3), (1, 0)), ((), ())), False),  # crossed order
-        (x[..., 0], x[..., 1], (((2,), (2,)), ((0,), (0,))), False),  # batch dimensions
+        (x, w.transpose(1, 0, 2), (((2, 3), (1, 0)), ((), ())), True),  # crossed: transposed
+        (q, kv, (((3,), (3,)), ((0, 2), (0, 2))), True),  # attention scores, heads batched
+        (x[..., 0], x[..., 1], (((2,), (2,)), ((0,), (0,))), False),  # batched, 5x5 matrices
     ]
     for lhs, rhs, dims, routed in cases:
         f = jax.jit(lambda a, b, dims=dims: cpu_gemm.dot_general(a, b, dims))
@@ -87,6 +112,12 @@ def test_dot_general_takes_dense_shapes_and_leaves_the_rest_to_xla(mkl):
         np.testing.assert_allclose(np.asarray(f(lhs, rhs)),
                                    np.asarray(jax.lax.dot_general(lhs, rhs, dims)),
                                    rtol=1e-5, atol=1e-5)
+    probs = rng.standard_normal((2, 3, 40, 48)).astype(np.float32)
+    for spec, a, b in (("bqhd,bkhd->bhqk", q, kv), ("bhqk,bkhd->bqhd", probs, kv)):
+        f = jax.jit(lambda a, b, spec=spec: cpu_gemm.einsum(spec, a, b))
+        assert "xstilts_cpu_gemm" in f.lower(a, b).as_text()
+        np.testing.assert_allclose(np.asarray(f(a, b)), np.einsum(spec, a, b),
+                                   rtol=1e-5, atol=1e-4)
     bf16 = jax.jit(lambda a, b: cpu_gemm.dot_general(a, b, (((2, 3), (0, 1)), ((), ()))))
     assert "xstilts_cpu_gemm" not in bf16.lower(x.astype(jnp.bfloat16),
                                                 w.astype(jnp.bfloat16)).as_text()

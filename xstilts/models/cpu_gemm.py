@@ -11,9 +11,11 @@ GEMM decides every CPU speed comparison with PyTorch. This module routes the pro
   ``mkl``: always on CPU (an error if MKL or the compiler is missing); ``xla``: never.
   With several CPU devices (tests' fake meshes) ``auto`` keeps XLA's dot, which the SPMD
   partitioner can shard (a custom call would be replicated on every device);
-* the operands are float32 with no batch dimensions, and each contracts one contiguous run of
-  leading or trailing dimensions (every dense layer, the tied-embedding logits, the retrieval
-  score blocks). Anything else is ``jax.lax.dot_general``.
+* the operands and the result are float32 (every dense layer, the tied-embedding logits, the
+  retrieval score blocks, and attention's batched products where each matrix has at least
+  ``MIN_BATCHED_SIDE`` rows, columns and contracted elements). Operands are transposed into a
+  gemm layout where they are not in one already. Anything else is ``jax.lax.dot_general``;
+  :func:`einsum` is ``jnp.einsum`` over :func:`dot_general`.
 
 The handler (``cpu_gemm.cc``) is compiled once per source and jaxlib version into
 ``$XDG_CACHE_HOME/xstilts`` (``~/.cache/xstilts``) with the FFI headers jaxlib ships, and cuts
@@ -43,6 +45,9 @@ import numpy as np
 Array = jax.Array
 BACKENDS = ("auto", "mkl", "xla")
 TARGET = "xstilts_cpu_gemm"
+# Batched products with a side this short (a beam-search step's few query rows) stay with XLA:
+# per matrix MKL's call costs more than the product (measured: decoding 1.2x slower).
+MIN_BATCHED_SIDE = 32
 _SOURCE = Path(__file__).with_name("cpu_gemm.cc")
 _MKL_SEQUENTIAL = 1  # MKL_THREADING_SEQUENTIAL (mkl_service.h)
 _log = logging.getLogger(__name__)
@@ -124,8 +129,9 @@ def _load() -> None:
     mkl.MKL_Set_Threading_Layer.restype = ctypes.c_int
     mkl.MKL_Set_Threading_Layer(ctypes.c_int(_MKL_SEQUENTIAL))
     handler = ctypes.CDLL(str(_build(jax.ffi.include_dir())))
-    handler.xstilts_gemm_set_sgemm.argtypes = [ctypes.c_void_p]
-    handler.xstilts_gemm_set_sgemm(ctypes.cast(mkl.cblas_sgemm, ctypes.c_void_p))
+    handler.xstilts_gemm_set_sgemm.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    handler.xstilts_gemm_set_sgemm(ctypes.cast(mkl.cblas_sgemm, ctypes.c_void_p),
+                                   ctypes.cast(mkl.cblas_sgemm_batch_strided, ctypes.c_void_p))
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(handler.XstiltsCpuGemm),
                                 platform="cpu")
 
@@ -167,9 +173,11 @@ def uses_mkl() -> bool:
 
 def _ffi_gemm(a: Array, b: Array, trans_a: bool, trans_b: bool) -> Array:
     _load()
-    m = a.shape[1] if trans_a else a.shape[0]
-    n = b.shape[0] if trans_b else b.shape[1]
-    call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((m, n), jnp.float32),
+    if a.ndim == 2:
+        return _ffi_gemm(a[None], b[None], trans_a, trans_b)[0]
+    m = a.shape[2] if trans_a else a.shape[1]
+    n = b.shape[1] if trans_b else b.shape[2]
+    call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((a.shape[0], m, n), jnp.float32),
                             vmap_method="sequential")
     return call(a, b, trans_a=trans_a, trans_b=trans_b, max_parts=np.int64(_cores()))
 
@@ -182,7 +190,8 @@ def _cores() -> int:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def gemm(a: Array, b: Array, trans_a: bool = False, trans_b: bool = False) -> Array:
-    """``op(a) @ op(b)`` for 2-D float32 operands, ``op`` transposing where asked, via MKL."""
+    """``op(a) @ op(b)`` via MKL for float32 ``[M, K] x [K, N]`` operands, or batches of them
+    (``[B, M, K] x [B, K, N]``), ``op`` transposing the last two axes where asked."""
     return _ffi_gemm(a, b, trans_a, trans_b)
 
 
@@ -202,36 +211,51 @@ def _gemm_bwd(trans_a, trans_b, residuals, dc):
 gemm.defvjp(_gemm_fwd, _gemm_bwd)
 
 
-def _run(dims: Sequence[int], ndim: int) -> str | None:
-    """'leading' / 'trailing' when ``dims`` are the first / last dimensions in order."""
-    dims = tuple(dims)
-    if not dims:
-        return None
-    if dims == tuple(range(len(dims))):
-        return "leading"
-    if dims == tuple(range(ndim - len(dims), ndim)):
-        return "trailing"
-    return None
+def _layout(dims: int, batch: Sequence[int], contract: Sequence[int], lhs: bool
+            ) -> tuple[tuple[int, ...], bool]:
+    """(permutation to apply, transposed) putting an operand in gemm's layout: batch dimensions
+    first, then free and contracting ones ([M, K] / [K, N]) or the other way round (transposed),
+    whichever needs no copy; (batch, free, contracting) when a copy is needed anyway."""
+    batch, contract = tuple(batch), tuple(contract)
+    free = tuple(d for d in range(dims) if d not in batch and d not in contract)
+    plain = batch + (free + contract if lhs else contract + free)
+    transposed = batch + (contract + free if lhs else free + contract)
+    identity = tuple(range(dims))
+    if plain == identity:
+        return identity, False
+    if transposed == identity:
+        return identity, True
+    return (plain, False) if lhs else (transposed, True)
 
 
 def dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None,
                 preferred_element_type=None) -> Array:
-    """``jax.lax.dot_general``, through MKL on CPU where :func:`uses_mkl` and the shape allow."""
+    """``jax.lax.dot_general``, through MKL on CPU where :func:`uses_mkl` and the dtypes allow
+    (float32 operands and result); operands not already in a gemm layout are transposed."""
     (lc, rc), (lb, rb) = dimension_numbers
     out = None if preferred_element_type is None else jnp.dtype(preferred_element_type)
-    lhs_run, rhs_run = _run(lc, lhs.ndim), _run(rc, rhs.ndim)
-    eligible = (not lb and not rb and lhs_run and rhs_run
-                and lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32
-                and out in (None, jnp.float32)
-                and [lhs.shape[d] for d in lc] == [rhs.shape[d] for d in rc])
+    eligible = (lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32
+                and out in (None, jnp.float32) and bool(lc))
     if not eligible or not uses_mkl():
         return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                    preferred_element_type=preferred_element_type)
-    k = int(np.prod([lhs.shape[d] for d in lc]))
-    lhs_free = [lhs.shape[d] for d in range(lhs.ndim) if d not in lc]
-    rhs_free = [rhs.shape[d] for d in range(rhs.ndim) if d not in rc]
+    lhs_perm, trans_a = _layout(lhs.ndim, lb, lc, lhs=True)
+    rhs_perm, trans_b = _layout(rhs.ndim, rb, rc, lhs=False)
+    size = lambda x, dims: int(np.prod([x.shape[d] for d in dims]))  # noqa: E731
+    lhs_free = [lhs.shape[d] for d in range(lhs.ndim) if d not in lc and d not in lb]
+    rhs_free = [rhs.shape[d] for d in range(rhs.ndim) if d not in rc and d not in rb]
+    batch = [lhs.shape[d] for d in lb]
+    nb, k = size(lhs, lb), size(lhs, lc)
     m, n = int(np.prod(lhs_free)), int(np.prod(rhs_free))
-    a = lhs.reshape((m, k) if lhs_run == "trailing" else (k, m))
-    b = rhs.reshape((k, n) if rhs_run == "leading" else (n, k))
-    y = gemm(a, b, lhs_run == "leading", rhs_run == "trailing")
-    return y.reshape(tuple(lhs_free) + tuple(rhs_free))
+    if nb > 1 and min(m, n, k) < MIN_BATCHED_SIDE:
+        return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                                   preferred_element_type=preferred_element_type)
+    a = jnp.transpose(lhs, lhs_perm).reshape((nb, k, m) if trans_a else (nb, m, k))
+    b = jnp.transpose(rhs, rhs_perm).reshape((nb, n, k) if trans_b else (nb, k, n))
+    y = gemm(a, b, trans_a, trans_b)
+    return y.reshape(tuple(batch) + tuple(lhs_free) + tuple(rhs_free))
+
+
+def einsum(subscripts: str, lhs: Array, rhs: Array, **kwargs) -> Array:
+    """``jnp.einsum`` of two operands whose products go through :func:`dot_general`."""
+    return jnp.einsum(subscripts, lhs, rhs, _dot_general=dot_general, **kwargs)

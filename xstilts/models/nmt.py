@@ -218,9 +218,9 @@ class Attention(nn.Module):
     def __call__(self, x: Array, k: Array, v: Array, visible: Array) -> Array:
         """``x`` [B, T, E] attends to ``k``/``v`` [B, S, H, D] where ``visible`` [B, T, S]."""
         q = _constrain(self.q_proj(x), CACHE_AXES)
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+        scores = cpu_gemm.einsum("bqhd,bkhd->bhqk", q, k)
         probs = self._probs(scores, visible).astype(v.dtype)
-        return self.out_proj(_constrain(jnp.einsum("bhqk,bkhd->bqhd", probs, v), CACHE_AXES))
+        return self.out_proj(_constrain(cpu_gemm.einsum("bhqk,bkhd->bqhd", probs, v), CACHE_AXES))
 
     def step_kv(self, x: Array) -> KVPair:
         """Keys and values ``[B, H, D, S]`` of ``x`` [B, S, E]: the layout ``attend`` reads
@@ -233,9 +233,9 @@ class Attention(nn.Module):
     def attend(self, x: Array, keys: Array, values: Array, visible: Array) -> Array:
         """``__call__`` on ``step_kv``'s layout: ``keys`` and ``values`` [B, H, D, S]."""
         q = _constrain(self.q_proj(x), CACHE_AXES)
-        scores = jnp.einsum("bqhd,bhdk->bhqk", q, keys)
+        scores = cpu_gemm.einsum("bqhd,bhdk->bhqk", q, keys)
         probs = self._probs(scores, visible).astype(values.dtype)
-        ctx = jnp.einsum("bhqk,bhdk->bqhd", probs, values)
+        ctx = cpu_gemm.einsum("bhqk,bhdk->bqhd", probs, values)
         return self.out_proj(_constrain(ctx, CACHE_AXES))
 
     def _probs(self, scores: Array, visible: Array) -> Array:

@@ -354,12 +354,12 @@ class SelfAttention(nn.Module):
             dropout_active=not deterministic and c.attention_probs_dropout_prob > 0)
         if impl == "einsum":
             q = q / jnp.sqrt(jnp.asarray(c.head_dim, q.dtype))
-            scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+            scores = cpu_gemm.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
             bias = attention_lib.mask_bias(attention_mask, segment_ids)
             probs = jax.nn.softmax(scores + bias, axis=-1)
             probs = Dropout(c.attention_probs_dropout_prob)(
                 probs, deterministic=deterministic)
-            ctx = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+            ctx = cpu_gemm.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
         else:
             ctx = attention_lib.fused_attention(q, k, v, attention_mask, impl, platform=platform,
                                                 segment_ids=segment_ids)
