@@ -112,3 +112,35 @@ def test_rows_sharded_over_the_data_axis_decode_the_same(checkpoints):
     sharded, _ = generate(config, params, jax.device_put(ids, rows), jax.device_put(mask, rows),
                           config.vocab_size - 4, settings)
     np.testing.assert_array_equal(sharded, plain)
+
+
+def test_grouped_top_k_is_lax_top_k_with_ties_and_infinities():
+    """Beam search's top-k (maxima of column groups, then the best groups' members) returns
+    exactly ``jax.lax.top_k``'s values and indices, ties to the lower index included."""
+    import jax
+    import jax.numpy as jnp
+
+    from xstilts.decoding import top_k
+
+    # A late group holding the maximum and a value tied with earlier groups' (index 61 must
+    # lose to indices 3 and 12), and random rows with many ties and -inf.
+    late = np.zeros((1, 64), np.float32)
+    late[0, [60, 61, 3, 12, 50]] = [5, 1, 1, 1, 1]
+    for group in (8, 16):
+        values, index = top_k(jnp.asarray(late), 3, group)
+        np.testing.assert_array_equal(np.asarray(index), [[60, 3, 12]])
+        np.testing.assert_array_equal(np.asarray(values), [[5, 1, 1]])
+    rng = np.random.default_rng(0)
+    for trial in range(24):
+        rows, cols = int(rng.integers(1, 17)), int(rng.integers(40, 3000))
+        k = int(rng.integers(1, 9))
+        x = rng.integers(-4, 4, (rows, cols)).astype(np.float32)  # many ties
+        if trial % 3 == 0:
+            x[:, rng.integers(0, cols, cols // 2)] = -np.inf
+        if trial % 4 == 0:
+            x = rng.standard_normal((rows, cols)).astype(np.float32)
+        for group in (3, 8, 128):  # with and without padding; 128 x k > C falls back
+            ours = top_k(jnp.asarray(x), k, group)
+            ref = jax.lax.top_k(jnp.asarray(x), k)
+            np.testing.assert_array_equal(np.asarray(ours[0]), np.asarray(ref[0]))
+            np.testing.assert_array_equal(np.asarray(ours[1]), np.asarray(ref[1]))

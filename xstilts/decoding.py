@@ -61,6 +61,30 @@ class DecodeSettings:
                              "'never'")
 
 
+def top_k(x: Array, k: int, group: int = 128) -> tuple[Array, Array]:
+    """``jax.lax.top_k`` along the last axis of ``x [R, C]``: the same values and indices (ties
+    go to the lower index), found through the maxima of contiguous groups of ``group`` columns.
+
+    XLA:CPU's TopK sorts every row in scalar code: 4.4 ms a beam step for 16 rows of 4 x 32,000
+    (10% of a base-size step). Here one vectorised max per group, a TopK over the ``C / group``
+    maxima, and a TopK over the ``k`` best groups' members in index order. Exact:
+    each of the ``k`` chosen groups has a first maximal element that comes before, in that
+    order, every element of a group left out, so the top ``k`` lie in the chosen groups."""
+    rows, cols = x.shape
+    if cols <= group * k:
+        return jax.lax.top_k(x, k)
+    padded = -(-cols // group) * group
+    if padded != cols:  # -inf pads come after every real -inf (higher indices)
+        x = jnp.pad(x, ((0, 0), (0, padded - cols)), constant_values=-jnp.inf)
+    maxima = x.reshape(rows, padded // group, group).max(axis=2)
+    _, groups = jax.lax.top_k(maxima, k)
+    groups = jnp.sort(groups, axis=1)  # members in index order: TopK's ties go to the lower
+    members = (groups[:, :, None] * group + jnp.arange(group, dtype=groups.dtype)
+               ).reshape(rows, k * group)
+    values, position = jax.lax.top_k(jnp.take_along_axis(x, members, axis=1), k)
+    return values, jnp.take_along_axis(members, position, axis=1)
+
+
 def _process(log_probs: Array, forced_bos: Array, cur_len: Array) -> Array:
     """HF's ``ForcedBOSTokenLogitsProcessor``: at the first step only ``forced_bos`` (per row,
     -1 = none) is allowed, with score 0."""
@@ -168,7 +192,7 @@ def beam_search(config: NMTConfig, settings: DecodeSettings, params: Any, input_
         logits = logits.reshape(batch * k, vocab)
         log_probs = _process(jax.nn.log_softmax(logits), forced, cur_len)
         log_probs = log_probs.reshape(batch, k, vocab) + s["running_scores"][:, :, None]
-        topk_scores, topk_idx = jax.lax.top_k(log_probs.reshape(batch, k * vocab), keep)
+        topk_scores, topk_idx = top_k(log_probs.reshape(batch, k * vocab), keep)
         source_beam, topk_ids = topk_idx // vocab, (topk_idx % vocab).astype(jnp.int32)
         topk_seqs = _gather(s["running"], source_beam)
         topk_seqs = jax.lax.dynamic_update_index_in_dim(topk_seqs, topk_ids, cur_len, axis=2)
