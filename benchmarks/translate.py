@@ -15,7 +15,10 @@ CTranslate2 (``pip install ctranslate2``, the ``bench`` extra) is timed the same
 from the same checkpoint by its ``TransformersConverter`` (on the untimed load), same beams and
 maximum length (its ``max_decoding_length`` counts the forced language token and ``</s>`` as
 HF's ``max_length`` does, less the decoder start).
-The load average is printed at the start and the end: on a busy machine the ratios drift.
+Every system runs ``--rounds`` times (default 3), each round in a new process and in another
+order, and the ratios are of the medians (the machine is shared: a single run drifted from 0.77x
+to 1.10x); every run's outputs must be the same tokens. The load average is printed at the
+start and the end.
 """
 
 from __future__ import annotations
@@ -182,6 +185,8 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--rounds", type=int, default=3,
+                   help="runs of every system, alternating their order; medians are compared")
     p.add_argument("--timeout", type=float, default=1200)
     args = p.parse_args()
     if args.child:
@@ -192,34 +197,51 @@ def main() -> None:
         _prepare(args)
         print(f"translate: {args.sentences} sentences, batch {args.batch}, {args.beams} beams, "
               f"max_length {args.max_length}, d_model {args.d_model}, {args.layers}+{args.layers} "
-              f"layers, vocab {args.vocab}, {os.cpu_count()} CPUs, load average {_load()}")
-        results = {}
-        for system in SYSTEMS:
-            if system == "ctranslate2":
-                try:
-                    import ctranslate2  # noqa: F401
-                except ImportError:
-                    print("  ctranslate2: not installed (pip install ctranslate2), skipped")
+              f"layers, vocab {args.vocab}, {os.cpu_count()} CPUs, {args.rounds} round(s), "
+              f"load average {_load()}")
+        systems = list(SYSTEMS)
+        try:
+            import ctranslate2  # noqa: F401
+        except ImportError:
+            print("  ctranslate2: not installed (pip install ctranslate2), skipped")
+            systems.remove("ctranslate2")
+        runs: dict[str, list[dict]] = {name: [] for name in systems}
+        for round_ in range(args.rounds):  # each round in another order (a shared machine)
+            order = systems[round_ % len(systems):] + systems[:round_ % len(systems)]
+            for system in order:
+                result = _spawn(system, args, args.timeout)
+                if result is None:
                     continue
-            result = _spawn(system, args, args.timeout)
-            if result is not None:
-                results[system] = result
+                runs[system].append(result)
                 total = result["seconds"] + result["load_seconds"]
-                print(f"  {system}: {args.sentences / result['seconds']:.2f} sentences/s "
-                      f"decoding ({result['seconds']:.2f} s); with the model load "
+                print(f"  round {round_} {system}: {args.sentences / result['seconds']:.2f} "
+                      f"sentences/s decoding ({result['seconds']:.2f} s); with the model load "
                       f"{args.sentences / total:.2f} ({result['load_seconds']:.2f} s + decoding)")
+        results = {name: _median_run(r) for name, r in runs.items() if r}
+        for name, result in results.items():
+            per_round = ", ".join(f"{r['seconds']:.2f}" for r in runs[name])
+            print(f"  {name}: {args.sentences / result['seconds']:.2f} sentences/s decoding, "
+                  f"median of {len(runs[name])} ({result['seconds']:.2f} s; per round "
+                  f"{per_round} s)")
         for peer, name in (("torch", "torch generate()"), ("ctranslate2", "CTranslate2")):
             if "ours" in results and peer in results:
                 ours, theirs = results["ours"], results[peer]
-                same = _same_rows(ours["rows"], theirs["rows"])
+                same = min(_same_rows(o["rows"], t["rows"])
+                           for o in runs["ours"] for t in runs[peer])
                 ratio = theirs["seconds"] / ours["seconds"]
-                with_load = ((theirs["seconds"] + theirs["load_seconds"])
-                             / (ours["seconds"] + ours["load_seconds"]))
+                with_load = theirs["with_load"] / ours["with_load"]
                 print(f"translate: ours / {name} = {ratio:.2f}x sentences/s decoding "
-                      f"({with_load:.2f}x with the model load); "
+                      f"({with_load:.2f}x with the model load; medians); "
                       f"{same}/{args.sentences} outputs token for token the same")
         print(f"translate: load average {_load()} at the end (1/5/15 min; "
               f"{os.cpu_count()} CPUs: a load above that means a busy machine)")
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """Median decoding and load+decoding seconds over a system's rounds, and its rows."""
+    return {"seconds": float(np.median([r["seconds"] for r in runs])),
+            "with_load": float(np.median([r["seconds"] + r["load_seconds"] for r in runs])),
+            "rows": runs[0]["rows"]}
 
 
 def _same_rows(ours: list[list[int]], theirs: list[list[int]]) -> int:

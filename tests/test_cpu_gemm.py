@@ -208,3 +208,21 @@ def test_beam_search_through_mkl_equals_hugging_face(mkl, tmp_path):
                              max_length=12, do_sample=False, forced_bos_token_id=lang).numpy()
     np.testing.assert_array_equal(ours[:, :theirs.shape[1]], theirs)
     assert (ours[:, theirs.shape[1]:] == config.pad_token_id).all()
+
+
+def test_a_deviceless_tpu_trace_never_gets_the_custom_call(mkl):
+    """``xstilts.aot --topology`` traces on this CPU host under a TPU mesh: even with
+    ``XSTILTS_CPU_GEMM=mkl`` its products stay XLA dots (the TPU compiler has no such target)."""
+    from tests.conftest import require_libtpu
+    from xstilts import aot
+
+    require_libtpu("deviceless TPU trace")
+    assert cpu_gemm.uses_mkl()
+    mesh = jax.sharding.Mesh(np.array(aot.topology_devices("v5e:2x2")), ("data",))
+    x = jax.ShapeDtypeStruct((8, 16), jnp.float32)
+    w = jax.ShapeDtypeStruct((16, 32), jnp.float32)
+    with jax.set_mesh(mesh):
+        assert not cpu_gemm.uses_mkl()
+        lowered = jax.jit(lambda x, w: cpu_gemm.dot_general(x, w, (((1,), (0,)), ((), ())))
+                          ).lower(x, w)
+    assert "xstilts_cpu_gemm" not in lowered.as_text()

@@ -178,15 +178,15 @@ def beam_search(config: NMTConfig, settings: DecodeSettings, params: Any, input_
         open_beam = ~(jnp.all(s["finished"]) & (early is True))
         return improvement_possible & open_beam & ~jnp.all(s["hits"]) & (s["cur_len"] < length)
 
-    def body(s):
+    def body(limit, s):
         cur_len = s["cur_len"]
         last = jax.lax.dynamic_index_in_dim(s["running"], cur_len - 1, axis=2, keepdims=False)
         # beam j's keys/values of position t are in slot t * k + ancestors[b, j, t]
         ancestors = jax.lax.dynamic_update_index_in_dim(
             s["ancestors"], jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (batch, k)),
             cur_len - 1, axis=2)
-        visible = ((ancestors[..., None] == jnp.arange(k))
-                   & (jnp.arange(length) < cur_len)[:, None]).reshape(batch, k, length * k)
+        visible = ((ancestors[..., :limit, None] == jnp.arange(k))
+                   & (jnp.arange(limit) < cur_len)[:, None]).reshape(batch, k, limit * k)
         logits, cache = _step(model, params, last, cross, attention_mask, s["cache"],
                               cur_len - 1, visible)
         logits = logits.reshape(batch * k, vocab)
@@ -230,8 +230,18 @@ def beam_search(config: NMTConfig, settings: DecodeSettings, params: Any, input_
                     running_scores=new_running_scores, scores=scores, finished=finished,
                     unsatisfied=unsatisfied, hits=hits, ancestors=ancestors, cache=cache)
 
-    s = jax.lax.while_loop(cond, body, state)
+    # The loop runs in up to four stretches of positions, each attending only to the cache
+    # slots its positions can have filled (on average ~60% of them: 5-10% of a CPU step).
+    s = state
+    for end in _stretches(length):
+        s = jax.lax.while_loop(lambda s, end=end: cond(s) & (s["cur_len"] < end),
+                               functools.partial(body, end), s)
     return s["sequences"][:, 0], s["scores"][:, 0]
+
+
+def _stretches(length: int, count: int = 4) -> list[int]:
+    """Ends of the beam loop's stretches: up to ``count`` equal ones, the last ``length``."""
+    return sorted({-(-length * (i + 1) // count) for i in range(count)})
 
 
 def generate(config: NMTConfig, params: Any, input_ids: np.ndarray | Array,

@@ -308,12 +308,15 @@ class DecoderLayer(nn.Module):
     def step(self, x: Array, self_visible: Array, cross: KVPair, cross_visible: Array,
              cache: KVPair, slot: Array | int) -> tuple[Array, KVPair]:
         """One decoding step of ``x`` [B, T, E] on ``step_kv``'s layout: the T new keys/values
-        are written at cache slots ``slot..slot+T-1``; ``self_visible`` [B, T, slots]."""
+        are written at cache slots ``slot..slot+T-1``; ``self_visible`` [B, T, W]: which of the
+        first ``W <= slots`` slots each attends to (a beam search passes the filled prefix)."""
         y = self.self_attn_layer_norm(x)
         k, v = self.self_attn.step_kv(y)
         k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, 0, 0, slot))
         v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, 0, 0, slot))
-        x = _constrain(x + self.self_attn.attend(y, k, v, self_visible))
+        width = self_visible.shape[-1]
+        x = _constrain(x + self.self_attn.attend(y, k[..., :width], v[..., :width],
+                                                 self_visible))
         y = self.encoder_attn_layer_norm(x)
         x = _constrain(x + self.encoder_attn.attend(y, *cross, cross_visible))
         return _constrain(x + self.ffn(self.final_layer_norm(x))), (k, v)
@@ -420,8 +423,8 @@ class NMTModel(nn.Module):
         at decoder position ``index``, and the updated cache (``init_step_cache``).
 
         The hypotheses of a row share its cache: ``slots = max_length * T`` keys/values, the
-        token of hypothesis ``j`` written at slot ``index * T + j``. ``visible`` [B, T, slots]
-        says which slots each hypothesis attends to (its own ancestors': see
+        token of hypothesis ``j`` written at slot ``index * T + j``. ``visible`` [B, T, W] says
+        which of the first ``W <= slots`` slots each hypothesis attends to (its own ancestors': see
         ``xstilts.decoding``), so a beam search reorders no cache. ``cross``: ``step_cross_kv``
         of the encoder output, one row per source row.
         """
