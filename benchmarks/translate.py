@@ -195,6 +195,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         args.workdir = work
         _prepare(args)
+        os.sync()  # the checkpoint just written is flushed before anything is timed
         print(f"translate: {args.sentences} sentences, batch {args.batch}, {args.beams} beams, "
               f"max_length {args.max_length}, d_model {args.d_model}, {args.layers}+{args.layers} "
               f"layers, vocab {args.vocab}, {os.cpu_count()} CPUs, {args.rounds} round(s), "
