@@ -238,22 +238,19 @@ def dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None,
     (float32 operands and result); operands not already in a gemm layout are transposed."""
     (lc, rc), (lb, rb) = dimension_numbers
     out = None if preferred_element_type is None else jnp.dtype(preferred_element_type)
+    batch = [lhs.shape[d] for d in lb]
+    k = int(np.prod([lhs.shape[d] for d in lc]))
+    lhs_free = [lhs.shape[d] for d in range(lhs.ndim) if d not in lc and d not in lb]
+    rhs_free = [rhs.shape[d] for d in range(rhs.ndim) if d not in rc and d not in rb]
+    nb, m, n = int(np.prod(batch)), int(np.prod(lhs_free)), int(np.prod(rhs_free))
     eligible = (lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32
-                and out in (None, jnp.float32) and bool(lc))
+                and out in (None, jnp.float32) and bool(lc)
+                and (nb == 1 or min(m, n, k) >= MIN_BATCHED_SIDE))
     if not eligible or not uses_mkl():
         return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                    preferred_element_type=preferred_element_type)
     lhs_perm, trans_a = _layout(lhs.ndim, lb, lc, lhs=True)
     rhs_perm, trans_b = _layout(rhs.ndim, rb, rc, lhs=False)
-    size = lambda x, dims: int(np.prod([x.shape[d] for d in dims]))  # noqa: E731
-    lhs_free = [lhs.shape[d] for d in range(lhs.ndim) if d not in lc and d not in lb]
-    rhs_free = [rhs.shape[d] for d in range(rhs.ndim) if d not in rc and d not in rb]
-    batch = [lhs.shape[d] for d in lb]
-    nb, k = size(lhs, lb), size(lhs, lc)
-    m, n = int(np.prod(lhs_free)), int(np.prod(rhs_free))
-    if nb > 1 and min(m, n, k) < MIN_BATCHED_SIDE:
-        return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                                   preferred_element_type=preferred_element_type)
     a = jnp.transpose(lhs, lhs_perm).reshape((nb, k, m) if trans_a else (nb, m, k))
     b = jnp.transpose(rhs, rhs_perm).reshape((nb, n, k) if trans_b else (nb, k, n))
     y = gemm(a, b, trans_a, trans_b)
