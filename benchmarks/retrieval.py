@@ -1,19 +1,22 @@
 """Exact k=4 retrieval both ways + ratio margin: xstilts' jit scorer against faiss-cpu.
 
     python benchmarks/retrieval.py [--n 50000] [--d 1024] [--block-size 2048] [--reps 1]
-                                   [--baseline 8129cf0 | --baseline none]
+                                   [--baseline 57c6d35 | --baseline none]
 
 Data: X then Y, ``default_rng(0)`` normal, L2-normalised, fp32, N = M = ``--n``.
 
 * **faiss** (XTREME ``knnCPU``): ``IndexFlatIP`` over Y searched with X (k=4), then over X
   searched with Y, and the ratio margins in numpy, exactly XTREME's formula.
-* **ours**: ``xstilts.evals.knn.knn`` (one jitted single pass: every ``X_blk @ Y_tile.T`` feeds
+* **ours**: ``xstilts.evals.knn.knn`` (one single pass: every ``X_blk @ Y_tile.T`` feeds
   both directions, so half of faiss's FLOPs) and ``knn.ratio_margins``; compiled beforehand.
-* **ours before** (``--baseline REV``, default ``8129cf0``, the scorer before issue 16's
-  column top-k; ``none`` skips it): ``xstilts/evals/knn.py`` as it was at that git revision
-  (read with ``git show``), timed in this process beside ours, alternating which goes first, to
-  measure our own speed-up on the same machine state; its similarities must equal ours within
-  1e-6 (summation order: ours goes through ``cpu_gemm``'s MKL product on one CPU device).
+  With MKL on one CPU device this is ``knn_cpu``'s fused custom call (the header line says
+  which kernel ran).
+* **ours before** (``--baseline REV``, default ``57c6d35``, the XLA scorer with MKL products,
+  before the fused kernel; ``8129cf0`` is the scorer before issue 16's column top-k; ``none``
+  skips it): ``xstilts/evals/knn.py`` as it was at that git revision (read with ``git show``),
+  timed in this process beside ours, alternating which goes first, to measure our own speed-up
+  on the same machine state; its similarities must equal ours within 1e-6 (revisions before
+  ``cpu_gemm`` sum the products in XLA's order).
 * **numpy matmul**: ``X_blk @ Y.T`` over the same blocks, i.e. the N x M x d product once, as a
   yardstick for this machine's fp32 GEMM rate.
 
@@ -181,7 +184,7 @@ def main() -> None:
     parser.add_argument("--block-size", type=int, default=2048)
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--baseline", default="8129cf0",
+    parser.add_argument("--baseline", default="57c6d35",
                         help="git revision of xstilts/evals/knn.py timed as 'ours before' "
                              "('none' to skip)")
     parser.add_argument("--child", choices=["faiss", "numpy"], default=None)
@@ -194,6 +197,7 @@ def main() -> None:
 
     import jax
 
+    from xstilts.evals import knn
     from xstilts.models import cpu_gemm
 
     coretype = os.environ.get("OPENBLAS_CORETYPE")
@@ -201,7 +205,8 @@ def main() -> None:
           + ("  WARNING: empty value slows faiss ~4x" if coretype == "" else ""))
     print(f"jax {jax.__version__} devices={jax.devices()} cpus={os.cpu_count()} "
           f"loadavg={os.getloadavg()} products={'MKL' if cpu_gemm.uses_mkl() else 'XLA'} "
-          f"(XSTILTS_CPU_GEMM={cpu_gemm.backend_setting()})")
+          f"(XSTILTS_CPU_GEMM={cpu_gemm.backend_setting()}) kernel="
+          f"{'fused' if knn._fused('auto', knn.default_mesh(), 'auto', 'auto') else 'xla'}")
     n, d = args.n, args.d
     x, y = make_data(n, d)
     flop = 2.0 * n * n * d  # one N x M x d product
@@ -210,8 +215,6 @@ def main() -> None:
         np.save(workdir / "x.npy", x)
         np.save(workdir / "y.npy", y)
         # Warm-up: compile ours (and ours before) for the full shapes without running them.
-        from xstilts.evals import knn
-
         systems = {"ours": knn}
         if args.baseline != "none":
             systems["before"] = load_baseline(args.baseline)
@@ -249,8 +252,7 @@ def main() -> None:
         raise SystemExit("results differ from faiss beyond 1e-5")
     if "before" in results:
         old = results["before"][0]
-        # Not bit-identical: on CPU ours sums the products in MKL's order (cpu_gemm), the old
-        # scorer in XLA's.
+        # Not bit-identical where the old scorer summed the products in XLA's order.
         dsim = max(float(np.abs(getattr(nb, f) - getattr(old, f)).max())
                    for f in ("sim_xy", "sim_yx"))
         tied = sum(int((getattr(nb, f) != getattr(old, f)).sum()) for f in ("idx_xy", "idx_yx"))

@@ -78,3 +78,23 @@ def _seqio_registries_as_found():
     for registry, entries in saved:
         registry._REGISTRY.clear()
         registry._REGISTRY.update(entries)
+
+
+@pytest.fixture
+def mkl(monkeypatch):
+    """``XSTILTS_CPU_GEMM=mkl`` for one test; traces made before or after it are dropped, since
+    the setting is read when a function is traced."""
+    import jax
+
+    from xstilts.models import cpu_gemm
+
+    if not cpu_gemm.available():
+        message = "MKL or a C++ compiler is missing (pip install 'xstilts[mkl]')"
+        if os.environ.get("XSTILTS_CI") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    jax.clear_caches()
+    monkeypatch.setenv("XSTILTS_CPU_GEMM", "mkl")
+    yield
+    monkeypatch.setenv("XSTILTS_CPU_GEMM", "xla")
+    jax.clear_caches()

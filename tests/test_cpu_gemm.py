@@ -1,13 +1,11 @@
 """The MKL product (``xstilts.models.cpu_gemm``) against numpy, XLA's dot and Hugging Face.
 
 The test session has 8 fake CPU devices, where ``XSTILTS_CPU_GEMM=auto`` keeps XLA's dot, so
-these tests ask for ``mkl`` explicitly. Without MKL installed they skip, except in CI
-(``XSTILTS_CI=1``, which installs the ``mkl`` extra), where they fail.
+these tests ask for ``mkl`` explicitly (conftest's ``mkl`` fixture). Without MKL installed they
+skip, except in CI (``XSTILTS_CI=1``, which installs the ``mkl`` extra), where they fail.
 """
 
 from __future__ import annotations
-
-import os
 
 import jax
 import jax.numpy as jnp
@@ -20,22 +18,6 @@ from xstilts.models import cpu_gemm, heads
 from xstilts.models.convert import load_hf_checkpoint, task_params
 
 torch = pytest.importorskip("torch")
-
-
-@pytest.fixture
-def mkl(monkeypatch):
-    """``XSTILTS_CPU_GEMM=mkl`` for one test; traces made before or after it are dropped, since
-    the setting is read when a function is traced."""
-    if not cpu_gemm.available():
-        message = "MKL or a C++ compiler is missing (pip install 'xstilts[mkl]')"
-        if os.environ.get("XSTILTS_CI") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    jax.clear_caches()
-    monkeypatch.setenv("XSTILTS_CPU_GEMM", "mkl")
-    yield
-    monkeypatch.setenv("XSTILTS_CPU_GEMM", "xla")
-    jax.clear_caches()
 
 
 def _reference(a, b, trans_a, trans_b):

@@ -40,9 +40,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from xstilts.evals import knn_cpu
 from xstilts.models import cpu_gemm
 
 DATA_AXIS = "data"
+TILE_SIZE = 2500  # the XLA scorer's default tile: 50,000 = 20 x 2,500
 NEG_INF = float("-inf")
 
 
@@ -403,15 +405,39 @@ def _row_select(row_method: str, mesh: Mesh) -> bool:
     return _cpu_method("row_method", row_method, "select", mesh)
 
 
+def _fused(kernel: str, mesh: Mesh, col_method: str, row_method: str) -> bool:
+    """Whether ``kernel`` ('auto', 'fused' or 'xla') picks ``knn_cpu``'s fused MKL kernel:
+    'auto' does on a one-device CPU mesh with MKL products in use when neither method was asked
+    for; 'fused' must (an error where it cannot run)."""
+    if kernel not in ("auto", "fused", "xla"):
+        raise ValueError(f"kernel must be 'auto', 'fused' or 'xla', got {kernel!r}")
+    if kernel == "xla" or (kernel == "auto" and (col_method, row_method) != ("auto", "auto")):
+        return False
+    if kernel == "fused":
+        if mesh.devices.size != 1 or mesh.devices.flat[0].platform != "cpu":
+            raise ValueError(f"kernel='fused' runs on one CPU device, not on a mesh of "
+                             f"{mesh.devices.size} {mesh.devices.flat[0].platform} devices")
+        knn_cpu.load()  # cpu_gemm.CpuGemmUnavailable names what is missing
+        return True
+    return knn_cpu.usable(mesh)
+
+
 def precompile(n: int, m: int, dim: int, k: int = 4, *, both: bool = True,
                block_size: int = 2048, mesh: Mesh | None = None, axis: str = DATA_AXIS,
-               row_group: int = 25, col_group: int = 25, tile_size: int = 2500,
-               col_method: str = "auto", row_method: str = "auto") -> None:
+               row_group: int = 25, col_group: int = 25, tile_size: int | None = None,
+               col_method: str = "auto", row_method: str = "auto", kernel: str = "auto") -> None:
     """Compile the scorer for ``[n, dim]`` x ``[m, dim]`` inputs without running it (a later
     ``knn`` call with the same arguments reuses the executable)."""
     mesh = mesh or default_mesh()
+    if _fused(kernel, mesh, col_method, row_method):
+        fn = knn_cpu.compiled(n, m, dim, min(k, m), min(k, n), both, block_size,
+                              tile_size or knn_cpu.TILE_SIZE)
+        fn.lower(jax.ShapeDtypeStruct((n, dim), jnp.float32),
+                 jax.ShapeDtypeStruct((m, dim), jnp.float32)).compile()
+        return
     plan = _plan(n, m, dim, k, both, mesh.shape[axis], block_size, row_group, col_group,
-                 tile_size, _col_insert(col_method, mesh), _row_select(row_method, mesh))
+                 tile_size or TILE_SIZE, _col_insert(col_method, mesh),
+                 _row_select(row_method, mesh))
     fn, x_sharding, replicated = _compiled(plan, mesh, axis)
     fn.lower(jax.ShapeDtypeStruct((plan.devices * plan.steps, plan.block, dim), jnp.float32,
                                   sharding=x_sharding),
@@ -421,8 +447,8 @@ def precompile(n: int, m: int, dim: int, k: int = 4, *, both: bool = True,
 
 def knn(x: np.ndarray, y: np.ndarray, k: int = 4, *, both: bool = True,
         block_size: int = 2048, mesh: Mesh | None = None, axis: str = DATA_AXIS,
-        row_group: int = 25, col_group: int = 25, tile_size: int = 2500,
-        col_method: str = "auto", row_method: str = "auto") -> Neighbours:
+        row_group: int = 25, col_group: int = 25, tile_size: int | None = None,
+        col_method: str = "auto", row_method: str = "auto", kernel: str = "auto") -> Neighbours:
     """Exact top-k inner products of the rows of ``x`` against ``y`` (and of ``y`` against ``x``).
 
     Args:
@@ -430,7 +456,8 @@ def knn(x: np.ndarray, y: np.ndarray, k: int = 4, *, both: bool = True,
       k: neighbours per row; capped at ``M`` for x->y and at ``N`` for y->x, as XTREME does.
       both: also return the y->x neighbours (from the same matrix products).
       block_size, tile_size: rows of ``x`` and of ``y`` per matrix product; the largest slice of
-        the similarity matrix held at once is about ``block_size x tile_size`` per device.
+        the similarity matrix held at once is about ``block_size x tile_size`` per device
+        (``tile_size`` default: 2,500 for the XLA scorer, 1,024 for the fused kernel).
       mesh: a mesh with a ``data`` axis over which the query blocks are sharded (default: all
         devices). ``axis`` names that axis.
       row_group, col_group: group sizes of the exact two-stage top-ks, rounded to divisors of
@@ -440,6 +467,12 @@ def knn(x: np.ndarray, y: np.ndarray, k: int = 4, *, both: bool = True,
         ``"auto"`` (insert on CPU meshes, sort elsewhere). Both are exact.
       row_method: the x->y top-k: ``"select"`` (vertical selection passes, fastest on XLA:CPU),
         ``"sort"`` (``lax.top_k``) or ``"auto"`` (select on CPU meshes, sort elsewhere).
+      kernel: ``"auto"`` (default) runs the whole search as ``knn_cpu``'s fused custom call
+        (MKL products, both top-ks scanned while each score block is in cache) on a one-device
+        CPU mesh where ``cpu_gemm`` uses MKL and neither method is given; ``"fused"`` asks for
+        it (an error where it cannot run); ``"xla"`` is the jitted XLA scorer above. The fused
+        kernel ignores ``row_group``, ``col_group`` and the methods; its results equal the XLA
+        scorer's (of equal similarities the lower index first).
     """
     x = _check_matrix("x (queries)", x)
     y = _check_matrix("y (index)", y)
@@ -450,8 +483,21 @@ def knn(x: np.ndarray, y: np.ndarray, k: int = 4, *, both: bool = True,
         raise ValueError(f"mesh {dict(mesh.shape)} has no {axis!r} axis")
     devices = mesh.shape[axis]
     (n, dim), m = x.shape, y.shape[0]
-    plan = _plan(n, m, dim, k, both, devices, block_size, row_group, col_group, tile_size,
-                 _col_insert(col_method, mesh), _row_select(row_method, mesh))
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if _fused(kernel, mesh, col_method, row_method):
+        fn = knn_cpu.compiled(n, m, dim, min(k, m), min(k, n), both, block_size,
+                              tile_size or knn_cpu.TILE_SIZE)
+        device = mesh.devices.flat[0]
+        row_v, row_i, col_v, col_i = fn(jax.device_put(x, device), jax.device_put(y, device))
+        row_i = np.asarray(row_i).astype(np.int64)
+        if not both:
+            return Neighbours(sim_xy=np.asarray(row_v), idx_xy=row_i)
+        return Neighbours(sim_xy=np.asarray(row_v), idx_xy=row_i, sim_yx=np.asarray(col_v),
+                          idx_yx=np.asarray(col_i).astype(np.int64))
+    plan = _plan(n, m, dim, k, both, devices, block_size, row_group, col_group,
+                 tile_size or TILE_SIZE, _col_insert(col_method, mesh),
+                 _row_select(row_method, mesh))
     fn, x_sharding, replicated = _compiled(plan, mesh, axis)
 
     rows = devices * plan.steps * plan.block

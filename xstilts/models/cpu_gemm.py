@@ -82,16 +82,16 @@ def _cache_dir() -> Path:
     return Path(root) / "xstilts"
 
 
-def _build(include_dir: str) -> Path:
-    """Compiles ``cpu_gemm.cc`` (once per source and jaxlib version); returns the .so path."""
+def build_ffi_library(source: Path) -> Path:
+    """Compiles the FFI handler ``source`` into a shared library (once per source, flags and
+    jaxlib version, in :func:`_cache_dir`); returns its path."""
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if compiler is None:
-        raise CpuGemmUnavailable("no C++ compiler (g++ / c++ / $CXX) to build "
-                                 f"{_SOURCE.name}")
-    flags = ["-O2", "-std=c++17", "-shared", "-fPIC", "-I", include_dir]
-    key = hashlib.sha256(_SOURCE.read_bytes() + " ".join([compiler, *flags]).encode()
+        raise CpuGemmUnavailable(f"no C++ compiler (g++ / c++ / $CXX) to build {source.name}")
+    flags = ["-O2", "-std=c++17", "-shared", "-fPIC", "-I", jax.ffi.include_dir()]
+    key = hashlib.sha256(source.read_bytes() + " ".join([compiler, *flags]).encode()
                          + jax.__version__.encode()).hexdigest()[:16]
-    target = _cache_dir() / f"cpu_gemm-{key}.so"
+    target = _cache_dir() / f"{source.stem}-{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -99,10 +99,10 @@ def _build(include_dir: str) -> Path:
     # half-written library.
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name
-        cmd = [compiler, *flags, str(_SOURCE), "-o", str(out)]
+        cmd = [compiler, *flags, str(source), "-o", str(out)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
-            raise CpuGemmUnavailable(f"building {_SOURCE} failed ({' '.join(cmd)}):\n"
+            raise CpuGemmUnavailable(f"building {source} failed ({' '.join(cmd)}):\n"
                                      f"{proc.stderr[-2000:]}")
         os.replace(out, target)
     return target
@@ -125,12 +125,20 @@ def open_mkl() -> ctypes.CDLL:
 
 
 @functools.cache
-def _load() -> None:
-    """Loads MKL (sequential), builds and registers the handler; raises CpuGemmUnavailable."""
+def load_mkl() -> ctypes.CDLL:
+    """``libmkl_rt`` switched to its sequential threading layer (the FFI handlers share the work
+    out on XLA's thread pool themselves)."""
     mkl = open_mkl()
     mkl.MKL_Set_Threading_Layer.restype = ctypes.c_int
     mkl.MKL_Set_Threading_Layer(ctypes.c_int(_MKL_SEQUENTIAL))
-    handler = ctypes.CDLL(str(_build(jax.ffi.include_dir())))
+    return mkl
+
+
+@functools.cache
+def _load() -> None:
+    """Loads MKL (sequential), builds and registers the handler; raises CpuGemmUnavailable."""
+    mkl = load_mkl()
+    handler = ctypes.CDLL(str(build_ffi_library(_SOURCE)))
     handler.xstilts_gemm_set_sgemm.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
     handler.xstilts_gemm_set_sgemm(ctypes.cast(mkl.cblas_sgemm, ctypes.c_void_p),
                                    ctypes.cast(mkl.cblas_sgemm_batch_strided, ctypes.c_void_p))
@@ -183,11 +191,11 @@ def _ffi_gemm(a: Array, b: Array, trans_a: bool, trans_b: bool) -> Array:
     n = b.shape[1] if trans_b else b.shape[2]
     call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((a.shape[0], m, n), jnp.float32),
                             vmap_method="sequential")
-    return call(a, b, trans_a=trans_a, trans_b=trans_b, max_parts=np.int64(_cores()))
+    return call(a, b, trans_a=trans_a, trans_b=trans_b, max_parts=np.int64(cores()))
 
 
 @functools.cache
-def _cores() -> int:
+def cores() -> int:
     """Cores this process may run on: the most blocks a product is cut into."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 

@@ -1,0 +1,85 @@
+"""The fused CPU search (``xstilts.evals.knn_cpu``) against brute force and the XLA scorer.
+
+It needs MKL (conftest's ``mkl`` fixture: skipped without it, failed in CI). ``knn.knn`` runs it
+on one CPU device; the session's 8 fake devices keep ``kernel="auto"`` on the XLA scorer unless
+``XSTILTS_CPU_GEMM=mkl``, which the fixture sets.
+"""
+
+import jax
+import numpy as np
+import pytest
+from test_evals_knn import assert_same_topk, brute_force, numpy_margins
+
+from xstilts.evals import knn, knn_cpu
+
+
+def one_device():
+    return jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
+
+
+CASES = [  # n, m, d, k, block_size, tile_size
+    (1001, 1303, 33, 4, 64, 100),  # 16 units on 2 workers, tiles of 100 and a last one of 3
+    (500, 2003, 16, 1, 2048, 1024),  # one unit per core, k=1, M not a multiple of 16
+    (5, 3, 4, 4, 2048, 1024),  # k larger than M (capped at 3) and than N (capped at 5)
+    (64, 700, 8, 3, 8, 7),  # 8 units, tiles of 7: every scan ends in a partial group
+]
+
+
+@pytest.mark.parametrize("n,m,d,k,block,tile", CASES)
+def test_fused_search_equals_brute_force_and_the_xla_scorer(mkl, n, m, d, k, block, tile):
+    rng = np.random.default_rng(n + m)
+    x = knn.l2_normalize(rng.standard_normal((n, d)))
+    y = knn.l2_normalize(rng.standard_normal((m, d)))
+    assert knn._fused("auto", one_device(), "auto", "auto")
+    nb = knn.knn(x, y, k, block_size=block, tile_size=tile, mesh=one_device())
+    sims, ref_xy, ord_xy, ref_yx, ord_yx = brute_force(x, y, k)
+    assert_same_topk(sims, nb.sim_xy, nb.idx_xy, ref_xy, ord_xy)
+    assert_same_topk(sims.T, nb.sim_yx, nb.idx_yx, ref_yx, ord_yx)
+    assert nb.idx_xy.dtype == np.int64 and nb.sim_xy.dtype == np.float32
+    fwd, bwd = knn.ratio_margins(nb)
+    ref_fwd, ref_bwd = numpy_margins(nb.sim_xy, nb.idx_xy, nb.sim_yx, nb.idx_yx)
+    np.testing.assert_allclose(fwd, ref_fwd, rtol=1e-5)
+    np.testing.assert_allclose(bwd, ref_bwd, rtol=1e-5)
+    xla = knn.knn(x, y, k, mesh=one_device(), kernel="xla")
+    np.testing.assert_allclose(nb.sim_xy, xla.sim_xy, atol=1e-6)
+    np.testing.assert_allclose(nb.sim_yx, xla.sim_yx, atol=1e-6)
+    assert (nb.idx_xy == xla.idx_xy).mean() > 0.99 and (nb.idx_yx == xla.idx_yx).mean() > 0.99
+    one_way = knn.knn(x, y, k, both=False, block_size=block, tile_size=tile, mesh=one_device())
+    assert one_way.sim_yx is None
+    np.testing.assert_array_equal(one_way.idx_xy, nb.idx_xy)
+
+
+def test_ties_go_to_the_lower_index_however_units_are_shared(mkl):
+    """Every similarity tied: each direction's lists hold the lowest indices, in order, whether
+    one worker sees all rows or rows are cut in 1-row units taken by both workers."""
+    x = np.eye(4, dtype=np.float32)
+    y = np.concatenate([np.eye(4)] * 3).astype(np.float32)  # y rows r, r+4, r+8 equal
+    for block in (2048, 1):
+        nb = knn.knn(x, y, 3, block_size=block, tile_size=5, mesh=one_device())
+        np.testing.assert_array_equal(nb.idx_xy, [[r, r + 4, r + 8] for r in range(4)])
+        np.testing.assert_array_equal(nb.sim_xy, np.ones((4, 3)))
+        # y row j: similarity 1 with x row j % 4, 0 with the three others (lowest first).
+        expected = [[j % 4] + [i for i in range(4) if i != j % 4][:2] for j in range(12)]
+        np.testing.assert_array_equal(nb.idx_yx, expected)
+        np.testing.assert_array_equal(nb.sim_yx, np.tile([[1.0, 0.0, 0.0]], (12, 1)))
+
+
+def test_units_are_cut_evenly_over_the_cores():
+    assert knn_cpu.chunk_rows(50_000, 2048, 2) == 1924  # 26 units, 13 per core
+    assert knn_cpu.chunk_rows(5, 2048, 2) == 3  # 2 units, one per core
+    assert knn_cpu.chunk_rows(1, 2048, 4) == 1
+
+
+def test_kernel_choice_is_checked(mkl, monkeypatch):
+    x = np.eye(3, dtype=np.float32)
+    with pytest.raises(ValueError, match="kernel must be 'auto', 'fused' or 'xla'"):
+        knn.knn(x, x, 1, kernel="faiss")
+    eight = jax.make_mesh((8,), ("data",))
+    with pytest.raises(ValueError, match="one CPU device, not on a mesh of 8 cpu devices"):
+        knn.knn(x, x, 1, mesh=eight, kernel="fused")
+    # 'auto' keeps the XLA scorer when a method is asked for, or MKL products are off.
+    assert not knn._fused("auto", one_device(), "sort", "auto")
+    assert not knn._fused("auto", eight, "auto", "auto")
+    monkeypatch.setenv("XSTILTS_CPU_GEMM", "xla")
+    assert not knn._fused("auto", one_device(), "auto", "auto")
+    assert knn._fused("fused", one_device(), "auto", "auto")
