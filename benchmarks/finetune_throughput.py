@@ -14,6 +14,10 @@ XLM-R's 250k vocabulary, so rows are longer than XLM-R's would be). Token ids ar
 Every system trains on the same ``--steps`` batches: ``FeatureBatcher(seed=0)``'s steps
 0..S-1 (shuffled, ``--batch`` rows each), sequence classification with 3 labels, fp32, dropout
 0.1 (Hugging Face's default, attention probabilities included), AdamW 2e-5, clipping at 1.0.
+The defaults, batch 32 at max length 256, are X-STILTs' XNLI fine-tuning setting (jiant's
+per-step 4 x 8 accumulation steps, ``../shared/reference/paper.md``); ``--quick`` (6 steps for
+tiny, 3 steps of batch 16 for base) is a shortcut whose smaller batch favours the baselines:
+the optimizer's fixed cost per step weighs more against our fewer computed tokens.
 
 * **ours**: the real ``Trainer.train_step`` on ``FeatureBatcher(length_buckets=...)`` batches
   (each batch as wide as the smallest bucket holding its longest row; ``--buckets``, default

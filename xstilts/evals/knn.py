@@ -24,6 +24,9 @@ row of X against Y and, from the *same* matrix products, of every row of Y again
   blocks' lists. Elsewhere (GPU/TPU) both use ``lax.top_k``.
 * Query blocks are sharded over the mesh's ``data`` axis (``shard_map``); every device keeps its
   own column buffer, merged once at the end. Y is replicated.
+* On one CPU device with MKL (``cpu_gemm``), ``kernel="auto"`` runs the same single pass as one
+  fused custom call instead (``knn_cpu``): MKL products, both top-k lists updated by threshold
+  scans while each block of scores is in cache.
 
 Equal similarities may be returned in a different order than a full sort would give (ties).
 """
@@ -422,6 +425,13 @@ def _fused(kernel: str, mesh: Mesh, col_method: str, row_method: str) -> bool:
     return knn_cpu.usable(mesh)
 
 
+def _fused_search(n: int, m: int, dim: int, k: int, both: bool, block_size: int,
+                  tile_size: int | None):
+    """``knn_cpu``'s jitted search, k capped at each side's size as in ``_plan``."""
+    return knn_cpu.compiled(n, m, dim, min(k, m), min(k, n), both, block_size,
+                            tile_size or knn_cpu.TILE_SIZE)
+
+
 def precompile(n: int, m: int, dim: int, k: int = 4, *, both: bool = True,
                block_size: int = 2048, mesh: Mesh | None = None, axis: str = DATA_AXIS,
                row_group: int = 25, col_group: int = 25, tile_size: int | None = None,
@@ -430,8 +440,7 @@ def precompile(n: int, m: int, dim: int, k: int = 4, *, both: bool = True,
     ``knn`` call with the same arguments reuses the executable)."""
     mesh = mesh or default_mesh()
     if _fused(kernel, mesh, col_method, row_method):
-        fn = knn_cpu.compiled(n, m, dim, min(k, m), min(k, n), both, block_size,
-                              tile_size or knn_cpu.TILE_SIZE)
+        fn = _fused_search(n, m, dim, k, both, block_size, tile_size)
         fn.lower(jax.ShapeDtypeStruct((n, dim), jnp.float32),
                  jax.ShapeDtypeStruct((m, dim), jnp.float32)).compile()
         return
@@ -471,8 +480,8 @@ def knn(x: np.ndarray, y: np.ndarray, k: int = 4, *, both: bool = True,
         (MKL products, both top-ks scanned while each score block is in cache) on a one-device
         CPU mesh where ``cpu_gemm`` uses MKL and neither method is given; ``"fused"`` asks for
         it (an error where it cannot run); ``"xla"`` is the jitted XLA scorer above. The fused
-        kernel ignores ``row_group``, ``col_group`` and the methods; its results equal the XLA
-        scorer's (of equal similarities the lower index first).
+        kernel ignores ``row_group``, ``col_group`` and the methods; its similarities equal the
+        XLA scorer's, and of equal similarities it returns the lower index first.
     """
     x = _check_matrix("x (queries)", x)
     y = _check_matrix("y (index)", y)
@@ -486,8 +495,7 @@ def knn(x: np.ndarray, y: np.ndarray, k: int = 4, *, both: bool = True,
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if _fused(kernel, mesh, col_method, row_method):
-        fn = knn_cpu.compiled(n, m, dim, min(k, m), min(k, n), both, block_size,
-                              tile_size or knn_cpu.TILE_SIZE)
+        fn = _fused_search(n, m, dim, k, both, block_size, tile_size)
         device = mesh.devices.flat[0]
         row_v, row_i, col_v, col_i = fn(jax.device_put(x, device), jax.device_put(y, device))
         row_i = np.asarray(row_i).astype(np.int64)
