@@ -8,17 +8,15 @@
 // [chunk, tile] scores, which are scanned once for the chunk rows' top-k lists (x -> y) and once
 // for the tile columns' top-k lists (y -> x). A score enters a list only when it beats the
 // list's last entry, checked for 16 scores at a time (vectorised compares) before any scalar
-// work; on random data a row of 50,000 scores makes ~40 insertions. The calling thread and XLA's
-// intra-op pool take units from one atomic counter (as in cpu_gemm.cc: no second thread pool,
-// no deadlock when the pool is busy); each worker keeps its own column lists, merged at the end.
+// work; on random data a row of 50,000 scores makes ~40 insertions. Units are shared between
+// the calling thread and XLA's intra-op pool by ../models/ffi_units.h's RunUnits (as in
+// cpu_gemm.cc); each worker keeps its own column lists, merged at the end.
 //
 // Ties: of equal scores the lower index comes first (a row list sees columns in increasing
 // order, a worker's column list sees its rows in increasing order, and the merge compares
 // (score, index)), so the result does not depend on how units were shared out.
 
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <limits>
 #include <memory>
@@ -29,6 +27,7 @@
 #include <emmintrin.h>
 #endif
 
+#include "ffi_units.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -123,11 +122,8 @@ struct Job {
   int32_t* row_id;
   int64_t n, m, d, kx, ky, chunk, tile, units;
   bool both;
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
   std::mutex mu;
-  std::condition_variable cv;
-  std::vector<std::unique_ptr<ColumnLists>> columns;  // one per worker that took a unit
+  std::vector<std::unique_ptr<ColumnLists>> columns;  // one per worker
 
   void Unit(int64_t u, float* scores, ColumnLists* cols) const {
     const int64_t r0 = u * chunk, rows = std::min(chunk, n - r0);
@@ -144,25 +140,17 @@ struct Job {
     }
   }
 
-  // Takes units until none is left; the thread that finishes the last one wakes the caller.
-  void Work() {
-    int64_t u = next.fetch_add(1);
-    if (u >= units) return;
-    std::vector<float> scores(std::min(chunk, n) * std::min(tile, m));
+  // A worker for RunUnits: its own score buffer and (both ways) its own column lists.
+  auto MakeWorker() {
     ColumnLists* cols = nullptr;
     if (both) {
       auto owned = std::make_unique<ColumnLists>(m, ky);
       cols = owned.get();
-      std::lock_guard<std::mutex> lock(mu);  // before the first unit is counted as done
+      std::lock_guard<std::mutex> lock(mu);
       columns.push_back(std::move(owned));
     }
-    for (; u < units; u = next.fetch_add(1)) {
-      Unit(u, scores.data(), cols);
-      if (done.fetch_add(1) + 1 == units) {
-        std::lock_guard<std::mutex> lock(mu);
-        cv.notify_all();
-      }
-    }
+    return [this, cols, scores = std::vector<float>(std::min(chunk, n) * std::min(tile, m))](
+               int64_t unit) mutable { Unit(unit, scores.data(), cols); };
   }
 
   // The workers' column lists merged into col_v / col_id [M, ky], by (score, lower index).
@@ -205,34 +193,26 @@ ffi::Error KnnImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
     return ffi::Error::InvalidArgument(
         "xstilts knn_cpu: expected x [N, d], y [M, d], rows [N, kx], columns [M or 0, ky]");
   }
-  auto job = std::make_shared<Job>();
-  job->n = xd[0];
-  job->m = yd[0];
-  job->d = xd[1];
-  job->kx = rd[1];
-  job->ky = cd[1];
-  job->both = cd[0] != 0;
-  if (job->n == 0 || job->m == 0 || job->kx < 1 || job->kx > job->m ||
-      (job->both && (job->ky < 1 || job->ky > job->n)) || chunk < 1 || tile < 1) {
+  Job job;
+  job.n = xd[0];
+  job.m = yd[0];
+  job.d = xd[1];
+  job.kx = rd[1];
+  job.ky = cd[1];
+  job.both = cd[0] != 0;
+  if (job.n == 0 || job.m == 0 || job.kx < 1 || job.kx > job.m ||
+      (job.both && (job.ky < 1 || job.ky > job.n)) || chunk < 1 || tile < 1) {
     return ffi::Error::InvalidArgument("xstilts knn_cpu: need 1 <= kx <= M, 1 <= ky <= N");
   }
-  job->x = x.typed_data();
-  job->y = y.typed_data();
-  job->row_v = row_v->typed_data();
-  job->row_id = row_id->typed_data();
-  job->chunk = chunk;
-  job->tile = tile;
-  job->units = (job->n + chunk - 1) / chunk;
-  const int64_t parts = std::max<int64_t>(1, std::min(max_parts, job->units));
-  for (int64_t i = 1; i < parts; ++i) {
-    pool.Schedule([job] { job->Work(); });
-  }
-  job->Work();
-  {
-    std::unique_lock<std::mutex> lock(job->mu);
-    job->cv.wait(lock, [&] { return job->done.load() == job->units; });
-  }
-  if (job->both) job->MergeColumns(col_v->typed_data(), col_id->typed_data());
+  job.x = x.typed_data();
+  job.y = y.typed_data();
+  job.row_v = row_v->typed_data();
+  job.row_id = row_id->typed_data();
+  job.chunk = chunk;
+  job.tile = tile;
+  job.units = (job.n + chunk - 1) / chunk;
+  xstilts::RunUnits(pool, job.units, max_parts, [&job] { return job.MakeWorker(); });
+  if (job.both) job.MergeColumns(col_v->typed_data(), col_id->typed_data());
   return ffi::Error::Success();
 }
 

@@ -5,17 +5,13 @@
 // Python side passes the addresses of `cblas_sgemm` and `cblas_sgemm_batch_strided` (sequential
 // MKL) to xstilts_gemm_set_sgemm. The work is cut into blocks: ranges of the batch when it has
 // at least as many matrices as there are parts, else row blocks of C (column blocks when C has
-// few rows). The calling thread and XLA's intra-op thread pool take blocks from one atomic
-// counter: the caller never waits for a task that has not started, so a busy pool cannot
-// deadlock it.
+// few rows), shared between the calling thread and XLA's intra-op thread pool by
+// ffi_units.h's RunUnits.
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
-#include <memory>
-#include <mutex>
-#include <condition_variable>
 
+#include "ffi_units.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -37,10 +33,6 @@ struct Job {
   int64_t batch, m, n, k;
   bool trans_a, trans_b, split_batch, split_rows;
   int64_t block, blocks;
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
-  std::mutex mu;
-  std::condition_variable cv;
 
   void Run(int64_t i) const {
     const int lda = static_cast<int>(trans_a ? m : k), ldb = static_cast<int>(trans_b ? k : n);
@@ -74,17 +66,6 @@ struct Job {
               static_cast<int>(n));
     }
   }
-
-  // Takes blocks until none is left; the thread that finishes the last one wakes the caller.
-  void Work() {
-    for (int64_t i = next.fetch_add(1); i < blocks; i = next.fetch_add(1)) {
-      Run(i);
-      if (done.fetch_add(1) + 1 == blocks) {
-        std::lock_guard<std::mutex> lock(mu);
-        cv.notify_all();
-      }
-    }
-  }
 };
 
 ffi::Error GemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
@@ -108,34 +89,31 @@ ffi::Error GemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<f
     std::fill(c->typed_data(), c->typed_data() + batch * m * n, 0.0f);
     return ffi::Error::Success();
   }
-  auto job = std::make_shared<Job>();
-  job->a = a.typed_data();
-  job->b = b.typed_data();
-  job->c = c->typed_data();
-  job->batch = batch;
-  job->m = m;
-  job->n = n;
-  job->k = k;
-  job->trans_a = trans_a;
-  job->trans_b = trans_b;
+  Job job;
+  job.a = a.typed_data();
+  job.b = b.typed_data();
+  job.c = c->typed_data();
+  job.batch = batch;
+  job.m = m;
+  job.n = n;
+  job.k = k;
+  job.trans_a = trans_a;
+  job.trans_b = trans_b;
   // Below ~8 MFLOP a part costs more to hand over than it saves.
   const int64_t by_work = std::max<int64_t>(1, 2 * batch * m * n * k / (8 << 20));
   const int64_t parts = std::max<int64_t>(1, std::min(max_parts, by_work));
-  job->split_batch = batch >= parts;
-  job->split_rows = m >= 64 * parts;
-  const int64_t extent = job->split_batch ? batch : job->split_rows ? m : n;
+  job.split_batch = batch >= parts;
+  job.split_rows = m >= 64 * parts;
+  const int64_t extent = job.split_batch ? batch : job.split_rows ? m : n;
   // Keep row and column blocks SIMD- and cache-aligned.
-  const int64_t quantum = job->split_batch ? 1 : job->split_rows ? 8 : 64;
+  const int64_t quantum = job.split_batch ? 1 : job.split_rows ? 8 : 64;
   int64_t block = (extent + parts - 1) / parts;
   block = std::min(extent, (block + quantum - 1) / quantum * quantum);
-  job->block = block;
-  job->blocks = (extent + block - 1) / block;
-  for (int64_t i = 1; i < job->blocks; ++i) {
-    pool.Schedule([job] { job->Work(); });
-  }
-  job->Work();
-  std::unique_lock<std::mutex> lock(job->mu);
-  job->cv.wait(lock, [&] { return job->done.load() == job->blocks; });
+  job.block = block;
+  job.blocks = (extent + block - 1) / block;
+  xstilts::RunUnits(pool, job.blocks, job.blocks, [&job] {
+    return [&job](int64_t block) { job.Run(block); };
+  });
   return ffi::Error::Success();
 }
 

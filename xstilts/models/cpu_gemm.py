@@ -83,13 +83,17 @@ def _cache_dir() -> Path:
 
 
 def build_ffi_library(source: Path) -> Path:
-    """Compiles the FFI handler ``source`` into a shared library (once per source, flags and
-    jaxlib version, in :func:`_cache_dir`); returns its path."""
+    """Compiles the FFI handler ``source`` into a shared library (once per source, this folder's
+    headers, flags and jaxlib version, in :func:`_cache_dir`); returns its path."""
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if compiler is None:
         raise CpuGemmUnavailable(f"no C++ compiler (g++ / c++ / $CXX) to build {source.name}")
-    flags = ["-O2", "-std=c++17", "-shared", "-fPIC", "-I", jax.ffi.include_dir()]
-    key = hashlib.sha256(source.read_bytes() + " ".join([compiler, *flags]).encode()
+    # This folder's headers (ffi_units.h) are on the include path and in the cache key.
+    headers = sorted(Path(__file__).parent.glob("*.h"))
+    flags = ["-O2", "-std=c++17", "-shared", "-fPIC", "-I", jax.ffi.include_dir(),
+             "-I", str(Path(__file__).parent)]
+    key = hashlib.sha256(b"".join(f.read_bytes() for f in [source, *headers])
+                         + " ".join([compiler, *flags]).encode()
                          + jax.__version__.encode()).hexdigest()[:16]
     target = _cache_dir() / f"{source.stem}-{key}.so"
     if target.exists():
