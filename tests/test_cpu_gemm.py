@@ -168,6 +168,30 @@ def test_settings_are_checked(monkeypatch, tmp_path):
         cpu_gemm.open_mkl()
 
 
+def test_auto_uses_mkl_on_intel_cpus_only(monkeypatch, tmp_path):
+    """``auto`` with one CPU device: MKL on GenuineIntel, XLA's dot on AuthenticAMD (where MKL
+    runs its slower kernels) and where the vendor is unknown."""
+    if not cpu_gemm.available():
+        pytest.skip("MKL or a C++ compiler is missing")
+    intel, amd = tmp_path / "intel", tmp_path / "amd"
+    intel.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\n")
+    amd.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\n")
+    assert cpu_gemm.cpu_vendor(str(intel)) == "GenuineIntel"
+    assert cpu_gemm.cpu_vendor(str(amd)) == "AuthenticAMD"
+    assert cpu_gemm.cpu_vendor(str(tmp_path / "missing")) == ""
+    assert cpu_gemm.cpu_vendor() in ("GenuineIntel", "AuthenticAMD", "")  # this machine's
+    monkeypatch.setenv("XSTILTS_CPU_GEMM", "auto")
+    monkeypatch.setattr(cpu_gemm.jax, "device_count", lambda: 1)
+    read_vendor = cpu_gemm.cpu_vendor
+    for path, expected in ((intel, True), (amd, False), (tmp_path / "missing", False)):
+        monkeypatch.setattr(cpu_gemm, "cpu_vendor", lambda p=str(path): read_vendor(p))
+        cpu_gemm._auto_reason.cache_clear()
+        assert cpu_gemm.uses_mkl() is expected, path.name
+        if not expected:
+            assert "XSTILTS_CPU_GEMM=mkl forces it" in cpu_gemm._auto_reason()
+    cpu_gemm._auto_reason.cache_clear()
+
+
 def test_beam_search_through_mkl_equals_hugging_face(mkl, tmp_path):
     """The NMT decoder (every projection and the tied logits through MKL): num_beams=4 gives
     ``generate()``'s tokens."""

@@ -1,14 +1,16 @@
 """Float32 matrix products on CPU through MKL's sgemm, as an XLA FFI custom call.
 
-XLA:CPU's own GEMM (Eigen) reaches ~190-270 GFLOP/s on this project's 2-core benchmark machine
-where MKL reaches ~300-340 and PyTorch (which calls MKL) ~250-370 (``benchmarks/roofline.py``,
-``docs/cpu_train_step.md``): on CPU the dense layers' products are most of a train step, so the
-GEMM decides every CPU speed comparison with PyTorch. This module routes the products of
-:func:`dot_general` to MKL when:
+On the Intel Xeons of this project's 2-core benchmark machines XLA:CPU's own GEMM reaches
+~190-270 GFLOP/s where MKL reaches ~300-340 and PyTorch (which calls MKL) ~250-370
+(``benchmarks/roofline.py``, ``docs/cpu_train_step.md``): on CPU the dense layers' products are
+most of a train step, so the GEMM decides every CPU speed comparison with PyTorch. On an AMD
+EPYC (Zen 5) it is the other way round, and ``auto`` keeps XLA's dot there. This module
+routes the products of :func:`dot_general` to MKL when:
 
 * the backend is ``XSTILTS_CPU_GEMM`` = ``auto`` (default): on a CPU backend with a single
-  device, when MKL is installed (``pip install 'xstilts[mkl]'``) and a C++ compiler is found;
-  ``mkl``: always on CPU (an error if MKL or the compiler is missing); ``xla``: never.
+  device, on an Intel CPU (see :data:`MKL_VENDORS`), when MKL is installed (``pip install
+  'xstilts[mkl]'``) and a C++ compiler is found; ``mkl``: always on CPU (an error if MKL or the
+  compiler is missing); ``xla``: never.
   With several CPU devices (tests' fake meshes) ``auto`` keeps XLA's dot, which the SPMD
   partitioner can shard (a custom call would be replicated on every device);
 * the operands and the result are float32 (every dense layer, the tied-embedding logits, the
@@ -52,6 +54,11 @@ TARGET = "xstilts_cpu_gemm"
 MIN_BATCHED_SIDE = 32
 _SOURCE = Path(__file__).with_name("cpu_gemm.cc")
 _MKL_SEQUENTIAL = 1  # MKL_THREADING_SEQUENTIAL (mkl_service.h)
+# CPU vendors where ``auto`` uses MKL. MKL dispatches its AVX-512 kernels on Intel CPUs only: on
+# a 2-core AMD EPYC (Zen 5, AVX-512) it ran the base step's products at ~180 GFLOP/s (torch)
+# against XLA:CPU's 414-434, and our step through MKL took 3.8 s against 2.2-2.6 through XLA
+# (docs/cpu_train_step.md), where on the Intel Xeons MKL was 1.2-1.5x XLA's rate.
+MKL_VENDORS = ("GenuineIntel",)
 _log = logging.getLogger(__name__)
 
 
@@ -160,12 +167,32 @@ def available() -> bool:
 
 
 @functools.cache
+def cpu_vendor(cpuinfo_path: str = "/proc/cpuinfo") -> str:
+    """The CPU's vendor (``vendor_id`` in ``/proc/cpuinfo``, e.g. GenuineIntel, AuthenticAMD);
+    empty where that file is missing or says none."""
+    try:
+        with open(cpuinfo_path, encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() == "vendor_id":
+                    return value.strip()
+    except OSError:
+        pass
+    return ""
+
+
+@functools.cache
 def _auto_reason() -> str | None:
     """None when ``auto`` uses MKL; otherwise why not (logged once)."""
     if jax.default_backend() != "cpu":
         return f"backend {jax.default_backend()}"
     if jax.device_count() != 1:
         return f"{jax.device_count()} CPU devices (XLA's dot shards; a custom call would not)"
+    if cpu_vendor() not in MKL_VENDORS:
+        reason = (f"CPU vendor {cpu_vendor() or 'unknown'}: MKL's fast kernels run on "
+                  f"{'/'.join(MKL_VENDORS)} only; XSTILTS_CPU_GEMM=mkl forces it")
+        _log.info("XSTILTS_CPU_GEMM=auto: XLA's dot (%s)", reason)
+        return reason
     try:
         _load()
     except CpuGemmUnavailable as error:
