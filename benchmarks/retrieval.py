@@ -9,8 +9,8 @@ Data: X then Y, ``default_rng(0)`` normal, L2-normalised, fp32, N = M = ``--n``.
   searched with Y, and the ratio margins in numpy, exactly XTREME's formula.
 * **ours**: ``xstilts.evals.knn.knn`` (one single pass: every ``X_blk @ Y_tile.T`` feeds
   both directions, so half of faiss's FLOPs) and ``knn.ratio_margins``; compiled beforehand.
-  With MKL on one CPU device this is ``knn_cpu``'s fused custom call (the header line says
-  which kernel ran).
+  On one CPU device with MKL (Intel) or numpy's OpenBLAS on an AVX-512 core this is
+  ``knn_cpu``'s fused custom call (the header line says which kernel and sgemm ran).
 * **ours before** (``--baseline REV``, default ``57c6d35``, the XLA scorer with MKL products,
   before the fused kernel; ``8129cf0`` is the scorer before issue 16's column top-k; ``none``
   skips it): ``xstilts/evals/knn.py`` as it was at that git revision (read with ``git show``),
@@ -54,6 +54,10 @@ from pathlib import Path
 import numpy as np
 
 K = 4
+
+
+def _kernel_name(library: str | None) -> str:
+    return f"fused ({library} sgemm)" if library else "xla"
 
 
 def make_data(n: int, d: int) -> tuple[np.ndarray, np.ndarray]:
@@ -205,8 +209,8 @@ def main() -> None:
           + ("  WARNING: empty value slows faiss ~4x" if coretype == "" else ""))
     print(f"jax {jax.__version__} devices={jax.devices()} cpus={os.cpu_count()} "
           f"loadavg={os.getloadavg()} products={'MKL' if cpu_gemm.uses_mkl() else 'XLA'} "
-          f"(XSTILTS_CPU_GEMM={cpu_gemm.backend_setting()}) kernel="
-          f"{'fused' if knn._fused('auto', knn.default_mesh(), 'auto', 'auto') else 'xla'}")
+          f"(XSTILTS_CPU_GEMM={cpu_gemm.backend_setting()}) cpu={cpu_gemm.cpu_vendor()} "
+          f"kernel={_kernel_name(knn._fused('auto', knn.default_mesh(), 'auto', 'auto'))}")
     n, d = args.n, args.d
     x, y = make_data(n, d)
     flop = 2.0 * n * n * d  # one N x M x d product

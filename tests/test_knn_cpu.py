@@ -1,9 +1,12 @@
 """The fused CPU search (``xstilts.evals.knn_cpu``) against brute force and the XLA scorer.
 
-It needs MKL (conftest's ``mkl`` fixture: skipped without it, failed in CI). ``knn.knn`` runs it
-on one CPU device; the session's 8 fake devices keep ``kernel="auto"`` on the XLA scorer unless
-``XSTILTS_CPU_GEMM=mkl``, which the fixture sets.
+It runs with each sgemm it can use: MKL (conftest's ``mkl`` fixture) and numpy's OpenBLAS
+(``blas`` below); skipped where one is missing, failed in CI. ``knn.knn`` runs it on one CPU
+device; the session's 8 fake devices keep ``kernel="auto"`` on the XLA scorer unless
+``XSTILTS_CPU_GEMM=mkl`` (the ``mkl`` fixture) or ``knn_cpu.library`` says otherwise.
 """
+
+import os
 
 import jax
 import numpy as np
@@ -11,6 +14,23 @@ import pytest
 from test_evals_knn import assert_same_topk, brute_force, numpy_margins
 
 from xstilts.evals import knn, knn_cpu
+from xstilts.models import cpu_gemm
+
+
+@pytest.fixture(params=knn_cpu.LIBRARIES)
+def blas(request, monkeypatch):
+    """The fused kernel's sgemm for one test: MKL, or numpy's OpenBLAS whatever its core."""
+    if request.param == "mkl":
+        request.getfixturevalue("mkl")
+    else:
+        try:
+            knn_cpu.load("openblas")
+        except cpu_gemm.CpuGemmUnavailable as error:
+            if os.environ.get("XSTILTS_CI") == "1":
+                pytest.fail(str(error))
+            pytest.skip(str(error))
+        monkeypatch.setattr(knn_cpu, "library", lambda: "openblas")
+    return request.param
 
 
 def one_device():
@@ -26,12 +46,15 @@ CASES = [  # n, m, d, k, block_size, tile_size
 
 
 @pytest.mark.parametrize("n,m,d,k,block,tile", CASES)
-def test_fused_search_equals_brute_force_and_the_xla_scorer(mkl, n, m, d, k, block, tile):
+def test_fused_search_equals_brute_force_and_the_xla_scorer(blas, n, m, d, k, block, tile):
     rng = np.random.default_rng(n + m)
     x = knn.l2_normalize(rng.standard_normal((n, d)))
     y = knn.l2_normalize(rng.standard_normal((m, d)))
-    assert knn._fused("auto", one_device(), "auto", "auto")
+    assert knn._fused("auto", one_device(), "auto", "auto") == blas
+    threads = [i["num_threads"] for i in knn_cpu.threadpool_info()]
     nb = knn.knn(x, y, k, block_size=block, tile_size=tile, mesh=one_device())
+    # OpenBLAS ran one thread per unit; numpy's own setting is as it was.
+    assert [i["num_threads"] for i in knn_cpu.threadpool_info()] == threads
     sims, ref_xy, ord_xy, ref_yx, ord_yx = brute_force(x, y, k)
     assert_same_topk(sims, nb.sim_xy, nb.idx_xy, ref_xy, ord_xy)
     assert_same_topk(sims.T, nb.sim_yx, nb.idx_yx, ref_yx, ord_yx)
@@ -49,7 +72,7 @@ def test_fused_search_equals_brute_force_and_the_xla_scorer(mkl, n, m, d, k, blo
     np.testing.assert_array_equal(one_way.idx_xy, nb.idx_xy)
 
 
-def test_ties_go_to_the_lower_index_however_units_are_shared(mkl):
+def test_ties_go_to_the_lower_index_however_units_are_shared(blas):
     """Every similarity tied: each direction's lists hold the lowest indices, in order, whether
     one worker sees all rows or rows are cut in 1-row units taken by both workers."""
     x = np.eye(4, dtype=np.float32)
@@ -83,3 +106,49 @@ def test_kernel_choice_is_checked(mkl, monkeypatch):
     monkeypatch.setenv("XSTILTS_CPU_GEMM", "xla")
     assert not knn._fused("auto", one_device(), "auto", "auto")
     assert knn._fused("fused", one_device(), "auto", "auto")
+
+
+def test_auto_picks_mkl_then_an_avx512_openblas_else_xla(monkeypatch):
+    """``knn_cpu.library()``: MKL where ``cpu_gemm`` uses it; else numpy's OpenBLAS only on an
+    AVX-512 core (with ``OPENBLAS_CORETYPE=Haswell`` XLA's dot is faster), one CPU device and
+    ``XSTILTS_CPU_GEMM`` not ``xla``."""
+    info = knn_cpu.numpy_openblas()
+    if info is None:
+        pytest.skip("numpy's BLAS is not OpenBLAS")
+    monkeypatch.setenv("XSTILTS_CPU_GEMM", "auto")
+    assert jax.device_count() == 8 and knn_cpu.library() is None  # the fake mesh: XLA
+    monkeypatch.setattr(knn_cpu.jax, "device_count", lambda: 1)
+    monkeypatch.setattr(cpu_gemm, "uses_mkl", lambda: False)
+    for core, expected in (("SkylakeX", "openblas"), ("SapphireRapids", "openblas"),
+                           ("Haswell", None), ("Prescott", None)):
+        monkeypatch.setattr(knn_cpu, "numpy_openblas", lambda c=core: {**info, "architecture": c})
+        assert knn_cpu.library() == expected, core
+    monkeypatch.setenv("XSTILTS_CPU_GEMM", "xla")
+    assert knn_cpu.library() is None
+    monkeypatch.setattr(cpu_gemm, "uses_mkl", lambda: True)
+    assert knn_cpu.library() == "mkl"
+    with pytest.raises(ValueError, match="library must be one of"):
+        knn_cpu.load("blis")
+
+
+def test_concurrent_openblas_searches_restore_numpys_thread_count(monkeypatch):
+    """OpenBLAS's thread count is process-wide: two searches at once leave it as it was."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    try:
+        knn_cpu.load("openblas")
+    except cpu_gemm.CpuGemmUnavailable as error:
+        if os.environ.get("XSTILTS_CI") == "1":
+            pytest.fail(str(error))
+        pytest.skip(str(error))
+    rng = np.random.default_rng(5)
+    x = knn.l2_normalize(rng.standard_normal((3000, 64)))
+    y = knn.l2_normalize(rng.standard_normal((2000, 64)))
+    threads = [i["num_threads"] for i in knn_cpu.threadpool_info()]
+    search = knn_cpu.compiled(3000, 2000, 64, 4, 4, True, 64, 256, "openblas")
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: [np.asarray(a) for a in search(x, y)], range(8)))
+    assert [i["num_threads"] for i in knn_cpu.threadpool_info()] == threads
+    for got in results[1:]:
+        for a, b in zip(got, results[0], strict=True):
+            np.testing.assert_array_equal(a, b)

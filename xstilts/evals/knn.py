@@ -24,9 +24,10 @@ row of X against Y and, from the *same* matrix products, of every row of Y again
   blocks' lists. Elsewhere (GPU/TPU) both use ``lax.top_k``.
 * Query blocks are sharded over the mesh's ``data`` axis (``shard_map``); every device keeps its
   own column buffer, merged once at the end. Y is replicated.
-* On one CPU device with MKL (``cpu_gemm``), ``kernel="auto"`` runs the same single pass as one
-  fused custom call instead (``knn_cpu``): MKL products, both top-k lists updated by threshold
-  scans while each block of scores is in cache.
+* On one CPU device with a BLAS faster than XLA's dot (MKL on Intel, numpy's OpenBLAS on an
+  AVX-512 core: ``knn_cpu.library``), ``kernel="auto"`` runs the same single pass as one fused
+  custom call instead (``knn_cpu``): BLAS products, both top-k lists updated by threshold scans
+  while each block of scores is in cache.
 
 Equal similarities may be returned in a different order than a full sort would give (ties).
 """
@@ -408,28 +409,31 @@ def _row_select(row_method: str, mesh: Mesh) -> bool:
     return _cpu_method("row_method", row_method, "select", mesh)
 
 
-def _fused(kernel: str, mesh: Mesh, col_method: str, row_method: str) -> bool:
-    """Whether ``kernel`` ('auto', 'fused' or 'xla') picks ``knn_cpu``'s fused MKL kernel:
-    'auto' does on a one-device CPU mesh with MKL products in use when neither method was asked
-    for; 'fused' must (an error where it cannot run)."""
+def _fused(kernel: str, mesh: Mesh, col_method: str, row_method: str) -> str | None:
+    """The sgemm library (``knn_cpu.LIBRARIES``) with which ``kernel`` ('auto', 'fused' or
+    'xla') runs ``knn_cpu``'s fused kernel, or None for the XLA scorer: 'auto' runs it on a
+    one-device CPU mesh where ``knn_cpu.library()`` finds a BLAS faster than XLA's dot and
+    neither method was asked for; 'fused' must (with that BLAS, else MKL; an error where it
+    cannot run)."""
     if kernel not in ("auto", "fused", "xla"):
         raise ValueError(f"kernel must be 'auto', 'fused' or 'xla', got {kernel!r}")
     if kernel == "xla" or (kernel == "auto" and (col_method, row_method) != ("auto", "auto")):
-        return False
+        return None
     if kernel == "fused":
         if mesh.devices.size != 1 or mesh.devices.flat[0].platform != "cpu":
             raise ValueError(f"kernel='fused' runs on one CPU device, not on a mesh of "
                              f"{mesh.devices.size} {mesh.devices.flat[0].platform} devices")
-        knn_cpu.load()  # cpu_gemm.CpuGemmUnavailable names what is missing
-        return True
+        library = knn_cpu.library() or "mkl"
+        knn_cpu.load(library)  # cpu_gemm.CpuGemmUnavailable names what is missing
+        return library
     return knn_cpu.usable(mesh)
 
 
 def _fused_search(n: int, m: int, dim: int, k: int, both: bool, block_size: int,
-                  tile_size: int | None):
+                  tile_size: int | None, library: str):
     """``knn_cpu``'s jitted search, k capped at each side's size as in ``_plan``."""
     return knn_cpu.compiled(n, m, dim, min(k, m), min(k, n), both, block_size,
-                            tile_size or knn_cpu.TILE_SIZE)
+                            tile_size or knn_cpu.TILE_SIZE, library)
 
 
 def precompile(n: int, m: int, dim: int, k: int = 4, *, both: bool = True,
@@ -439,8 +443,8 @@ def precompile(n: int, m: int, dim: int, k: int = 4, *, both: bool = True,
     """Compile the scorer for ``[n, dim]`` x ``[m, dim]`` inputs without running it (a later
     ``knn`` call with the same arguments reuses the executable)."""
     mesh = mesh or default_mesh()
-    if _fused(kernel, mesh, col_method, row_method):
-        fn = _fused_search(n, m, dim, k, both, block_size, tile_size)
+    if library := _fused(kernel, mesh, col_method, row_method):
+        fn = _fused_search(n, m, dim, k, both, block_size, tile_size, library)
         fn.lower(jax.ShapeDtypeStruct((n, dim), jnp.float32),
                  jax.ShapeDtypeStruct((m, dim), jnp.float32)).compile()
         return
@@ -477,9 +481,11 @@ def knn(x: np.ndarray, y: np.ndarray, k: int = 4, *, both: bool = True,
       row_method: the x->y top-k: ``"select"`` (vertical selection passes, fastest on XLA:CPU),
         ``"sort"`` (``lax.top_k``) or ``"auto"`` (select on CPU meshes, sort elsewhere).
       kernel: ``"auto"`` (default) runs the whole search as ``knn_cpu``'s fused custom call
-        (MKL products, both top-ks scanned while each score block is in cache) on a one-device
-        CPU mesh where ``cpu_gemm`` uses MKL and neither method is given; ``"fused"`` asks for
-        it (an error where it cannot run); ``"xla"`` is the jitted XLA scorer above. The fused
+        (BLAS products, both top-ks scanned while each score block is in cache) on a
+        one-device CPU mesh where ``knn_cpu.library()`` finds a BLAS faster than XLA's dot
+        (MKL where ``cpu_gemm`` uses it, numpy's OpenBLAS on an AVX-512 core) and neither
+        method is given; ``"fused"`` asks for it (an error where it cannot run); ``"xla"`` is
+        the jitted XLA scorer above. The fused
         kernel ignores ``row_group``, ``col_group`` and the methods; its similarities equal the
         XLA scorer's, and of equal similarities it returns the lower index first.
     """
@@ -494,8 +500,8 @@ def knn(x: np.ndarray, y: np.ndarray, k: int = 4, *, both: bool = True,
     (n, dim), m = x.shape, y.shape[0]
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    if _fused(kernel, mesh, col_method, row_method):
-        fn = _fused_search(n, m, dim, k, both, block_size, tile_size)
+    if library := _fused(kernel, mesh, col_method, row_method):
+        fn = _fused_search(n, m, dim, k, both, block_size, tile_size, library)
         device = mesh.devices.flat[0]
         row_v, row_i, col_v, col_i = fn(jax.device_put(x, device), jax.device_put(y, device))
         row_i = np.asarray(row_i).astype(np.int64)

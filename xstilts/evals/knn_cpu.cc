@@ -1,8 +1,14 @@
 // XLA FFI handler: exact top-k inner products between the rows of x [N, d] and y [M, d], both
-// ways (x -> y and y -> x), in one pass over x . y^T through MKL's sgemm (found at run time).
+// ways (x -> y and y -> x), in one pass over x . y^T through a BLAS sgemm found at run time.
 //
 // Built by xstilts/evals/knn_cpu.py with the FFI headers jaxlib ships; it links no BLAS: the
-// Python side passes the address of `cblas_sgemm` (sequential MKL) to xstilts_knn_set_sgemm.
+// Python side passes the addresses of each library's functions to xstilts_knn_set_sgemm, and
+// the call's `library` attribute picks one: 0 = MKL's `cblas_sgemm` (32-bit ints, sequential
+// threading layer), 1 = OpenBLAS's (numpy's ILP64 build: 64-bit ints), one thread per call
+// (our units already use every core). OpenBLAS's thread count is process-wide: despite its
+// name `openblas_set_num_threads_local` sets the global count and returns the previous one
+// (OpenBLAS 0.3.31, checked), so the count is 1 while any search runs and is restored when the
+// last one ends.
 //
 // A unit of work is a chunk of rows of x. It runs through y in tiles: one sgemm gives the
 // [chunk, tile] scores, which are scanned once for the chunk rows' top-k lists (x -> y) and once
@@ -37,7 +43,53 @@ namespace {
 enum { kRowMajor = 101, kNoTrans = 111, kTrans = 112 };
 using Sgemm = void (*)(int, int, int, int, int, int, float, const float*, int, const float*, int,
                        float, float*, int);
-Sgemm g_sgemm = nullptr;
+using Sgemm64 = void (*)(int, int, int, int64_t, int64_t, int64_t, float, const float*, int64_t,
+                         const float*, int64_t, float, float*, int64_t);
+using SetThreads = int (*)(int);  // sets the thread count, returns the previous one
+
+// One BLAS: a 32-bit- or a 64-bit-int sgemm, and (OpenBLAS) its per-thread thread count.
+struct SgemmLibrary {
+  Sgemm sgemm = nullptr;
+  Sgemm64 sgemm64 = nullptr;
+  SetThreads set_threads = nullptr;
+
+  bool Ready() const { return sgemm != nullptr || sgemm64 != nullptr; }
+
+  // C [rows, width] = A [rows, d] . B [width, d]^T, row-major.
+  void ScoresNT(int64_t rows, int64_t width, int64_t d, const float* a, const float* b,
+                float* c) const {
+    if (sgemm != nullptr) {
+      sgemm(kRowMajor, kNoTrans, kTrans, static_cast<int>(rows), static_cast<int>(width),
+            static_cast<int>(d), 1.0f, a, static_cast<int>(d), b, static_cast<int>(d), 0.0f, c,
+            static_cast<int>(width));
+    } else {
+      sgemm64(kRowMajor, kNoTrans, kTrans, rows, width, d, 1.0f, a, d, b, d, 0.0f, c, width);
+    }
+  }
+};
+constexpr int64_t kLibraries = 2;  // 0 = MKL, 1 = OpenBLAS
+SgemmLibrary g_libraries[kLibraries];
+
+// Holds a library's thread count at 1 while any search with it runs (process-wide, see above).
+class OneBlasThread {
+ public:
+  explicit OneBlasThread(const SgemmLibrary& blas) : set_(blas.set_threads) {
+    if (set_ == nullptr) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (active_++ == 0) prior_ = set_(1);
+  }
+  ~OneBlasThread() {
+    if (set_ == nullptr) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (--active_ == 0) set_(prior_);
+  }
+
+ private:
+  SetThreads set_;
+  static inline std::mutex mu_;
+  static inline int active_ = 0;
+  static inline int prior_ = 0;
+};
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr int kLanes = 16;
 
@@ -122,6 +174,7 @@ struct Job {
   int32_t* row_id;
   int64_t n, m, d, kx, ky, chunk, tile, units;
   bool both;
+  const SgemmLibrary* blas;
   std::mutex mu;
   std::vector<std::unique_ptr<ColumnLists>> columns;  // one per worker
 
@@ -133,9 +186,7 @@ struct Job {
     std::fill(ri, ri + rows * kx, -1);
     for (int64_t c0 = 0; c0 < m; c0 += tile) {
       const int64_t width = std::min(tile, m - c0);
-      g_sgemm(kRowMajor, kNoTrans, kTrans, static_cast<int>(rows), static_cast<int>(width),
-              static_cast<int>(d), 1.0f, x + r0 * d, static_cast<int>(d), y + c0 * d,
-              static_cast<int>(d), 0.0f, scores, static_cast<int>(width));
+      blas->ScoresNT(rows, width, d, x + r0 * d, y + c0 * d, scores);
       Scan(scores, rows, width, r0, c0, kx, ky, rv, ri, cols);
     }
   }
@@ -184,8 +235,10 @@ struct Job {
 ffi::Error KnnImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> y,
                    ffi::ResultBuffer<ffi::F32> row_v, ffi::ResultBuffer<ffi::S32> row_id,
                    ffi::ResultBuffer<ffi::F32> col_v, ffi::ResultBuffer<ffi::S32> col_id,
-                   int64_t chunk, int64_t tile, int64_t max_parts) {
-  if (g_sgemm == nullptr) return ffi::Error::InvalidArgument("xstilts knn_cpu: no sgemm set");
+                   int64_t chunk, int64_t tile, int64_t max_parts, int64_t library) {
+  if (library < 0 || library >= kLibraries || !g_libraries[library].Ready()) {
+    return ffi::Error::InvalidArgument("xstilts knn_cpu: no sgemm set for this library");
+  }
   auto xd = x.dimensions(), yd = y.dimensions();
   auto rd = row_v->dimensions(), cd = col_v->dimensions();
   if (xd.size() != 2 || yd.size() != 2 || xd[1] != yd[1] || rd.size() != 2 || cd.size() != 2 ||
@@ -210,15 +263,28 @@ ffi::Error KnnImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
   job.row_id = row_id->typed_data();
   job.chunk = chunk;
   job.tile = tile;
+  job.blas = &g_libraries[library];
   job.units = (job.n + chunk - 1) / chunk;
-  xstilts::RunUnits(pool, job.units, max_parts, [&job] { return job.MakeWorker(); });
+  {
+    OneBlasThread one_thread(*job.blas);
+    xstilts::RunUnits(pool, job.units, max_parts, [&job] { return job.MakeWorker(); });
+  }
   if (job.both) job.MergeColumns(col_v->typed_data(), col_id->typed_data());
   return ffi::Error::Success();
 }
 
 }  // namespace
 
-extern "C" void xstilts_knn_set_sgemm(void* sgemm) { g_sgemm = reinterpret_cast<Sgemm>(sgemm); }
+// Sets library `library`'s functions: a 32-bit-int `sgemm` or a 64-bit-int `sgemm64` (the other
+// null), and `set_threads` (null where the library runs sequentially already, as MKL's
+// sequential layer does).
+extern "C" void xstilts_knn_set_sgemm(int64_t library, void* sgemm, void* sgemm64,
+                                      void* set_threads) {
+  if (library < 0 || library >= kLibraries) return;
+  g_libraries[library].sgemm = reinterpret_cast<Sgemm>(sgemm);
+  g_libraries[library].sgemm64 = reinterpret_cast<Sgemm64>(sgemm64);
+  g_libraries[library].set_threads = reinterpret_cast<SetThreads>(set_threads);
+}
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(XstiltsCpuKnn, KnnImpl,
                               ffi::Ffi::Bind()
@@ -231,4 +297,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(XstiltsCpuKnn, KnnImpl,
                                   .Ret<ffi::Buffer<ffi::S32>>()
                                   .Attr<int64_t>("chunk")
                                   .Attr<int64_t>("tile")
-                                  .Attr<int64_t>("max_parts"));
+                                  .Attr<int64_t>("max_parts")
+                                  .Attr<int64_t>("library"));
