@@ -11,9 +11,10 @@ Data: X then Y, ``default_rng(0)`` normal, L2-normalised, fp32, N = M = ``--n``.
   both directions, so half of faiss's FLOPs) and ``knn.ratio_margins``; compiled beforehand.
   On one CPU device with MKL (Intel) or numpy's OpenBLAS on an AVX-512 core this is
   ``knn_cpu``'s fused custom call (the header line says which kernel and sgemm ran).
-* **ours before** (``--baseline REV``, default ``57c6d35``, the XLA scorer with MKL products,
-  before the fused kernel; ``8129cf0`` is the scorer before issue 16's column top-k; ``none``
-  skips it): ``xstilts/evals/knn.py`` as it was at that git revision (read with ``git show``),
+* **ours before** (``--baseline REV``, default ``57c6d35``, the XLA scorer before the fused
+  kernel, its products through today's ``cpu_gemm``: MKL on Intel, XLA's dot elsewhere;
+  ``8129cf0`` is the scorer before issue 16's column top-k; ``none`` skips it):
+  ``xstilts/evals/knn.py`` as it was at that git revision (read with ``git show``),
   timed in this process beside ours, alternating which goes first, to measure our own speed-up
   on the same machine state; its similarities must equal ours within 1e-6 (revisions before
   ``cpu_gemm`` sum the products in XLA's order).
