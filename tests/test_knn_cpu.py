@@ -17,18 +17,23 @@ from xstilts.evals import knn, knn_cpu
 from xstilts.models import cpu_gemm
 
 
+def require_openblas() -> None:
+    """Loads numpy's OpenBLAS into the handler; skips where it cannot, fails in CI."""
+    try:
+        knn_cpu.load("openblas")
+    except cpu_gemm.CpuGemmUnavailable as error:
+        if os.environ.get("XSTILTS_CI") == "1":
+            pytest.fail(str(error))
+        pytest.skip(str(error))
+
+
 @pytest.fixture(params=knn_cpu.LIBRARIES)
 def blas(request, monkeypatch):
     """The fused kernel's sgemm for one test: MKL, or numpy's OpenBLAS whatever its core."""
     if request.param == "mkl":
         request.getfixturevalue("mkl")
     else:
-        try:
-            knn_cpu.load("openblas")
-        except cpu_gemm.CpuGemmUnavailable as error:
-            if os.environ.get("XSTILTS_CI") == "1":
-                pytest.fail(str(error))
-            pytest.skip(str(error))
+        require_openblas()
         monkeypatch.setattr(knn_cpu, "library", lambda: "openblas")
     return request.param
 
@@ -131,16 +136,11 @@ def test_auto_picks_mkl_then_an_avx512_openblas_else_xla(monkeypatch):
         knn_cpu.load("blis")
 
 
-def test_concurrent_openblas_searches_restore_numpys_thread_count(monkeypatch):
+def test_concurrent_openblas_searches_restore_numpys_thread_count():
     """OpenBLAS's thread count is process-wide: two searches at once leave it as it was."""
     from concurrent.futures import ThreadPoolExecutor
 
-    try:
-        knn_cpu.load("openblas")
-    except cpu_gemm.CpuGemmUnavailable as error:
-        if os.environ.get("XSTILTS_CI") == "1":
-            pytest.fail(str(error))
-        pytest.skip(str(error))
+    require_openblas()
     rng = np.random.default_rng(5)
     x = knn.l2_normalize(rng.standard_normal((3000, 64)))
     y = knn.l2_normalize(rng.standard_normal((2000, 64)))

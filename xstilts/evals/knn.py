@@ -485,9 +485,9 @@ def knn(x: np.ndarray, y: np.ndarray, k: int = 4, *, both: bool = True,
         one-device CPU mesh where ``knn_cpu.library()`` finds a BLAS faster than XLA's dot
         (MKL where ``cpu_gemm`` uses it, numpy's OpenBLAS on an AVX-512 core) and neither
         method is given; ``"fused"`` asks for it (an error where it cannot run); ``"xla"`` is
-        the jitted XLA scorer above. The fused
-        kernel ignores ``row_group``, ``col_group`` and the methods; its similarities equal the
-        XLA scorer's, and of equal similarities it returns the lower index first.
+        the jitted XLA scorer above. The fused kernel ignores ``row_group``, ``col_group`` and
+        the methods; its similarities equal the XLA scorer's, and of equal similarities it
+        returns the lower index first.
     """
     x = _check_matrix("x (queries)", x)
     y = _check_matrix("y (index)", y)

@@ -47,7 +47,7 @@ using Sgemm64 = void (*)(int, int, int, int64_t, int64_t, int64_t, float, const 
                          const float*, int64_t, float, float*, int64_t);
 using SetThreads = int (*)(int);  // sets the thread count, returns the previous one
 
-// One BLAS: a 32-bit- or a 64-bit-int sgemm, and (OpenBLAS) its per-thread thread count.
+// One BLAS: a 32-bit- or a 64-bit-int sgemm, and (OpenBLAS) its thread-count setter.
 struct SgemmLibrary {
   Sgemm sgemm = nullptr;
   Sgemm64 sgemm64 = nullptr;

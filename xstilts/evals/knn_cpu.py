@@ -44,8 +44,8 @@ _SOURCE = Path(__file__).with_name("knn_cpu.cc")
 _OPENBLAS_SGEMMS = (("scipy_cblas_sgemm64_", 64), ("cblas_sgemm64_", 64),
                     ("scipy_cblas_sgemm", 32), ("cblas_sgemm", 32))
 _OPENBLAS_SET_THREADS = ("openblas_set_num_threads_local",
-                           "scipy_openblas_set_num_threads_local64_",
-                           "scipy_openblas_set_num_threads_local")
+                         "scipy_openblas_set_num_threads_local64_",
+                         "scipy_openblas_set_num_threads_local")
 
 
 @functools.cache
