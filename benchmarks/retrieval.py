@@ -107,11 +107,9 @@ def child_faiss(workdir: Path, threads: int) -> None:
 
 
 def _blas_kernels() -> list[str]:
-    """The OpenBLAS kernels this process chose (threadpoolctl; empty where it is missing)."""
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return []
+    """The OpenBLAS kernels this process chose (threadpoolctl)."""
+    from threadpoolctl import threadpool_info
+
     return [f"{i.get('version')}:{i.get('architecture')}" for i in threadpool_info()
             if i.get("internal_api") == "openblas"]
 

@@ -11,6 +11,7 @@ import os
 import jax
 import numpy as np
 import pytest
+import threadpoolctl
 from test_evals_knn import assert_same_topk, brute_force, numpy_margins
 
 from xstilts.evals import knn, knn_cpu
@@ -56,10 +57,10 @@ def test_fused_search_equals_brute_force_and_the_xla_scorer(blas, n, m, d, k, bl
     x = knn.l2_normalize(rng.standard_normal((n, d)))
     y = knn.l2_normalize(rng.standard_normal((m, d)))
     assert knn._fused("auto", one_device(), "auto", "auto") == blas
-    threads = [i["num_threads"] for i in knn_cpu.threadpool_info()]
+    threads = [i["num_threads"] for i in threadpoolctl.threadpool_info()]
     nb = knn.knn(x, y, k, block_size=block, tile_size=tile, mesh=one_device())
     # OpenBLAS ran one thread per unit; numpy's own setting is as it was.
-    assert [i["num_threads"] for i in knn_cpu.threadpool_info()] == threads
+    assert [i["num_threads"] for i in threadpoolctl.threadpool_info()] == threads
     sims, ref_xy, ord_xy, ref_yx, ord_yx = brute_force(x, y, k)
     assert_same_topk(sims, nb.sim_xy, nb.idx_xy, ref_xy, ord_xy)
     assert_same_topk(sims.T, nb.sim_yx, nb.idx_yx, ref_yx, ord_yx)
@@ -123,7 +124,7 @@ def test_auto_picks_mkl_then_an_avx512_openblas_else_xla(monkeypatch):
             "numpy's BLAS is not OpenBLAS")
     monkeypatch.setenv("XSTILTS_CPU_GEMM", "auto")
     assert jax.device_count() == 8 and knn_cpu.library() is None  # the fake mesh: XLA
-    monkeypatch.setattr(knn_cpu.jax, "device_count", lambda: 1)
+    monkeypatch.setattr(cpu_gemm.jax, "device_count", lambda: 1)
     monkeypatch.setattr(cpu_gemm, "uses_mkl", lambda: False)
     for core, expected in (("SkylakeX", "openblas"), ("SapphireRapids", "openblas"),
                            ("Haswell", None), ("Prescott", None)):
@@ -145,11 +146,11 @@ def test_concurrent_openblas_searches_restore_numpys_thread_count():
     rng = np.random.default_rng(5)
     x = knn.l2_normalize(rng.standard_normal((3000, 64)))
     y = knn.l2_normalize(rng.standard_normal((2000, 64)))
-    threads = [i["num_threads"] for i in knn_cpu.threadpool_info()]
+    threads = [i["num_threads"] for i in threadpoolctl.threadpool_info()]
     search = knn_cpu.compiled(3000, 2000, 64, 4, 4, True, 64, 256, "openblas")
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda _: [np.asarray(a) for a in search(x, y)], range(8)))
-    assert [i["num_threads"] for i in knn_cpu.threadpool_info()] == threads
+    assert [i["num_threads"] for i in threadpoolctl.threadpool_info()] == threads
     for got in results[1:]:
         for a, b in zip(got, results[0], strict=True):
             np.testing.assert_array_equal(a, b)

@@ -40,9 +40,10 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-enum { kRowMajor = 101, kNoTrans = 111, kTrans = 112 };
-using Sgemm = void (*)(int, int, int, int, int, int, float, const float*, int, const float*, int,
-                       float, float*, int);
+using xstilts::kNoTrans;
+using xstilts::kRowMajor;
+using xstilts::kTrans;
+using xstilts::Sgemm;
 using Sgemm64 = void (*)(int, int, int, int64_t, int64_t, int64_t, float, const float*, int64_t,
                          const float*, int64_t, float, float*, int64_t);
 using SetThreads = int (*)(int);  // sets the thread count, returns the previous one

@@ -28,9 +28,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import threadpoolctl
 
 from xstilts.models import cpu_gemm
-from xstilts.models.attention import current_platform
 
 TARGET = "xstilts_cpu_knn"
 TILE_SIZE = 1024  # rows of y per product: 2,048 x 1,024 scores (8 MB) per core
@@ -58,21 +58,12 @@ def _handler() -> ctypes.CDLL:
     return handler
 
 
-def threadpool_info() -> list[dict]:
-    """threadpoolctl's list of the BLAS and OpenMP libraries loaded ([] without it)."""
-    try:
-        import threadpoolctl
-    except ImportError:
-        return []
-    return threadpoolctl.threadpool_info()
-
-
 @functools.cache
 def numpy_openblas() -> dict | None:
     """numpy's BLAS as threadpoolctl reports it (``filepath``, ``architecture`` = the OpenBLAS
     core in use, ``version``) when it is OpenBLAS (the one in numpy's folder first, else the
-    first loaded); None otherwise or without threadpoolctl."""
-    found = [i for i in threadpool_info() if i.get("internal_api") == "openblas"]
+    first loaded); None otherwise."""
+    found = [i for i in threadpoolctl.threadpool_info() if i.get("internal_api") == "openblas"]
     found.sort(key=lambda i: "numpy" not in i.get("filepath", ""))
     return found[0] if found else None
 
@@ -101,8 +92,8 @@ def load(library: str = "mkl") -> None:
         return
     info = numpy_openblas()
     if info is None:
-        raise cpu_gemm.CpuGemmUnavailable("numpy's BLAS is not OpenBLAS (or threadpoolctl is "
-                                          "missing), so the fused kernel has no OpenBLAS")
+        raise cpu_gemm.CpuGemmUnavailable("numpy's BLAS is not OpenBLAS, so the fused kernel "
+                                          "has no OpenBLAS")
     blas = ctypes.CDLL(info["filepath"])  # the copy numpy already loaded
     sgemm = _address(blas, [name for name, _ in _OPENBLAS_SGEMMS])
     set_threads = _address(blas, _OPENBLAS_SET_THREADS)
@@ -117,13 +108,12 @@ def load(library: str = "mkl") -> None:
 
 def library() -> str | None:
     """The sgemm ``kernel="auto"`` runs the fused kernel with in this process: 'mkl' where
-    ``cpu_gemm.uses_mkl()``; else 'openblas' where ``XSTILTS_CPU_GEMM`` is not ``xla``, the
-    process has one CPU device and numpy's OpenBLAS runs an AVX-512 core; else None (XLA's dot
+    ``cpu_gemm.uses_mkl()``; else 'openblas' where ``cpu_gemm.auto_may_replace_xla()`` (``auto``,
+    one CPU device) and numpy's OpenBLAS runs an AVX-512 core; else None (XLA's dot
     is the faster product here: the XLA scorer)."""
     if cpu_gemm.uses_mkl():
         return "mkl"
-    if (cpu_gemm.backend_setting() == "xla" or current_platform() != "cpu"
-            or jax.device_count() != 1):
+    if not cpu_gemm.auto_may_replace_xla():
         return None
     info = numpy_openblas()
     if info is None or info.get("architecture") not in OPENBLAS_AVX512_CORES:

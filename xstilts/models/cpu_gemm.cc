@@ -18,9 +18,10 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-enum { kRowMajor = 101, kNoTrans = 111, kTrans = 112 };
-using Sgemm = void (*)(int, int, int, int, int, int, float, const float*, int, const float*, int,
-                       float, float*, int);
+using xstilts::kNoTrans;
+using xstilts::kRowMajor;
+using xstilts::kTrans;
+using xstilts::Sgemm;
 using SgemmBatch = void (*)(int, int, int, int, int, int, float, const float*, int, int,
                             const float*, int, int, float, float*, int, int, int);
 Sgemm g_sgemm = nullptr;

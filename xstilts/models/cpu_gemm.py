@@ -181,13 +181,29 @@ def cpu_vendor(cpuinfo_path: str = "/proc/cpuinfo") -> str:
     return ""
 
 
-@functools.cache
-def _auto_reason() -> str | None:
-    """None when ``auto`` uses MKL; otherwise why not (logged once)."""
+def _process_reason() -> str | None:
+    """None in a process whose backend is one CPU device; otherwise why custom calls that
+    replace XLA ops are not used under ``auto``."""
     if jax.default_backend() != "cpu":
         return f"backend {jax.default_backend()}"
     if jax.device_count() != 1:
         return f"{jax.device_count()} CPU devices (XLA's dot shards; a custom call would not)"
+    return None
+
+
+def auto_may_replace_xla() -> bool:
+    """Whether ``XSTILTS_CPU_GEMM=auto`` lets a CPU custom call replace XLA ops traced now: the
+    setting is ``auto``, the platform traced for is CPU and the process has one CPU device (what
+    then replaces them, here MKL's products or ``knn_cpu``'s search, decides for itself)."""
+    return (backend_setting() == "auto" and current_platform() == "cpu"
+            and _process_reason() is None)
+
+
+@functools.cache
+def _auto_reason() -> str | None:
+    """None when ``auto`` uses MKL; otherwise why not (logged once)."""
+    if reason := _process_reason():
+        return reason
     if cpu_vendor() not in MKL_VENDORS:
         reason = (f"CPU vendor {cpu_vendor() or 'unknown'}: MKL's fast kernels run on "
                   f"{'/'.join(MKL_VENDORS)} only; XSTILTS_CPU_GEMM=mkl forces it")

@@ -1,6 +1,7 @@
 // Shares units of work between the calling thread and XLA's intra-op thread pool, for the FFI
 // handlers in cpu_gemm.cc and ../evals/knn_cpu.cc (cpu_gemm.build_ffi_library puts this folder
-// on their include path and this file in their cache key).
+// on their include path and this file in their cache key), and declares the CBLAS sgemm both
+// call (found at run time: neither links a BLAS).
 
 #ifndef XSTILTS_FFI_UNITS_H_
 #define XSTILTS_FFI_UNITS_H_
@@ -15,6 +16,11 @@
 #include "xla/ffi/api/ffi.h"
 
 namespace xstilts {
+
+// CBLAS's layout and transpose constants (cblas.h), and its sgemm with 32-bit ints.
+enum { kRowMajor = 101, kNoTrans = 111, kTrans = 112 };
+using Sgemm = void (*)(int, int, int, int, int, int, float, const float*, int, const float*, int,
+                       float, float*, int);
 
 // Runs units 0 .. units-1 on the calling thread and on up to parts-1 tasks of `pool`, all
 // taking units from one atomic counter: the caller never waits for a task that has not
